@@ -1,0 +1,173 @@
+"""Essential plugin ``ws``: GET /ws and the fan-out of bus messages to sockets.
+
+Each socket has a bounded send queue drained by its own task, so one slow client never blocks
+the bus or the others; a client that stops reading until its queue fills is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from kernel import hookimpl
+from kernel.app import KERNEL_KEY
+from kernel.events import QueueChanged, ServerMessage
+from kernel.stash import StashKey
+
+if TYPE_CHECKING:
+    from kernel.app import Kernel
+
+log = logging.getLogger("comfykernel.ws")
+
+SEND_QUEUE_LIMIT = 2048
+
+
+@dataclass
+class Client:
+    sid: str
+    ws: web.WebSocketResponse
+    queue: asyncio.Queue[str | bytes | None] = field(default_factory=lambda: asyncio.Queue(SEND_QUEUE_LIMIT))
+    feature_flags: dict[str, Any] = field(default_factory=dict)
+    sender: asyncio.Task[None] | None = None
+
+
+class SocketHub:
+    """The sockets of one server, by sid."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.clients: dict[str, Client] = {}
+
+    def send(self, sid: str | None, frame: str | bytes) -> None:
+        targets = self.clients.values() if sid is None else filter(None, [self.clients.get(sid)])
+        for client in list(targets):
+            try:
+                client.queue.put_nowait(frame)
+            except asyncio.QueueFull:
+                log.warning("dropping WebSocket client %s: it stopped reading", client.sid)
+                self.drop(client)
+
+    def send_json(self, sid: str | None, type_: str, data: Any) -> None:
+        self.send(sid, json.dumps({"type": type_, "data": data}))
+
+    def drop(self, client: Client) -> None:
+        if self.clients.get(client.sid) is client:
+            del self.clients[client.sid]
+        if client.sender is not None:
+            client.sender.cancel()
+        asyncio.ensure_future(client.ws.close())
+
+    def on_bus(self, event: Any) -> None:
+        if isinstance(event, ServerMessage):
+            if event.sid is None and not event.broadcast:
+                return
+            if isinstance(event.data, bytes | bytearray):
+                frame: str | bytes = struct.pack(">I", event.binary_type or 0) + bytes(event.data)
+            else:
+                frame = json.dumps({"type": event.type, "data": event.data})
+            self.send(event.sid, frame)
+        elif isinstance(event, QueueChanged):
+            self.send_json(None, "status", {"status": {"exec_info": {"queue_remaining": event.queue_remaining}}})
+
+    async def close_all(self) -> None:
+        for client in list(self.clients.values()):
+            self.drop(client)
+            await client.ws.close()
+
+
+HUB = StashKey[SocketHub]()
+
+
+async def _drain(client: Client) -> None:
+    while True:
+        frame = await client.queue.get()
+        if frame is None or client.ws.closed:
+            return
+        if isinstance(frame, bytes):
+            await client.ws.send_bytes(frame)
+        else:
+            await client.ws.send_str(frame)
+
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/ws")
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    kernel = request.app[KERNEL_KEY]
+    hub = kernel.stash[HUB]
+    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=kernel.settings.max_upload_bytes)
+    await ws.prepare(request)
+    sid = request.query.get("clientId") or uuid.uuid4().hex
+    previous = hub.clients.pop(sid, None)
+    if previous is not None:
+        # A reconnect with the same clientId takes over the id; the old socket gets nothing more.
+        previous.queue.put_nowait(None) if not previous.queue.full() else None
+        if previous.sender is not None:
+            previous.sender.cancel()
+    client = Client(sid, ws)
+    hub.clients[sid] = client
+    client.sender = asyncio.create_task(_drain(client))
+    hub.send_json(
+        sid, "status", {"status": {"exec_info": {"queue_remaining": kernel.queue.remaining()}}, "sid": sid}
+    )
+    for replay in kernel.stash.get(RECONNECT_REPLAY, ()):
+        for type_, data in replay(sid):
+            hub.send_json(sid, type_, data)
+    first = True
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT and first:
+                first = False
+                try:
+                    payload = json.loads(msg.data)
+                except ValueError:
+                    log.warning("ignoring invalid JSON from WebSocket client %s", sid)
+                    continue
+                if isinstance(payload, dict) and payload.get("type") == "feature_flags":
+                    data = payload.get("data")
+                    client.feature_flags = data if isinstance(data, dict) else {}
+                    hub.send_json(sid, "feature_flags", kernel.feature_flags)
+            elif msg.type == WSMsgType.ERROR:
+                log.debug("WebSocket %s closed with %s", sid, ws.exception())
+    finally:
+        if hub.clients.get(sid) is client:
+            del hub.clients[sid]
+        if client.sender is not None:
+            client.sender.cancel()
+    return ws
+
+
+# Callables ``replay(sid) -> [(type, data), ...]`` run when a client (re)connects: the executor
+# registers one so a client reconnecting mid-prompt learns which node is executing.
+RECONNECT_REPLAY = StashKey[list[Any]]()
+
+
+@hookimpl
+def configure(kernel: Kernel) -> None:
+    kernel.stash[HUB] = SocketHub(kernel)
+    kernel.stash[RECONNECT_REPLAY] = []
+    kernel.bus.subscribe(kernel.stash[HUB].on_bus)
+
+
+@hookimpl
+def register_routes(kernel: Kernel) -> Iterable[web.AbstractRouteDef]:
+    return routes
+
+
+@hookimpl
+def startup(kernel: Kernel, app: web.Application) -> None:
+    # Close sockets as soon as the listeners stop, before aiohttp waits for open connections
+    # to finish (a WebSocket never would).
+    async def close_sockets(app: web.Application) -> None:
+        await kernel.stash[HUB].close_all()
+
+    app.on_shutdown.append(close_sockets)

@@ -1,0 +1,169 @@
+"""The typed facade over ``pm.hook``: the only module that calls hooks.
+
+Registration hooks are called plugin by plugin so that everything registered is stamped with
+the name of the plugin that registered it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from kernel.app import Kernel
+
+log = logging.getLogger("comfykernel.hooks")
+
+
+async def await_me_maybe(value: Any) -> Any:
+    """Plugins may answer with a value, a coroutine, or a callable returning either."""
+    if callable(value):
+        value = value()
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+class Hooks:
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+
+    # --- helpers ---
+
+    def _each(self, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        """Call a hook one implementation at a time, yielding (plugin name, result).
+
+        pluggy's own call order is kept (last registered first), but wrappers are skipped: they
+        have no meaning for registration hooks.
+        """
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            args = {name: kwargs[name] for name in impl.argnames}
+            yield impl.plugin_name, impl.function(**args)
+
+    def _each_bound(self, hook_name: str, register_factory: Callable[[str], Callable[..., None]], **kw: Any) -> None:
+        for plugin_name, _ in self._each_lazy(hook_name, register_factory, **kw):
+            pass
+
+    def _each_lazy(
+        self, hook_name: str, register_factory: Callable[[str], Callable[..., None]], **kwargs: Any
+    ) -> Iterator[tuple[str, Any]]:
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            args = dict(kwargs, register=register_factory(impl.plugin_name))
+            yield impl.plugin_name, impl.function(**{name: args[name] for name in impl.argnames})
+
+    # --- CLI ---
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        self.pm.hook.add_options(parser=parser)
+
+    def register_commands(self, subparsers: Any) -> None:
+        self.pm.hook.register_commands(subparsers=subparsers)
+
+    # --- lifecycle ---
+
+    def configure(self, kernel: Kernel) -> None:
+        self.pm.hook.configure(kernel=kernel)
+
+    async def startup(self, kernel: Kernel, app: web.Application) -> None:
+        for result in self.pm.hook.startup(kernel=kernel, app=app):
+            await await_me_maybe(result)
+
+    async def shutdown(self, kernel: Kernel) -> None:
+        # Every plugin gets its turn even when an earlier one fails.
+        for plugin_name, result in self._safe_each("shutdown", kernel=kernel):
+            try:
+                await await_me_maybe(result)
+            except Exception:
+                log.exception("shutdown hook of plugin %s failed", plugin_name)
+
+    def _safe_each(self, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        it = self._each(hook_name, **kwargs)
+        while True:
+            try:
+                yield next(it)
+            except StopIteration:
+                return
+            except Exception:
+                log.exception("%s hook failed", hook_name)
+
+    # --- registries ---
+
+    def register_nodes(self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]) -> None:
+        self._each_bound("register_nodes", register_for, kernel=kernel)
+
+    def register_model_folders(self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]) -> None:
+        self._each_bound("register_model_folders", register_for, kernel=kernel)
+
+    def register_web_extensions(self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]) -> None:
+        self._each_bound("register_web_extensions", register_for, kernel=kernel)
+
+    def register_translations(self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]) -> None:
+        self._each_bound("register_translations", register_for, kernel=kernel)
+
+    def register_routes(self, kernel: Kernel) -> list[tuple[str, list[web.AbstractRouteDef]]]:
+        return [(name, list(result)) for name, result in self._each("register_routes", kernel=kernel) if result]
+
+    def register_static_routes(self, kernel: Kernel) -> list[tuple[str, str]]:
+        pairs: list[tuple[str, str]] = []
+        for _, result in self._each("register_static_routes", kernel=kernel):
+            pairs.extend(result or ())
+        return pairs
+
+    def register_middlewares(self, kernel: Kernel) -> list[Any]:
+        found: list[Any] = []
+        for _, result in self._each("register_middlewares", kernel=kernel):
+            found.extend(result or ())
+        return found
+
+    def register_feature_flags(self, kernel: Kernel) -> dict[str, Any]:
+        flags: dict[str, Any] = {}
+        # Reverse pluggy's LIFO order so the first-registered (essential) flags come first and
+        # plugins registered later may override them.
+        for _, result in reversed(list(self._each("register_feature_flags", kernel=kernel))):
+            flags.update(result or {})
+        return flags
+
+    # --- runtime ---
+
+    def on_prompt(self, kernel: Kernel, body: dict[str, Any]) -> dict[str, Any]:
+        for plugin_name, impl in self._impls("on_prompt"):
+            try:
+                result = impl.function(**{n: {"kernel": kernel, "body": body}[n] for n in impl.argnames})
+            except Exception:
+                log.exception("on_prompt hook of plugin %s failed; skipped", plugin_name)
+                continue
+            if isinstance(result, dict):
+                body = result
+        return body
+
+    def on_event(self, kernel: Kernel, event: Any) -> None:
+        for plugin_name, impl in self._impls("on_event"):
+            try:
+                impl.function(**{n: {"kernel": kernel, "event": event}[n] for n in impl.argnames})
+            except Exception:
+                log.exception("on_event hook of plugin %s failed", plugin_name)
+
+    def wrap_node_execution(self, kernel: Kernel, node_id: str, class_type: str, call: Callable[[], Any]) -> Any:
+        return self.pm.hook.wrap_node_execution(kernel=kernel, node_id=node_id, class_type=class_type, call=call)
+
+    def system_stats(self, kernel: Kernel) -> list[dict[str, Any]]:
+        return [dict(r) for _, r in reversed(list(self._each("system_stats", kernel=kernel))) if r]
+
+    def _impls(self, hook_name: str) -> Iterator[tuple[str, Any]]:
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):
+            if not (impl.hookwrapper or impl.wrapper):
+                yield impl.plugin_name, impl

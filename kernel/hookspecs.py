@@ -1,0 +1,208 @@
+"""The hook catalogue: every extension point of comfykernel, one function each.
+
+Implementations use ``kernel.hookimpl`` and may accept only the arguments they need
+(pluggy matches by name).  Only ``kernel/hooks.py`` calls these hooks.
+
+Threads: unless a hook says otherwise it runs on the server's event-loop thread.
+Async: hooks documented as "may be async" may return a coroutine; the host awaits it.
+Sync-only hooks must return plain values (``firstresult`` hooks in particular, since a
+coroutine is never ``None`` and would always "win").
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from kernel.app import Kernel
+
+hookspec = pluggy.HookspecMarker("comfykernel")
+
+
+# --- lifecycle and configuration -------------------------------------------------------------
+
+
+@hookspec
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """Add command-line options to ``comfykernel run``.
+
+    Runs once while the CLI is being parsed, before any Kernel exists, on the main thread.
+    Sync. The parsed values of options a plugin adds are available afterwards as
+    ``kernel.settings.extra[<dest>]``.
+    """
+
+
+@hookspec
+def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add subcommands to the ``comfykernel`` CLI (``comfykernel worker``, say).
+
+    Runs once at CLI start on the main thread, sync. Set ``func=`` as the parser default to a
+    callable ``func(args: argparse.Namespace) -> int`` that runs the command.
+    """
+
+
+@hookspec
+def configure(kernel: Kernel) -> None:
+    """The Kernel and its settings exist; plugins prepare their own state.
+
+    Runs once, sync, on the thread that builds the kernel, before any ``register_*`` hook.
+    Store per-plugin state with ``kernel.stash[KEY] = ...``. Raise ``StartupError`` to abort.
+    """
+
+
+@hookspec
+def startup(kernel: Kernel, app: web.Application) -> None:
+    """The aiohttp application is built and about to serve. May be async.
+
+    Runs once on the event-loop thread before the listening socket opens: open databases,
+    start background tasks, recover queues.  An exception aborts startup.
+    """
+
+
+@hookspec
+def shutdown(kernel: Kernel) -> None:
+    """The server is stopping (SIGINT/SIGTERM, or the test fixture finished). May be async.
+
+    Runs once on the event-loop thread after the listening sockets closed and before the loop
+    ends. Close files and databases, stop background tasks. Exceptions are logged and ignored
+    so every plugin gets its turn.
+    """
+
+
+# --- registries (the kernel owns the data; plugins call ``register``) --------------------------
+
+
+@hookspec
+def register_nodes(register: Callable[..., None], kernel: Kernel) -> None:
+    """Contribute node classes.
+
+    Call ``register(name, cls, display_name=None)`` once per node. The kernel records which
+    plugin registered each name; two plugins registering the same name is a ``StartupError``
+    naming both. Sync, once, at kernel build time.
+    """
+
+
+@hookspec
+def register_model_folders(register: Callable[..., None], kernel: Kernel) -> None:
+    """Contribute model folder kinds.
+
+    Call ``register(name, extensions, aliases=(), default_subdir=None)``: ``name`` is the folder
+    kind (``checkpoints``), ``extensions`` the accepted file suffixes (``{".safetensors"}``; an
+    empty set accepts every file), ``aliases`` other names of the same kind (``unet`` for
+    ``diffusion_models``). Sync, once, at kernel build time.
+    """
+
+
+@hookspec
+def register_routes(kernel: Kernel) -> Iterable[web.AbstractRouteDef] | None:
+    """Return aiohttp route definitions (a ``web.RouteTableDef`` works) to serve.
+
+    Each route is served at its path and again at ``/api`` + path ("dual-path routing"), except
+    paths that already start with ``/api/`` or ``/internal/``, which are served only as written.
+    Handlers reach the kernel through ``request.app[kernel.KERNEL_KEY]``. Sync, once, while the
+    app is built.
+    """
+
+
+@hookspec
+def register_static_routes(kernel: Kernel) -> Iterable[tuple[str, str]] | None:
+    """Return ``(url_prefix, directory)`` pairs served as static files after every API route.
+
+    Use for web roots and asset folders; they are never ``/api``-prefixed. Sync, once.
+    """
+
+
+@hookspec
+def register_middlewares(kernel: Kernel) -> Iterable[Any] | None:
+    """Return aiohttp middlewares (``@web.middleware`` coroutines) to add.
+
+    They run inside the kernel's own security middlewares (host check, cross-site check,
+    error shaping), so they only see requests that passed those. Sync, once.
+    """
+
+
+@hookspec
+def register_web_extensions(register: Callable[..., None], kernel: Kernel) -> None:
+    """Contribute frontend extension directories.
+
+    Call ``register(name, directory)``: every file under ``directory`` is served at
+    ``/extensions/<name>/`` and its ``.js`` files are listed by ``GET /extensions``. Sync, once.
+    """
+
+
+@hookspec
+def register_translations(register: Callable[..., None], kernel: Kernel) -> None:
+    """Contribute UI translations.
+
+    Call ``register(lang, mapping)``; mappings for one language are merged recursively, later
+    plugins winning on conflicts. Sync, once.
+    """
+
+
+@hookspec
+def register_feature_flags(kernel: Kernel) -> Mapping[str, Any] | None:
+    """Return server feature flags to merge into ``GET /features`` and the WebSocket reply.
+
+    A flag is a JSON value under a top-level key (``{"assets": True}``). Sync; called once
+    at app build time, so the answer is fixed for the life of the server.
+    """
+
+
+# --- runtime ------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_prompt(kernel: Kernel, body: dict[str, Any]) -> dict[str, Any] | None:
+    """Inspect or rewrite a ``POST /prompt`` body before validation.
+
+    Receives the parsed JSON body. Return a replacement body, or ``None`` to keep it (in-place
+    edits also count). Runs on the event-loop thread, sync, in plugin order, each seeing the
+    previous result. An exception is logged and that plugin is skipped (the reference's rule).
+    """
+
+
+@hookspec
+def on_event(kernel: Kernel, event: Any) -> None:
+    """React to an event published on the kernel's bus (an ``kernel.events`` Struct).
+
+    Runs on the event-loop thread, sync, in publication order, for every event, including those
+    published from the executor thread. Keep it quick: hand heavy work to a task or thread.
+    """
+
+
+@hookspec(firstresult=True)
+def wrap_node_execution(kernel: Kernel, node_id: str, class_type: str, call: Callable[[], Any]) -> Any:
+    """Surround the execution of one node.
+
+    Runs on the executor thread, sync, once per node actually executed (cached nodes are not
+    called). ``call()`` runs the node and returns its raw outputs. Implement as a pluggy
+    wrapper to add behaviour around it::
+
+        @hookimpl(wrapper=True)
+        def wrap_node_execution(node_id, call):
+            started = time.perf_counter()
+            try:
+                return (yield)
+            finally:
+                log.info("node %s took %.3fs", node_id, time.perf_counter() - started)
+
+    A wrapper may also return a different result or raise. The kernel's own innermost
+    implementation calls ``call()``; a plain (non-wrapper) implementation returning non-``None``
+    replaces the node's execution entirely.
+    """
+
+
+@hookspec
+def system_stats(kernel: Kernel) -> Mapping[str, Any] | None:
+    """Contribute to ``GET /system_stats``.
+
+    Return a partial stats object: ``{"system": {...}}`` keys are merged into ``system``;
+    ``{"devices": [...]}`` replaces the device list (the first plugin offering one wins).
+    Sync, on the event-loop thread, per request: keep it cheap.
+    """
