@@ -54,6 +54,8 @@ class Kernel:
         self.web_extensions = WebExtensionRegistry()
         self.translations = TranslationRegistry()
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Set by the essential ``executor`` plugin: runs prompts, interrupts them.
+        self.executor: Any = None
 
         self.hooks.configure(self)
         self.hooks.register_nodes(self, self.nodes.register_for)
