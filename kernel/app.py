@@ -56,6 +56,9 @@ class Kernel:
         self.loop: asyncio.AbstractEventLoop | None = None
         # Set by the essential ``executor`` plugin: runs prompts, interrupts them.
         self.executor: Any = None
+        # Set by the models plugin: ``get_full_path(folder, name) -> Path | None`` and friends
+        # (see plugins/models/api.py); None in trimmed deployments without it.
+        self.models: Any = None
 
         self.hooks.configure(self)
         self.hooks.register_nodes(self, self.nodes.register_for)

@@ -162,6 +162,15 @@ class Hooks:
     def system_stats(self, kernel: Kernel) -> list[dict[str, Any]]:
         return [dict(r) for _, r in reversed(list(self._each("system_stats", kernel=kernel))) if r]
 
+    def on_free(self, kernel: Kernel, unload_models: bool, free_memory: bool) -> None:
+        self.pm.hook.on_free(kernel=kernel, unload_models=unload_models, free_memory=free_memory)
+
+    def register_embeddings(self, kernel: Kernel) -> list[str]:
+        names: set[str] = set()
+        for _, result in self._each("register_embeddings", kernel=kernel):
+            names.update(result or ())
+        return sorted(names)
+
     def _impls(self, hook_name: str) -> Iterator[tuple[str, Any]]:
         caller = getattr(self.pm.hook, hook_name)
         for impl in reversed(caller.get_hookimpls()):

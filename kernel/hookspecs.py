@@ -206,3 +206,22 @@ def system_stats(kernel: Kernel) -> Mapping[str, Any] | None:
     ``{"devices": [...]}`` replaces the device list (the first plugin offering one wins).
     Sync, on the event-loop thread, per request: keep it cheap.
     """
+
+
+@hookspec
+def on_free(kernel: Kernel, unload_models: bool, free_memory: bool) -> None:
+    """``POST /free`` asked to unload models and/or free memory.
+
+    Runs on the event-loop thread, sync, once per request (even when both flags are false).
+    Model caches should only *mark* work to do here; the executor applies it between prompts so
+    nothing is unloaded under a running node.
+    """
+
+
+@hookspec
+def register_embeddings(kernel: Kernel) -> Iterable[str] | None:
+    """Return the names of textual-inversion embeddings available to prompts.
+
+    ``GET /embeddings`` answers the sorted union of every plugin's names (``[]`` when no plugin
+    provides any). Sync, on the event-loop thread, per request: keep it cheap (cache listings).
+    """
