@@ -203,7 +203,8 @@ def system_stats(kernel: Kernel) -> Mapping[str, Any] | None:
     """Contribute to ``GET /system_stats``.
 
     Return a partial stats object: ``{"system": {...}}`` keys are merged into ``system``;
-    ``{"devices": [...]}`` replaces the device list (the first plugin offering one wins).
+    ``{"devices": [...]}`` replaces the device list (``core`` offers the CPU; a plugin registered
+    later replaces it).
     Sync, on the event-loop thread, per request: keep it cheap.
     """
 
