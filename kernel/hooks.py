@@ -37,32 +37,28 @@ class Hooks:
 
     # --- helpers ---
 
-    def _each(self, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
-        """Call a hook one implementation at a time, yielding (plugin name, result).
+    def _impls(self, hook_name: str) -> Iterator[tuple[str, Any]]:
+        """Implementations in pluggy's call order (last registered first), wrappers skipped.
 
-        pluggy's own call order is kept (last registered first), but wrappers are skipped: they
-        have no meaning for registration hooks.
+        Registration hooks are called one implementation at a time so that what each plugin
+        registers is stamped with its name; wrappers have no meaning there.
         """
         caller = getattr(self.pm.hook, hook_name)
         for impl in reversed(caller.get_hookimpls()):
-            if impl.hookwrapper or impl.wrapper:
-                continue
-            args = {name: kwargs[name] for name in impl.argnames}
-            yield impl.plugin_name, impl.function(**args)
+            if not (impl.hookwrapper or impl.wrapper):
+                yield impl.plugin_name, impl
 
-    def _each_bound(self, hook_name: str, register_factory: Callable[[str], Callable[..., None]], **kw: Any) -> None:
-        for plugin_name, _ in self._each_lazy(hook_name, register_factory, **kw):
-            pass
+    @staticmethod
+    def _call(impl: Any, kwargs: dict[str, Any]) -> Any:
+        return impl.function(**{name: kwargs[name] for name in impl.argnames})
 
-    def _each_lazy(
-        self, hook_name: str, register_factory: Callable[[str], Callable[..., None]], **kwargs: Any
-    ) -> Iterator[tuple[str, Any]]:
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
-            if impl.hookwrapper or impl.wrapper:
-                continue
-            args = dict(kwargs, register=register_factory(impl.plugin_name))
-            yield impl.plugin_name, impl.function(**{name: args[name] for name in impl.argnames})
+    def _each(self, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        for plugin_name, impl in self._impls(hook_name):
+            yield plugin_name, self._call(impl, kwargs)
+
+    def _each_bound(self, hook_name: str, register_for: Callable[[str], Callable[..., None]], **kw: Any) -> None:
+        for plugin_name, impl in self._impls(hook_name):
+            self._call(impl, dict(kw, register=register_for(plugin_name)))
 
     # --- CLI ---
 
@@ -83,21 +79,11 @@ class Hooks:
 
     async def shutdown(self, kernel: Kernel) -> None:
         # Every plugin gets its turn even when an earlier one fails.
-        for plugin_name, result in self._safe_each("shutdown", kernel=kernel):
+        for plugin_name, impl in self._impls("shutdown"):
             try:
-                await await_me_maybe(result)
+                await await_me_maybe(self._call(impl, {"kernel": kernel}))
             except Exception:
                 log.exception("shutdown hook of plugin %s failed", plugin_name)
-
-    def _safe_each(self, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
-        it = self._each(hook_name, **kwargs)
-        while True:
-            try:
-                yield next(it)
-            except StopIteration:
-                return
-            except Exception:
-                log.exception("%s hook failed", hook_name)
 
     # --- registries ---
 
@@ -141,7 +127,7 @@ class Hooks:
     def on_prompt(self, kernel: Kernel, body: dict[str, Any]) -> dict[str, Any]:
         for plugin_name, impl in self._impls("on_prompt"):
             try:
-                result = impl.function(**{n: {"kernel": kernel, "body": body}[n] for n in impl.argnames})
+                result = self._call(impl, {"kernel": kernel, "body": body})
             except Exception:
                 log.exception("on_prompt hook of plugin %s failed; skipped", plugin_name)
                 continue
@@ -152,7 +138,7 @@ class Hooks:
     def on_event(self, kernel: Kernel, event: Any) -> None:
         for plugin_name, impl in self._impls("on_event"):
             try:
-                impl.function(**{n: {"kernel": kernel, "event": event}[n] for n in impl.argnames})
+                self._call(impl, {"kernel": kernel, "event": event})
             except Exception:
                 log.exception("on_event hook of plugin %s failed", plugin_name)
 
@@ -170,9 +156,3 @@ class Hooks:
         for _, result in self._each("register_embeddings", kernel=kernel):
             names.update(result or ())
         return sorted(names)
-
-    def _impls(self, hook_name: str) -> Iterator[tuple[str, Any]]:
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
-            if not (impl.hookwrapper or impl.wrapper):
-                yield impl.plugin_name, impl

@@ -1,0 +1,97 @@
+"""GET /ws: first message, clientId reuse, the feature-flag handshake, status broadcasts."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from kernel.events import ServerMessage
+
+
+async def test_first_message_is_status_with_minted_sid(comfy_server):
+    server = await comfy_server(plugins=[])
+    ws = await server.ws()
+    first = await ws.receive_json(timeout=5)
+    assert first["type"] == "status"
+    sid = first["data"]["sid"]
+    assert re.fullmatch(r"[0-9a-f]{32}", sid)
+    assert first["data"]["status"] == {"exec_info": {"queue_remaining": 0}}
+    await ws.close()
+
+
+async def test_same_client_id_reconnect_replaces_first(comfy_server):
+    server = await comfy_server(plugins=[])
+    first = await server.ws("client-1")
+    assert (await first.receive_json(timeout=5))["data"]["sid"] == "client-1"
+    second = await server.ws("client-1")
+    assert (await second.receive_json(timeout=5))["data"]["sid"] == "client-1"
+    server.kernel.bus.publish(ServerMessage(type="hello", data={"n": 1}, sid="client-1"))
+    assert await second.receive_json(timeout=5) == {"type": "hello", "data": {"n": 1}}
+    # The replaced socket gets nothing more.
+    try:
+        msg = await first.receive(timeout=0.3)
+        assert msg.type.name in ("CLOSE", "CLOSED", "CLOSING"), msg
+    except asyncio.TimeoutError:
+        pass
+    await first.close()
+    await second.close()
+
+
+async def test_feature_flag_handshake(comfy_server):
+    server = await comfy_server(plugins=[], feature_flags={"custom_flag": 7})
+    ws = await server.ws("flags")
+    await ws.receive_json(timeout=5)
+    await ws.send_json({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
+    reply = await ws.receive_json(timeout=5)
+    assert reply["type"] == "feature_flags"
+    assert reply["data"]["supports_preview_metadata"] is True
+    assert reply["data"]["max_upload_size"] == 100 * 1024 * 1024
+    assert reply["data"]["custom_flag"] == 7
+    hub_client = server.kernel.stash[__import__("kernel.builtin.ws", fromlist=["HUB"]).HUB].clients["flags"]
+    assert hub_client.feature_flags == {"supports_preview_metadata": True}
+    # Only the first message is inspected.
+    await ws.send_json({"type": "feature_flags", "data": {}})
+    try:
+        extra = await ws.receive_json(timeout=0.3)
+        raise AssertionError(f"unexpected reply {extra}")
+    except asyncio.TimeoutError:
+        pass
+    await ws.close()
+
+
+async def test_addressing_broadcast_and_nobody(comfy_server):
+    server = await comfy_server(plugins=[])
+    a, b = await server.ws("a"), await server.ws("b")
+    await a.receive_json(timeout=5)
+    await b.receive_json(timeout=5)
+    bus = server.kernel.bus
+    bus.publish(ServerMessage(type="private", data={}, sid=None, broadcast=False))
+    bus.publish(ServerMessage(type="for_b", data={}, sid="b"))
+    bus.publish(ServerMessage(type="everyone", data={}, broadcast=True))
+    assert (await a.receive_json(timeout=5))["type"] == "everyone"
+    assert (await b.receive_json(timeout=5))["type"] == "for_b"
+    assert (await b.receive_json(timeout=5))["type"] == "everyone"
+    await a.close()
+    await b.close()
+
+
+async def test_binary_frames_carry_big_endian_type(comfy_server):
+    server = await comfy_server(plugins=[])
+    ws = await server.ws("bin")
+    await ws.receive_json(timeout=5)
+    server.kernel.bus.publish(ServerMessage(type="preview", data=b"\x00\x00\x00\x02PNG", sid="bin", binary_type=1))
+    frame = await ws.receive_bytes(timeout=5)
+    assert frame == b"\x00\x00\x00\x01\x00\x00\x00\x02PNG"
+    await ws.close()
+
+
+async def test_queue_change_broadcasts_status(comfy_server):
+    from kernel.queue import QueueItem
+
+    server = await comfy_server(plugins=[])
+    ws = await server.ws("watch")
+    await ws.receive_json(timeout=5)
+    server.kernel.queue.put(QueueItem(number=0, prompt_id="p1", prompt={}))
+    msg = await ws.receive_json(timeout=5)
+    assert msg == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 1}}}}
+    await ws.close()
