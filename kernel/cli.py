@@ -140,10 +140,10 @@ def cmd_plugins_list(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 def cmd_plugins_hooks(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     selected, disabled = plugin_selection(args.plugins, args.disable)
+    from kernel.hooks import Hooks
+
     pm, _ = build_plugin_manager(selected, disabled)
-    for name in sorted(pm.hook.__dict__):
-        caller = getattr(pm.hook, name)
-        impls = [i.plugin_name for i in caller.get_hookimpls()]
+    for name, impls in Hooks(pm).implementations().items():
         print(f"{name:<26} {', '.join(impls) if impls else '-'}")
     return 0
 

@@ -60,6 +60,14 @@ class Hooks:
         for plugin_name, impl in self._impls(hook_name):
             self._call(impl, dict(kw, register=register_for(plugin_name)))
 
+    def implementations(self) -> dict[str, list[str]]:
+        """Every hook with the plugins implementing it (for ``comfykernel plugins hooks``)."""
+        return {
+            name: [impl.plugin_name for impl in getattr(self.pm.hook, name).get_hookimpls()]
+            for name in sorted(vars(self.pm.hook))
+            if not name.startswith("_")
+        }
+
     # --- CLI ---
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
