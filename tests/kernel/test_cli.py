@@ -1,0 +1,89 @@
+"""The real `comfykernel run` process: serves, shuts down cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.fakedist import make_distribution
+
+MARKER_PLUGIN = '''
+import os
+from pathlib import Path
+from kernel import hookimpl
+
+@hookimpl
+def shutdown(kernel):
+    Path(os.environ["MARKER_FILE"]).write_text("shutdown ran")
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return json.loads(resp.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_serves_and_shuts_down_cleanly(tmp_path: Path, sig: signal.Signals):
+    site = make_distribution(tmp_path / "site", "markerpack", {"marker": "marker_plugin"}, {"marker_plugin": MARKER_PLUGIN})
+    marker = tmp_path / "marker.txt"
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(site), MARKER_FILE=str(marker))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kernel.cli", "run", "--port", str(port), "--base-directory", str(tmp_path / "base"),
+         "--plugins", "marker"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        stats = wait_for(f"http://127.0.0.1:{port}/system_stats")
+        assert stats["system"]["argv"][1] == "run"
+        assert "<redacted>" in stats["system"]["argv"]
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+    assert marker.read_text() == "shutdown ran"
+
+
+def test_unknown_plugin_is_a_startup_error(tmp_path: Path):
+    out = subprocess.run(
+        [sys.executable, "-m", "kernel.cli", "run", "--plugins", "nope", "--base-directory", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2
+    assert "unknown plugin(s): nope" in out.stderr and "available plugins" in out.stderr
+
+
+def test_port_in_use_exits_1(tmp_path: Path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "kernel.cli", "run", "--port", str(port), "--plugins", "",
+             "--base-directory", str(tmp_path)],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert out.returncode == 1
