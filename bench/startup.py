@@ -32,9 +32,21 @@ def one_run(plugins: str, settle: float) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as base:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kernel.cli", "run", "--port", str(port), "--plugins", plugins,
-             "--base-directory", base],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ),
+            [
+                sys.executable,
+                "-m",
+                "kernel.cli",
+                "run",
+                "--port",
+                str(port),
+                "--plugins",
+                plugins,
+                "--base-directory",
+                base,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dict(os.environ),
         )
         try:
             while True:
@@ -65,7 +77,9 @@ def main() -> None:
     times = [r[0] for r in results]
     rss = [r[1] for r in results]
     print(f"plugins={args.plugins} runs={args.runs}")
-    print(f"first 200 on /system_stats: median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f})")
+    print(
+        f"first 200 on /system_stats: median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f})"
+    )
     print(f"idle RSS after {args.settle:g} s: median {statistics.median(rss):.1f} MiB")
 
 

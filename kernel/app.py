@@ -96,7 +96,7 @@ def build_app(kernel: Kernel) -> web.Application:
         middlewares=[*kernel_middlewares(kernel), *kernel.hooks.register_middlewares(kernel)],
     )
     app[KERNEL_KEY] = kernel
-    for plugin_name, routes in kernel.hooks.register_routes(kernel):
+    for _plugin_name, routes in kernel.hooks.register_routes(kernel):
         for route in routes:
             if not isinstance(route, web.RouteDef):
                 # StaticDef and friends register themselves as written.

@@ -40,8 +40,14 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
 def add_server_options(parser: argparse.ArgumentParser) -> None:
     """The flags ComfyUI users already script with; each maps onto a Settings field."""
     add = parser.add_argument
-    add("--listen", nargs="?", const="0.0.0.0,::", default=None, metavar="IP[,IP...]",
-        help="addresses to listen on (default 127.0.0.1; bare flag: all interfaces)")
+    add(
+        "--listen",
+        nargs="?",
+        const="0.0.0.0,::",
+        default=None,
+        metavar="IP[,IP...]",
+        help="addresses to listen on (default 127.0.0.1; bare flag: all interfaces)",
+    )
     add("--port", type=int, default=8188, help="port to listen on (default 8188)")
     add("--base-directory", default=None, help="base for models/, input/, output/, temp/, user/")
     add("--output-directory", default=None)
@@ -49,37 +55,86 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     add("--temp-directory", default=None)
     add("--user-directory", default=None)
     add("--models-directory", default=None)
-    add("--extra-model-paths-config", action="append", default=None, metavar="PATH",
-        help="extra_model_paths.yaml files (repeatable)")
-    add("--custom-nodes-dir", action="append", default=None, metavar="DIR",
-        help="extra ComfyUI custom_nodes folders (repeatable; read by the comfy_compat plugin)")
-    add("--enable-cors-header", nargs="?", const="*", default=None, metavar="ORIGIN",
-        help="answer CORS for ORIGIN (bare flag: '*') instead of refusing cross-site writes")
-    add("--allowed-host", dest="allowed_hosts", action="append", default=None, metavar="NAME",
-        help="extra Host names accepted while listening on loopback (repeatable)")
-    add("--max-upload-size", type=float, default=100.0, metavar="MB", help="request body limit in MB (default 100)")
+    add(
+        "--extra-model-paths-config",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="extra_model_paths.yaml files (repeatable)",
+    )
+    add(
+        "--custom-nodes-dir",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="extra ComfyUI custom_nodes folders (repeatable; read by the comfy_compat plugin)",
+    )
+    add(
+        "--enable-cors-header",
+        nargs="?",
+        const="*",
+        default=None,
+        metavar="ORIGIN",
+        help="answer CORS for ORIGIN (bare flag: '*') instead of refusing cross-site writes",
+    )
+    add(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="extra Host names accepted while listening on loopback (repeatable)",
+    )
+    add(
+        "--max-upload-size",
+        type=float,
+        default=100.0,
+        metavar="MB",
+        help="request body limit in MB (default 100)",
+    )
     add("--multi-user", action="store_true", help="per-user storage selected by the Comfy-User header")
     add("--cpu", action="store_true", help="run models on the CPU")
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--cache-classic", action="store_true", help="keep every node result (default)")
     cache.add_argument("--cache-lru", type=int, default=0, metavar="N", help="keep at most N node results")
     cache.add_argument("--cache-none", action="store_true", help="re-run every node on every prompt")
-    cache.add_argument("--cache-ram", nargs="?", type=float, const=4.0, default=None, metavar="GB",
-                       help="evict cached results when free RAM drops below GB")
+    cache.add_argument(
+        "--cache-ram",
+        nargs="?",
+        type=float,
+        const=4.0,
+        default=None,
+        metavar="GB",
+        help="evict cached results when free RAM drops below GB",
+    )
     add("--disable-all-custom-nodes", action="store_true", help="load no ComfyUI custom_nodes packs")
     add("--disable-metadata", action="store_true", help="do not embed the workflow in saved files")
     add("--preview-method", default="none", choices=["none", "auto", "latent2rgb", "taesd"])
     add("--preview-size", type=int, default=512)
     add("--default-hashing-function", default="sha256", choices=["md5", "sha1", "sha256", "sha512"])
-    add("--feature-flag", action="append", default=None, metavar="KEY[=VALUE]",
-        help="add or override a server feature flag (repeatable)")
-    add("--verbose", nargs="?", const="DEBUG", default="INFO", metavar="LEVEL", help="log level (bare flag: DEBUG)")
+    add(
+        "--feature-flag",
+        action="append",
+        default=None,
+        metavar="KEY[=VALUE]",
+        help="add or override a server feature flag (repeatable)",
+    )
+    add(
+        "--verbose",
+        nargs="?",
+        const="DEBUG",
+        default="INFO",
+        metavar="LEVEL",
+        help="log level (bare flag: DEBUG)",
+    )
 
 
 def build_parser(pm: Any) -> argparse.ArgumentParser:
     from kernel.hooks import Hooks
 
-    parser = argparse.ArgumentParser(prog="comfykernel", description="A plugin microkernel for ComfyUI's API.")
+    parser = argparse.ArgumentParser(
+        prog="comfykernel", description="A plugin microkernel for ComfyUI's API."
+    )
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="serve the HTTP + WebSocket API")
     add_selection_options(run)
@@ -113,7 +168,9 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     apply_env_defaults(run_parser, args)
     known = {a.dest for a in run_parser._actions if a.dest in _SETTINGS_DESTS}
     settings = settings_from_namespace(args, known)
-    logging.basicConfig(level=settings.verbose.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.verbose.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     kernel = Kernel(settings)
     return asyncio.run(serve_forever(kernel))
 
@@ -169,11 +226,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 _SETTINGS_DESTS = frozenset(
     {
-        "listen", "port", "plugins", "disable", "base_directory", "output_directory", "input_directory",
-        "temp_directory", "user_directory", "models_directory", "extra_model_paths_config", "custom_nodes_dir",
-        "enable_cors_header", "allowed_hosts", "max_upload_size", "multi_user", "cpu", "cache_classic",
-        "cache_lru", "cache_none", "cache_ram", "disable_all_custom_nodes", "disable_metadata",
-        "preview_method", "preview_size", "default_hashing_function", "feature_flag", "verbose",
+        "listen",
+        "port",
+        "plugins",
+        "disable",
+        "base_directory",
+        "output_directory",
+        "input_directory",
+        "temp_directory",
+        "user_directory",
+        "models_directory",
+        "extra_model_paths_config",
+        "custom_nodes_dir",
+        "enable_cors_header",
+        "allowed_hosts",
+        "max_upload_size",
+        "multi_user",
+        "cpu",
+        "cache_classic",
+        "cache_lru",
+        "cache_none",
+        "cache_ram",
+        "disable_all_custom_nodes",
+        "disable_metadata",
+        "preview_method",
+        "preview_size",
+        "default_hashing_function",
+        "feature_flag",
+        "verbose",
     }
 )
 

@@ -56,7 +56,9 @@ class Hooks:
         for plugin_name, impl in self._impls(hook_name):
             yield plugin_name, self._call(impl, kwargs)
 
-    def _each_bound(self, hook_name: str, register_for: Callable[[str], Callable[..., None]], **kw: Any) -> None:
+    def _each_bound(
+        self, hook_name: str, register_for: Callable[[str], Callable[..., None]], **kw: Any
+    ) -> None:
         for plugin_name, impl in self._impls(hook_name):
             self._call(impl, dict(kw, register=register_for(plugin_name)))
 
@@ -98,17 +100,25 @@ class Hooks:
     def register_nodes(self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]) -> None:
         self._each_bound("register_nodes", register_for, kernel=kernel)
 
-    def register_model_folders(self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]) -> None:
+    def register_model_folders(
+        self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]
+    ) -> None:
         self._each_bound("register_model_folders", register_for, kernel=kernel)
 
-    def register_web_extensions(self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]) -> None:
+    def register_web_extensions(
+        self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]
+    ) -> None:
         self._each_bound("register_web_extensions", register_for, kernel=kernel)
 
-    def register_translations(self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]) -> None:
+    def register_translations(
+        self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]
+    ) -> None:
         self._each_bound("register_translations", register_for, kernel=kernel)
 
     def register_routes(self, kernel: Kernel) -> list[tuple[str, list[web.AbstractRouteDef]]]:
-        return [(name, list(result)) for name, result in self._each("register_routes", kernel=kernel) if result]
+        return [
+            (name, list(result)) for name, result in self._each("register_routes", kernel=kernel) if result
+        ]
 
     def register_static_routes(self, kernel: Kernel) -> list[tuple[str, str]]:
         pairs: list[tuple[str, str]] = []
@@ -150,8 +160,12 @@ class Hooks:
             except Exception:
                 log.exception("on_event hook of plugin %s failed", plugin_name)
 
-    def wrap_node_execution(self, kernel: Kernel, node_id: str, class_type: str, call: Callable[[], Any]) -> Any:
-        return self.pm.hook.wrap_node_execution(kernel=kernel, node_id=node_id, class_type=class_type, call=call)
+    def wrap_node_execution(
+        self, kernel: Kernel, node_id: str, class_type: str, call: Callable[[], Any]
+    ) -> Any:
+        return self.pm.hook.wrap_node_execution(
+            kernel=kernel, node_id=node_id, class_type=class_type, call=call
+        )
 
     def system_stats(self, kernel: Kernel) -> list[dict[str, Any]]:
         return [dict(r) for _, r in reversed(list(self._each("system_stats", kernel=kernel))) if r]

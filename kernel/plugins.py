@@ -132,7 +132,9 @@ def build_plugin_manager(
         # Namespaced names ("legacy:<pack>") are registered later by the plugin owning the
         # namespace, so only plain names can be checked here.
         if name not in candidates and ":" not in name:
-            raise UsageError(f"cannot disable unknown plugin {name!r}; available plugins: {', '.join(optional)}")
+            raise UsageError(
+                f"cannot disable unknown plugin {name!r}; available plugins: {', '.join(optional)}"
+            )
     if selected is not None:
         unknown = [n for n in selected if n not in candidates]
         if unknown:
@@ -183,4 +185,3 @@ def build_plugin_manager(
         if plugin is not None:
             rec.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
     return pm, records
-

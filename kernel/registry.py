@@ -33,7 +33,9 @@ class NodeRegistry:
             raise StartupError(f"plugin {plugin} registered node {name!r} with {cls!r}, which is not a class")
         if name in self._nodes:
             other = self._nodes[name].plugin
-            raise StartupError(f"duplicate node name {name!r}: registered by plugin {other} and plugin {plugin}")
+            raise StartupError(
+                f"duplicate node name {name!r}: registered by plugin {other} and plugin {plugin}"
+            )
         self._nodes[name] = NodeEntry(name, cls, plugin, display_name)
 
     def register_for(self, plugin: str) -> Callable[..., None]:
@@ -76,11 +78,16 @@ class ModelFolderRegistry:
 
     def register_for(self, plugin: str) -> Callable[..., None]:
         def register(
-            name: str, extensions: Iterable[str] = (), aliases: Iterable[str] = (), default_subdir: str | None = None
+            name: str,
+            extensions: Iterable[str] = (),
+            aliases: Iterable[str] = (),
+            default_subdir: str | None = None,
         ) -> None:
             if name in self.kinds or name in self.aliases:
                 owner = self.kinds[self.canonical(name)].plugin
-                raise StartupError(f"duplicate model folder {name!r}: registered by plugin {owner} and plugin {plugin}")
+                raise StartupError(
+                    f"duplicate model folder {name!r}: registered by plugin {owner} and plugin {plugin}"
+                )
             exts = frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
             self.kinds[name] = ModelFolderKind(name, exts, plugin, tuple(aliases), default_subdir)
             for alias in aliases:

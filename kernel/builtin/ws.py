@@ -75,7 +75,9 @@ class SocketHub:
                 frame = json.dumps({"type": event.type, "data": event.data})
             self.send(event.sid, frame)
         elif isinstance(event, QueueChanged):
-            self.send_json(None, "status", {"status": {"exec_info": {"queue_remaining": event.queue_remaining}}})
+            self.send_json(
+                None, "status", {"status": {"exec_info": {"queue_remaining": event.queue_remaining}}}
+            )
 
     async def close_all(self) -> None:
         for client in list(self.clients.values()):

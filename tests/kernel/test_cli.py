@@ -16,7 +16,7 @@ import pytest
 
 from tests.fakedist import make_distribution
 
-MARKER_PLUGIN = '''
+MARKER_PLUGIN = """
 import os
 from pathlib import Path
 from kernel import hookimpl
@@ -24,7 +24,7 @@ from kernel import hookimpl
 @hookimpl
 def shutdown(kernel):
     Path(os.environ["MARKER_FILE"]).write_text("shutdown ran")
-'''
+"""
 
 
 def free_port() -> int:
@@ -47,14 +47,29 @@ def wait_for(url: str, timeout: float = 30.0) -> dict:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_run_serves_and_shuts_down_cleanly(tmp_path: Path, sig: signal.Signals):
-    site = make_distribution(tmp_path / "site", "markerpack", {"marker": "marker_plugin"}, {"marker_plugin": MARKER_PLUGIN})
+    site = make_distribution(
+        tmp_path / "site", "markerpack", {"marker": "marker_plugin"}, {"marker_plugin": MARKER_PLUGIN}
+    )
     marker = tmp_path / "marker.txt"
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(site), MARKER_FILE=str(marker))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kernel.cli", "run", "--port", str(port), "--base-directory", str(tmp_path / "base"),
-         "--plugins", "marker"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "kernel.cli",
+            "run",
+            "--port",
+            str(port),
+            "--base-directory",
+            str(tmp_path / "base"),
+            "--plugins",
+            "marker",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         stats = wait_for(f"http://127.0.0.1:{port}/system_stats")
@@ -70,7 +85,9 @@ def test_run_serves_and_shuts_down_cleanly(tmp_path: Path, sig: signal.Signals):
 def test_unknown_plugin_is_a_startup_error(tmp_path: Path):
     out = subprocess.run(
         [sys.executable, "-m", "kernel.cli", "run", "--plugins", "nope", "--base-directory", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 2
     assert "unknown plugin(s): nope" in out.stderr and "available plugins" in out.stderr
@@ -82,8 +99,20 @@ def test_port_in_use_exits_1(tmp_path: Path):
         s.listen()
         port = s.getsockname()[1]
         out = subprocess.run(
-            [sys.executable, "-m", "kernel.cli", "run", "--port", str(port), "--plugins", "",
-             "--base-directory", str(tmp_path)],
-            capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "kernel.cli",
+                "run",
+                "--port",
+                str(port),
+                "--plugins",
+                "",
+                "--base-directory",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert out.returncode == 1

@@ -312,7 +312,10 @@ async def test_hook_system_stats(comfy_server):
     class Stats:
         @hookimpl
         def system_stats(self):
-            return {"system": {"deploy_environment": "test-env"}, "devices": [{"name": "fake", "type": "cuda"}]}
+            return {
+                "system": {"deploy_environment": "test-env"},
+                "devices": [{"name": "fake", "type": "cuda"}],
+            }
 
     server = await comfy_server(plugins=[("stats", Stats())])
     status, stats = await server.json("GET", "/api/system_stats")

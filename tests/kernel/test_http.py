@@ -141,7 +141,9 @@ async def test_errors_are_json_without_tracebacks(comfy_server):
         assert resp.status == 500
         assert resp.content_type == "application/json"
         assert "secret internal detail" not in text and "Traceback" not in text
-    status, body = await server.json("POST", "/parse", data=b"{not json", headers={"Content-Type": "application/json"})
+    status, body = await server.json(
+        "POST", "/parse", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert status == 400 and "Invalid JSON" in body["error"]
     status, body = await server.json("DELETE", "/echo")
     assert status == 405 and body["error"]

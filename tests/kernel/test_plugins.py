@@ -15,7 +15,7 @@ from kernel.builtin import ESSENTIAL_PLUGINS
 from kernel.plugins import ENTRY_POINT_GROUP
 from tests.fakedist import make_distribution
 
-THIRD_PARTY = '''
+THIRD_PARTY = """
 from kernel import hookimpl
 
 class Shout:
@@ -37,7 +37,7 @@ def register_nodes(register):
 @hookimpl
 def register_feature_flags():
     return {"fakepack": True}
-'''
+"""
 
 BROKEN = "raise RuntimeError('this plugin cannot import')\n"
 
@@ -57,7 +57,9 @@ def fakepack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def our_plugins() -> list[str]:
-    return sorted(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.value.startswith("plugins."))
+    return sorted(
+        ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.value.startswith("plugins.")
+    )
 
 
 def test_unknown_plugin_name_lists_available(make_kernel):
@@ -107,7 +109,10 @@ def test_plugins_list_cli_shows_failed_and_blocked(fakepack):
     env = {"PYTHONPATH": str(fakepack), "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
         [sys.executable, "-m", "kernel.cli", "plugins", "--disable", "fakepack", "list", "--json"],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
     listed = {r["name"]: r for r in json.loads(out.stdout)}
     assert listed["brokenpack"]["status"] == "failed"
@@ -115,7 +120,11 @@ def test_plugins_list_cli_shows_failed_and_blocked(fakepack):
     for name in ESSENTIAL_PLUGINS:
         assert listed[name]["status"] == "enabled" and listed[name]["source"] == "essential"
     hooks = subprocess.run(
-        [sys.executable, "-m", "kernel.cli", "plugins", "hooks"], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-m", "kernel.cli", "plugins", "hooks"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
     assert "register_nodes" in hooks.stdout and "fakepack" in hooks.stdout
 
@@ -187,7 +196,5 @@ async def test_all_plugins_boot_together(comfy_server):
 
 
 def test_every_plugin_folder_has_an_entry_point():
-    folders = sorted(
-        p.parent.name for p in (Path(__file__).parents[2] / "plugins").glob("*/plugin.py")
-    )
+    folders = sorted(p.parent.name for p in (Path(__file__).parents[2] / "plugins").glob("*/plugin.py"))
     assert set(folders) <= set(our_plugins())

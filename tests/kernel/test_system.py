@@ -12,8 +12,17 @@ async def test_system_stats_fields(comfy_server):
     status, stats = await server.json("GET", "/system_stats")
     assert status == 200
     system = stats["system"]
-    for key in ("os", "python_version", "embedded_python", "comfyui_version", "pytorch_version", "argv",
-                "ram_total", "ram_free", "required_frontend_version"):
+    for key in (
+        "os",
+        "python_version",
+        "embedded_python",
+        "comfyui_version",
+        "pytorch_version",
+        "argv",
+        "ram_total",
+        "ram_free",
+        "required_frontend_version",
+    ):
         assert key in system, key
     assert system["os"] == sys.platform
     assert system["python_version"] == sys.version
@@ -24,9 +33,27 @@ async def test_system_stats_fields(comfy_server):
 
 
 def test_path_like_argv_values_are_redacted():
-    argv = ["/home/me/venv/bin/comfykernel", "run", "--output-directory", "/secret/out", "--port", "9000",
-            "--base-directory=/secret/base", "--extra-model-paths-config", "/secret/a.yaml"]
+    argv = [
+        "/home/me/venv/bin/comfykernel",
+        "run",
+        "--output-directory",
+        "/secret/out",
+        "--port",
+        "9000",
+        "--base-directory=/secret/base",
+        "--extra-model-paths-config",
+        "/secret/a.yaml",
+    ]
     out = redact_argv(argv)
-    assert out == ["comfykernel", "run", "--output-directory", REDACTED, "--port", "9000",
-                   f"--base-directory={REDACTED}", "--extra-model-paths-config", REDACTED]
+    assert out == [
+        "comfykernel",
+        "run",
+        "--output-directory",
+        REDACTED,
+        "--port",
+        "9000",
+        f"--base-directory={REDACTED}",
+        "--extra-model-paths-config",
+        REDACTED,
+    ]
     assert not any("/secret" in a for a in out)

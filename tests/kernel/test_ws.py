@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from kernel.events import ServerMessage
@@ -31,7 +30,7 @@ async def test_same_client_id_reconnect_replaces_first(comfy_server):
     try:
         msg = await first.receive(timeout=0.3)
         assert msg.type.name in ("CLOSE", "CLOSED", "CLOSING"), msg
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     await first.close()
     await second.close()
@@ -54,7 +53,7 @@ async def test_feature_flag_handshake(comfy_server):
     try:
         extra = await ws.receive_json(timeout=0.3)
         raise AssertionError(f"unexpected reply {extra}")
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     await ws.close()
 
@@ -79,7 +78,9 @@ async def test_binary_frames_carry_big_endian_type(comfy_server):
     server = await comfy_server(plugins=[])
     ws = await server.ws("bin")
     await ws.receive_json(timeout=5)
-    server.kernel.bus.publish(ServerMessage(type="preview", data=b"\x00\x00\x00\x02PNG", sid="bin", binary_type=1))
+    server.kernel.bus.publish(
+        ServerMessage(type="preview", data=b"\x00\x00\x00\x02PNG", sid="bin", binary_type=1)
+    )
     frame = await ws.receive_bytes(timeout=5)
     assert frame == b"\x00\x00\x00\x01\x00\x00\x00\x02PNG"
     await ws.close()
