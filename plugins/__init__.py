@@ -1,0 +1,1 @@
+"""Bundled comfykernel plugins; each subpackage is one plugin (see its plugin.py)."""
