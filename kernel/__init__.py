@@ -37,17 +37,22 @@ hookimpl = pluggy.HookimplMarker("comfykernel")
 
 from kernel.app import KERNEL_KEY, Kernel, build_app  # noqa: E402
 from kernel.errors import KernelError, StartupError, UsageError  # noqa: E402
+from kernel.nodes import ExecutionBlocker, GraphBuilder, NodeSpec, node_specs  # noqa: E402
 from kernel.settings import Settings  # noqa: E402
 from kernel.stash import StashKey  # noqa: E402
 
 __all__ = [
+    "ExecutionBlocker",
+    "GraphBuilder",
     "KERNEL_KEY",
     "Kernel",
     "KernelError",
+    "NodeSpec",
     "Settings",
     "StartupError",
     "StashKey",
     "UsageError",
     "build_app",
     "hookimpl",
+    "node_specs",
 ]
