@@ -28,11 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar
 
 
-class Hidden(str, Enum):
+class Hidden(StrEnum):
     """Hidden values a node may ask for; read them from ``cls.hidden.<name>`` in ``execute``."""
 
     unique_id = "UNIQUE_ID"
