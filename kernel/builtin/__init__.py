@@ -6,4 +6,5 @@ from __future__ import annotations
 ESSENTIAL_PLUGINS: dict[str, str] = {
     "core": "kernel.builtin.core",
     "ws": "kernel.builtin.ws",
+    "files": "kernel.builtin.files",
 }
