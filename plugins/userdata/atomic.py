@@ -1,0 +1,48 @@
+"""Atomic file writes: a temp file in the target's folder, fsync, then a rename over the target."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def _temp_copy(path: Path, data: bytes) -> str:
+    # Dot-prefixed so that v1 listings (which skip hidden files) never show a half-written file.
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return temp
+
+
+def write_atomic(path: Path, data: bytes, *, overwrite: bool = True) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix.
+
+    With ``overwrite=False`` an existing ``path`` raises ``FileExistsError``, decided atomically
+    (a hard link refuses to replace), so two racing creators cannot both win.
+    """
+    temp = _temp_copy(path, data)
+    try:
+        if overwrite:
+            os.replace(temp, path)
+            return
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            raise
+        except OSError:
+            # Filesystems without hard links: fall back to check-then-rename.
+            if os.path.lexists(path):
+                raise FileExistsError(str(path)) from None
+            os.replace(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
