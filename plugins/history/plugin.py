@@ -1,0 +1,48 @@
+"""Hook implementations of the history plugin; the work lives in the sibling modules."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from kernel import hookimpl
+from plugins.history import options, recorder, recovery, routes
+from plugins.history.store import STORE, HistoryStore
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from kernel import Kernel
+
+
+@hookimpl
+def add_options(parser: argparse.ArgumentParser) -> None:
+    options.add_options(parser)
+
+
+@hookimpl
+def configure(kernel: Kernel) -> None:
+    kernel.stash[STORE] = HistoryStore(kernel.settings.user_path, options.read_options(kernel).max_items)
+
+
+@hookimpl
+def startup(kernel: Kernel) -> None:
+    store = kernel.stash[STORE]
+    store.open()
+    recovery.recover(kernel, store, options.read_options(kernel).max_attempts)
+
+
+@hookimpl
+def shutdown(kernel: Kernel) -> None:
+    kernel.stash[STORE].close()
+
+
+@hookimpl
+def on_event(kernel: Kernel, event: Any) -> None:
+    recorder.handle(kernel, event)
+
+
+@hookimpl
+def register_routes(kernel: Kernel) -> Iterable[web.AbstractRouteDef]:
+    return routes.routes
