@@ -38,9 +38,11 @@ class NodeSpecs:
         self._specs: dict[str, NodeSpec] = {}
 
     def get(self, class_type: str) -> NodeSpec | None:
+        if not isinstance(class_type, str):  # prompts are client data: class_type may be anything
+            return None
         spec = self._specs.get(class_type)
         if spec is None:
-            entry = self.registry.get(class_type) if isinstance(class_type, str) else None
+            entry = self.registry.get(class_type)
             if entry is None:
                 return None
             spec = self._specs[class_type] = node_spec(entry)
