@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 from aiohttp import web
 
 from kernel import KERNEL_KEY
@@ -19,6 +20,11 @@ routes = web.RouteTableDef()
 
 # The reference hides these two from the model manager's folder list.
 _EXPERIMENT_HIDDEN = frozenset({"configs", "custom_nodes"})
+
+
+def _json(body: object) -> web.Response:
+    # msgspec encodes a 10,000-name listing several times faster than json.dumps.
+    return web.Response(body=msgspec.json.encode(body), content_type="application/json")
 
 
 def _models(request: web.Request) -> ModelPaths:
@@ -37,7 +43,7 @@ async def get_model_names(request: web.Request) -> web.Response:
     folder = request.match_info["folder"]
     if not models.is_kind(folder):
         return web.Response(status=404)
-    return web.json_response(await asyncio.to_thread(models.list_names, folder))
+    return _json(await asyncio.to_thread(models.list_names, folder))
 
 
 @routes.get("/experiment/models")
@@ -68,7 +74,7 @@ async def get_model_files(request: web.Request) -> web.Response:
         }
         for f in files
     ]
-    return web.json_response(body)
+    return _json(body)
 
 
 @routes.get("/experiment/models/preview/{folder}/{path_index}/{filename:.*}")
