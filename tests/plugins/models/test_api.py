@@ -9,7 +9,7 @@ import pytest
 
 from kernel import hookimpl
 from plugins.models.api import ModelPaths, UnknownFolder
-from tests.plugins.models.helpers import touch
+from tests.plugins.models.helpers import safetensors_bytes, touch
 
 
 class ExtraKinds:
@@ -153,3 +153,15 @@ def test_listing_cache_is_reused_until_a_directory_changes(make_kernel, tmp_path
     assert kernel.models.list_names("gligen") == []
     touch(tmp_path / "models" / "gligen" / "g.pth")
     assert kernel.models.list_names("gligen") == ["g.pth"]
+
+
+async def test_view_metadata_reaches_model_files_through_kernel_models(comfy_server, tmp_path: Path) -> None:
+    server = await comfy_server(plugins=["models"])
+    touch(
+        tmp_path / "models" / "loras" / "sub" / "ink.safetensors", safetensors_bytes({"ss_network_dim": "16"})
+    )
+    touch(tmp_path / "models" / "secret.safetensors", safetensors_bytes({"secret": "1"}))
+    status, body = await server.json("GET", "/view_metadata/loras?filename=sub/ink.safetensors")
+    assert (status, body) == (200, {"ss_network_dim": "16"})
+    assert (await server.json("GET", "/view_metadata/loras?filename=../secret.safetensors"))[0] == 404
+    assert (await server.json("GET", "/view_metadata/nope?filename=sub/ink.safetensors"))[0] == 404
