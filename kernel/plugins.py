@@ -25,6 +25,9 @@ log = logging.getLogger("comfykernel.plugins")
 
 ENTRY_POINT_GROUP = "comfykernel.plugins"
 PROJECT = "comfykernel"
+# "name=module.path,..." plugins treated like entry points, for processes that cannot install a
+# distribution first (subprocess tests, quick experiments).
+ENV_EXTRA_PLUGINS = "COMFYKERNEL_EXTRA_PLUGINS"
 
 
 @dataclass
@@ -32,7 +35,7 @@ class PluginRecord:
     """What ``comfykernel plugins list`` shows about one plugin."""
 
     name: str
-    source: str  # "essential", "entrypoint", "inline"
+    source: str  # "essential", "entrypoint", "env", "inline"
     module: str
     version: str | None = None
     distribution: str | None = None
@@ -84,6 +87,21 @@ def discover_entry_points() -> dict[str, _Candidate]:
     return found
 
 
+def env_extra_plugins() -> dict[str, _Candidate]:
+    """Plugins named in ``COMFYKERNEL_EXTRA_PLUGINS``; a malformed item is a ``UsageError``."""
+    found: dict[str, _Candidate] = {}
+    for part in os.environ.get(ENV_EXTRA_PLUGINS, "").split(","):
+        if not part.strip():
+            continue
+        name, sep, module = (p.strip() for p in part.partition("="))
+        if not sep or not name or not module:
+            raise UsageError(f"{ENV_EXTRA_PLUGINS}: expected name=module.path, got {part.strip()!r}")
+        if name in ESSENTIAL_PLUGINS:
+            raise UsageError(f"{ENV_EXTRA_PLUGINS}: {name!r} is the name of an essential plugin")
+        found[name] = _Candidate(name, "env", module, _module_loader(module))
+    return found
+
+
 def _module_loader(module: str) -> Any:
     return lambda: importlib.import_module(module)
 
@@ -119,6 +137,7 @@ def build_plugin_manager(
     for name, module in ESSENTIAL_PLUGINS.items():
         candidates[name] = _Candidate(name, "essential", module, _module_loader(module))
     candidates.update(discover_entry_points())
+    candidates.update(env_extra_plugins())
     for name, obj in inline:
         candidates[name] = _Candidate(name, "inline", getattr(obj, "__name__", repr(obj)), lambda o=obj: o)
 
