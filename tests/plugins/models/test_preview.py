@@ -7,9 +7,17 @@ import io
 import json
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 from PIL import Image
 
+from tests.attack_payloads import (
+    RAW_QUERY_PAYLOADS,
+    SENTINEL_BYTES,
+    attack_payloads,
+    plant_escape_symlink,
+    plant_sentinel,
+)
 from tests.plugins.models.helpers import image_bytes, raw_get, safetensors_bytes, touch
 
 PREVIEW = "/experiment/models/preview"
@@ -151,3 +159,20 @@ async def test_preview_symlinked_preview_out_of_the_folder_is_403(comfy_server, 
     os.symlink(tmp_path / "outside" / "stolen.png", ckpt / "model.png")
     status, body, _ = await raw_get(server, f"{PREVIEW}/checkpoints/0/model.safetensors")
     assert (status, body) == (403, b"")
+
+
+async def test_preview_shared_attack_payloads_are_all_4xx(comfy_server, tmp_path: Path) -> None:
+    server = await comfy_server(plugins=["models"])
+    ckpt = tmp_path / "models" / "checkpoints"
+    sentinel = plant_sentinel(tmp_path)
+    plant_escape_symlink(ckpt, sentinel)
+    # Images next to every place an escape could land: a leak would answer 200 image/webp.
+    for where in (tmp_path, tmp_path / "outside", tmp_path / "models"):
+        touch(where / "secret.png", image_bytes())
+    for payload in attack_payloads(sentinel):
+        status, body, ctype = await raw_get(server, f"{PREVIEW}/checkpoints/0/{quote(payload, safe='')}")
+        assert 400 <= status < 500, (payload, status)
+        assert ctype != "image/webp" and SENTINEL_BYTES not in body, payload
+    for raw in RAW_QUERY_PAYLOADS:
+        status, _, ctype = await raw_get(server, f"{PREVIEW}/checkpoints/0/{raw}")
+        assert 400 <= status < 500 and ctype != "image/webp", (raw, status)
