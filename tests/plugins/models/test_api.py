@@ -130,7 +130,7 @@ async def test_a_plugin_registered_kind_is_served(comfy_server, tmp_path: Path) 
     assert paths["ipadapter"] == [str(tmp_path / "models" / "ipadapter")]
 
 
-def test_register_embeddings_lists_stems_with_folders(make_kernel, tmp_path: Path) -> None:
+def test_hook_register_embeddings(make_kernel, tmp_path: Path) -> None:
     kernel = make_kernel(plugins=["models"])
     emb = tmp_path / "models" / "embeddings"
     touch(emb / "easynegative.safetensors")
@@ -165,3 +165,11 @@ async def test_view_metadata_reaches_model_files_through_kernel_models(comfy_ser
     assert (status, body) == (200, {"ss_network_dim": "16"})
     assert (await server.json("GET", "/view_metadata/loras?filename=../secret.safetensors"))[0] == 404
     assert (await server.json("GET", "/view_metadata/nope?filename=sub/ink.safetensors"))[0] == 404
+
+
+async def test_embeddings_route_lists_stems(comfy_server, tmp_path: Path) -> None:
+    server = await comfy_server(plugins=["models"])
+    touch(tmp_path / "models" / "embeddings" / "neg.safetensors")
+    touch(tmp_path / "models" / "embeddings" / "sub" / "pos.pt")
+    assert await server.json("GET", "/embeddings") == (200, ["neg", "sub/pos"])
+    assert await server.json("GET", "/api/embeddings") == (200, ["neg", "sub/pos"])
