@@ -252,7 +252,11 @@ async def move_userdata(request: web.Request) -> web.Response:
 
 def _settings_target(request: web.Request) -> tuple[str, Path]:
     user, root = _user(request, json_errors=True)
-    return user, safe_join(root, SETTINGS_FILE)
+    try:
+        return user, safe_join(root, SETTINGS_FILE)
+    except UnsafePath:
+        # comfy.settings.json is a symlink leading out of the user's folder.
+        raise Refusal(_json_error(403, "Invalid settings path")) from None
 
 
 @routes.get("/settings")
