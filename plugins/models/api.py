@@ -7,6 +7,7 @@ Node loaders and the compat plugin's ``folder_paths`` shim use it::
     models.get_full_path("checkpoints", "sd15.safetensors")   # Path or None
     models.folder_paths("unet")                       # aliases accepted: diffusion_models' folders
     models.add_folder("loras", "/mnt/loras", is_default=True)
+    models.add_extensions("diffusion_models", {".gguf"})
 
 Folder kinds come from ``kernel.model_folders`` (the ``register_model_folders`` hook); their
 folders are the defaults under the models root, then ``extra_model_paths.yaml`` entries, then
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,6 +62,22 @@ class _Added:
     is_default: bool
 
 
+@dataclass(frozen=True)
+class _Replaced:
+    kind: str
+    paths: tuple[Path, ...]
+    extensions: frozenset[str] | None
+
+
+@dataclass(frozen=True)
+class _Extended:
+    kind: str
+    extensions: frozenset[str]
+
+
+_Change = _Added | _Replaced | _Extended
+
+
 @dataclass
 class _Kind:
     name: str
@@ -73,7 +90,8 @@ class ModelPaths:
         self._registry = registry
         self._models_root = models_root
         self._base = base
-        self._added: list[_Added] = []
+        # Run-time changes, replayed in order over the registered kinds (see _table).
+        self._changes: list[_Change] = []
         self._lock = threading.RLock()
         self._kinds: dict[str, _Kind] | None = None
         self._built_from = -1
@@ -83,27 +101,24 @@ class ModelPaths:
     # --- folder table ---
 
     def _table(self) -> dict[str, _Kind]:
-        """Replay defaults + added folders; rebuilt when the registry or the added list changed."""
+        """Replay defaults + run-time changes; rebuilt when the registry or the changes grew.
+
+        Replaying (instead of editing a table in place) lets extra_model_paths.yaml be read in
+        ``configure``, before any plugin has registered its folder kinds.
+        """
         with self._lock:
-            stamp = len(self._registry.kinds) * 1_000_003 + len(self._added)
+            stamp = len(self._registry.kinds) * 1_000_003 + len(self._changes)
             if self._kinds is not None and self._built_from == stamp:
                 return self._kinds
             kinds: dict[str, _Kind] = {}
             for name, kind in self._registry.kinds.items():
                 dirs = default_dirs(name, kind.default_subdir, self._models_root, self._base)
                 kinds[name] = _Kind(name, kind.extensions, dirs)
-            for added in self._added:
-                name = self._registry.canonical(added.kind)
+            for change in self._changes:
+                name = self._registry.canonical(change.kind)
                 # The reference makes an unknown name a new kind that accepts every file.
                 entry = kinds.setdefault(name, _Kind(name, frozenset(), []))
-                if added.path in entry.paths:
-                    if added.is_default:
-                        entry.paths.remove(added.path)
-                        entry.paths.insert(0, added.path)
-                elif added.is_default:
-                    entry.paths.insert(0, added.path)
-                else:
-                    entry.paths.append(added.path)
+                _apply(entry, change)
             self._kinds, self._built_from = kinds, stamp
             self._names.clear()
             return kinds
@@ -138,9 +153,29 @@ class ModelPaths:
 
         ``is_default`` puts it first, so it is the folder downloads and new files go to.
         """
-        absolute = Path(os.path.normpath(os.path.abspath(os.fspath(path))))
         with self._lock:
-            self._added.append(_Added(folder, absolute, is_default))
+            self._changes.append(_Added(folder, _absolute(path), is_default))
+
+    def set_folder(
+        self, folder: str, paths: Iterable[str | os.PathLike[str]], extensions: Iterable[str] | None = None
+    ) -> None:
+        """Replace a kind's folders (and its extensions, unless None), creating the kind if new.
+
+        This is the reference's ``folder_names_and_paths[name] = (paths, extensions)`` that
+        custom nodes write; an empty ``extensions`` accepts every file.
+        """
+        exts = None if extensions is None else _normalise_extensions(extensions)
+        with self._lock:
+            self._changes.append(_Replaced(folder, tuple(_absolute(p) for p in paths), exts))
+
+    def add_extensions(self, folder: str, extensions: Iterable[str]) -> None:
+        """Accept more file suffixes in a kind (``.gguf`` for ``diffusion_models``, say)."""
+        with self._lock:
+            self._changes.append(_Extended(folder, _normalise_extensions(extensions)))
+
+    @property
+    def models_root(self) -> Path:
+        return self._models_root
 
     # --- listings ---
 
@@ -208,6 +243,35 @@ class ModelPaths:
         return [os.path.splitext(name)[0] for name in names]
 
     def clear_cache(self) -> None:
+        """Forget every listing (they are also refreshed whenever a directory's mtime changes)."""
         with self._lock:
             self._listings.clear()
             self._names.clear()
+
+
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    return Path(os.path.normpath(os.path.abspath(os.fspath(path))))
+
+
+def _normalise_extensions(extensions: Iterable[str]) -> frozenset[str]:
+    """``"gguf"`` and ``".GGUF"`` both become ``".gguf"``; an empty string is dropped."""
+    return frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions if e)
+
+
+def _apply(entry: _Kind, change: _Change) -> None:
+    if isinstance(change, _Replaced):
+        entry.paths = list(dict.fromkeys(change.paths))
+        if change.extensions is not None:
+            entry.extensions = change.extensions
+    elif isinstance(change, _Extended):
+        # An empty set already accepts everything; adding suffixes must not narrow it.
+        if entry.extensions:
+            entry.extensions = entry.extensions | change.extensions
+    elif change.path in entry.paths:
+        if change.is_default:
+            entry.paths.remove(change.path)
+            entry.paths.insert(0, change.path)
+    elif change.is_default:
+        entry.paths.insert(0, change.path)
+    else:
+        entry.paths.append(change.path)

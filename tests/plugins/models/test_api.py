@@ -173,3 +173,29 @@ async def test_embeddings_route_lists_stems(comfy_server, tmp_path: Path) -> Non
     touch(tmp_path / "models" / "embeddings" / "sub" / "pos.pt")
     assert await server.json("GET", "/embeddings") == (200, ["neg", "sub/pos"])
     assert await server.json("GET", "/api/embeddings") == (200, ["neg", "sub/pos"])
+
+
+def test_set_folder_and_add_extensions_at_run_time(make_kernel, tmp_path: Path) -> None:
+    kernel = make_kernel(plugins=["models"])
+    models = kernel.models
+    touch(tmp_path / "models" / "unet" / "flux.gguf")
+    touch(tmp_path / "models" / "unet" / "flux.safetensors")
+    assert models.list_names("diffusion_models") == ["flux.safetensors"]
+    models.add_extensions("unet", ["GGUF"])
+    assert models.list_names("diffusion_models") == ["flux.gguf", "flux.safetensors"]
+    assert ".gguf" in models.extensions("diffusion_models")
+    # Adding suffixes to an accept-everything kind keeps it accepting everything.
+    models.add_extensions("classifiers", [".onnx"])
+    assert models.extensions("classifiers") == frozenset()
+
+    touch(tmp_path / "ipa" / "face.bin")
+    touch(tmp_path / "ipa" / "face.txt")
+    models.set_folder("ipadapter", [tmp_path / "ipa", tmp_path / "ipa"], {"bin"})
+    assert models.folder_paths("ipadapter") == [tmp_path / "ipa"]
+    assert models.list_names("ipadapter") == ["face.bin"]
+    models.set_folder("ipadapter", [tmp_path / "ipa"], [])
+    assert models.list_names("ipadapter") == ["face.bin", "face.txt"]
+    # Replacing a built-in kind's folders keeps its extensions when none are given.
+    models.set_folder("vae", [tmp_path / "ipa"])
+    assert models.folder_paths("vae") == [tmp_path / "ipa"]
+    assert models.list_names("vae") == ["face.bin"]
