@@ -50,8 +50,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS prompts_seq ON prompts(seq) WHERE seq IS NOT N
 CREATE INDEX IF NOT EXISTS prompts_user_seq ON prompts(user, seq) WHERE seq IS NOT NULL;
 CREATE INDEX IF NOT EXISTS prompts_state ON prompts(state, accepted) WHERE state != 'done';
 CREATE INDEX IF NOT EXISTS prompts_created ON prompts(created_key, seq) WHERE seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS prompts_created_desc ON prompts(created_key DESC, seq) WHERE seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS prompts_duration ON prompts(duration, seq) WHERE seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS prompts_duration_desc ON prompts(duration DESC, seq) WHERE seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS prompts_job_status ON prompts(job_status, user, workflow_id) WHERE seq IS NOT NULL;
 """
 
+_FINISHED_STATUSES = (jobs.COMPLETED, jobs.FAILED, jobs.CANCELLED)
 _encoder = msgspec.json.Encoder(enc_hook=str)  # a stray non-JSON output value must not lose the entry
 _decoder = msgspec.json.Decoder()
 
@@ -202,7 +207,8 @@ class HistoryStore:
 
     def running_items(self, user: str | None) -> list[list[Any]]:
         """Prompts recorded as running; the executor may be between finishing one and our record."""
-        sql = "SELECT item FROM prompts WHERE state = 'running' AND item IS NOT NULL"
+        # "state != 'done'" lets SQLite use the partial index of unfinished rows.
+        sql = "SELECT item FROM prompts WHERE state != 'done' AND state = 'running' AND item IS NOT NULL"
         params: list[Any] = []
         if user is not None:
             sql += " AND user = ?"
@@ -287,9 +293,10 @@ class HistoryStore:
         if not statuses:
             return [], 0
         where, params = _user_filter(user)
-        marks = ",".join("?" * len(statuses))
-        where += f" AND job_status IN ({marks})"
-        params = [*params, *statuses]
+        if set(statuses) != set(_FINISHED_STATUSES):
+            marks = ",".join("?" * len(statuses))
+            where += f" AND job_status IN ({marks})"
+            params = [*params, *statuses]
         if workflow_id is not None:
             where += " AND workflow_id = ?"
             params.append(workflow_id)
