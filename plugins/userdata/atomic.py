@@ -9,8 +9,9 @@ from pathlib import Path
 
 
 def _temp_copy(path: Path, data: bytes) -> str:
-    # Dot-prefixed so that v1 listings (which skip hidden files) never show a half-written file.
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".tmp")
+    # Dot-prefixed so that v1 listings (which skip hidden files) never show a half-written file;
+    # a fixed short prefix keeps the temp name legal however long the target's name is.
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".userdata-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -136,6 +136,21 @@ async def test_post_os_error_is_400_with_reason_phrase(server):
     assert (user_root(server) / "adir").is_dir()
 
 
+async def test_post_longest_legal_name_works(server):
+    name = "n" * 250 + ".json"
+    status, body, _ = await raw(server, "POST", f"/userdata/{name}", data=b"{}")
+    assert (status, json.loads(body)) == (200, name)
+    assert os.listdir(user_root(server)) == [name]
+
+
+@pytest.mark.parametrize("segment", ["%25ff.json", "%ff.json", "%25C3.json"])
+async def test_undecodable_names_are_4xx(server, segment):
+    for method in ("GET", "POST", "DELETE"):
+        status, _, _ = await raw(server, method, f"/userdata/{segment}", data=b"x")
+        assert 400 <= status < 500, (method, segment, status)
+    assert not user_root(server).exists() or os.listdir(user_root(server)) == []
+
+
 @pytest.mark.parametrize("name", ["%2E", ".%2F", "%252E"])
 async def test_empty_names_are_400(server, name):
     for method in ("GET", "POST", "DELETE"):
