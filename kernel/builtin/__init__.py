@@ -6,5 +6,6 @@ from __future__ import annotations
 ESSENTIAL_PLUGINS: dict[str, str] = {
     "core": "kernel.builtin.core",
     "ws": "kernel.builtin.ws",
+    "executor": "kernel.builtin.executor",
     "files": "kernel.builtin.files",
 }

@@ -46,14 +46,19 @@ class SocketHub:
         self.kernel = kernel
         self.clients: dict[str, Client] = {}
 
+    def _targets(self, sid: str | None) -> Iterable[Client]:
+        return list(self.clients.values()) if sid is None else [c for c in [self.clients.get(sid)] if c]
+
+    def _put(self, client: Client, frame: str | bytes) -> None:
+        try:
+            client.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            log.warning("dropping WebSocket client %s: it stopped reading", client.sid)
+            self.drop(client)
+
     def send(self, sid: str | None, frame: str | bytes) -> None:
-        targets = self.clients.values() if sid is None else filter(None, [self.clients.get(sid)])
-        for client in list(targets):
-            try:
-                client.queue.put_nowait(frame)
-            except asyncio.QueueFull:
-                log.warning("dropping WebSocket client %s: it stopped reading", client.sid)
-                self.drop(client)
+        for client in self._targets(sid):
+            self._put(client, frame)
 
     def send_json(self, sid: str | None, type_: str, data: Any) -> None:
         self.send(sid, json.dumps({"type": type_, "data": data}))
@@ -68,6 +73,12 @@ class SocketHub:
     def on_bus(self, event: Any) -> None:
         if isinstance(event, ServerMessage):
             if event.sid is None and not event.broadcast:
+                return
+            frame_for = getattr(event.data, "frame_for", None)
+            if frame_for is not None:
+                # Binary data whose encoding depends on each socket's feature flags (previews).
+                for client in list(self._targets(event.sid)):
+                    self._put(client, frame_for(client.feature_flags))
                 return
             if isinstance(event.data, bytes | bytearray):
                 frame: str | bytes = struct.pack(">I", event.binary_type or 0) + bytes(event.data)

@@ -1,0 +1,235 @@
+"""The live graph of one prompt and the order its nodes run in.
+
+``DynamicPrompt`` is the prompt plus the ephemeral nodes that expansions add while it runs.
+``ExecutionList`` decides which node runs next with the reference's rules: a node is staged
+once nothing it strongly depends on is pending; lazy inputs are followed only when asked for;
+async nodes and nodes feeding outputs are preferred so results reach the user early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from kernel.nodes.graph import is_link
+
+
+class NodeNotFoundError(Exception):
+    """A link or lookup named a node id that is neither in the prompt nor ephemeral."""
+
+
+class NodeInputError(Exception):
+    """``check_lazy_status`` asked for an input that is missing or not a link."""
+
+
+class DependencyCycleError(Exception):
+    """Expansion created a cycle: no pending node can ever become ready."""
+
+
+class DynamicPrompt:
+    """The prompt being executed plus the nodes expansions add to it (``DYNPROMPT``)."""
+
+    def __init__(self, original_prompt: dict[str, Any]) -> None:
+        self.original_prompt = original_prompt
+        self.ephemeral_prompt: dict[str, Any] = {}
+        self.ephemeral_parents: dict[str, str] = {}
+        self.ephemeral_display: dict[str, str] = {}
+
+    def get_node(self, node_id: str) -> dict[str, Any]:
+        node = self.ephemeral_prompt.get(node_id)
+        if node is None:
+            node = self.original_prompt.get(node_id)
+        if node is None:
+            raise NodeNotFoundError(f"Node {node_id} not found")
+        return node
+
+    def has_node(self, node_id: str) -> bool:
+        return node_id in self.original_prompt or node_id in self.ephemeral_prompt
+
+    def add_ephemeral_node(
+        self, node_id: str, node_info: dict[str, Any], parent_id: str, display_id: str
+    ) -> None:
+        self.ephemeral_prompt[node_id] = node_info
+        self.ephemeral_parents[node_id] = parent_id
+        self.ephemeral_display[node_id] = display_id
+
+    def is_ephemeral(self, node_id: str) -> bool:
+        return node_id in self.ephemeral_parents
+
+    def get_real_node_id(self, node_id: str) -> str:
+        while node_id in self.ephemeral_parents:
+            node_id = self.ephemeral_parents[node_id]
+        return node_id
+
+    def get_parent_node_id(self, node_id: str) -> str | None:
+        return self.ephemeral_parents.get(node_id)
+
+    def get_display_node_id(self, node_id: str) -> str:
+        while node_id in self.ephemeral_display:
+            node_id = self.ephemeral_display[node_id]
+        return node_id
+
+    def all_node_ids(self) -> set[str]:
+        return set(self.original_prompt) | set(self.ephemeral_prompt)
+
+    def get_original_prompt(self) -> dict[str, Any]:
+        return self.original_prompt
+
+
+class ExecutionList:
+    """Pending nodes, their blocking edges and the pick rule.
+
+    ``is_available(node_id)`` says whether a node's outputs already exist (cached or run in
+    this prompt); available sources are never staged. ``node_traits(class_type)`` returns
+    ``(lazy_input_names, is_output_node, is_async)`` for a class.
+    """
+
+    def __init__(
+        self,
+        dynprompt: DynamicPrompt,
+        is_available: Callable[[str], bool],
+        node_traits: Callable[[str], tuple[frozenset[str], bool, bool]],
+    ) -> None:
+        self.dynprompt = dynprompt
+        self.is_available = is_available
+        self.node_traits = node_traits
+        self.pending: dict[str, None] = {}
+        self.block_count: dict[str, int] = {}
+        # source -> {target -> {source output index}}
+        self.blocking: dict[str, dict[str, set[Any]]] = {}
+        self.staged_node_id: str | None = None
+        self.external_blocks = 0
+        self._unblocked = asyncio.Event()
+
+    def is_empty(self) -> bool:
+        return not self.pending
+
+    def _traits(self, node_id: str) -> tuple[frozenset[str], bool, bool]:
+        return self.node_traits(self.dynprompt.get_node(node_id)["class_type"])
+
+    def add_node(
+        self, node_id: str, include_lazy: bool = False, subgraph_nodes: set[str] | None = None
+    ) -> None:
+        # Explicit stack: a 2,000-deep chain must not hit the recursion limit.
+        stack = [node_id]
+        links: list[tuple[str, Any, str]] = []
+        while stack:
+            current = stack.pop()
+            if current in self.pending:
+                continue
+            self.pending[current] = None
+            self.block_count[current] = 0
+            self.blocking[current] = {}
+            node = self.dynprompt.get_node(current)
+            lazy_inputs = self._traits(current)[0]
+            for input_name, value in node.get("inputs", {}).items():
+                if not is_link(value):
+                    continue
+                source = value[0]
+                if subgraph_nodes is not None and source not in subgraph_nodes:
+                    continue
+                if not include_lazy and input_name in lazy_inputs:
+                    continue
+                if not self.is_available(source):
+                    stack.append(source)
+                links.append((source, value[1], current))
+        for source, socket, target in links:
+            self.add_strong_link(source, socket, target)
+
+    def add_strong_link(self, source: str, socket: Any, target: str) -> None:
+        if self.is_available(source):
+            return
+        self.add_node(source)
+        targets = self.blocking[source]
+        if target not in targets:
+            targets[target] = set()
+            self.block_count[target] += 1
+        targets[target].add(socket)
+
+    def make_input_strong_link(self, node_id: str, input_name: str) -> None:
+        inputs = self.dynprompt.get_node(node_id).get("inputs", {})
+        if input_name not in inputs:
+            raise NodeInputError(f"Node {node_id} asked for input {input_name!r}, which it does not have")
+        value = inputs[input_name]
+        if not is_link(value):
+            raise NodeInputError(
+                f"Node {node_id} asked for input {input_name!r}, which is a constant, not a link"
+            )
+        self.add_strong_link(value[0], value[1], node_id)
+
+    def add_external_block(self, node_id: str) -> Callable[[], None]:
+        """Hold ``node_id`` back until the returned function is called (async work pending)."""
+        self.external_blocks += 1
+        self.block_count[node_id] += 1
+
+        def unblock() -> None:
+            self.external_blocks -= 1
+            self.block_count[node_id] -= 1
+            self._unblocked.set()
+
+        return unblock
+
+    async def stage_node_execution(self, interrupted: Callable[[], bool]) -> str:
+        """The next node to run; waits for async work when nothing else is ready."""
+        assert self.staged_node_id is None
+        while True:
+            ready = [n for n, _ in self.pending.items() if self.block_count[n] == 0]
+            if ready:
+                self.staged_node_id = self._pick(ready)
+                return self.staged_node_id
+            if self.external_blocks == 0:
+                raise DependencyCycleError(self._cycle_node())
+            self._unblocked.clear()
+            # Poll so an interrupt is noticed while async nodes sleep.
+            try:
+                await asyncio.wait_for(self._unblocked.wait(), 0.05)
+            except TimeoutError:
+                pass
+            if interrupted():
+                return ""
+
+    def _is_output(self, node_id: str) -> bool:
+        return self._traits(node_id)[1]
+
+    def _pick(self, ready: list[str]) -> str:
+        for node_id in ready:
+            _, is_output, is_async = self._traits(node_id)
+            if is_output or is_async:
+                return node_id
+        for node_id in ready:
+            if any(self._is_output(t) for t in self.blocking[node_id]):
+                return node_id
+        for node_id in ready:
+            for target in self.blocking[node_id]:
+                if any(self._is_output(t2) for t2 in self.blocking.get(target, ())):
+                    return node_id
+        return ready[0]
+
+    def unstage_node_execution(self) -> None:
+        self.staged_node_id = None
+
+    def complete_node_execution(self) -> None:
+        node_id = self.staged_node_id
+        assert node_id is not None
+        del self.pending[node_id]
+        for target in self.blocking.pop(node_id, {}):
+            self.block_count[target] -= 1
+        self.staged_node_id = None
+
+    def _cycle_node(self) -> str:
+        """The id to blame for a runtime cycle: the first ephemeral node left in it, shown by display id."""
+        remaining = {n for n in self.pending}
+        # Peel off nodes that block nothing still pending: what is left lies on (or feeds into) cycles.
+        changed = True
+        while changed:
+            changed = False
+            for node_id in list(remaining):
+                if not any(t in remaining for t in self.blocking.get(node_id, ())):
+                    remaining.discard(node_id)
+                    changed = True
+        candidates = [n for n in self.pending if n in remaining] or list(self.pending)
+        for node_id in candidates:
+            if self.dynprompt.is_ephemeral(node_id):
+                return self.dynprompt.get_display_node_id(node_id)
+        return self.dynprompt.get_display_node_id(candidates[0])

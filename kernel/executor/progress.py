@@ -1,0 +1,161 @@
+"""Per-prompt progress registry: ``progress`` / ``progress_state`` messages and preview frames.
+
+One ``ProgressReporter`` lives for one prompt, so progress never leaks between prompts or
+clients. Messages are addressed to the prompt's client and broadcast when it has none (the
+reference's rule for progress). Preview images become ``PreviewFrame`` objects that the
+WebSocket hub turns into a type-1 or type-4 binary frame per socket, depending on whether the
+socket declared ``supports_preview_metadata``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kernel.events import ServerMessage
+from kernel.executor.graph import DynamicPrompt
+
+PREVIEW_IMAGE = 1
+PREVIEW_IMAGE_WITH_METADATA = 4
+_FORMAT_CODES = {"JPEG": 1, "PNG": 2}
+_MIME = {"JPEG": "image/jpeg", "PNG": "image/png"}
+# Intermediate updates closer together than this are coalesced; first, last and previews never are.
+THROTTLE_SECONDS = 0.05
+
+
+class PreviewFrame:
+    """An encoded preview; ``frame_for(client_flags)`` gives the bytes for one socket."""
+
+    __slots__ = ("image", "image_format", "metadata")
+
+    def __init__(self, image: bytes, image_format: str, metadata: dict[str, Any]) -> None:
+        self.image = image
+        self.image_format = image_format
+        self.metadata = metadata
+
+    def frame_for(self, client_flags: dict[str, Any]) -> bytes:
+        if client_flags.get("supports_preview_metadata"):
+            meta = json.dumps({**self.metadata, "image_type": _MIME[self.image_format]}).encode()
+            return struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + self.image
+        return struct.pack(">II", PREVIEW_IMAGE, _FORMAT_CODES[self.image_format]) + self.image
+
+
+def encode_preview(preview: Any, max_size: int) -> tuple[bytes, str]:
+    """Encode a PIL image, an ``(format, image, max_size)`` tuple or a float image tensor."""
+    from PIL import Image
+
+    image_format = "JPEG"
+    if isinstance(preview, tuple) and len(preview) == 3:
+        image_format, preview, max_size = str(preview[0]).upper(), preview[1], int(preview[2] or max_size)
+    if not isinstance(preview, Image.Image):
+        import numpy as np
+
+        array = preview.detach().cpu().numpy() if hasattr(preview, "detach") else np.asarray(preview)
+        if array.ndim == 4:
+            array = array[0]
+        array = np.clip(array * 255.0, 0, 255).astype(np.uint8)
+        preview = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    if image_format not in _FORMAT_CODES:
+        image_format = "JPEG"
+    if max(preview.size) > max_size:
+        preview = preview.copy()
+        preview.thumbnail((max_size, max_size), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    if image_format == "JPEG":
+        preview.convert("RGB").save(out, format="JPEG", quality=95)
+    else:
+        preview.save(out, format="PNG", compress_level=1)
+    return out.getvalue(), image_format
+
+
+class ProgressReporter:
+    """Progress of the nodes of one prompt (implements ``kernel.progress.ProgressSink``)."""
+
+    def __init__(
+        self,
+        prompt_id: str,
+        client_id: str | None,
+        dynprompt: DynamicPrompt,
+        publish: Callable[[ServerMessage], None],
+        is_interrupted: Callable[[], bool],
+        preview_size: int = 512,
+    ) -> None:
+        self.prompt_id = prompt_id
+        self.client_id = client_id
+        self.dynprompt = dynprompt
+        self.publish = publish
+        self._is_interrupted = is_interrupted
+        self.preview_size = preview_size
+        # Entries are replaced, never mutated, so a published snapshot stays as it was sent.
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self._last_sent: dict[str, float] = {}
+
+    def is_interrupted(self) -> bool:
+        return self._is_interrupted()
+
+    def _entry(self, node_id: str, value: float, max_value: float, state: str) -> dict[str, Any]:
+        dp = self.dynprompt
+        return {
+            "value": value,
+            "max": max_value,
+            "state": state,
+            "node_id": node_id,
+            "prompt_id": self.prompt_id,
+            "display_node_id": dp.get_display_node_id(node_id),
+            "parent_node_id": dp.get_parent_node_id(node_id),
+            "real_node_id": dp.get_real_node_id(node_id),
+        }
+
+    def _send(self, type_: str, data: Any) -> None:
+        self.publish(ServerMessage(type=type_, data=data, sid=self.client_id, broadcast=True))
+
+    def _send_state(self) -> None:
+        self._send("progress_state", {"prompt_id": self.prompt_id, "nodes": dict(self.nodes)})
+
+    def start(self, node_id: str) -> None:
+        self.nodes[node_id] = self._entry(node_id, 0, 1, "running")
+        self._last_sent.pop(node_id, None)
+        self._send_state()
+
+    def finish(self, node_id: str) -> None:
+        entry = self.nodes.get(node_id)
+        max_value = entry["max"] if entry is not None else 1
+        self.nodes[node_id] = self._entry(node_id, max_value, max_value, "finished")
+        self._send_state()
+
+    def update(self, node_id: str, value: float, max_value: float, preview: Any = None) -> None:
+        now = time.monotonic()
+        last = self._last_sent.get(node_id)
+        final = max_value and value >= max_value
+        if preview is None and last is not None and not final and now - last < THROTTLE_SECONDS:
+            return
+        self._last_sent[node_id] = now
+        state = self.nodes.get(node_id, {}).get("state", "running")
+        self.nodes[node_id] = self._entry(node_id, value, max_value, state)
+        self._send(
+            "progress", {"value": value, "max": max_value, "prompt_id": self.prompt_id, "node": node_id}
+        )
+        self._send_state()
+        if preview is not None:
+            image, image_format = encode_preview(preview, self.preview_size)
+            dp = self.dynprompt
+            metadata = {
+                "node_id": node_id,
+                "prompt_id": self.prompt_id,
+                "display_node_id": dp.get_display_node_id(node_id),
+                "parent_node_id": dp.get_parent_node_id(node_id),
+                "real_node_id": dp.get_real_node_id(node_id),
+            }
+            self.publish(
+                ServerMessage(
+                    type="preview",
+                    data=PreviewFrame(image, image_format, metadata),
+                    sid=self.client_id,
+                    broadcast=True,
+                    binary_type=PREVIEW_IMAGE,
+                )
+            )
