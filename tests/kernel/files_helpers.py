@@ -37,3 +37,26 @@ def upload_form(data: bytes, filename: str = "a.png", **fields: Any) -> aiohttp.
     for key, value in fields.items():
         form.add_field(key, value)
     return form
+
+
+def raw_multipart(data: bytes, filename: str, **fields: str) -> tuple[bytes, dict[str, str]]:
+    """A multipart body written by hand, so hostile file names (NUL, CR/LF) reach the server."""
+    boundary = "----comfykernel-test-boundary"
+    parts: list[bytes] = []
+    for key, value in fields.items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n'.encode()
+            + value.encode()
+            + b"\r\n"
+        )
+    quoted = filename.replace('"', "%22").encode("utf-8", "surrogatepass")
+    parts.append(
+        f"--{boundary}\r\n".encode()
+        + b'Content-Disposition: form-data; name="image"; filename="'
+        + quoted
+        + b'"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        + data
+        + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
