@@ -206,3 +206,30 @@ async def test_upload_mask_errors(comfy_server: Any, tmp_path: Path) -> None:
     )
     assert status == 400
     assert list((tmp_path / "input").iterdir()) == []
+
+
+async def test_upload_onto_a_directory_is_409(comfy_server: Any, tmp_path: Path) -> None:
+    server = await comfy_server()
+    (tmp_path / "input" / "a.png").mkdir()
+    status, body = await _upload(server, "/upload/image", upload_form(b"x", overwrite="true"))
+    assert status == 409 and "error" in body
+    # Without overwrite the directory is simply a taken name.
+    status, body = await _upload(server, "/upload/image", upload_form(b"x"))
+    assert (status, body["name"]) == (200, "a (1).png")
+
+
+async def test_overwrite_replaces_a_link_instead_of_writing_through_it(
+    comfy_server: Any, tmp_path: Path
+) -> None:
+    server = await comfy_server()
+    real = tmp_path / "input" / "real.png"
+    real.write_bytes(b"real")
+    (tmp_path / "input" / "alias.png").symlink_to(real)
+    status, body = await _upload(
+        server, "/upload/image", upload_form(b"new", filename="alias.png", overwrite="true")
+    )
+    assert (status, body["name"]) == (200, "alias.png")
+    assert real.read_bytes() == b"real"
+    assert not (tmp_path / "input" / "alias.png").is_symlink()
+    assert (tmp_path / "input" / "alias.png").read_bytes() == b"new"
+    assert not [p for p in (tmp_path / "input").iterdir() if p.name.startswith(".upload-")]
