@@ -1,0 +1,150 @@
+"""Samplers that add fresh Gaussian noise each step, drawn from one seeded CPU generator."""
+
+from __future__ import annotations
+
+import torch
+
+from .common import SamplerContext, ancestral_step, half_log_snr, to_d
+
+
+def sample_euler_ancestral(
+    ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0
+) -> torch.Tensor:
+    noise = ctx.noise_sampler(x)
+    for i in range(len(sigmas) - 1):
+        denoised = ctx.denoise(x, sigmas[i])
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        ctx.report(i, denoised, x)
+        if sigma_down == 0:
+            x = denoised
+        else:
+            x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
+            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+    return x
+
+
+def sample_dpm_2_ancestral(
+    ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0
+) -> torch.Tensor:
+    noise = ctx.noise_sampler(x)
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i]
+        denoised = ctx.denoise(x, sigma)
+        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
+        ctx.report(i, denoised, x)
+        d = to_d(x, sigma, denoised)
+        if sigma_down == 0:
+            x = x + d * (sigma_down - sigma)
+            continue
+        sigma_mid = sigma.log().lerp(torch.as_tensor(sigma_down).log(), 0.5).exp()
+        x_2 = x + d * (sigma_mid - sigma)
+        d_2 = to_d(x_2, sigma_mid, ctx.denoise(x_2, sigma_mid))
+        x = x + d_2 * (sigma_down - sigma)
+        x = x + noise(sigma, sigmas[i + 1]) * s_noise * sigma_up
+    return x
+
+
+def sample_dpmpp_2s_ancestral(
+    ctx: SamplerContext,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    cfg_pp: bool = False,
+) -> torch.Tensor:
+    """DPM-Solver++(2S) single-step second order, with ancestral noise.
+
+    ``cfg_pp`` is the CFG++ variant; this sampler layer sees no separate unconditional
+    prediction, so (like the reference without a CFG pass) the unconditional term is zero and the
+    step starts from ``x + denoised``.
+    """
+    noise = ctx.noise_sampler(x)
+    uncond: torch.Tensor | float = 0.0
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i]
+        denoised = ctx.denoise(x, sigma)
+        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
+        ctx.report(i, denoised, x)
+        if sigma_down == 0:
+            if cfg_pp:
+                x = denoised + to_d(x, sigma, uncond) * sigma_down
+            else:
+                x = x + to_d(x, sigma, denoised) * (sigma_down - sigma)
+        else:
+            t, t_next = half_log_snr(sigma), half_log_snr(torch.as_tensor(sigma_down))
+            h = t_next - t
+            s = t + 0.5 * h
+            base = x + (denoised - uncond) if cfg_pp else x
+            x_2 = ((-s).exp() / (-t).exp()) * base - (-h * 0.5).expm1() * denoised
+            denoised_2 = ctx.denoise(x_2, (-s).exp())
+            x = ((-t_next).exp() / (-t).exp()) * base - (-h).expm1() * denoised_2
+        if sigmas[i + 1] > 0:
+            x = x + noise(sigma, sigmas[i + 1]) * s_noise * sigma_up
+    return x
+
+
+def sample_res_multistep(
+    ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, eta: float = 0.0, s_noise: float = 1.0
+) -> torch.Tensor:
+    """RES second-order multistep exponential integrator (Zhang et al. 2023, arXiv:2308.02157)."""
+    noise = ctx.noise_sampler(x)
+    old_denoised: torch.Tensor | None = None
+    old_sigma_down: torch.Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i]
+        denoised = ctx.denoise(x, sigma)
+        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
+        sigma_down = torch.as_tensor(sigma_down)
+        ctx.report(i, denoised, x)
+        if sigma_down == 0 or old_denoised is None:
+            x = x + to_d(x, sigma, denoised) * (sigma_down - sigma)
+        else:
+            assert old_sigma_down is not None
+            t, t_old = half_log_snr(sigma), half_log_snr(old_sigma_down)
+            t_next, t_prev = half_log_snr(sigma_down), half_log_snr(sigmas[i - 1])
+            h = t_next - t
+            c2 = (t_prev - t_old) / h
+            phi1 = torch.expm1(-h) / (-h)
+            phi2 = (phi1 - 1.0) / (-h)
+            b1 = torch.nan_to_num(phi1 - phi2 / c2, nan=0.0)
+            b2 = torch.nan_to_num(phi2 / c2, nan=0.0)
+            x = (-h).exp() * x + h * (b1 * denoised + b2 * old_denoised)
+        if sigmas[i + 1] > 0:
+            x = x + noise(sigma, sigmas[i + 1]) * s_noise * sigma_up
+        old_denoised = denoised
+        old_sigma_down = sigma_down
+    return x
+
+
+def sample_ddpm(ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Ancestral DDPM steps (Ho et al. 2020) written in the variance-preserving x."""
+    noise = ctx.noise_sampler(x)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_prev = sigmas[i], sigmas[i + 1]
+        denoised = ctx.denoise(x, sigma)
+        ctx.report(i, denoised, x)
+        eps = (x - denoised) / sigma
+        x_vp = x / torch.sqrt(1.0 + sigma**2.0)
+        alpha_cumprod = 1 / ((sigma * sigma) + 1)
+        alpha_cumprod_prev = 1 / ((sigma_prev * sigma_prev) + 1)
+        alpha = alpha_cumprod / alpha_cumprod_prev
+        mu = (1.0 / alpha).sqrt() * (x_vp - (1 - alpha) * eps / (1 - alpha_cumprod).sqrt())
+        if sigma_prev > 0:
+            var = (1 - alpha) * (1.0 - alpha_cumprod_prev) / (1.0 - alpha_cumprod)
+            mu = mu + var.sqrt() * noise(sigma, sigma_prev)
+        x = mu
+        if sigma_prev != 0:
+            x = x * torch.sqrt(1.0 + sigma_prev**2.0)
+    return x
+
+
+def sample_lcm(ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Latent consistency sampling: jump to the x0 estimate, then re-noise to the next sigma."""
+    noise = ctx.noise_sampler(x)
+    for i in range(len(sigmas) - 1):
+        denoised = ctx.denoise(x, sigmas[i])
+        ctx.report(i, denoised, x)
+        x = denoised
+        if sigmas[i + 1] > 0:
+            x = ctx.model_sampling.noise_scaling(sigmas[i + 1], noise(sigmas[i], sigmas[i + 1]), x)
+    return x

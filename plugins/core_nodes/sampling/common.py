@@ -1,0 +1,76 @@
+"""Types and small formulas shared by every sampler family."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .noise import NoiseSampler, default_noise_sampler
+from .schedules import ModelSamplingDiscrete
+
+# model(x, sigma) -> denoised x0 estimate; ``sigma`` has one entry per batch item.
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# step_callback(step_index, denoised, x)
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class SamplerContext:
+    """What a sampler needs besides the current latent and the sigmas."""
+
+    model: Denoiser
+    seed: int | None
+    model_sampling: ModelSamplingDiscrete
+    callback: StepCallback | None = None
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.model(x, sigma * x.new_ones([x.shape[0]]))
+
+    def report(self, i: int, denoised: torch.Tensor, x: torch.Tensor) -> None:
+        if self.callback is not None:
+            self.callback(i, denoised, x)
+
+    def noise_sampler(self, x: torch.Tensor) -> NoiseSampler:
+        return default_noise_sampler(x, self.seed)
+
+
+def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    """The probability-flow ODE derivative dx/dsigma (Karras et al. 2022, eq. 6)."""
+    return (x - denoised) / append_dims(sigma, x.ndim)
+
+
+def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    missing = ndim - v.ndim
+    return v[(...,) + (None,) * missing] if missing > 0 else v
+
+
+def ancestral_step(
+    sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """Split a step into a deterministic move down to ``sigma_down`` plus fresh noise ``sigma_up``.
+
+    sigma_up^2 + sigma_down^2 = sigma_to^2, with sigma_up chosen so the marginal at ``sigma_to``
+    matches the forward process (DDPM posterior variance when ``eta`` is 1).
+    """
+    if not eta:
+        return sigma_to, 0.0
+    sigma_up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    return sigma_down, sigma_up
+
+
+def half_log_snr(sigma: torch.Tensor) -> torch.Tensor:
+    """lambda = log(alpha / sigma) for the eps/v schedules, where alpha is 1 in k-diffusion's x."""
+    return sigma.log().neg()
+
+
+def ei_h_phi_1(h: torch.Tensor) -> torch.Tensor:
+    """h * phi_1(h) of exponential integrators."""
+    return torch.expm1(h)
+
+
+def ei_h_phi_2(h: torch.Tensor) -> torch.Tensor:
+    """h * phi_2(h) of exponential integrators."""
+    return (torch.expm1(h) - h) / h

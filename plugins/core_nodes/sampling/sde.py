@@ -1,0 +1,424 @@
+"""Reverse-SDE solvers: DPM-Solver++ SDE family (Brownian-tree noise), ER-SDE, SEEDS, SA-Solver."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .brownian import BrownianTreeNoiseSampler
+from .common import SamplerContext, ancestral_step, ei_h_phi_1, ei_h_phi_2, half_log_snr
+from .noise import NoiseSampler
+
+
+def _brownian(ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor) -> NoiseSampler:
+    sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
+    return BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=ctx.seed)
+
+
+def sample_dpmpp_sde(
+    ctx: SamplerContext,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    r: float = 0.5,
+) -> torch.Tensor:
+    """DPM-Solver++ (stochastic, single-step second order) with an intermediate point at ratio ``r``."""
+    if len(sigmas) <= 1:
+        return x
+    noise = _brownian(ctx, x, sigmas)
+    fac = 1 / (2 * r)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = ctx.denoise(x, sigma)
+        ctx.report(i, denoised, x)
+        if sigma_next == 0:
+            x = denoised
+            continue
+        lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
+        h = lambda_t - lambda_s
+        lambda_s_1 = lambda_s + r * h
+        sigma_s_1 = lambda_s_1.neg().exp()
+        alpha_s = sigma * lambda_s.exp()
+        alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
+        alpha_t = sigma_next * lambda_t.exp()
+
+        sd, su = ancestral_step(lambda_s.neg().exp(), lambda_s_1.neg().exp(), eta)
+        h_ = torch.as_tensor(sd).log().neg() - lambda_s
+        x_2 = (alpha_s_1 / alpha_s) * (-h_).exp() * x - alpha_s_1 * (-h_).expm1() * denoised
+        if eta > 0 and s_noise > 0:
+            x_2 = x_2 + alpha_s_1 * noise(sigma, sigma_s_1) * s_noise * su
+        denoised_2 = ctx.denoise(x_2, sigma_s_1)
+
+        sd, su = ancestral_step(lambda_s.neg().exp(), lambda_t.neg().exp(), eta)
+        h_ = torch.as_tensor(sd).log().neg() - lambda_s
+        denoised_d = (1 - fac) * denoised + fac * denoised_2
+        x = (alpha_t / alpha_s) * (-h_).exp() * x - alpha_t * (-h_).expm1() * denoised_d
+        if eta > 0 and s_noise > 0:
+            x = x + alpha_t * noise(sigma, sigma_next) * s_noise * su
+    return x
+
+
+def sample_dpmpp_2m_sde(
+    ctx: SamplerContext,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    solver_type: str = "midpoint",
+) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE; ``solver_type`` picks the midpoint or Heun form of the 2nd-order term."""
+    if len(sigmas) <= 1:
+        return x
+    if solver_type not in ("heun", "midpoint"):
+        raise ValueError("solver_type must be 'heun' or 'midpoint'")
+    noise = _brownian(ctx, x, sigmas)
+    old_denoised: torch.Tensor | None = None
+    h: torch.Tensor | None = None
+    h_last: torch.Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = ctx.denoise(x, sigma)
+        ctx.report(i, denoised, x)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
+            h = lambda_t - lambda_s
+            h_eta = h * (eta + 1)
+            alpha_t = sigma_next * lambda_t.exp()
+            x = sigma_next / sigma * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            if old_denoised is not None:
+                assert h_last is not None
+                r = h_last / h
+                if solver_type == "heun":
+                    coef = (-h_eta).expm1().neg() / (-h_eta) + 1
+                    x = x + alpha_t * coef * (1 / r) * (denoised - old_denoised)
+                else:
+                    x = x + 0.5 * alpha_t * (-h_eta).expm1().neg() * (1 / r) * (denoised - old_denoised)
+            if eta > 0 and s_noise > 0:
+                x = x + noise(sigma, sigma_next) * sigma_next * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+        old_denoised = denoised
+        h_last = h
+    return x
+
+
+def sample_dpmpp_3m_sde(
+    ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0
+) -> torch.Tensor:
+    """DPM-Solver++(3M) SDE: third-order multistep from the last three x0 estimates."""
+    if len(sigmas) <= 1:
+        return x
+    noise = _brownian(ctx, x, sigmas)
+    denoised_1: torch.Tensor | None = None
+    denoised_2: torch.Tensor | None = None
+    h: torch.Tensor | None = None
+    h_1: torch.Tensor | None = None
+    h_2: torch.Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = ctx.denoise(x, sigma)
+        ctx.report(i, denoised, x)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
+            h = lambda_t - lambda_s
+            h_eta = h * (eta + 1)
+            alpha_t = sigma_next * lambda_t.exp()
+            x = sigma_next / sigma * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            if h_2 is not None:
+                assert h_1 is not None and denoised_1 is not None and denoised_2 is not None
+                r0 = h_1 / h
+                r1 = h_2 / h
+                d1_0 = (denoised - denoised_1) / r0
+                d1_1 = (denoised_1 - denoised_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                phi_3 = phi_2 / h_eta - 0.5
+                x = x + (alpha_t * phi_2) * d1 - (alpha_t * phi_3) * d2
+            elif h_1 is not None:
+                assert denoised_1 is not None
+                r = h_1 / h
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                x = x + (alpha_t * phi_2) * ((denoised - denoised_1) / r)
+            if eta > 0 and s_noise > 0:
+                x = x + noise(sigma, sigma_next) * sigma_next * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+        denoised_1, denoised_2 = denoised, denoised_1
+        h_1, h_2 = h, h_1
+    return x
+
+
+def sample_er_sde(
+    ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, s_noise: float = 1.0, max_stage: int = 3
+) -> torch.Tensor:
+    """Extended reverse-time SDE solver, VP form, up to third stage (Cui et al. 2023, arXiv:2309.06169)."""
+    noise = ctx.noise_sampler(x)
+
+    def scaler(v: torch.Tensor) -> torch.Tensor:
+        return v * ((v**0.3).exp() + 10.0)
+
+    points = 200.0
+    point_index = torch.arange(0, points, dtype=torch.float32, device=x.device)
+    er_lambdas = half_log_snr(sigmas).neg().exp()
+    old_denoised: torch.Tensor | None = None
+    old_denoised_d: torch.Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        denoised = ctx.denoise(x, sigmas[i])
+        ctx.report(i, denoised, x)
+        stage = min(max_stage, i + 1)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            lam_s, lam_t = er_lambdas[i], er_lambdas[i + 1]
+            alpha_s = sigmas[i] / lam_s
+            alpha_t = sigmas[i + 1] / lam_t
+            r = scaler(lam_t) / scaler(lam_s)
+            x = alpha_t / alpha_s * r * x + alpha_t * (1 - r) * denoised
+            if stage >= 2:
+                assert old_denoised is not None
+                dt = lam_t - lam_s
+                step = -dt / points
+                pos = lam_t + point_index * step
+                scaled = scaler(pos)
+                s = torch.sum(1 / scaled) * step
+                denoised_d = (denoised - old_denoised) / (lam_s - er_lambdas[i - 1])
+                x = x + alpha_t * (dt + s * scaler(lam_t)) * denoised_d
+                if stage >= 3:
+                    assert old_denoised_d is not None
+                    s_u = torch.sum((pos - lam_s) / scaled) * step
+                    denoised_u = (denoised_d - old_denoised_d) / ((lam_s - er_lambdas[i - 2]) / 2)
+                    x = x + alpha_t * ((dt**2) / 2 + s_u * scaler(lam_t)) * denoised_u
+                old_denoised_d = denoised_d
+            if s_noise > 0:
+                spread = (lam_t**2 - lam_s**2 * r**2).sqrt().nan_to_num(nan=0.0)
+                x = x + alpha_t * noise(sigmas[i], sigmas[i + 1]) * s_noise * spread
+        old_denoised = denoised
+    return x
+
+
+def sample_seeds_2(
+    ctx: SamplerContext,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    r: float = 0.5,
+    solver_type: str = "phi_1",
+) -> torch.Tensor:
+    """SEEDS-2 (Gonzalez et al. 2023, arXiv:2305.14267), data prediction, two stages."""
+    if solver_type not in ("phi_1", "phi_2"):
+        raise ValueError("solver_type must be 'phi_1' or 'phi_2'")
+    noise = ctx.noise_sampler(x)
+    inject = eta > 0 and s_noise > 0
+    fac = 1 / (2 * r)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = ctx.denoise(x, sigma)
+        ctx.report(i, denoised, x)
+        if sigma_next == 0:
+            x = denoised
+            continue
+        lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
+        h = lambda_t - lambda_s
+        h_eta = h * (eta + 1)
+        lambda_s_1 = torch.lerp(lambda_s, lambda_t, r)
+        sigma_s_1 = lambda_s_1.neg().exp()
+        alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
+        alpha_t = sigma_next * lambda_t.exp()
+
+        x_2 = sigma_s_1 / sigma * (-r * h * eta).exp() * x - alpha_s_1 * ei_h_phi_1(-r * h_eta) * denoised
+        if inject:
+            sde_noise = (-2 * r * h * eta).expm1().neg().sqrt() * noise(sigma, sigma_s_1)
+            x_2 = x_2 + sde_noise * sigma_s_1 * s_noise
+        denoised_2 = ctx.denoise(x_2, sigma_s_1)
+
+        if solver_type == "phi_1":
+            denoised_d = torch.lerp(denoised, denoised_2, fac)
+            x = sigma_next / sigma * (-h * eta).exp() * x - alpha_t * ei_h_phi_1(-h_eta) * denoised_d
+        else:
+            b2 = ei_h_phi_2(-h_eta) / r
+            b1 = ei_h_phi_1(-h_eta) - b2
+            x = sigma_next / sigma * (-h * eta).exp() * x - alpha_t * (b1 * denoised + b2 * denoised_2)
+        if inject:
+            segment = (r - 1) * h * eta
+            sde_noise = sde_noise * segment.exp()
+            sde_noise = sde_noise + segment.mul(2).expm1().neg().sqrt() * noise(sigma_s_1, sigma_next)
+            x = x + sde_noise * sigma_next * s_noise
+    return x
+
+
+def sample_seeds_3(
+    ctx: SamplerContext,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    r_1: float = 1.0 / 3,
+    r_2: float = 2.0 / 3,
+) -> torch.Tensor:
+    """SEEDS-3: three stages at log-SNR fractions ``r_1`` and ``r_2`` of each step."""
+    noise = ctx.noise_sampler(x)
+    inject = eta > 0 and s_noise > 0
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = ctx.denoise(x, sigma)
+        ctx.report(i, denoised, x)
+        if sigma_next == 0:
+            x = denoised
+            continue
+        lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
+        h = lambda_t - lambda_s
+        h_eta = h * (eta + 1)
+        lambda_s_1 = torch.lerp(lambda_s, lambda_t, r_1)
+        lambda_s_2 = torch.lerp(lambda_s, lambda_t, r_2)
+        sigma_s_1, sigma_s_2 = lambda_s_1.neg().exp(), lambda_s_2.neg().exp()
+        alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
+        alpha_s_2 = sigma_s_2 * lambda_s_2.exp()
+        alpha_t = sigma_next * lambda_t.exp()
+
+        x_2 = sigma_s_1 / sigma * (-r_1 * h * eta).exp() * x - alpha_s_1 * ei_h_phi_1(-r_1 * h_eta) * denoised
+        if inject:
+            sde_noise = (-2 * r_1 * h * eta).expm1().neg().sqrt() * noise(sigma, sigma_s_1)
+            x_2 = x_2 + sde_noise * sigma_s_1 * s_noise
+        denoised_2 = ctx.denoise(x_2, sigma_s_1)
+
+        a3_2 = r_2 / r_1 * ei_h_phi_2(-r_2 * h_eta)
+        a3_1 = ei_h_phi_1(-r_2 * h_eta) - a3_2
+        x_3 = sigma_s_2 / sigma * (-r_2 * h * eta).exp() * x - alpha_s_2 * (
+            a3_1 * denoised + a3_2 * denoised_2
+        )
+        if inject:
+            segment = (r_1 - r_2) * h * eta
+            sde_noise = sde_noise * segment.exp()
+            sde_noise = sde_noise + segment.mul(2).expm1().neg().sqrt() * noise(sigma_s_1, sigma_s_2)
+            x_3 = x_3 + sde_noise * sigma_s_2 * s_noise
+        denoised_3 = ctx.denoise(x_3, sigma_s_2)
+
+        b3 = ei_h_phi_2(-h_eta) / r_2
+        b1 = ei_h_phi_1(-h_eta) - b3
+        x = sigma_next / sigma * (-h * eta).exp() * x - alpha_t * (b1 * denoised + b3 * denoised_3)
+        if inject:
+            segment = (r_2 - 1) * h * eta
+            sde_noise = sde_noise * segment.exp()
+            sde_noise = sde_noise + segment.mul(2).expm1().neg().sqrt() * noise(sigma_s_2, sigma_next)
+            x = x + sde_noise * sigma_next * s_noise
+    return x
+
+
+def _exponential_moments(s: torch.Tensor, t: torch.Tensor, order: int, tau: float) -> torch.Tensor:
+    """I_p = k * integral_s^t exp(k (u - t)) u^p du for p < order, where k = 1 + tau^2.
+
+    Integration by parts gives I_p = t^p - s^p exp(-k (t - s)) - (p / k) I_(p-1).
+    """
+    k = 1 + tau**2
+    decay = (-k * (t - s)).exp()
+    moments: list[torch.Tensor] = []
+    for p in range(order):
+        value = t**p - s**p * decay
+        if p > 0:
+            value = value - (p / k) * moments[-1]
+        moments.append(value)
+    return torch.stack(moments)
+
+
+def _sa_coefficients(
+    sigma_next: torch.Tensor,
+    lambdas: torch.Tensor,
+    lambda_s: torch.Tensor,
+    lambda_t: torch.Tensor,
+    tau: float,
+) -> torch.Tensor:
+    """Stochastic Adams weights of the x0 estimates at ``lambdas`` for a step lambda_s -> lambda_t.
+
+    Solving V^T b = I (V the Vandermonde matrix of ``lambdas``) integrates each Lagrange basis
+    polynomial against the exponential weight.
+    """
+    n = lambdas.shape[0]
+    moments = _exponential_moments(lambda_s, lambda_t, n, tau)
+    vander_t = torch.vander(lambdas, n, increasing=True).T
+    weights = torch.linalg.solve(vander_t, moments)
+    return sigma_next * lambda_t.exp() * weights
+
+
+def sample_sa_solver(
+    ctx: SamplerContext,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    s_noise: float = 1.0,
+    predictor_order: int = 3,
+    corrector_order: int = 4,
+    use_pece: bool = False,
+    tau_func: Callable[[torch.Tensor], float] | None = None,
+) -> torch.Tensor:
+    """SA-Solver (Xue et al. 2023, arXiv:2309.05019): stochastic Adams predictor-corrector.
+
+    By default the noise is on (tau = 1) only for sigmas between the 20% and 80% points of the
+    model's schedule.
+    """
+    if len(sigmas) <= 1:
+        return x
+    noise_sampler = ctx.noise_sampler(x)
+    lambdas = half_log_snr(sigmas)
+    if tau_func is None:
+        start_sigma = ctx.model_sampling.percent_to_sigma(0.2)
+        end_sigma = ctx.model_sampling.percent_to_sigma(0.8)
+
+        def tau_func(sigma: torch.Tensor) -> float:
+            value = float(sigma)
+            return 1.0 if start_sigma >= value >= end_sigma else 0.0
+
+    max_order = max(predictor_order, corrector_order)
+    x_pred = x
+    h: torch.Tensor | float = 0.0
+    tau_t = 0.0
+    noise: torch.Tensor | float = 0.0
+    history: list[torch.Tensor] = []
+    lower_order_to_end = sigmas[-1].item() == 0
+
+    for i in range(len(sigmas) - 1):
+        denoised = ctx.denoise(x_pred, sigmas[i])
+        ctx.report(i, denoised, x_pred)
+        history = [*history, denoised][-max_order:]
+
+        pred_order = min(predictor_order, len(history))
+        corr_order = (
+            0 if i == 0 or (sigmas[i + 1] == 0 and not use_pece) else min(corrector_order, len(history))
+        )
+        if lower_order_to_end:
+            pred_order = min(pred_order, len(sigmas) - 2 - i)
+            corr_order = min(corr_order, len(sigmas) - 1 - i)
+
+        if corr_order == 0:
+            x = x_pred
+        else:
+            b = _sa_coefficients(
+                sigmas[i], lambdas[i - corr_order + 1 : i + 1], lambdas[i - 1], lambdas[i], tau_t
+            )
+            stacked = torch.stack(history[-corr_order:], dim=1)
+            corr = torch.tensordot(stacked, b, dims=([1], [0]))
+            x = sigmas[i] / sigmas[i - 1] * (-(tau_t**2) * h).exp() * x + corr
+            if tau_t > 0 and s_noise > 0:
+                x = x + noise
+            if use_pece:
+                denoised = ctx.denoise(x, sigmas[i])
+                history[-1] = denoised
+
+        if sigmas[i + 1] == 0:
+            x_pred = denoised
+        else:
+            tau_t = tau_func(sigmas[i + 1])
+            b = _sa_coefficients(
+                sigmas[i + 1], lambdas[i - pred_order + 1 : i + 1], lambdas[i], lambdas[i + 1], tau_t
+            )
+            stacked = torch.stack(history[-pred_order:], dim=1)
+            pred = torch.tensordot(stacked, b, dims=([1], [0]))
+            h = lambdas[i + 1] - lambdas[i]
+            x_pred = sigmas[i + 1] / sigmas[i] * (-(tau_t**2) * h).exp() * x + pred
+            if tau_t > 0 and s_noise > 0:
+                spread = (-2 * tau_t**2 * h).expm1().neg().sqrt()
+                noise = noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * spread * s_noise
+                x_pred = x_pred + noise
+    return x_pred
