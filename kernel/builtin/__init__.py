@@ -7,5 +7,6 @@ ESSENTIAL_PLUGINS: dict[str, str] = {
     "core": "kernel.builtin.core",
     "ws": "kernel.builtin.ws",
     "executor": "kernel.builtin.executor",
+    "prompt_api": "kernel.builtin.prompt_api",
     "files": "kernel.builtin.files",
 }

@@ -160,6 +160,20 @@ class AsyncSleep:
         return (value,)
 
 
+class AsyncFail:
+    CATEGORY = "test/exec"
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"value": ("INT", {"default": 0})}}
+
+    async def run(self, value: int) -> tuple[int]:
+        await asyncio.sleep(0.05)
+        raise ValueError(f"async boom {value}")
+
+
 class Steps:
     """Sync node that reports progress (and optionally previews) and honours interrupts."""
 
@@ -335,6 +349,7 @@ NODES: dict[str, type] = {
     "ExecLazySwitch": LazySwitch,
     "ExecFail": Fail,
     "ExecAsyncSleep": AsyncSleep,
+    "ExecAsyncFail": AsyncFail,
     "ExecSteps": Steps,
     "ExecForLoop": ForLoop,
     "ExecAlwaysChanged": AlwaysChanged,

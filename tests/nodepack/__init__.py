@@ -1,0 +1,1 @@
+"""Node packs used by the tests: ``basic`` (the node contract) and ``exec_nodes`` (execution)."""
