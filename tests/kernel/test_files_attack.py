@@ -154,6 +154,7 @@ async def test_attack_view(arena: Arena) -> None:
     ):
         status, body = await _get(arena, "/view", params=params)
         assert status == 403, params
+    assert arena.checked >= len(arena.payloads) * 46
     arena.assert_nothing_outside_changed()
 
 
