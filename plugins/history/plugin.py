@@ -33,7 +33,14 @@ def startup(kernel: Kernel) -> None:
     recovery.recover(kernel, store, options.read_options(kernel).max_attempts)
 
 
-@hookimpl
+@hookimpl(specname="shutdown", tryfirst=True)
+def shutdown_begins(kernel: Kernel) -> None:
+    recorder.shutdown_begins(kernel)
+
+
+# trylast: the executor's own shutdown interrupts the running prompt first, and its final
+# event must still find the store open.
+@hookimpl(trylast=True)
 def shutdown(kernel: Kernel) -> None:
     kernel.stash[STORE].close()
 

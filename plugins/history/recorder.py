@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from kernel.events import PromptFinished, PromptQueued, PromptsRemoved, PromptStarted
@@ -10,6 +11,8 @@ from plugins.history.store import STORE
 if TYPE_CHECKING:
     from kernel import Kernel
     from kernel.queue import QueueItem
+
+log = logging.getLogger("comfykernel.history")
 
 DEFAULT_USER = "default"
 
@@ -26,9 +29,21 @@ def history_entry(
     return {"prompt": item.as_list(), "outputs": outputs, "status": status, "meta": meta}
 
 
+def shutdown_begins(kernel: Kernel) -> None:
+    store = kernel.stash.get(STORE, None)
+    if store is not None:
+        store.closing = True
+
+
+def _interrupted(status: dict[str, Any]) -> bool:
+    return any(
+        isinstance(m, list) and m and m[0] == "execution_interrupted" for m in status.get("messages") or ()
+    )
+
+
 def handle(kernel: Kernel, event: Any) -> None:
     store = kernel.stash.get(STORE, None)
-    if store is None:
+    if store is None or store.closed:
         return
     if isinstance(event, PromptQueued):
         store.record_queued(event.item.as_list(), user_of(event.item.extra_data))
@@ -38,5 +53,11 @@ def handle(kernel: Kernel, event: Any) -> None:
         store.remove_pending(event.prompt_ids)
     elif isinstance(event, PromptFinished):
         item = event.item
+        if store.closing and _interrupted(event.status or {}):
+            # Stopping the server interrupted it: run it again after the restart instead of
+            # recording a cancellation nobody asked for.
+            log.info("history: prompt %s was interrupted by shutdown; it will run again", item.prompt_id)
+            store.unstart(item.prompt_id)
+            return
         entry = history_entry(item, event.status, event.outputs or {}, event.meta or {})
         store.record_finished(item.as_list(), user_of(item.extra_data), entry)

@@ -85,6 +85,10 @@ class HistoryStore:
         self.path = directory / DB_NAME
         self.max_items = max_items
         self._db: sqlite_utils.Database | None = None
+        self.closed = False
+        # Set when the server starts shutting down: an interruption from then on is the
+        # shutdown's doing, not the user's.
+        self.closing = False
         self._next_seq = 0
         self._next_accepted = 0
 
@@ -113,6 +117,7 @@ class HistoryStore:
         self._next_accepted = self._scalar("SELECT COALESCE(MAX(accepted), 0) + 1 FROM prompts")
 
     def close(self) -> None:
+        self.closed = True
         if self._db is not None:
             self._db.conn.close()
             self._db = None
@@ -144,6 +149,14 @@ class HistoryStore:
 
     def mark_requeued(self, prompt_id: str) -> None:
         self.db.execute("UPDATE prompts SET state = 'pending' WHERE prompt_id = ?", [prompt_id])
+
+    def unstart(self, prompt_id: str) -> None:
+        """The run was cut short by a shutdown: pending again, and the attempt does not count."""
+        self.db.execute(
+            "UPDATE prompts SET state = 'pending', attempts = MAX(attempts - 1, 0)"
+            " WHERE prompt_id = ? AND state = 'running'",
+            [prompt_id],
+        )
 
     def remove_pending(self, prompt_ids: Iterable[str]) -> None:
         ids = list(prompt_ids)

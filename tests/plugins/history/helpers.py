@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from kernel import Kernel
+from kernel import Kernel, hookimpl
 from kernel.events import PromptFinished, PromptQueued, PromptStarted
 from kernel.queue import QueueItem
 
@@ -113,3 +113,39 @@ def finish(kernel: Kernel, item: QueueItem, kind: str = "success", **kw: Any) ->
     queue(kernel, item)
     run(kernel, item, kind, **kw)
     return item
+
+
+class IdleExecutor:
+    """Stands in for the engine: never takes prompts, so the test alone moves them along."""
+
+    def __init__(self) -> None:
+        self.interrupted: list[str | None] = []
+        self.running: str | None = None
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, timeout: float = 0) -> None:
+        pass
+
+    def replay(self, sid: str) -> list[Any]:
+        return []
+
+    def free(self, unload_models: bool, free_memory: bool) -> None:
+        pass
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        self.interrupted.append(prompt_id)
+        return True
+
+
+class _IdlePlugin:
+    @hookimpl(trylast=True)
+    def configure(self, kernel: Kernel) -> None:
+        kernel.executor = IdleExecutor()
+
+
+async def start_quiet(comfy_server: Any, **settings: Any) -> Any:
+    """A server whose executor never runs anything: the tests publish the engine's events."""
+    plugins = list(settings.pop("plugins", ["history"]))
+    return await comfy_server(plugins=[*plugins, ("idle_executor", _IdlePlugin())], **settings)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import sqlite3
 
 from plugins.history.store import DB_NAME
-from tests.plugins.history.helpers import IMAGE_OUTPUTS, finish, make_item, queue
+from tests.plugins.history.helpers import IMAGE_OUTPUTS, finish, make_item, queue, start_quiet
 
 
 async def test_empty_history_is_an_empty_object(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     for path in ("/history", "/api/history"):
         assert await server.json("GET", path) == (200, {})
 
 
 async def test_entry_shape_matches_the_reference(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     item = finish(server.kernel, make_item(3, create_time=111))
     status, body = await server.json("GET", "/history")
     assert status == 200
@@ -34,21 +34,21 @@ async def test_entry_shape_matches_the_reference(comfy_server):
 
 
 async def test_float_number_survives_storage(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     item = finish(server.kernel, make_item(2.0))
     _, body = await server.json("GET", f"/history/{item.prompt_id}")
     assert isinstance(body[item.prompt_id]["prompt"][0], float)
 
 
 async def test_pending_prompts_are_not_history(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     item = queue(server.kernel, make_item(0))
     assert await server.json("GET", "/history") == (200, {})
     assert await server.json("GET", f"/history/{item.prompt_id}") == (200, {})
 
 
 async def test_order_is_oldest_first_and_max_items_takes_the_newest(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     ids = [finish(server.kernel, make_item(i)).prompt_id for i in range(5)]
     _, body = await server.json("GET", "/history")
     assert list(body) == ids
@@ -66,7 +66,7 @@ async def test_order_is_oldest_first_and_max_items_takes_the_newest(comfy_server
 
 
 async def test_non_integer_query_values_are_400(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     assert await server.json("GET", "/history?max_items=ten") == (
         400,
         {"error": "max_items must be an integer"},
@@ -75,7 +75,7 @@ async def test_non_integer_query_values_are_400(comfy_server):
 
 
 async def test_single_entry_and_unknown_id(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     item = finish(server.kernel, make_item(0))
     status, body = await server.json("GET", f"/history/{item.prompt_id}")
     assert status == 200 and list(body) == [item.prompt_id]
@@ -83,7 +83,7 @@ async def test_single_entry_and_unknown_id(comfy_server):
 
 
 async def test_post_history_delete_and_clear(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     ids = [finish(server.kernel, make_item(i)).prompt_id for i in range(3)]
     async with server.post("/history", json={"delete": [ids[1], "unknown"]}) as resp:
         assert resp.status == 200
@@ -96,7 +96,7 @@ async def test_post_history_delete_and_clear(comfy_server):
 
 
 async def test_post_history_bad_bodies_are_400(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     status, body = await server.json(
         "POST", "/history", data=b"{nope", headers={"Content-Type": "application/json"}
     )
@@ -108,7 +108,7 @@ async def test_post_history_bad_bodies_are_400(comfy_server):
 
 
 async def test_history_is_bounded_oldest_evicted(comfy_server):
-    server = await comfy_server(plugins=["history"], extra={"history_max_items": 3})
+    server = await start_quiet(comfy_server, extra={"history_max_items": 3})
     ids = [finish(server.kernel, make_item(i)).prompt_id for i in range(5)]
     _, body = await server.json("GET", "/history")
     assert list(body) == ids[2:]
@@ -117,7 +117,7 @@ async def test_history_is_bounded_oldest_evicted(comfy_server):
 
 
 async def test_sensitive_values_never_reach_the_database(comfy_server, tmp_path):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     secret = "sk-very-secret-token-123"
     finish(server.kernel, make_item(0, sensitive={"api_key_comfy_org": secret}))
     queue(server.kernel, make_item(1, sensitive={"api_key_comfy_org": secret}))
@@ -132,7 +132,7 @@ async def test_sensitive_values_never_reach_the_database(comfy_server, tmp_path)
 
 async def test_database_lives_in_the_user_directory_in_wal_mode(comfy_server, tmp_path):
     user_dir = tmp_path / "elsewhere" / "users"
-    server = await comfy_server(plugins=["history"], user_directory=str(user_dir))
+    server = await start_quiet(comfy_server, user_directory=str(user_dir))
     finish(server.kernel, make_item(0))
     db_path = user_dir / DB_NAME
     assert db_path.is_file()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from kernel.events import PromptsRemoved
-from tests.plugins.history.helpers import finish, make_item, queue
+from tests.plugins.history.helpers import finish, make_item, queue, start_quiet
 
 ALL_STATUSES = "Valid values: pending, in_progress, completed, failed, cancelled"
 
@@ -17,14 +17,14 @@ async def _jobs(server, query: str = "") -> dict:
 
 
 async def test_jobs_routes_exist_only_under_api(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     async with server.get("/jobs") as resp:
         assert resp.status == 404
     assert (await server.json("GET", "/api/jobs"))[0] == 200
 
 
 async def test_every_status_and_the_list_shape(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     k = server.kernel
     done = finish(k, make_item(0, create_time=10, workflow_id="wf-a"))
     failed = finish(k, make_item(1, create_time=20), "error")
@@ -76,7 +76,7 @@ async def test_every_status_and_the_list_shape(comfy_server):
 
 
 async def test_status_filter_accepts_comma_lists_in_any_case(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     k = server.kernel
     done = finish(k, make_item(0, create_time=1))
     failed = finish(k, make_item(1, create_time=2), "error")
@@ -89,14 +89,14 @@ async def test_status_filter_accepts_comma_lists_in_any_case(comfy_server):
 
 
 async def test_invalid_status_is_400(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     status, body = await server.json("GET", "/api/jobs?status=done,pending,weird")
     assert status == 400
     assert body == {"error": f"Invalid status value(s): done, weird. {ALL_STATUSES}"}
 
 
 async def test_workflow_id_filter(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     k = server.kernel
     a = finish(k, make_item(0, workflow_id="A"))
     finish(k, make_item(1, workflow_id="B"))
@@ -107,7 +107,7 @@ async def test_workflow_id_filter(comfy_server):
 
 
 async def test_sorting_by_creation_and_duration(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     k = server.kernel
     slow = finish(k, make_item(0, create_time=100), start=0, end=900)
     fast = finish(k, make_item(1, create_time=300), start=0, end=100)
@@ -123,7 +123,7 @@ async def test_sorting_by_creation_and_duration(comfy_server):
 
 
 async def test_ties_keep_queue_before_history_and_history_order(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     k = server.kernel
     h1 = finish(k, make_item(0, create_time=5))
     h2 = finish(k, make_item(1, create_time=5))
@@ -134,7 +134,7 @@ async def test_ties_keep_queue_before_history_and_history_order(comfy_server):
 
 
 async def test_bad_sort_parameters_are_400(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     status, body = await server.json("GET", "/api/jobs?sort_by=name")
     assert status == 400 and "sort_by" in body["error"]
     status, body = await server.json("GET", "/api/jobs?sort_order=up")
@@ -142,7 +142,7 @@ async def test_bad_sort_parameters_are_400(comfy_server):
 
 
 async def test_limit_offset_and_pagination(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     k = server.kernel
     ids = [finish(k, make_item(i, create_time=i)).prompt_id for i in range(4)]
     ids += [queue(k, make_item(4 + i, create_time=4 + i)).prompt_id for i in range(2)]
@@ -162,7 +162,7 @@ async def test_limit_offset_and_pagination(comfy_server):
 
 
 async def test_bad_limit_and_offset_are_400(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     assert await server.json("GET", "/api/jobs?limit=abc") == (400, {"error": "limit must be an integer"})
     assert await server.json("GET", "/api/jobs?limit=0") == (
         400,
@@ -176,7 +176,7 @@ async def test_bad_limit_and_offset_are_400(comfy_server):
 
 
 async def test_job_detail_for_history_and_queue(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     k = server.kernel
     done = finish(k, make_item(0, create_time=7))
     pending = queue(k, make_item(1, create_time=8))
@@ -194,14 +194,14 @@ async def test_job_detail_for_history_and_queue(comfy_server):
 
 
 async def test_job_detail_errors(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     assert await server.json("GET", f"/api/jobs/{uuid.uuid4()}") == (404, {"error": "Job not found"})
     status, body = await server.json("GET", "/api/jobs/not-a-uuid")
     assert status == 400 and "UUID" in body["error"]
 
 
 async def test_cancel_pending_job(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     k = server.kernel
     removed: list[list[str]] = []
     k.bus.subscribe(lambda e: removed.append(e.prompt_ids) if isinstance(e, PromptsRemoved) else None)
@@ -215,27 +215,17 @@ async def test_cancel_pending_job(comfy_server):
 
 
 async def test_cancel_finished_or_unknown_job_is_false(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     done = finish(server.kernel, make_item(0))
     assert await server.json("POST", f"/api/jobs/{done.prompt_id}/cancel") == (200, {"cancelled": False})
     assert await server.json("POST", f"/api/jobs/{uuid.uuid4()}/cancel") == (200, {"cancelled": False})
     assert (await _jobs(server))["jobs"][0]["status"] == "completed"
 
 
-class FakeExecutor:
-    def __init__(self) -> None:
-        self.interrupted: list[str | None] = []
-
-    def interrupt(self, prompt_id: str | None = None) -> bool:
-        self.interrupted.append(prompt_id)
-        return True
-
-
 async def test_cancel_running_job_interrupts_it(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     k = server.kernel
-    fake = FakeExecutor()
-    k.executor = fake
+    fake = k.executor
     item = queue(k, make_item(0))
     k.queue.get(timeout=1)
     assert await server.json("POST", f"/api/jobs/{item.prompt_id}/cancel") == (200, {"cancelled": True})
@@ -243,7 +233,7 @@ async def test_cancel_running_job_interrupts_it(comfy_server):
 
 
 async def test_batch_cancel(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     k = server.kernel
     a = queue(k, make_item(0))
     b = queue(k, make_item(1))
@@ -257,7 +247,7 @@ async def test_batch_cancel(comfy_server):
 
 
 async def test_batch_cancel_bad_bodies(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     k = server.kernel
     a = queue(k, make_item(0))
     status, body = await server.json(

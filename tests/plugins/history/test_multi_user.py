@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from tests.plugins.history.helpers import finish, make_item, queue
+from tests.plugins.history.helpers import finish, make_item, queue, start_quiet
 
 ALICE = {"Comfy-User": "alice"}
 BOB = {"Comfy-User": "bob"}
 
 
 async def test_history_and_jobs_are_per_user(comfy_server):
-    server = await comfy_server(plugins=["history"], multi_user=True)
+    server = await start_quiet(comfy_server, multi_user=True)
     k = server.kernel
     a = finish(k, make_item(0, user="alice"))
     b = finish(k, make_item(1, user="bob"))
@@ -33,7 +33,7 @@ async def test_history_and_jobs_are_per_user(comfy_server):
 
 
 async def test_no_header_is_the_default_user(comfy_server):
-    server = await comfy_server(plugins=["history"], multi_user=True)
+    server = await start_quiet(comfy_server, multi_user=True)
     anon = finish(server.kernel, make_item(0))
     finish(server.kernel, make_item(1, user="alice"))
     _, body = await server.json("GET", "/history")
@@ -41,7 +41,7 @@ async def test_no_header_is_the_default_user(comfy_server):
 
 
 async def test_single_user_servers_show_everything(comfy_server):
-    server = await comfy_server(plugins=["history"])
+    server = await start_quiet(comfy_server)
     finish(server.kernel, make_item(0, user="alice"))
     finish(server.kernel, make_item(1, user="bob"))
     _, body = await server.json("GET", "/history", headers=ALICE)
