@@ -178,3 +178,13 @@ class Hooks:
         for _, result in self._each("register_embeddings", kernel=kernel):
             names.update(result or ())
         return sorted(names)
+
+    # --- web UI registries (asked by the frontend_ext plugin) ---
+
+    def register_node_replacements(
+        self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]
+    ) -> None:
+        self._each_bound("register_node_replacements", register_for, kernel=kernel)
+
+    def register_node_pack_dirs(self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]) -> None:
+        self._each_bound("register_node_pack_dirs", register_for, kernel=kernel)

@@ -226,3 +226,34 @@ def register_embeddings(kernel: Kernel) -> Iterable[str] | None:
     ``GET /embeddings`` answers the sorted union of every plugin's names (``[]`` when no plugin
     provides any). Sync, on the event-loop thread, per request: keep it cheap (cache listings).
     """
+
+
+# --- the web UI's registries (asked by the ``frontend_ext`` plugin) --------------------------
+
+
+@hookspec
+def register_node_replacements(register: Callable[..., None], kernel: Kernel) -> None:
+    """Declare that a node class replaces an old (removed or renamed) one.
+
+    Call ``register(old_node_id, new_node_id, input_mapping=None, output_mapping=None)``:
+    ``input_mapping`` is a list of ``{"new_id", "old_id"}`` or ``{"new_id", "set_value"}``
+    dicts, ``output_mapping`` a list of ``{"old_idx", "new_idx"}`` dicts. Registering the same
+    (old, new) pair twice keeps the first. ``GET /node_replacements`` lists them and
+    ``POST /prompt`` applies the first usable one to nodes of an unknown class before
+    validation. Sync, once, at server startup (after every ``configure`` and ``register_nodes``),
+    called by the ``frontend_ext`` plugin; nobody asks when it is disabled.
+    """
+
+
+@hookspec
+def register_node_pack_dirs(register: Callable[..., None], kernel: Kernel) -> None:
+    """Contribute the directory of a node pack (a ComfyUI custom-node folder, say).
+
+    Call ``register(name, directory)``. The ``frontend_ext`` plugin reads the conventional
+    folders of each one: ``locales/<lang>/*.json`` (``GET /i18n``), ``example_workflows/``
+    (and ``example``, ``examples``, ``workflow``, ``workflows``; ``GET /workflow_templates``)
+    and ``subgraphs/*.json`` (``GET /global_subgraphs``). Its web directory is registered
+    separately through ``register_web_extensions``. A name registered twice is a
+    ``StartupError``. Sync, once, at server startup (after every ``configure``), called by the
+    ``frontend_ext`` plugin; nobody asks when it is disabled.
+    """

@@ -1,0 +1,70 @@
+"""Where the web UI's files come from, and the static mounts that serve them."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from kernel import StartupError, StashKey
+
+if TYPE_CHECKING:
+    from kernel import Kernel
+
+log = logging.getLogger("comfykernel.frontend")
+
+FRONTEND_PACKAGE = "comfyui_frontend_package"
+DOCS_PACKAGE = "comfyui_embedded_docs"
+
+# None when no frontend is installed: the API still works, ``/`` answers 404.
+WEB_ROOT = StashKey["Path | None"]()
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--front-end-root",
+        default=None,
+        metavar="DIR",
+        help="serve the web UI from this directory instead of the comfyui-frontend-package install",
+    )
+
+
+def package_dir(package: str, subdir: str) -> Path | None:
+    """``<package>/<subdir>`` of an installed distribution as a real directory, or None."""
+    try:
+        path = Path(str(importlib.resources.files(package) / subdir))
+    except (ModuleNotFoundError, TypeError):
+        return None
+    return path if path.is_dir() else None
+
+
+def resolve_web_root(kernel: Kernel) -> Path | None:
+    configured = kernel.settings.extra.get("front_end_root")
+    if configured:
+        root = Path(configured).expanduser().resolve()
+        if not (root / "index.html").is_file():
+            raise StartupError(f"--front-end-root {configured!r} has no index.html")
+        return root
+    root = package_dir(FRONTEND_PACKAGE, "static")
+    if root is None:
+        log.warning("comfyui-frontend-package is not installed: serving the API without the web UI")
+    return root
+
+
+def static_routes(kernel: Kernel) -> list[tuple[str, str]]:
+    """Pack web directories, the embedded docs, then the web root last of all."""
+    pairs = [
+        (f"/extensions/{quote(ext.name)}", str(ext.directory))
+        for ext in kernel.web_extensions.entries.values()
+        if ext.directory.is_dir()
+    ]
+    docs = package_dir(DOCS_PACKAGE, "docs")
+    if docs is not None:
+        pairs.append(("/docs", str(docs)))
+    root = kernel.stash.get(WEB_ROOT, None)
+    if root is not None:
+        pairs.append(("/", str(root)))
+    return pairs
