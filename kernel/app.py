@@ -103,7 +103,11 @@ def build_app(kernel: Kernel) -> web.Application:
                 route.register(app.router)
                 continue
             for path in _route_paths(route.path):
-                app.router.add_route(route.method, path, route.handler, **route.kwargs)
+                if route.method == "GET":
+                    # add_get also answers HEAD (unless the route says allow_head=False).
+                    app.router.add_get(path, route.handler, **route.kwargs)
+                else:
+                    app.router.add_route(route.method, path, route.handler, **route.kwargs)
     for prefix, directory in kernel.hooks.register_static_routes(kernel):
         app.router.add_static(prefix, directory, follow_symlinks=False, append_version=False)
 

@@ -165,3 +165,17 @@ async def test_websocket_from_foreign_origin_refused(comfy_server):
         assert exc.status == 403
     else:
         raise AssertionError("cross-origin WebSocket was accepted")
+
+
+async def test_get_routes_answer_head_and_web_get_defs_work(comfy_server):
+    class Plain:
+        @hookimpl
+        def register_routes(self):
+            return [web.get("/plain", echo), web.get("/nohead", echo, allow_head=False)]
+
+    server = await comfy_server(plugins=[("plain", Plain())])
+    async with server.request("HEAD", "/plain") as resp:
+        assert resp.status == 200
+    assert (await server.json("GET", "/api/plain"))[0] == 200
+    async with server.request("HEAD", "/nohead") as resp:
+        assert resp.status == 405
