@@ -54,15 +54,23 @@ def sample_dpmpp_2s_ancestral(
 ) -> torch.Tensor:
     """DPM-Solver++(2S) single-step second order, with ancestral noise.
 
-    ``cfg_pp`` is the CFG++ variant; this sampler layer sees no separate unconditional
-    prediction, so (like the reference without a CFG pass) the unconditional term is zero and the
-    step starts from ``x + denoised``.
+    ``cfg_pp`` is the CFG++ variant: each step starts from x + (denoised - uncond), where
+    ``uncond`` is the unconditional prediction of the most recent model call. Without a CFG pass
+    (no ``ctx.uncond_model``) the reference leaves it at zero, and so do we.
     """
     noise = ctx.noise_sampler(x)
     uncond: torch.Tensor | float = 0.0
+
+    def evaluate(x_in: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        nonlocal uncond
+        if cfg_pp and ctx.uncond_model is not None:
+            denoised, uncond = ctx.denoise_cfg(x_in, sigma, "dpmpp_2s_ancestral_cfg_pp")
+            return denoised
+        return ctx.denoise(x_in, sigma)
+
     for i in range(len(sigmas) - 1):
         sigma = sigmas[i]
-        denoised = ctx.denoise(x, sigma)
+        denoised = evaluate(x, sigma)
         sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
         ctx.report(i, denoised, x)
         if sigma_down == 0:
@@ -76,7 +84,9 @@ def sample_dpmpp_2s_ancestral(
             s = t + 0.5 * h
             base = x + (denoised - uncond) if cfg_pp else x
             x_2 = ((-s).exp() / (-t).exp()) * base - (-h * 0.5).expm1() * denoised
-            denoised_2 = ctx.denoise(x_2, (-s).exp())
+            denoised_2 = evaluate(x_2, (-s).exp())
+            # The reference reads the unconditional prediction again after the second call.
+            base = x + (denoised - uncond) if cfg_pp else x
             x = ((-t_next).exp() / (-t).exp()) * base - (-h).expm1() * denoised_2
         if sigmas[i + 1] > 0:
             x = x + noise(sigma, sigmas[i + 1]) * s_noise * sigma_up

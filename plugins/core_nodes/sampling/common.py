@@ -14,6 +14,12 @@ from .schedules import ModelSamplingDiscrete
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # step_callback(step_index, denoised, x)
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+# model(x, sigma) -> (denoised, unconditional denoised), for the CFG++ samplers.
+CFGDenoiser = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class SamplerUnavailable(ValueError):
+    """The sampler exists in the reference but needs something this call cannot give it."""
 
 
 @dataclass
@@ -24,6 +30,15 @@ class SamplerContext:
     seed: int | None
     model_sampling: ModelSamplingDiscrete
     callback: StepCallback | None = None
+    uncond_model: CFGDenoiser | None = None
+
+    def denoise_cfg(
+        self, x: torch.Tensor, sigma: torch.Tensor, name: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Guided and unconditional x0 predictions, for samplers that step along the latter."""
+        if self.uncond_model is None:
+            raise SamplerUnavailable(f"sampler {name!r} needs the unconditional prediction of a CFG pass")
+        return self.uncond_model(x, sigma * x.new_ones([x.shape[0]]))
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.model(x, sigma * x.new_ones([x.shape[0]]))

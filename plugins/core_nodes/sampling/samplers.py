@@ -7,30 +7,21 @@ from functools import partial
 
 import torch
 
-from . import ancestral, dpm_solver, ode, sde, unipc
-from .common import Denoiser, SamplerContext
+from . import ancestral, cfg_pp, dpm_solver, ode, sde, unipc
+from .common import CFGDenoiser, Denoiser, SamplerContext, SamplerUnavailable
 from .schedules import ModelSamplingDiscrete
 
 SamplerFn = Callable[[SamplerContext, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class SamplerUnavailable(ValueError):
-    """The sampler exists in the reference but needs something this entry point cannot give it."""
-
-
-def _needs_uncond(name: str) -> SamplerFn:
-    def run(ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-        raise SamplerUnavailable(f"sampler {name!r} needs the unconditional prediction of a CFG pass")
-
-    return run
-
+__all__ = ["SAMPLER_NAMES", "SamplerUnavailable", "sample"]
 
 # The reference's order, which is also the order of the KSampler "sampler_name" dropdown.
 _SAMPLERS: dict[str, SamplerFn] = {
     "euler": ode.sample_euler,
-    "euler_cfg_pp": _needs_uncond("euler_cfg_pp"),
+    "euler_cfg_pp": cfg_pp.sample_euler_cfg_pp,
     "euler_ancestral": ancestral.sample_euler_ancestral,
-    "euler_ancestral_cfg_pp": _needs_uncond("euler_ancestral_cfg_pp"),
+    "euler_ancestral_cfg_pp": cfg_pp.sample_euler_ancestral_cfg_pp,
     "heun": ode.sample_heun,
     "heunpp2": ode.sample_heunpp2,
     "exp_heun_2_x0": partial(sde.sample_seeds_2, eta=0.0, s_noise=0.0, r=1.0, solver_type="phi_2"),
@@ -45,7 +36,7 @@ _SAMPLERS: dict[str, SamplerFn] = {
     "dpmpp_sde": sde.sample_dpmpp_sde,
     "dpmpp_sde_gpu": sde.sample_dpmpp_sde,
     "dpmpp_2m": ode.sample_dpmpp_2m,
-    "dpmpp_2m_cfg_pp": _needs_uncond("dpmpp_2m_cfg_pp"),
+    "dpmpp_2m_cfg_pp": cfg_pp.sample_dpmpp_2m_cfg_pp,
     "dpmpp_2m_sde": sde.sample_dpmpp_2m_sde,
     "dpmpp_2m_sde_gpu": sde.sample_dpmpp_2m_sde,
     "dpmpp_2m_sde_heun": partial(sde.sample_dpmpp_2m_sde, solver_type="heun"),
@@ -58,11 +49,11 @@ _SAMPLERS: dict[str, SamplerFn] = {
     "ipndm_v": ode.sample_ipndm_v,
     "deis": ode.sample_deis,
     "res_multistep": ancestral.sample_res_multistep,
-    "res_multistep_cfg_pp": _needs_uncond("res_multistep_cfg_pp"),
+    "res_multistep_cfg_pp": cfg_pp.sample_res_multistep_cfg_pp,
     "res_multistep_ancestral": partial(ancestral.sample_res_multistep, eta=1.0),
-    "res_multistep_ancestral_cfg_pp": _needs_uncond("res_multistep_ancestral_cfg_pp"),
+    "res_multistep_ancestral_cfg_pp": partial(cfg_pp.sample_res_multistep_cfg_pp, eta=1.0),
     "gradient_estimation": ode.sample_gradient_estimation,
-    "gradient_estimation_cfg_pp": _needs_uncond("gradient_estimation_cfg_pp"),
+    "gradient_estimation_cfg_pp": cfg_pp.sample_gradient_estimation_cfg_pp,
     "er_sde": sde.sample_er_sde,
     "seeds_2": sde.sample_seeds_2,
     "seeds_3": sde.sample_seeds_3,
@@ -119,6 +110,8 @@ def sample(
         return latent_image
 
     inner = model_fn
+    with_uncond: CFGDenoiser | None = getattr(model_fn, "denoise_with_uncond", None)
+    inner_uncond = with_uncond
     if denoise_mask is not None:
         mask = denoise_mask
         keep = 1.0 - mask
@@ -135,6 +128,14 @@ def sample(
             out = model_fn(x, sigma)
             return out * mask + latent_image * keep
 
+        if with_uncond is not None:
+            uncond_fn = with_uncond
+
+            def inner_uncond(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                x = x * mask + ms.noise_scaling(sigma, fill_noise, latent_image) * keep
+                out, uncond = uncond_fn(x, sigma)
+                return out * mask + latent_image * keep, uncond
+
     total = len(sigmas) - 1
     step_cb = None
     if callback is not None:
@@ -144,6 +145,8 @@ def sample(
             user_cb(i, denoised, x, total)
 
     x = ms.noise_scaling(sigmas[0], noise, latent_image, _max_denoise(ms, sigmas))
-    ctx = SamplerContext(model=inner, seed=extra_seed, model_sampling=ms, callback=step_cb)
+    ctx = SamplerContext(
+        model=inner, seed=extra_seed, model_sampling=ms, callback=step_cb, uncond_model=inner_uncond
+    )
     samples = sampler(ctx, x, sigmas)
     return ms.inverse_noise_scaling(sigmas[-1], samples)

@@ -5,7 +5,8 @@ arithmetic (and, for ancestral/SDE samplers, their seeded noise) decides the res
 samplers that ran in the reference match, including the Brownian-tree SDE family and the
 adaptive-step dpm_adaptive, so no case needs a looser tolerance. The *_cfg_pp samplers that
 failed in the reference (no CFG pass to capture an unconditional prediction) are refused here
-with a clear error instead.
+with a clear error instead; given an unconditional prediction they run, and are checked against
+their plain twins.
 """
 
 from __future__ import annotations
@@ -71,6 +72,62 @@ def test_sampler_matches_reference(key: str) -> None:
     out = sample(toy_denoiser, NOISE, sigmas, case["sampler"], SEED, _latent(case))
     assert torch.isfinite(out).all() == case["finite"]
     assert (out - TENSORS[key]).abs().max().item() <= 1e-4
+
+
+class ToyCFG:
+    """The toy denoiser with a made-up unconditional branch, for the CFG++ samplers."""
+
+    def __init__(self, uncond_offset: float) -> None:
+        self.uncond_offset = uncond_offset
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return toy_denoiser(x, sigma)
+
+    def denoise_with_uncond(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        denoised = toy_denoiser(x, sigma)
+        return denoised, denoised + self.uncond_offset * torch.cos(x)
+
+
+CFG_PP_TWINS = [
+    ("euler_cfg_pp", "euler"),
+    ("euler_ancestral_cfg_pp", "euler_ancestral"),
+    ("dpmpp_2m_cfg_pp", "dpmpp_2m"),
+    ("res_multistep_cfg_pp", "res_multistep"),
+    ("res_multistep_ancestral_cfg_pp", "res_multistep_ancestral"),
+    ("gradient_estimation_cfg_pp", "gradient_estimation"),
+]
+
+
+@pytest.mark.parametrize(("cfg_pp_name", "plain_name"), CFG_PP_TWINS)
+def test_cfg_pp_reduces_to_plain_sampler_without_guidance(cfg_pp_name: str, plain_name: str) -> None:
+    # When the unconditional prediction equals the guided one (cfg 1), CFG++ is the plain method.
+    sigmas = ksampler_sigmas(ModelSamplingDiscrete(), "karras", plain_name, 6)
+    latent = torch.zeros_like(NOISE)
+    plain = sample(toy_denoiser, NOISE, sigmas, plain_name, SEED, latent)
+    same = sample(ToyCFG(0.0), NOISE, sigmas, cfg_pp_name, SEED, latent)
+    assert (same - plain).abs().max().item() <= 1e-4
+    guided = sample(ToyCFG(0.3), NOISE, sigmas, cfg_pp_name, SEED, latent)
+    assert (guided - plain).abs().max().item() > 1e-2
+
+
+def test_dpmpp_2s_ancestral_cfg_pp_uses_uncond_when_given() -> None:
+    case = RAN["dpmpp_2s_ancestral_cfg_pp__karras_6_1.0_zeros"]
+    sigmas = torch.tensor(case["sigmas"])
+    latent = torch.zeros_like(NOISE)
+    without = sample(toy_denoiser, NOISE, sigmas, "dpmpp_2s_ancestral_cfg_pp", SEED, latent)
+    assert torch.allclose(without, TENSORS["dpmpp_2s_ancestral_cfg_pp__karras_6_1.0_zeros"], atol=1e-4)
+    with_uncond = sample(ToyCFG(0.3), NOISE, sigmas, "dpmpp_2s_ancestral_cfg_pp", SEED, latent)
+    assert torch.isfinite(with_uncond).all()
+    assert (with_uncond - without).abs().max().item() > 1e-2
+
+
+def test_cfg_pp_with_mask_keeps_unmasked_region() -> None:
+    sigmas = ksampler_sigmas(ModelSamplingDiscrete(), "normal", "euler_cfg_pp", 10, 0.6)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 4:] = 1.0
+    out = sample(ToyCFG(0.3), NOISE, sigmas, "euler_cfg_pp", SEED, IMG2IMG, denoise_mask=mask)
+    kept = (mask == 0).expand_as(out)
+    assert torch.allclose(out[kept], IMG2IMG[kept], atol=1e-5)
 
 
 @pytest.mark.parametrize("key", sorted(FAILED))

@@ -1,0 +1,113 @@
+"""CFG++ samplers (Chung et al. 2024, arXiv:2406.08070).
+
+They step along the *unconditional* prediction and add the guidance only through the x0
+estimate, so they need both predictions of each model call; ``ctx.denoise_cfg`` provides them
+(it raises :class:`SamplerUnavailable` when the caller's model has no CFG pass).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .common import SamplerContext, ancestral_step, half_log_snr, to_d
+
+
+def sample_euler_ancestral_cfg_pp(
+    ctx: SamplerContext,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    name: str = "euler_ancestral_cfg_pp",
+) -> torch.Tensor:
+    noise = ctx.noise_sampler(x)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised, uncond = ctx.denoise_cfg(x, sigma, name)
+        ctx.report(i, denoised, x)
+        if sigma_next == 0:
+            x = denoised
+            continue
+        # With eps models alpha is 1, so the CFG++ "renoise along uncond" is an Euler step
+        # that starts from the guided x0 estimate.
+        d = to_d(x, sigma, uncond)
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+        x = denoised + sigma_down * d
+        if eta > 0 and s_noise > 0:
+            x = x + noise(sigma, sigma_next) * s_noise * sigma_up
+    return x
+
+
+def sample_euler_cfg_pp(ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    return sample_euler_ancestral_cfg_pp(ctx, x, sigmas, eta=0.0, s_noise=0.0, name="euler_cfg_pp")
+
+
+def sample_dpmpp_2m_cfg_pp(ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    old_uncond: torch.Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        denoised, uncond = ctx.denoise_cfg(x, sigmas[i], "dpmpp_2m_cfg_pp")
+        ctx.report(i, denoised, x)
+        t, t_next = half_log_snr(sigmas[i]), half_log_snr(sigmas[i + 1])
+        h = t_next - t
+        if old_uncond is None or sigmas[i + 1] == 0:
+            mix = -torch.exp(-h) * uncond
+        else:
+            r = (t - half_log_snr(sigmas[i - 1])) / h
+            mix = -torch.exp(-h) * uncond - torch.expm1(-h) * (1 / (2 * r)) * (denoised - old_uncond)
+        x = denoised + mix + torch.exp(-h) * x
+        old_uncond = uncond
+    return x
+
+
+def sample_res_multistep_cfg_pp(
+    ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, eta: float = 0.0, s_noise: float = 1.0
+) -> torch.Tensor:
+    name = "res_multistep_ancestral_cfg_pp" if eta else "res_multistep_cfg_pp"
+    noise = ctx.noise_sampler(x)
+    old_uncond: torch.Tensor | None = None
+    old_sigma_down: torch.Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i]
+        denoised, uncond = ctx.denoise_cfg(x, sigma, name)
+        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
+        sigma_down = torch.as_tensor(sigma_down)
+        ctx.report(i, denoised, x)
+        if sigma_down == 0 or old_uncond is None:
+            x = denoised + to_d(x, sigma, uncond) * sigma_down
+        else:
+            assert old_sigma_down is not None
+            t, t_old = half_log_snr(sigma), half_log_snr(old_sigma_down)
+            t_next, t_prev = half_log_snr(sigma_down), half_log_snr(sigmas[i - 1])
+            h = t_next - t
+            c2 = (t_prev - t_old) / h
+            phi1 = torch.expm1(-h) / (-h)
+            phi2 = (phi1 - 1.0) / (-h)
+            b1 = torch.nan_to_num(phi1 - phi2 / c2, nan=0.0)
+            b2 = torch.nan_to_num(phi2 / c2, nan=0.0)
+            x = x + (denoised - uncond)
+            x = (-h).exp() * x + h * (b1 * uncond + b2 * old_uncond)
+        if sigmas[i + 1] > 0:
+            x = x + noise(sigma, sigmas[i + 1]) * s_noise * sigma_up
+        old_uncond = uncond
+        old_sigma_down = sigma_down
+    return x
+
+
+def sample_gradient_estimation_cfg_pp(
+    ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, ge_gamma: float = 2.0
+) -> torch.Tensor:
+    old_d = None
+    for i in range(len(sigmas) - 1):
+        denoised, uncond = ctx.denoise_cfg(x, sigmas[i], "gradient_estimation_cfg_pp")
+        d = to_d(x, sigmas[i], uncond)
+        ctx.report(i, denoised, x)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            x = denoised + d * sigmas[i + 1]
+            if i >= 1:
+                assert old_d is not None
+                x = x + (ge_gamma - 1) * (d - old_d) * dt
+        old_d = d
+    return x
