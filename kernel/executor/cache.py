@@ -19,7 +19,7 @@ import logging
 import math
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 from kernel.executor.graph import DynamicPrompt
@@ -33,10 +33,6 @@ class CacheEntry(NamedTuple):
 
     ui: dict[str, Any] | None
     outputs: list[list[Any]]
-
-
-class _Never:
-    """A literal that must defeat caching (a tensor, NaN from ``IS_CHANGED``): unique per use."""
 
 
 def _canonical(value: Any) -> Any:
@@ -123,17 +119,17 @@ class OutputCache:
     """Classic policy: after each prompt starts, only entries that prompt can use survive."""
 
     def __init__(self) -> None:
-        # key -> (entry, owner key: the top-level node whose expansion produced it)
-        self._entries: dict[bytes, tuple[CacheEntry, bytes]] = {}
+        # key -> (entry, owner): the entry's own key, or the expanding node it came from
+        self._entries: dict[bytes, tuple[CacheEntry, Hashable]] = {}
 
     def get(self, key: bytes) -> CacheEntry | None:
         found = self._entries.get(key)
         return found[0] if found is not None else None
 
-    def set(self, key: bytes, entry: CacheEntry, owner: bytes) -> None:
+    def set(self, key: bytes, entry: CacheEntry, owner: Hashable) -> None:
         self._entries[key] = (entry, owner)
 
-    def begin_prompt(self, used: set[bytes]) -> None:
+    def begin_prompt(self, used: set[Any]) -> None:
         self._entries = {k: v for k, v in self._entries.items() if k in used or v[1] in used}
 
     def after_node(self) -> None:
@@ -163,12 +159,12 @@ class LRUOutputCache(OutputCache):
         self._lru.move_to_end(key)
         return found[0]
 
-    def set(self, key: bytes, entry: CacheEntry, owner: bytes) -> None:
+    def set(self, key: bytes, entry: CacheEntry, owner: Hashable) -> None:
         self._lru[key] = (entry, self.generation)
         self._lru.move_to_end(key)
         self._evict_over_size()
 
-    def begin_prompt(self, used: set[bytes]) -> None:
+    def begin_prompt(self, used: set[Any]) -> None:
         self.generation += 1
         self._evict_over_size()
 
@@ -219,7 +215,7 @@ class NullOutputCache(OutputCache):
     def get(self, key: bytes) -> CacheEntry | None:
         return None
 
-    def set(self, key: bytes, entry: CacheEntry, owner: bytes) -> None:
+    def set(self, key: bytes, entry: CacheEntry, owner: Hashable) -> None:
         return None
 
 

@@ -79,6 +79,11 @@ class Executor:
         if free_memory:
             self._free_requested.set()
 
+    def _apply_free(self) -> None:
+        if self._free_requested.is_set():
+            self._free_requested.clear()
+            self.reset_caches()
+
     def reset_caches(self) -> None:
         self.outputs.clear()
         self.objects.clear()
@@ -97,12 +102,11 @@ class Executor:
         asyncio.set_event_loop(loop)
         try:
             while not self._stop.is_set():
-                if self._free_requested.is_set():
-                    self._free_requested.clear()
-                    self.reset_caches()
+                self._apply_free()
                 item = self.kernel.queue.get(timeout=POLL_SECONDS)
                 if item is None:
                     continue
+                self._apply_free()  # a /free that raced with this prompt's arrival still counts
                 try:
                     loop.run_until_complete(self._execute(item))
                 except Exception:

@@ -162,7 +162,9 @@ class PromptRun:
         self.add_message("execution_start", {"prompt_id": self.prompt_id}, broadcast=False)
         prompt_ids = list(self.item.prompt)
         await self.compute_is_changed(prompt_ids)
-        executor.outputs.begin_prompt({self.keys.key(n) for n in prompt_ids})
+        used: set[Any] = {self.keys.key(n) for n in prompt_ids}
+        used.update(self._owner(n) for n in prompt_ids)
+        executor.outputs.begin_prompt(used)
         if executor.cache_mode == "classic":
             executor.objects.keep_only(set(prompt_ids))
         cached = [n for n in prompt_ids if self.lookup(n) is not None]
@@ -379,10 +381,16 @@ class PromptRun:
     def _store(self, node_id: str, entry: CacheEntry) -> None:
         self.results[node_id] = entry
         real_id = self.dynprompt.get_real_node_id(node_id)
-        self.executor.outputs.set(self.keys.key(node_id), entry, self.keys.key(real_id))
+        key = self.keys.key(node_id)
+        self.executor.outputs.set(key, entry, key if real_id == node_id else self._owner(real_id))
         if node_id not in self._executed_set:
             self._executed_set.add(node_id)
             self.executed.append(node_id)
+
+    def _owner(self, real_id: str) -> tuple[str, str, Any]:
+        # Expansion results belong to (node id, class) like the reference's subcaches, so a
+        # loop node whose widgets changed still finds the bodies it expanded last time.
+        return ("expansion", real_id, self.dynprompt.get_node(real_id).get("class_type"))
 
     async def _ask_lazy(
         self, check: Callable[..., Any], data: dict[str, list[Any]], input_is_list: bool, node_id: str

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.kernel.exec_helpers import connect, executed_ui, executing_nodes, of_type, run, start
+from tests.kernel.exec_helpers import EXEC_PACK, connect, executed_ui, executing_nodes, of_type, run, start
 
 
 def chain() -> dict:
@@ -126,3 +126,23 @@ async def test_no_client_id_sends_nothing_per_prompt_but_broadcasts_progress(com
             break
     assert set(seen) <= {"status", "progress_state"}
     assert msg["data"]["prompt_id"] == prompt_id
+
+
+async def test_every_executed_node_goes_through_wrap_node_execution(comfy_server):
+    from kernel import hookimpl
+
+    calls: list[tuple[str, str]] = []
+
+    class Timing:
+        @hookimpl(wrapper=True)
+        def wrap_node_execution(self, node_id, class_type):
+            calls.append((node_id, class_type))
+            return (yield)
+
+    server = await comfy_server(plugins=[EXEC_PACK, ("timing", Timing())])
+    client_id, ws = await connect(server)
+    await run(server, ws, client_id, chain())
+    assert calls == [("1", "ExecConst"), ("2", "ExecAdd"), ("3", "ExecShow")]
+    calls.clear()
+    await run(server, ws, client_id, chain())
+    assert calls == []  # cached nodes are not called
