@@ -42,11 +42,20 @@ class _Node:
 class BrownianTree:
     """One Brownian path on [t0, t1] with values fixed by ``entropy``."""
 
-    def __init__(self, t0: float, t1: float, size: tuple[int, ...], dtype: torch.dtype, entropy: int) -> None:
+    def __init__(
+        self,
+        t0: float,
+        t1: float,
+        size: tuple[int, ...],
+        dtype: torch.dtype,
+        entropy: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if t0 > t1:
             raise ValueError(f"t0={t0} must not exceed t1={t1}")
         self._size = size
         self._dtype = dtype
+        self._device = torch.device(device)
         self._entropy = entropy
         self._ndigits = -int(math.log10(_TOL))
         self._root = _Node(self._round(t0), self._round(t1), 0, 0)
@@ -58,8 +67,8 @@ class BrownianTree:
         return round(t, self._ndigits)
 
     def _randn(self, seed: int) -> torch.Tensor:
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        return torch.randn(self._size, dtype=self._dtype, generator=generator)
+        generator = torch.Generator(device=self._device).manual_seed(int(seed))
+        return torch.randn(self._size, dtype=self._dtype, device=self._device, generator=generator)
 
     def _split(self, node: _Node) -> None:
         node.mid = self._round(0.5 * (node.end + node.start))
@@ -112,7 +121,7 @@ class BrownianTree:
         if ta > tb:
             raise ValueError(f"query times must satisfy ta <= tb, got {ta} > {tb}")
         if ta == tb:
-            return torch.zeros(self._size, dtype=self._dtype)
+            return torch.zeros(self._size, dtype=self._dtype, device=self._device)
         tiles: list[list[_Node]] = []
         self._tiles([self._root], self._round(ta), self._round(tb), tiles)
         total = self._increment(tiles[0])
@@ -122,18 +131,28 @@ class BrownianTree:
 
 
 class BrownianTreeNoiseSampler:
-    """Unit-variance noise for a step from ``sigma`` to ``sigma_next``: (W(b) - W(a)) / sqrt(|b - a|)."""
+    """Unit-variance noise for a step from ``sigma`` to ``sigma_next``: (W(b) - W(a)) / sqrt(|b - a|).
+
+    ``cpu`` builds the tree with CPU generators whatever ``x``'s device (the reference's plain SDE
+    samplers); otherwise it uses generators on ``x``'s device (its ``*_gpu`` variants). The two
+    agree when ``x`` is on the CPU.
+    """
 
     def __init__(
-        self, x: torch.Tensor, sigma_min: torch.Tensor, sigma_max: torch.Tensor, seed: int | None
+        self,
+        x: torch.Tensor,
+        sigma_min: torch.Tensor,
+        sigma_max: torch.Tensor,
+        seed: int | None,
+        cpu: bool = True,
     ) -> None:
         if seed is None:
             seed = int(torch.randint(0, 2**63 - 1, ()).item())
         t0, t1 = torch.as_tensor(sigma_min), torch.as_tensor(sigma_max)
         self._sign = 1 if t0 < t1 else -1
         low, high = (t0, t1) if t0 < t1 else (t1, t0)
-        self._device = x.device
-        self._tree = BrownianTree(float(low.cpu()), float(high.cpu()), tuple(x.shape), x.dtype, seed)
+        device = torch.device("cpu") if cpu else x.device
+        self._tree = BrownianTree(float(low.cpu()), float(high.cpu()), tuple(x.shape), x.dtype, seed, device)
 
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)

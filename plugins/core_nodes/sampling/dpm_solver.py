@@ -31,13 +31,20 @@ class _Solver:
             cache[key] = (x - self.ctx.denoise(x, sigma)) / sigma
         return cache[key]
 
-    def step_1(self, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, cache: dict) -> torch.Tensor:
+    def step_1(
+        self, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, cache: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         h = t_next - t
         eps = self.eps(cache, "eps", x, t)
         return x - self.sigma(t_next) * h.expm1() * eps
 
     def step_2(
-        self, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, cache: dict, r1: float = 1 / 2
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        t_next: torch.Tensor,
+        cache: dict[str, torch.Tensor],
+        r1: float = 1 / 2,
     ) -> torch.Tensor:
         h = t_next - t
         eps = self.eps(cache, "eps", x, t)
@@ -55,7 +62,7 @@ class _Solver:
         x: torch.Tensor,
         t: torch.Tensor,
         t_next: torch.Tensor,
-        cache: dict,
+        cache: dict[str, torch.Tensor],
         r1: float = 1 / 3,
         r2: float = 2 / 3,
     ) -> torch.Tensor:

@@ -34,15 +34,15 @@ _SAMPLERS: dict[str, SamplerFn] = {
     "dpmpp_2s_ancestral": ancestral.sample_dpmpp_2s_ancestral,
     "dpmpp_2s_ancestral_cfg_pp": partial(ancestral.sample_dpmpp_2s_ancestral, cfg_pp=True),
     "dpmpp_sde": sde.sample_dpmpp_sde,
-    "dpmpp_sde_gpu": sde.sample_dpmpp_sde,
+    "dpmpp_sde_gpu": partial(sde.sample_dpmpp_sde, cpu_tree=False),
     "dpmpp_2m": ode.sample_dpmpp_2m,
     "dpmpp_2m_cfg_pp": cfg_pp.sample_dpmpp_2m_cfg_pp,
     "dpmpp_2m_sde": sde.sample_dpmpp_2m_sde,
-    "dpmpp_2m_sde_gpu": sde.sample_dpmpp_2m_sde,
+    "dpmpp_2m_sde_gpu": partial(sde.sample_dpmpp_2m_sde, cpu_tree=False),
     "dpmpp_2m_sde_heun": partial(sde.sample_dpmpp_2m_sde, solver_type="heun"),
-    "dpmpp_2m_sde_heun_gpu": partial(sde.sample_dpmpp_2m_sde, solver_type="heun"),
+    "dpmpp_2m_sde_heun_gpu": partial(sde.sample_dpmpp_2m_sde, solver_type="heun", cpu_tree=False),
     "dpmpp_3m_sde": sde.sample_dpmpp_3m_sde,
-    "dpmpp_3m_sde_gpu": sde.sample_dpmpp_3m_sde,
+    "dpmpp_3m_sde_gpu": partial(sde.sample_dpmpp_3m_sde, cpu_tree=False),
     "ddpm": ancestral.sample_ddpm,
     "lcm": ancestral.sample_lcm,
     "ipndm": ode.sample_ipndm,
@@ -66,8 +66,8 @@ _SAMPLERS: dict[str, SamplerFn] = {
 }
 
 SAMPLER_NAMES: tuple[str, ...] = tuple(_SAMPLERS)
-# The *_gpu names differ from their plain twins only in where the reference builds its Brownian
-# tree; on CPU (and here, always) they produce the same numbers.
+# The *_gpu names differ from their plain twins only in drawing the Brownian tree with generators
+# on the latent's device instead of the CPU; for CPU latents they give the same numbers.
 _RANDOM_INPAINT_NOISE = frozenset({"ddim"})
 
 

@@ -11,9 +11,9 @@ from .common import SamplerContext, ancestral_step, ei_h_phi_1, ei_h_phi_2, half
 from .noise import NoiseSampler
 
 
-def _brownian(ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor) -> NoiseSampler:
+def _brownian(ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, cpu: bool) -> NoiseSampler:
     sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
-    return BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=ctx.seed)
+    return BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=ctx.seed, cpu=cpu)
 
 
 def sample_dpmpp_sde(
@@ -23,11 +23,12 @@ def sample_dpmpp_sde(
     eta: float = 1.0,
     s_noise: float = 1.0,
     r: float = 0.5,
+    cpu_tree: bool = True,
 ) -> torch.Tensor:
     """DPM-Solver++ (stochastic, single-step second order) with an intermediate point at ratio ``r``."""
     if len(sigmas) <= 1:
         return x
-    noise = _brownian(ctx, x, sigmas)
+    noise = _brownian(ctx, x, sigmas, cpu_tree)
     fac = 1 / (2 * r)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -67,13 +68,14 @@ def sample_dpmpp_2m_sde(
     eta: float = 1.0,
     s_noise: float = 1.0,
     solver_type: str = "midpoint",
+    cpu_tree: bool = True,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) SDE; ``solver_type`` picks the midpoint or Heun form of the 2nd-order term."""
     if len(sigmas) <= 1:
         return x
     if solver_type not in ("heun", "midpoint"):
         raise ValueError("solver_type must be 'heun' or 'midpoint'")
-    noise = _brownian(ctx, x, sigmas)
+    noise = _brownian(ctx, x, sigmas, cpu_tree)
     old_denoised: torch.Tensor | None = None
     h: torch.Tensor | None = None
     h_last: torch.Tensor | None = None
@@ -105,12 +107,17 @@ def sample_dpmpp_2m_sde(
 
 
 def sample_dpmpp_3m_sde(
-    ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0
+    ctx: SamplerContext,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    cpu_tree: bool = True,
 ) -> torch.Tensor:
     """DPM-Solver++(3M) SDE: third-order multistep from the last three x0 estimates."""
     if len(sigmas) <= 1:
         return x
-    noise = _brownian(ctx, x, sigmas)
+    noise = _brownian(ctx, x, sigmas, cpu_tree)
     denoised_1: torch.Tensor | None = None
     denoised_2: torch.Tensor | None = None
     h: torch.Tensor | None = None
