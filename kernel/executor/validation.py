@@ -12,6 +12,7 @@ exception is charged to.
 from __future__ import annotations
 
 import inspect
+import logging
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from kernel.nodes import ExecutionBlocker, NodeSpec, node_specs
 
 if TYPE_CHECKING:
     from kernel.app import Kernel
+
+log = logging.getLogger("comfykernel.validation")
 
 # V3's "match type" marker: the frontend resolves it, so validation lets it through.
 MATCH_TYPE = "COMFY_MATCHTYPE_V3"
@@ -477,6 +480,14 @@ class _Walker:
 # --- the prompt ----------------------------------------------------------------------------------
 
 
+def _is_output(spec: NodeSpec | None) -> bool:
+    try:
+        return spec is not None and spec.is_output_node
+    except Exception:  # a V3 class whose define_schema() fails cannot be an output
+        log.exception("node %s cannot describe itself", spec.name if spec else None)
+        return False
+
+
 def _check_classes(kernel: Kernel, prompt: dict[str, Any]) -> Error | None:
     specs = node_specs(kernel)
     for node_id, node in prompt.items():
@@ -518,8 +529,7 @@ async def validate_prompt(
     outputs = [
         node_id
         for node_id, node in prompt.items()
-        if specs.get(node["class_type"]).is_output_node  # type: ignore[union-attr]
-        and (targets is None or node_id in targets)
+        if (targets is None or node_id in targets) and _is_output(specs.get(node["class_type"]))
     ]
     if not outputs:
         return ValidationResult(False, make_error("prompt_no_outputs", "Prompt has no outputs"), [], {})

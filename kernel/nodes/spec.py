@@ -268,7 +268,7 @@ class NodeSpec:
             )
         return getattr(self.cls, "VALIDATE_INPUTS", None)
 
-    @property
+    @cached_property
     def validate_signature(self) -> tuple[list[str], bool]:
         """(parameter names, takes ``**kwargs``) of the custom validator; ``([], False)`` without one.
 

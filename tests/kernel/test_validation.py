@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
+from kernel import hookimpl
 from kernel.events import PromptQueued
+from kernel.nodes import v3 as io
 from tests.nodepack import basic
 
 
@@ -590,3 +592,31 @@ async def test_v3_validation(server: Any) -> None:
         server, {"1": node("TestAnySink", value=["2", 1]), "2": node("TestV3List", count=101)}
     )
     assert body["node_errors"]["2"]["errors"][0]["type"] == "value_bigger_than_max"
+
+
+class BrokenSchema(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        raise RuntimeError("no schema today")
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput()
+
+
+class BrokenSchemaPack:
+    @hookimpl
+    def register_nodes(self, register: Any) -> None:
+        register("BrokenSchema", BrokenSchema)
+
+
+async def test_broken_v3_schema_never_500s(comfy_server: Any) -> None:
+    server = await comfy_server(plugins=[("testpack", basic), ("brokenpack", BrokenSchemaPack())])
+    status, body = await submit(server, {"1": node("BrokenSchema")})
+    assert (status, body["error"]["type"]) == (400, "prompt_no_outputs")
+    # As an ancestor it is an inner validation exception of the output that reaches it.
+    status, body = await submit(server, {"1": node("TestAnySink", value=["2", 0]), "2": node("BrokenSchema")})
+    assert status == 400
+    assert body["node_errors"]["1"]["errors"][0]["type"] == "exception_during_validation"
+    status, info = await server.json("GET", "/object_info")
+    assert status == 200 and "BrokenSchema" not in info and "TestInt" in info
