@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from kernel import hookimpl
+from kernel.progress import throw_if_interrupted
 
 
 class HistorySlow:
@@ -37,7 +38,11 @@ class HistorySlow:
                 os.write(fd, f"start {tag}\n".encode())
             finally:
                 os.close(fd)
-        time.sleep(seconds)
+        # Sleep in slices, checking for an interrupt as a real long-running node would.
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            throw_if_interrupted()
+            time.sleep(min(left, 0.02))
         return {"ui": {"text": [tag]}}
 
 
