@@ -72,6 +72,31 @@ def encode_preview(preview: Any, max_size: int) -> tuple[bytes, str]:
     return out.getvalue(), image_format
 
 
+class ProgressStateData(dict[str, Any]):
+    """``progress_state`` data that also knows its own text frame.
+
+    The message lists every node seen so far, so a long prompt would re-encode the same entries
+    thousands of times; each entry is encoded once when it changes and frames are joined from
+    those pieces. It is still a plain dict for every other bus subscriber.
+    """
+
+    def __init__(self, prompt_id: str, nodes: dict[str, Any], fragments: list[str]) -> None:
+        super().__init__(prompt_id=prompt_id, nodes=nodes)
+        self._fragments = fragments
+        self._frame: str | None = None
+
+    def frame_for(self, client_flags: dict[str, Any]) -> str:
+        if self._frame is None:
+            self._frame = (
+                '{"type":"progress_state","data":{"prompt_id":'
+                + json.dumps(self["prompt_id"])
+                + ',"nodes":{'
+                + ",".join(self._fragments)
+                + "}}}"
+            )
+        return self._frame
+
+
 class ProgressReporter:
     """Progress of the nodes of one prompt (implements ``kernel.progress.ProgressSink``)."""
 
@@ -92,6 +117,7 @@ class ProgressReporter:
         self.preview_size = preview_size
         # Entries are replaced, never mutated, so a published snapshot stays as it was sent.
         self.nodes: dict[str, dict[str, Any]] = {}
+        self._fragments: dict[str, str] = {}
         self._last_sent: dict[str, float] = {}
 
     def is_interrupted(self) -> bool:
@@ -113,18 +139,23 @@ class ProgressReporter:
     def _send(self, type_: str, data: Any) -> None:
         self.publish(ServerMessage(type=type_, data=data, sid=self.client_id, broadcast=True))
 
+    def _set(self, node_id: str, entry: dict[str, Any]) -> None:
+        self.nodes[node_id] = entry
+        self._fragments[node_id] = json.dumps(node_id) + ":" + json.dumps(entry)
+
     def _send_state(self) -> None:
-        self._send("progress_state", {"prompt_id": self.prompt_id, "nodes": dict(self.nodes)})
+        data = ProgressStateData(self.prompt_id, dict(self.nodes), list(self._fragments.values()))
+        self._send("progress_state", data)
 
     def start(self, node_id: str) -> None:
-        self.nodes[node_id] = self._entry(node_id, 0, 1, "running")
+        self._set(node_id, self._entry(node_id, 0, 1, "running"))
         self._last_sent.pop(node_id, None)
         self._send_state()
 
     def finish(self, node_id: str) -> None:
         entry = self.nodes.get(node_id)
         max_value = entry["max"] if entry is not None else 1
-        self.nodes[node_id] = self._entry(node_id, max_value, max_value, "finished")
+        self._set(node_id, self._entry(node_id, max_value, max_value, "finished"))
         self._send_state()
 
     def update(self, node_id: str, value: float, max_value: float, preview: Any = None) -> None:
@@ -135,7 +166,7 @@ class ProgressReporter:
             return
         self._last_sent[node_id] = now
         state = self.nodes.get(node_id, {}).get("state", "running")
-        self.nodes[node_id] = self._entry(node_id, value, max_value, state)
+        self._set(node_id, self._entry(node_id, value, max_value, state))
         self._send(
             "progress", {"value": value, "max": max_value, "prompt_id": self.prompt_id, "node": node_id}
         )
