@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 import sqlite_utils
 
-from kernel import StashKey
+from kernel import StartupError, StashKey
 from plugins.history import jobs
 
 DB_NAME = "comfykernel_history.db"
@@ -97,6 +97,8 @@ class HistoryStore:
     @property
     def db(self) -> sqlite_utils.Database:
         if self._db is None:
+            if self.closed:
+                raise RuntimeError("the history store is closed")
             self.open()
         assert self._db is not None
         return self._db
@@ -104,14 +106,17 @@ class HistoryStore:
     def open(self) -> None:
         if self._db is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # The loop thread is the only user, but kernels are built on one thread and served on
-        # another in some hosts, hence check_same_thread=False.
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db = sqlite_utils.Database(conn)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The loop thread is the only user, but kernels are built on one thread and served on
+            # another in some hosts, hence check_same_thread=False.
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db = sqlite_utils.Database(conn)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StartupError(f"history: cannot open the database {self.path}: {exc}") from exc
         self._db = db
         self._next_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM prompts")
         self._next_accepted = self._scalar("SELECT COALESCE(MAX(accepted), 0) + 1 FROM prompts")

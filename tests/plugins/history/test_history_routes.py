@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
+from kernel import StartupError
 from plugins.history.store import DB_NAME
 from tests.plugins.history.helpers import IMAGE_OUTPUTS, finish, make_item, queue, start_quiet
 
@@ -139,3 +142,11 @@ async def test_database_lives_in_the_user_directory_in_wal_mode(comfy_server, tm
     conn = sqlite3.connect(db_path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
+
+
+async def test_unusable_database_is_a_startup_error(comfy_server, tmp_path):
+    user_dir = tmp_path / "user"
+    user_dir.mkdir()
+    (user_dir / DB_NAME).write_bytes(b"this is not a sqlite database, not at all" * 100)
+    with pytest.raises(StartupError, match="history: cannot open the database"):
+        await comfy_server(plugins=["history"])
