@@ -14,7 +14,7 @@ from kernel import KERNEL_KEY, Kernel
 from kernel.events import PromptsRemoved
 from plugins.history import jobs
 from plugins.history.recorder import DEFAULT_USER, user_of
-from plugins.history.store import STORE, HistoryStore, decode
+from plugins.history.store import DONE, STORE, HistoryStore, decode
 
 routes = web.RouteTableDef()
 
@@ -179,7 +179,11 @@ def _job_query(request: web.Request) -> _JobQuery:
 def _queue_jobs(kernel: Kernel, store: HistoryStore, user: str | None) -> list[tuple[dict[str, Any], str]]:
     """(item list, status) of running then pending prompts, as the reference concatenates them."""
     running, pending = kernel.queue.snapshot()
-    found: list[tuple[list[Any], str]] = [(i.as_list(), jobs.IN_PROGRESS) for i in running]
+    # The executor marks a prompt done on the queue just after publishing its result, so the
+    # result may already be recorded: then it is listed from history only.
+    found: list[tuple[list[Any], str]] = [
+        (i.as_list(), jobs.IN_PROGRESS) for i in running if store.state_of(i.prompt_id) != DONE
+    ]
     seen = {i.prompt_id for i in running} | {i.prompt_id for i in pending}
     # Between the executor finishing a prompt and its record arriving on the loop, the queue no
     # longer lists it; the store still knows it as running.

@@ -233,6 +233,10 @@ class HistoryStore:
             params.append(user)
         return [decode(row[0]) for row in self.db.execute(sql + " ORDER BY accepted", params)]
 
+    def state_of(self, prompt_id: str) -> str | None:
+        row = self.db.execute("SELECT state FROM prompts WHERE prompt_id = ?", [prompt_id]).fetchone()
+        return row[0] if row else None
+
     def user_of(self, prompt_id: str) -> str | None:
         row = self.db.execute("SELECT user FROM prompts WHERE prompt_id = ?", [prompt_id]).fetchone()
         return row[0] if row else None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from kernel.events import PromptsRemoved
+from kernel.events import PromptFinished, PromptsRemoved, PromptStarted
 from tests.plugins.history.helpers import finish, make_item, queue, start_quiet
+from tests.plugins.history.helpers import status as make_status
 
 ALL_STATUSES = "Valid values: pending, in_progress, completed, failed, cancelled"
 
@@ -262,3 +263,26 @@ async def test_batch_cancel_bad_bodies(comfy_server):
     assert body == {"error": "job_ids contains invalid id(s)", "invalid_ids": [upper, 5]}
     # Nothing was cancelled by the refused request.
     assert k.queue.is_pending(a.prompt_id)
+
+
+async def test_a_finished_prompt_still_on_the_queue_is_listed_once(comfy_server):
+    server = await start_quiet(comfy_server)
+    k = server.kernel
+    item = queue(k, make_item(0))
+    k.queue.get(timeout=1)  # running, and the executor's result arrives before its task_done
+    k.bus.publish(PromptStarted(prompt_id=item.prompt_id))
+    k.bus.publish(
+        PromptFinished(item=item, status=make_status("success", item.prompt_id), outputs={}, meta={})
+    )
+    body = await _jobs(server)
+    assert [(j["id"], j["status"]) for j in body["jobs"]] == [(item.prompt_id, "completed")]
+    k.queue.task_done(item.prompt_id)
+    # ...and the window the other way round: done on the queue, result not yet recorded.
+    late = queue(k, make_item(1))
+    k.queue.get(timeout=1)
+    k.bus.publish(PromptStarted(prompt_id=late.prompt_id))
+    k.queue.task_done(late.prompt_id)
+    body = await _jobs(server, "?status=in_progress")
+    assert [j["id"] for j in body["jobs"]] == [late.prompt_id]
+    status_code, detail = await server.json("GET", f"/api/jobs/{late.prompt_id}")
+    assert status_code == 200 and detail["status"] == "in_progress"
