@@ -111,12 +111,9 @@ class Executor:
                     loop.run_until_complete(self._execute(item))
                 except Exception:
                     log.exception("executor failed on prompt %s", item.prompt_id)
+                _cancel_leftovers(loop)
         finally:
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            _cancel_leftovers(loop)
             loop.close()
             self._loop = None
 
@@ -144,7 +141,12 @@ class Executor:
                     type="executing", data={"node": None, "prompt_id": item.prompt_id}, sid=run.client_id
                 )
             )
-            # Tasks a node left behind must not outlive its prompt.
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """Tasks a node left behind must not outlive its prompt (the reference runs one loop per prompt)."""
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))

@@ -206,6 +206,7 @@ class PromptRun:
                 break
             else:
                 self.success = True
+                self._replay_intermediate_outputs()
                 self.add_message("execution_success", {"prompt_id": self.prompt_id}, broadcast=False)
         except Exception as exc:  # an engine bug must still end the prompt cleanly
             log.exception("prompt %s failed inside the executor", self.prompt_id)
@@ -226,6 +227,25 @@ class PromptRun:
                         task.cancel()
             for watcher in self._watchers:
                 watcher.cancel()
+
+    def _replay_intermediate_outputs(self) -> None:
+        """``HAS_INTERMEDIATE_OUTPUT`` nodes that did not run still show their cached UI."""
+        for node_id, node in self.item.prompt.items():
+            spec = self._specs.get(node.get("class_type"))
+            if spec is None or not spec.has_intermediate_output or node_id in self._executed_set:
+                continue
+            entry = self.lookup(node_id)
+            if entry is not None and entry.ui:
+                self.ui_outputs[node_id] = {"meta": self._meta(node_id), "output": entry.ui}
+                self.send(
+                    "executed",
+                    {
+                        "node": node_id,
+                        "display_node": self.dynprompt.get_display_node_id(node_id),
+                        "output": entry.ui,
+                        "prompt_id": self.prompt_id,
+                    },
+                )
 
     def handle_error(self, error: dict[str, Any], exc: BaseException) -> None:
         node_id = error["node_id"]

@@ -166,3 +166,32 @@ async def test_expanded_nodes_hit_the_cache_when_the_parent_reruns(comfy_server)
     # The first two loop bodies have the same deterministic ids and inputs: cached.
     assert executing_nodes(second) == ["5", "5.0.0.3", "9"]
     assert executed_ui(second)["9"] == {"values": [8]}
+
+
+async def test_is_changed_that_raises_counts_as_changed(comfy_server):
+    server = await start(comfy_server)
+    client_id, ws = await connect(server)
+    prompt = {
+        "1": {"class_type": "ExecBrokenIsChanged", "inputs": {"value": 1}},
+        "2": {"class_type": "ExecShow", "inputs": {"value": ["1", 0]}},
+    }
+    await run(server, ws, client_id, prompt)
+    second = await run(server, ws, client_id, prompt)
+    assert sorted(executing_nodes(second)) == ["1", "2"]
+
+
+async def test_ram_pressure_evicts_older_prompts(comfy_server):
+    # A headroom larger than any machine's RAM: always "under pressure".
+    server = await start(comfy_server, cache_ram=10.0**9)
+    client_id, ws = await connect(server)
+    other = {
+        "x": {"class_type": "ExecConst", "inputs": {"value": 99}},
+        "y": {"class_type": "ExecShow", "inputs": {"value": ["x", 0]}},
+    }
+    await run(server, ws, client_id, graph())
+    # An identical resubmit still hits: entries the running prompt uses are never evicted.
+    again = await run(server, ws, client_id, graph())
+    assert sorted(cached_nodes(again)) == ["1", "2", "3", "4", "5", "6"]
+    await run(server, ws, client_id, other)
+    third = await run(server, ws, client_id, graph())
+    assert cached_nodes(third) == []

@@ -175,3 +175,58 @@ async def test_async_node_failure_is_an_execution_error(comfy_server):
     assert err["exception_type"] == "ValueError"
     assert err["exception_message"] == "async boom 4\n"
     assert not of_type(messages, "execution_success")
+
+
+async def test_runtime_cycle_from_expansion(comfy_server):
+    server = await start(comfy_server)
+    client_id, ws = await connect(server)
+    prompt = {
+        "x": {"class_type": "ExecBadExpand", "inputs": {"mode": "cycle", "value": 1}},
+        "out": {"class_type": "ExecShow", "inputs": {"value": ["x", 0]}},
+    }
+    messages = await run(server, ws, client_id, prompt)
+    err = of_type(messages, "execution_error")[0]
+    assert err["exception_type"] == "graph.DependencyCycleError"
+    assert err["exception_message"] == "Dependency cycle detected"
+    assert err["node_id"] == "x" and err["node_type"] == "ExecBadExpand"
+
+
+async def test_unknown_class_in_expansion_fails_at_run_time(comfy_server):
+    server = await start(comfy_server)
+    client_id, ws = await connect(server)
+    prompt = {
+        "x": {"class_type": "ExecBadExpand", "inputs": {"mode": "unknown", "value": 1}},
+        "out": {"class_type": "ExecShow", "inputs": {"value": ["x", 0]}},
+    }
+    messages = await run(server, ws, client_id, prompt)
+    err = of_type(messages, "execution_error")[0]
+    assert err["node_id"] == "x"
+    assert "NoSuchNode" in err["exception_message"]
+
+
+async def test_expansion_reusing_an_id_fails(comfy_server):
+    server = await start(comfy_server)
+    client_id, ws = await connect(server)
+    prompt = {
+        "dup": {"class_type": "ExecConst", "inputs": {"value": 1}},
+        "x": {"class_type": "ExecBadExpand", "inputs": {"mode": "duplicate", "value": 1}},
+        "out": {"class_type": "ExecShow", "inputs": {"value": ["x", 0]}},
+        "out2": {"class_type": "ExecShow", "inputs": {"value": ["dup", 0]}},
+    }
+    messages = await run(server, ws, client_id, prompt)
+    err = of_type(messages, "execution_error")[0]
+    assert err["node_id"] == "x" and "dup" in err["exception_message"]
+
+
+async def test_intermediate_output_replayed_when_cached(comfy_server):
+    server = await start(comfy_server)
+    client_id, ws = await connect(server)
+    prompt = {
+        "i": {"class_type": "ExecIntermediate", "inputs": {"value": 4}},
+        "out": {"class_type": "ExecShow", "inputs": {"value": ["i", 0]}},
+    }
+    first = await run(server, ws, client_id, prompt)
+    assert executed_ui(first)["i"] == {"seen": [4]}
+    second = await run(server, ws, client_id, prompt)
+    assert executing_nodes(second) == []
+    assert executed_ui(second) == {"out": {"values": [4]}, "i": {"seen": [4]}}

@@ -225,6 +225,65 @@ class ForLoop:
         return {"result": (current,), "expand": graph.finalize()}
 
 
+class BadExpand:
+    """Expansions that must fail at run time: a cycle, an unknown class, a reused node id."""
+
+    CATEGORY = "test/exec"
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"mode": (["cycle", "unknown", "duplicate"],), "value": ("INT", {"default": 1})}}
+
+    def run(self, mode: str, value: int) -> dict[str, Any]:
+        if mode == "cycle":
+            graph = {
+                "c1": {"class_type": "ExecAdd", "inputs": {"a": ["c2", 0], "b": 1}},
+                "c2": {"class_type": "ExecAdd", "inputs": {"a": ["c1", 0], "b": 1}},
+            }
+            return {"result": (["c1", 0],), "expand": graph}
+        if mode == "unknown":
+            return {"result": (["u1", 0],), "expand": {"u1": {"class_type": "NoSuchNode", "inputs": {}}}}
+        return {
+            "result": (["dup", 0],),
+            "expand": {"dup": {"class_type": "ExecConst", "inputs": {"value": value}}},
+        }
+
+
+class Intermediate:
+    """An intermediate-output node: its cached UI is replayed even when it does not run."""
+
+    CATEGORY = "test/exec"
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    HAS_INTERMEDIATE_OUTPUT = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"value": ("INT",)}}
+
+    def run(self, value: int) -> dict[str, Any]:
+        return {"ui": {"seen": [value]}, "result": (value,)}
+
+
+class BrokenIsChanged:
+    CATEGORY = "test/exec"
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"value": ("INT", {"default": 0})}}
+
+    @classmethod
+    def IS_CHANGED(cls, value: int) -> Any:
+        raise RuntimeError("cannot tell")
+
+    def run(self, value: int) -> tuple[int]:
+        return (value,)
+
+
 class AlwaysChanged:
     CATEGORY = "test/exec"
     RETURN_TYPES = ("INT",)
@@ -353,6 +412,9 @@ NODES: dict[str, type] = {
     "ExecSteps": Steps,
     "ExecForLoop": ForLoop,
     "ExecAlwaysChanged": AlwaysChanged,
+    "ExecBadExpand": BadExpand,
+    "ExecIntermediate": Intermediate,
+    "ExecBrokenIsChanged": BrokenIsChanged,
     "ExecHidden": Hidden,
     "ExecRawLink": RawLink,
     "ExecCounter": Counter,
