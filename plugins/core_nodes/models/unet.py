@@ -1,0 +1,420 @@
+"""The latent-diffusion UNet of SD1.x, SD2.x and SDXL, built from a config read off the weights.
+
+Module and parameter names follow the original single-file layout (``input_blocks.N.M``,
+``middle_block``, ``output_blocks``, ``label_emb``) so a checkpoint's ``model.diffusion_model.*``
+tensors load with a plain ``load_state_dict``. :func:`config_from_state_dict` derives every
+architectural choice from key names and tensor shapes, never from a table of known sizes, so a
+tiny test model of the same architecture is understood like a real one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Each SDXL size / crop / aesthetic scalar becomes a sinusoidal vector of this width before it is
+# concatenated with the pooled text embedding into the ADM ("label") input.
+ADM_SCALAR_DIM = 256
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Everything needed to build a :class:`UNetModel`; ``transformer_depth`` is per level."""
+
+    in_channels: int
+    out_channels: int
+    model_channels: int
+    channel_mult: tuple[int, ...]
+    num_res_blocks: tuple[int, ...]
+    transformer_depth: tuple[int, ...]
+    transformer_depth_output: tuple[int, ...]
+    transformer_depth_middle: int
+    context_dim: int | None
+    use_linear_in_transformer: bool
+    # Exactly one of the two is set: SD1 fixes the head count, SD2/SDXL fix the head width.
+    num_heads: int | None = None
+    num_head_channels: int | None = None
+    adm_in_channels: int | None = None
+
+    def heads_for(self, channels: int) -> tuple[int, int]:
+        """(number of heads, width per head) for a transformer over ``channels`` features."""
+        if self.num_heads is not None:
+            return self.num_heads, channels // self.num_heads
+        assert self.num_head_channels is not None
+        # max(1, ...) only matters for test-sized models narrower than one head.
+        heads = max(1, channels // self.num_head_channels)
+        return heads, channels // heads
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, cosines first, in float32."""
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    args = t.float()[:, None] * exponent.exp()[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def sdxl_adm(
+    pooled: torch.Tensor,
+    height: float,
+    width: float,
+    crop_h: float = 0.0,
+    crop_w: float = 0.0,
+    target_height: float | None = None,
+    target_width: float | None = None,
+    aesthetic_score: float | None = None,
+) -> torch.Tensor:
+    """The SDXL ADM vector: pooled text embedding + embedded size / crop (/ target or score).
+
+    The base model embeds (height, width, crop_h, crop_w, target_height, target_width); the
+    refiner replaces the target size by one aesthetic score (pass ``aesthetic_score``).
+    """
+    if aesthetic_score is None:
+        th = height if target_height is None else target_height
+        tw = width if target_width is None else target_width
+        scalars = [height, width, crop_h, crop_w, th, tw]
+    else:
+        scalars = [height, width, crop_h, crop_w, aesthetic_score]
+    values = torch.tensor(scalars, dtype=torch.float32, device=pooled.device)
+    emb = timestep_embedding(values, ADM_SCALAR_DIM).reshape(1, -1)
+    emb = emb.repeat(pooled.shape[0], 1).to(pooled.dtype)
+    return torch.cat([pooled, emb], dim=1)
+
+
+def _norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
+    return nn.GroupNorm(32 if channels % 32 == 0 else math.gcd(32, channels), channels, eps=eps)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, emb_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.in_layers = nn.Sequential(_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.out_layers = nn.Sequential(
+            _norm(out_channels), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        )
+        self.skip_connection: nn.Module = (
+            nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+        )
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None) -> None:
+        super().__init__()
+        inner = heads * head_dim
+        kv_dim = dim if context_dim is None else context_dim
+        self.heads = heads
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(kv_dim, inner, bias=False)
+        self.to_v = nn.Linear(kv_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(0.0))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        ctx = x if context is None else context
+        b = x.shape[0]
+        q, k, v = (
+            t.reshape(b, -1, self.heads, t.shape[-1] // self.heads).transpose(1, 2)
+            for t in (self.to_q(x), self.to_k(ctx), self.to_v(ctx))
+        )
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, -1, out.shape[1] * out.shape[3]))
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4) -> None:
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None) -> None:
+        super().__init__()
+        self.attn1 = Attention(dim, heads, head_dim)
+        self.ff = FeedForward(dim)
+        self.attn2 = Attention(dim, heads, head_dim, context_dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    def __init__(
+        self, channels: int, heads: int, head_dim: int, depth: int, context_dim: int | None, linear: bool
+    ) -> None:
+        super().__init__()
+        inner = heads * head_dim
+        self.linear = linear
+        self.norm = _norm(channels, eps=1e-6)
+        self.proj_in: nn.Module = nn.Linear(channels, inner) if linear else nn.Conv2d(channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            TransformerBlock(inner, heads, head_dim, context_dim) for _ in range(depth)
+        )
+        self.proj_out: nn.Module = nn.Linear(inner, channels) if linear else nn.Conv2d(inner, channels, 1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        residual = x
+        x = self.norm(x)
+        if not self.linear:
+            x = self.proj_in(x)
+        x = x.reshape(b, x.shape[1], h * w).transpose(1, 2)
+        if self.linear:
+            x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x, context)
+        if self.linear:
+            x = self.proj_out(x)
+        x = x.transpose(1, 2).reshape(b, -1, h, w)
+        if not self.linear:
+            x = self.proj_out(x)
+        return x + residual
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+        # Upsampling to the skip's size (not just x2) keeps odd latent sizes working.
+        if size is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
+            x = F.interpolate(x, size=tuple(size), mode="nearest")
+        return self.conv(x)
+
+
+class Block(nn.ModuleList):
+    """One numbered entry of ``input_blocks`` / ``output_blocks``: layers applied in order."""
+
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        emb: torch.Tensor,
+        context: torch.Tensor | None,
+        up_size: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            elif isinstance(layer, Upsample):
+                x = layer(x, up_size)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNetModel(nn.Module):
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        mc = config.model_channels
+        emb_dim = mc * 4
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if config.adm_in_channels is not None:
+            self.label_emb = nn.Sequential(
+                nn.Sequential(nn.Linear(config.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            )
+
+        def transformer(ch: int, depth: int) -> SpatialTransformer:
+            heads, head_dim = config.heads_for(ch)
+            return SpatialTransformer(
+                ch, heads, head_dim, depth, config.context_dim, config.use_linear_in_transformer
+            )
+
+        self.input_blocks = nn.ModuleList([Block([nn.Conv2d(config.in_channels, mc, 3, padding=1)])])
+        skip_channels = [mc]
+        ch = mc
+        levels = len(config.channel_mult)
+        for level, mult in enumerate(config.channel_mult):
+            for _ in range(config.num_res_blocks[level]):
+                layers: list[nn.Module] = [ResBlock(ch, emb_dim, mult * mc)]
+                ch = mult * mc
+                if config.transformer_depth[level] > 0:
+                    layers.append(transformer(ch, config.transformer_depth[level]))
+                self.input_blocks.append(Block(layers))
+                skip_channels.append(ch)
+            if level != levels - 1:
+                self.input_blocks.append(Block([Downsample(ch)]))
+                skip_channels.append(ch)
+
+        middle: list[nn.Module] = [ResBlock(ch, emb_dim, ch)]
+        if config.transformer_depth_middle > 0:
+            middle.append(transformer(ch, config.transformer_depth_middle))
+        middle.append(ResBlock(ch, emb_dim, ch))
+        self.middle_block = Block(middle)
+
+        self.output_blocks = nn.ModuleList()
+        out_index = 0
+        for level in reversed(range(levels)):
+            mult = config.channel_mult[level]
+            for i in range(config.num_res_blocks[level] + 1):
+                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mult * mc)]
+                ch = mult * mc
+                depth = config.transformer_depth_output[out_index]
+                if depth > 0:
+                    layers.append(transformer(ch, depth))
+                if level and i == config.num_res_blocks[level]:
+                    layers.append(Upsample(ch))
+                self.output_blocks.append(Block(layers))
+                out_index += 1
+
+        self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, config.out_channels, 3, padding=1))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.input_blocks[0][0].weight.dtype
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict noise (or v) for latents ``x`` at ``timesteps`` given text ``context`` / ADM ``y``."""
+        dtype = self.dtype
+        out_dtype = x.dtype
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(x.shape[0])
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
+        if self.config.adm_in_channels is not None:
+            if y is None:
+                raise ValueError("this UNet needs the ADM vector y (SDXL size / crop conditioning)")
+            emb = emb + self.label_emb(y.to(dtype))
+        ctx = None if context is None else context.to(dtype)
+        h = x.to(dtype)
+        skips: list[torch.Tensor] = []
+        for block in self.input_blocks:
+            h = block(h, emb, ctx)
+            skips.append(h)
+        h = self.middle_block(h, emb, ctx)
+        for block in self.output_blocks:
+            h = torch.cat([h, skips.pop()], dim=1)
+            up_size = skips[-1].shape[-2:] if skips else None
+            h = block(h, emb, ctx, up_size)
+        return self.out(h).to(out_dtype)
+
+
+_INPUT_RE = re.compile(r"^input_blocks\.(\d+)\.")
+_OUTPUT_RE = re.compile(r"^output_blocks\.(\d+)\.")
+
+
+def _depth(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
+    n = 0
+    while f"{prefix}transformer_blocks.{n}.norm1.weight" in sd:
+        n += 1
+    return n
+
+
+def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> UNetConfig:
+    """Read the UNet architecture off un-prefixed ``model.diffusion_model`` weights.
+
+    Raises ``KeyError`` / ``ValueError`` when the tensors do not form such a UNet.
+    """
+    conv_in = sd["input_blocks.0.0.weight"]
+    mc = conv_in.shape[0]
+    n_in = 1 + max(int(m.group(1)) for k in sd if (m := _INPUT_RE.match(k)))
+    n_out = 1 + max(int(m.group(1)) for k in sd if (m := _OUTPUT_RE.match(k)))
+
+    channel_mult: list[int] = []
+    num_res_blocks: list[int] = []
+    transformer_depth: list[int] = []
+    res_count = 0
+    depth = 0
+    for i in range(1, n_in):
+        if f"input_blocks.{i}.0.op.weight" in sd:
+            num_res_blocks.append(res_count)
+            transformer_depth.append(depth)
+            res_count = depth = 0
+            continue
+        out_ch = sd[f"input_blocks.{i}.0.out_layers.3.weight"].shape[0]
+        if res_count == 0:
+            channel_mult.append(out_ch // mc)
+        res_count += 1
+        depth = max(depth, _depth(sd, f"input_blocks.{i}.1."))
+    num_res_blocks.append(res_count)
+    transformer_depth.append(depth)
+    if len(num_res_blocks) != len(channel_mult):
+        raise ValueError("unexpected input block layout")
+
+    depth_output = tuple(_depth(sd, f"output_blocks.{i}.1.") for i in range(n_out))
+    depth_middle = _depth(sd, "middle_block.1.")
+
+    proj_in = next((v for k, v in sd.items() if k.endswith(".proj_in.weight")), None)
+    to_k = next((v for k, v in sd.items() if k.endswith(".attn2.to_k.weight")), None)
+    linear = proj_in is not None and proj_in.ndim == 2
+    adm = sd.get("label_emb.0.0.weight")
+    return UNetConfig(
+        in_channels=conv_in.shape[1],
+        out_channels=sd["out.2.weight"].shape[0],
+        model_channels=mc,
+        channel_mult=tuple(channel_mult),
+        num_res_blocks=tuple(num_res_blocks),
+        transformer_depth=tuple(transformer_depth),
+        transformer_depth_output=depth_output,
+        transformer_depth_middle=depth_middle,
+        context_dim=None if to_k is None else to_k.shape[1],
+        use_linear_in_transformer=linear,
+        # SD1 (conv projections) has 8 heads at every width; the linear-projection families
+        # (SD2, SDXL) use 64-wide heads.
+        num_heads=None if linear else 8,
+        num_head_channels=64 if linear else None,
+        adm_in_channels=None if adm is None else adm.shape[1],
+    )
+
+
+def build_unet(
+    sd: Mapping[str, torch.Tensor], config: UNetConfig | None = None, dtype: torch.dtype | None = None
+) -> UNetModel:
+    """A UNet with exactly these (un-prefixed) weights; missing or extra tensors are an error."""
+    config = config or config_from_state_dict(sd)
+    with torch.device("meta"):
+        model = UNetModel(config)
+    model.load_state_dict(dict(sd), strict=True, assign=True)
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval().requires_grad_(False)
