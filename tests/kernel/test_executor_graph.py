@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from tests.kernel.exec_helpers import connect, executed_ui, executing_nodes, of_type, run, start
+from tests.kernel.exec_helpers import connect, executed_ui, executing_nodes, of_type, run, start, submit
 
 
 async def test_lazy_unneeded_branch_never_runs(comfy_server):
@@ -230,3 +231,28 @@ async def test_intermediate_output_replayed_when_cached(comfy_server):
     second = await run(server, ws, client_id, prompt)
     assert executing_nodes(second) == []
     assert executed_ui(second) == {"out": {"values": [4]}, "i": {"seen": [4]}}
+
+
+async def test_deep_chain_runs_without_recursion_limits(comfy_server):
+    from kernel.events import PromptFinished
+
+    server = await start(comfy_server)
+    finished: list[PromptFinished] = []
+    server.kernel.bus.subscribe(lambda e: finished.append(e) if isinstance(e, PromptFinished) else None)
+    depth = 2000
+    prompt = {"0": {"class_type": "ExecConst", "inputs": {"value": 0}}}
+    for i in range(1, depth):
+        prompt[str(i)] = {"class_type": "ExecAdd", "inputs": {"a": [str(i - 1), 0], "b": 1}}
+    prompt["out"] = {"class_type": "ExecShow", "inputs": {"value": [str(depth - 1), 0]}}
+    # No client_id: per-prompt messages go nowhere, so this measures the engine, not the socket.
+    for _ in range(2):
+        await submit(server, prompt)
+    for _ in range(600):
+        if len(finished) == 2:
+            break
+        await asyncio.sleep(0.05)
+    first, second = finished
+    assert first.status["status_str"] == "success"
+    assert first.outputs == {"out": {"values": [depth - 1]}}
+    cached = second.status["messages"][1]
+    assert cached[0] == "execution_cached" and len(cached[1]["nodes"]) == depth + 1
