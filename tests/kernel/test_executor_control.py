@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from kernel.events import PromptFinished, PromptStarted, ServerMessage
-from tests.kernel.exec_helpers import collect, connect, executed_ui, of_type, run, start, submit
+from tests.kernel.exec_helpers import EXEC_PACK, collect, connect, executed_ui, of_type, run, start, submit
 
 
 def slow(steps: int = 100, delay: float = 0.05) -> dict:
@@ -150,3 +150,21 @@ async def test_reconnect_replays_the_executing_node(comfy_server):
     messages = [m for m in await collect(again, prompt_id) if isinstance(m, dict)]
     assert executed_ui(messages) == {"out": {"values": [1]}}
     await asyncio.gather(ws.close(), again.close())
+
+
+async def test_history_holds_the_prompt_when_the_end_marker_arrives(comfy_server):
+    server = await comfy_server(plugins=[EXEC_PACK, "history"])
+    client_id, ws = await connect(server)
+    prompt = {
+        "1": {"class_type": "ExecConst", "inputs": {"value": 6}},
+        "2": {"class_type": "ExecShow", "inputs": {"value": ["1", 0]}},
+    }
+    for _ in range(2):  # the second run is fully cached and must still record its outputs
+        prompt_id = await submit(server, prompt, client_id)
+        await collect(ws, prompt_id)
+        status, history = await server.json("GET", f"/history/{prompt_id}")
+        assert status == 200
+        entry = history[prompt_id]
+        assert entry["outputs"] == {"2": {"values": [6]}}
+        assert entry["status"]["status_str"] == "success" and entry["status"]["completed"] is True
+        assert entry["meta"]["2"]["display_node"] == "2"
