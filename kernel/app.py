@@ -59,6 +59,9 @@ class Kernel:
         # Set by the models plugin: ``get_full_path(folder, name) -> Path | None`` and friends
         # (see plugins/models/api.py); None in trimmed deployments without it.
         self.models: Any = None
+        # Set by the assets plugin: ``resolve_hash(hash, user)`` and ``register_upload(path, type, user)``
+        # (see plugins/assets/api.py); None when that plugin is disabled.
+        self.assets: Any = None
 
         self.hooks.configure(self)
         self.hooks.register_nodes(self, self.nodes.register_for)
