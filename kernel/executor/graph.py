@@ -170,11 +170,14 @@ class ExecutionList:
 
         return unblock
 
-    async def stage_node_execution(self, interrupted: Callable[[], bool]) -> str:
-        """The next node to run; waits for async work when nothing else is ready."""
+    async def stage_node_execution(self, check_interrupt: Callable[[], None]) -> str:
+        """The next node to run; waits for async work when nothing else is ready.
+
+        ``check_interrupt`` raises to abandon the wait; a stuck graph raises DependencyCycleError.
+        """
         assert self.staged_node_id is None
         while True:
-            ready = [n for n, _ in self.pending.items() if self.block_count[n] == 0]
+            ready = [n for n in self.pending if self.block_count[n] == 0]
             if ready:
                 self.staged_node_id = self._pick(ready)
                 return self.staged_node_id
@@ -186,8 +189,7 @@ class ExecutionList:
                 await asyncio.wait_for(self._unblocked.wait(), 0.05)
             except TimeoutError:
                 pass
-            if interrupted():
-                return ""
+            check_interrupt()
 
     def _is_output(self, node_id: str) -> bool:
         return self._traits(node_id)[1]

@@ -160,25 +160,35 @@ class PromptRun:
     async def run(self) -> None:
         executor = self.executor
         self.add_message("execution_start", {"prompt_id": self.prompt_id}, broadcast=False)
-        prompt_ids = list(self.item.prompt)
-        await self.compute_is_changed(prompt_ids)
-        used: set[Any] = {self.keys.key(n) for n in prompt_ids}
-        used.update(self._owner(n) for n in prompt_ids)
-        executor.outputs.begin_prompt(used)
-        if executor.cache_mode == "classic":
-            executor.objects.keep_only(set(prompt_ids))
-        cached = [n for n in prompt_ids if self.lookup(n) is not None]
-        self.add_message("execution_cached", {"nodes": cached, "prompt_id": self.prompt_id}, broadcast=False)
-
         execution_list = ExecutionList(self.dynprompt, self.is_available, self._traits)
         try:
+            prompt_ids = list(self.item.prompt)
+            await self.compute_is_changed(prompt_ids)
+            used: set[Any] = {self.keys.key(n) for n in prompt_ids}
+            used.update(self._owner(n) for n in prompt_ids)
+            executor.outputs.begin_prompt(used)
+            if executor.cache_mode == "classic":
+                executor.objects.keep_only(set(prompt_ids))
+            cached = [n for n in prompt_ids if self.lookup(n) is not None]
+            self.add_message(
+                "execution_cached", {"nodes": cached, "prompt_id": self.prompt_id}, broadcast=False
+            )
+
             for output_id in self.item.outputs_to_execute:
                 execution_list.add_node(output_id)
             while not execution_list.is_empty():
                 error: dict[str, Any] | None = None
                 exc: BaseException | None = None
                 try:
-                    node_id = await execution_list.stage_node_execution(self.executor.is_interrupted)
+                    node_id = await execution_list.stage_node_execution(self.check_interrupt)
+                    outcome, error, exc = await self.execute_node(node_id, execution_list)
+                    if outcome is Outcome.PENDING:
+                        execution_list.unstage_node_execution()
+                        continue
+                    if outcome is Outcome.SUCCESS:
+                        execution_list.complete_node_execution()
+                        executor.outputs.after_node()
+                        continue
                 except DependencyCycleError as cycle:
                     error = {
                         "node_id": str(cycle),
@@ -188,19 +198,9 @@ class PromptRun:
                         "current_inputs": [],
                     }
                     exc = cycle
-                    node_id = ""
-                if error is None and not node_id:  # interrupted while async nodes ran
+                except Interrupted as interrupted:  # while only async nodes were running
                     blamed = next(iter(self.pending_async), None) or next(iter(execution_list.pending))
-                    error, exc = {"node_id": self.dynprompt.get_real_node_id(blamed)}, Interrupted()
-                if error is None:
-                    outcome, error, exc = await self.execute_node(node_id, execution_list)
-                    if outcome is Outcome.PENDING:
-                        execution_list.unstage_node_execution()
-                        continue
-                    if outcome is Outcome.SUCCESS:
-                        execution_list.complete_node_execution()
-                        executor.outputs.after_node()
-                        continue
+                    error, exc = {"node_id": self.dynprompt.get_real_node_id(blamed)}, interrupted
                 assert error is not None and exc is not None
                 self.handle_error(error, exc)
                 break
