@@ -26,9 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("comfykernel.history")
 
 CRASH_EXCEPTION_TYPE = "ServerRestartedError"
-# Raising the counter past a recovered number costs one call per step; past this, new prompts
-# simply share the number range with the recovered ones.
-_MAX_COUNTER_CATCH_UP = 1_000_000
 
 
 class RecoveryReport(msgspec.Struct):
@@ -100,8 +97,5 @@ def _failed(item: QueueItem, row: Unfinished, max_attempts: int) -> PromptFinish
 def _catch_up_counter(kernel: Kernel, highest: float) -> None:
     """The counter restarts at 0 with the process; move it past the recovered prompts so prompts
     submitted after the restart queue behind them, as they would have without the restart."""
-    steps = int(highest) + 1
-    if steps > _MAX_COUNTER_CATCH_UP:
-        return
-    while kernel.queue.next_number() < highest:
-        pass
+    if highest >= 0:
+        kernel.queue.advance_counter(highest)
