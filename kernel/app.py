@@ -14,7 +14,7 @@ from kernel.bus import EventBus
 from kernel.events import QueueChanged
 from kernel.hooks import Hooks
 from kernel.plugins import PluginRecord, build_plugin_manager
-from kernel.queue import PromptQueue
+from kernel.queue import PromptQueue, QueueBackend
 from kernel.registry import ModelFolderRegistry, NodeRegistry, TranslationRegistry, WebExtensionRegistry
 from kernel.settings import Settings
 from kernel.stash import Stash
@@ -48,7 +48,7 @@ class Kernel:
         self.bus = EventBus()
         self.bus.subscribe(lambda event: self.hooks.on_event(self, event))
         self.stash = Stash()
-        self.queue = PromptQueue(on_change=self._queue_changed)
+        self.queue: QueueBackend = PromptQueue(on_change=self._queue_changed)
         self.nodes = NodeRegistry()
         self.model_folders = ModelFolderRegistry()
         self.web_extensions = WebExtensionRegistry()
@@ -64,6 +64,10 @@ class Kernel:
         self.assets: Any = None
 
         self.hooks.configure(self)
+        # After configure, so the providing plugin has read its settings; in-process otherwise.
+        backend = self.hooks.provide_queue_backend(self)
+        if backend is not None:
+            self.queue = backend
         self.hooks.register_nodes(self, self.nodes.register_for)
         self.hooks.register_model_folders(self, self.model_folders.register_for)
         self.hooks.register_web_extensions(self, self.web_extensions.register_for)

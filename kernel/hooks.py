@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from kernel.app import Kernel
+    from kernel.queue import QueueBackend
 
 log = logging.getLogger("comfykernel.hooks")
 
@@ -82,6 +83,9 @@ class Hooks:
 
     def configure(self, kernel: Kernel) -> None:
         self.pm.hook.configure(kernel=kernel)
+
+    def provide_queue_backend(self, kernel: Kernel) -> QueueBackend | None:
+        return self.pm.hook.provide_queue_backend(kernel=kernel)
 
     async def startup(self, kernel: Kernel, app: web.Application) -> None:
         for result in self.pm.hook.startup(kernel=kernel, app=app):

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from kernel.app import Kernel
+    from kernel.queue import QueueBackend
 
 hookspec = pluggy.HookspecMarker("comfykernel")
 
@@ -53,6 +54,18 @@ def configure(kernel: Kernel) -> None:
 
     Runs once, sync, on the thread that builds the kernel, before any ``register_*`` hook.
     Store per-plugin state with ``kernel.stash[KEY] = ...``. Raise ``StartupError`` to abort.
+    """
+
+
+@hookspec(firstresult=True)
+def provide_queue_backend(kernel: Kernel) -> QueueBackend | None:
+    """Supply the prompt queue (``kernel.queue``) instead of the in-process one.
+
+    Called once, sync, on the thread that builds the kernel, right after every ``configure``.
+    Return an object implementing ``kernel.queue.QueueBackend`` (the distributed plugin returns
+    a RabbitMQ-backed queue), or ``None`` to keep the in-process ``PromptQueue``. The first
+    non-``None`` answer wins. The backend should publish ``QueueChanged`` on ``kernel.bus``
+    (thread-safely) whenever its pending or running set changes.
     """
 
 
