@@ -195,3 +195,13 @@ async def test_ram_pressure_evicts_older_prompts(comfy_server):
     await run(server, ws, client_id, other)
     third = await run(server, ws, client_id, graph())
     assert cached_nodes(third) == []
+
+
+async def test_execution_cached_lists_hits_not_needed_by_the_selected_outputs(comfy_server):
+    server = await start(comfy_server)
+    client_id, ws = await connect(server)
+    await run(server, ws, client_id, graph())
+    # Only output 6 is selected now, yet the hits for 2, 4 and 5 are still listed.
+    second = await run(server, ws, client_id, graph(), partial_execution_targets=["6"])
+    assert sorted(cached_nodes(second)) == ["1", "2", "3", "4", "5", "6"]
+    assert executed_ui(second) == {"6": {"values": [12]}}
