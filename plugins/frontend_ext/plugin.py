@@ -55,6 +55,11 @@ def shutdown(kernel: Kernel) -> None:
 
 
 @hookimpl
+def system_stats(kernel: Kernel) -> dict[str, Any]:
+    return {"system": {"comfy_package_versions": webroot.package_versions()}}
+
+
+@hookimpl
 def on_prompt(kernel: Kernel, body: dict[str, Any]) -> None:
     prompt = body.get("prompt") if isinstance(body, dict) else None
     if isinstance(prompt, dict):

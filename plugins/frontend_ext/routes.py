@@ -38,6 +38,16 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(root / "index.html", headers=NO_CACHE)
 
 
+@routes.get("/user.css")
+async def user_css(request: web.Request) -> web.StreamResponse:
+    # index.html links a user.css that no frontend release ships; an empty sheet (or the web
+    # root's own, when a custom root has one) keeps the console clean.
+    root = request.app[KERNEL_KEY].stash.get(WEB_ROOT, None)
+    if root is not None and (root / "user.css").is_file():
+        return web.FileResponse(root / "user.css", headers=NO_CACHE)
+    return web.Response(text="", content_type="text/css", headers=NO_CACHE)
+
+
 @routes.get("/extensions")
 async def get_extensions(request: web.Request) -> web.Response:
     kernel = request.app[KERNEL_KEY]

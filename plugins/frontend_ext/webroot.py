@@ -68,3 +68,32 @@ def static_routes(kernel: Kernel) -> list[tuple[str, str]]:
     if root is not None:
         pairs.append(("/", str(root)))
     return pairs
+
+
+# Distributions behind the routes of this plugin, reported in /system_stats.
+SERVED_DISTRIBUTIONS = (
+    "comfyui-frontend-package",
+    "comfyui-workflow-templates",
+    "comfyui-workflow-templates-core",
+    "comfyui-workflow-templates-json",
+    "comfyui-embedded-docs",
+    "comfyui-subgraph-blueprints",
+)
+
+
+def package_versions() -> list[dict[str, str | None]]:
+    """``comfy_package_versions`` as the web UI reads it: a list of ``{name, installed, required}``.
+
+    Nothing pins other versions than the installed ones, so ``required`` equals ``installed``
+    and the UI's "outdated package" warning stays quiet.
+    """
+    from importlib import metadata
+
+    rows: list[dict[str, str | None]] = []
+    for name in SERVED_DISTRIBUTIONS:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        rows.append({"name": name, "installed": version, "required": version})
+    return rows

@@ -98,3 +98,37 @@ def test_docs_package_found():
     assert package_dir("comfyui_embedded_docs", "docs") is not None
     assert isinstance(package_dir("no_such_package_here", "docs"), type(None))
     assert Path(str(package_dir("comfyui_frontend_package", "static"))).joinpath("index.html").is_file()
+
+
+async def test_user_css_is_an_empty_stylesheet(comfy_server):
+    server = await comfy_server(plugins=["frontend_ext"])
+    async with server.get("/user.css") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/css"
+        assert await resp.text() == ""
+
+
+async def test_user_css_from_a_custom_root(comfy_server, tmp_path):
+    root = tmp_path / "ui"
+    root.mkdir()
+    (root / "index.html").write_text("<html></html>")
+    (root / "user.css").write_text("body { color: red; }")
+    server = await comfy_server(plugins=["frontend_ext"], extra={"front_end_root": str(root)})
+    async with server.get("/user.css") as resp:
+        assert await resp.text() == "body { color: red; }"
+
+
+async def test_system_stats_lists_package_versions_for_the_ui(comfy_server):
+    from importlib import metadata
+
+    server = await comfy_server(plugins=["frontend_ext"])
+    status, body = await server.json("GET", "/system_stats")
+    assert status == 200
+    rows = body["system"]["comfy_package_versions"]
+    assert isinstance(rows, list)  # the web UI iterates it: a dict breaks its boot
+    frontend = next(r for r in rows if r["name"] == "comfyui-frontend-package")
+    assert frontend == {
+        "name": "comfyui-frontend-package",
+        "installed": metadata.version("comfyui-frontend-package"),
+        "required": metadata.version("comfyui-frontend-package"),
+    }
