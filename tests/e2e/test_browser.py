@@ -161,22 +161,37 @@ async def test_web_ui_end_to_end(comfy_server, chromium_path, tmp_path):
                 timeout=15_000,
             )
 
-            # --- run it with the Run button; progress shows in the tab title ---
+            # --- run it twice with the Run button: one job runs while the other waits ---
+            prompt_ids: list[str] = []
+            for _ in range(2):
+                async with page.expect_response(lambda r: r.url.endswith("/api/prompt")) as posted:
+                    await page.click("[data-testid=queue-button]")
+                response = await posted.value
+                assert response.status == 200
+                prompt_ids.append((await response.json())["prompt_id"])
+            first_id, prompt_id = prompt_ids
+
+            # --- progress shows (tab title), running and pending jobs show (/api/jobs, queue button) ---
             titles: list[str] = []
-            async with page.expect_response(lambda r: r.url.endswith("/api/prompt")) as posted:
-                await page.click("[data-testid=queue-button]")
-            prompt_response = await posted.value
-            assert prompt_response.status == 200
-            prompt_id = (await prompt_response.json())["prompt_id"]
-            image = page.locator('img[src*="/view?filename=e2e_"]').first
-            for _ in range(300):
+            queue_labels: set[str] = set()
+            job_states: set[tuple[str, str]] = set()
+            for _ in range(600):
                 titles.append(await page.title())
-                if await image.count() and await image.is_visible():
+                queue_labels.add(await page.inner_text("[data-testid=queue-overlay-toggle]"))
+                _, active = await server.json("GET", "/api/jobs?status=in_progress,pending")
+                job_states |= {(job["id"], job["status"]) for job in active["jobs"]}
+                _, last = await server.json("GET", f"/api/jobs/{prompt_id}")
+                if last.get("status") == "completed":
                     break
                 await asyncio.sleep(0.05)
+            assert last["status"] == "completed", last
             node_progress = [t for t in titles if re.search(r"\[(1[0-9]|[2-9][0-9])%\] E2ESolidColor", t)]
             assert node_progress, f"no progress in the title; titles seen: {sorted(set(titles))}"
             assert "progress" in ui.ws_types and "executed" in ui.ws_types
+            assert (first_id, "in_progress") in job_states
+            assert (prompt_id, "pending") in job_states
+            assert any(re.search(r"\b2 active\b", label) for label in queue_labels), queue_labels
+            image = page.locator('img[src*="/view?filename=e2e_"]').first
 
             # --- the output image appears, served by /view ---
             await image.wait_for(state="visible", timeout=30_000)
