@@ -39,16 +39,34 @@ def identity(hasher: blake3.blake3) -> str:
 
 
 def hash_file(path: str | Path, cancel: threading.Event | None = None) -> tuple[str, int]:
-    """``(blake3:<hex>, size)`` of a file, read in 1 MiB chunks into one reused buffer.
+    """``(blake3:<hex>, size)`` of a file; see ``hash_file_head``."""
+    content_hash, size, _ = hash_file_head(path, cancel)
+    return content_hash, size
 
-    Run it off the event loop (``asyncio.to_thread``): blake3 releases the GIL on large
-    updates, so the loop keeps serving while a big file hashes.
+
+def hash_file_head(
+    path: str | Path, cancel: threading.Event | None = None, head_bytes: int = 64
+) -> tuple[str, int, bytes]:
+    """``(blake3:<hex>, size, first bytes)`` of a file, read in 1 MiB chunks.
+
+    Memory stays at one chunk whatever the size. Run it off the event loop
+    (``asyncio.to_thread``): blake3 releases the GIL on large updates, so the loop keeps
+    serving while a big file hashes. ``cancel`` is checked between chunks.
     """
     hasher = new_hasher()
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
     size = 0
+    head = b""
     with open(path, "rb", buffering=0) as f:
+        first = f.read(CHUNK)
+        head = first[:head_bytes]
+        if len(first) < CHUNK:  # small files (most of them): one read, no buffer
+            hasher.update(first)
+            return identity(hasher), len(first), head
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        hasher.update(first)
+        size = len(first)
+        del first
         while True:
             if cancel is not None and cancel.is_set():
                 raise HashCancelled(str(path))
@@ -57,4 +75,4 @@ def hash_file(path: str | Path, cancel: threading.Event | None = None) -> tuple[
                 break
             hasher.update(view[:n])
             size += n
-    return identity(hasher), size
+    return identity(hasher), size, head

@@ -23,9 +23,7 @@ def describe(
 ) -> FileRecord:
     """Hash ``path`` (blocking: call it off the loop) and describe it for the store."""
     stat = os.stat(path)
-    content_hash, size = hashing.hash_file(path, cancel)
-    with open(path, "rb") as f:
-        head = f.read(mime.SNIFF_BYTES)
+    content_hash, size, head = hashing.hash_file_head(path, cancel, mime.SNIFF_BYTES)
     return FileRecord(
         path=path,
         hash=content_hash,
@@ -40,8 +38,8 @@ def describe(
     )
 
 
-def file_metadata(file_type: str, root: Path, path: Path) -> dict[str, Any]:
+def file_metadata(file_type: str, root: Path | str, path: Path | str) -> dict[str, Any]:
     """``{"type", "subfolder", "filename"}``: how /view names a file of input/output/temp."""
-    rel = path.relative_to(root)
-    subfolder = rel.parent.as_posix()
-    return {"type": file_type, "subfolder": "" if subfolder == "." else subfolder, "filename": rel.name}
+    rel = os.path.relpath(path, root).replace(os.sep, "/")
+    subfolder, _, filename = rel.rpartition("/")
+    return {"type": file_type, "subfolder": subfolder, "filename": filename}

@@ -81,35 +81,48 @@ def resolve_roots(kernel: Kernel, names: list[str]) -> list[Root]:
     return roots
 
 
-def _walk(root: Root, cancel: threading.Event) -> list[Path]:
-    found: list[Path] = []
-    real_root = os.path.realpath(root.directory)
-    for dirpath, dirnames, filenames in os.walk(root.directory, followlinks=root.follow_links):
-        if cancel.is_set():
-            break
-        # Dot-entries are in-flight uploads and editor droppings, not assets.
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in sorted(filenames):
-            if filename.startswith("."):
+def _walk(root: Root, cancel: threading.Event) -> list[str]:
+    """Every file to record under ``root``, in a stable order.
+
+    Dot-entries are in-flight uploads and editor droppings, not assets. In the input and
+    output roots symlinks are skipped (a link must not pull outside files into the store);
+    model folders may be links the administrator set up, so there they are followed.
+    """
+    found: list[str] = []
+    stack = [str(root.directory)]
+    while stack and not cancel.is_set():
+        directory = stack.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs: list[str] = []
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            if root.extensions and os.path.splitext(filename)[1].lower() not in root.extensions:
-                continue
-            path = Path(dirpath, filename)
-            if not root.follow_links:
-                if path.is_symlink() or not os.path.realpath(path).startswith(real_root + os.sep):
+            try:
+                if entry.is_symlink() and not root.follow_links:
                     continue
-            found.append(path)
+                if entry.is_dir():
+                    subdirs.append(entry.path)
+                elif entry.is_file():
+                    if root.extensions and os.path.splitext(entry.name)[1].lower() not in root.extensions:
+                        continue
+                    found.append(entry.path)
+            except OSError:
+                continue
+        stack.extend(reversed(subdirs))
     return found
 
 
-def _describe(root: Root, path: Path, cancel: threading.Event) -> FileRecord:
+def _describe(root: Root, path: str, cancel: threading.Event) -> FileRecord:
     if root.kind == "models":
-        rel = path.relative_to(root.directory).as_posix()
+        rel = os.path.relpath(path, root.directory).replace(os.sep, "/")
         return records.describe(
-            str(path), list(root.tags), rel, {"folder": root.tags[1], "filename": rel}, cancel=cancel
+            path, list(root.tags), rel, {"folder": root.tags[1], "filename": rel}, cancel=cancel
         )
     meta = records.file_metadata(root.kind, root.directory, path)
-    return records.describe(str(path), list(root.tags), path.name, meta, cancel=cancel)
+    return records.describe(path, list(root.tags), meta["filename"], meta, cancel=cancel)
 
 
 class Seeder:
@@ -184,7 +197,7 @@ class Seeder:
         self._update(status=final, phase="", finished_at=time.time())
 
     def _seed(self, roots: list[Root], cancel: threading.Event) -> None:
-        work: list[tuple[Root, Path]] = []
+        work: list[tuple[Root, str]] = []
         for root in roots:
             work += [(root, path) for path in _walk(root, cancel)]
         if cancel.is_set():
@@ -196,10 +209,9 @@ class Seeder:
         for root, path in work:
             if cancel.is_set():
                 break
-            key = str(path)
             try:
-                stat = path.stat()
-                seen = known.get(key)
+                stat = os.stat(path)
+                seen = known.get(path)
                 if seen is not None and seen[0] == stat.st_mtime and seen[1] == stat.st_size:
                     unchanged.append(seen[2])
                     self._bump(scanned=1, skipped=1)

@@ -462,48 +462,68 @@ class AssetStore:
 
         A file that is back (or changed) loses the ``missing`` tag.
         """
-        created = updated = 0
+        batch = list(records)
+        if not batch:
+            return 0, 0
         now = time.time()
         with self._transaction() as db:
-            for rec in records:
-                existing = db.execute("SELECT id, hash FROM assets WHERE path = ?", (rec.path,)).fetchall()
-                if existing:
-                    asset_id, old_hash = existing[0]
-                    db.execute(
-                        "INSERT OR IGNORE INTO contents (hash, size, created_at) VALUES (?, ?, ?)",
-                        (rec.hash, rec.size, now),
-                    )
-                    db.execute(
-                        "UPDATE assets SET hash = ?, size = ?, mtime = ?, mime_type = ?, updated_at = ?, "
-                        "prompt_id = COALESCE(?, prompt_id) WHERE id = ?",
-                        (rec.hash, rec.size, rec.mtime, rec.mime_type, now, rec.prompt_id, asset_id),
-                    )
-                    db.execute("DELETE FROM asset_tags WHERE asset_id = ? AND tag = ?", (asset_id, MISSING))
-                    if old_hash != rec.hash:
-                        _drop_orphan_content(db, old_hash)
-                    updated += 1
-                    continue
-                row = AssetRow(
+            existing: dict[str, tuple[str, str]] = {}
+            for chunk in iter_chunks([r.path for r in batch], 500):
+                rows = db.execute(
+                    f"SELECT path, id, hash FROM assets WHERE path IN ({_placeholders(len(chunk))})",
+                    list(chunk),
+                ).fetchall()
+                existing.update({path: (asset_id, old) for path, asset_id, old in rows})
+            db.conn.executemany(
+                "INSERT OR IGNORE INTO contents (hash, size, created_at) VALUES (?, ?, ?)",
+                [(r.hash, r.size, now) for r in batch],
+            )
+            fresh = [r for r in batch if r.path not in existing]
+            stale = [r for r in batch if r.path in existing]
+            rows_new = [
+                AssetRow(
                     id=str(uuid.uuid4()),
-                    hash=rec.hash,
-                    owner=rec.owner,
-                    name=rec.name,
-                    path=rec.path,
-                    mtime=rec.mtime,
-                    size=rec.size,
-                    mime_type=rec.mime_type,
+                    hash=r.hash,
+                    owner=r.owner,
+                    name=r.name,
+                    path=r.path,
+                    mtime=r.mtime,
+                    size=r.size,
+                    mime_type=r.mime_type,
                     user_metadata="{}",
-                    metadata=json.dumps(rec.metadata),
+                    metadata=json.dumps(r.metadata),
                     preview_id=None,
-                    prompt_id=rec.prompt_id,
+                    prompt_id=r.prompt_id,
                     is_immutable=0,
                     created_at=now,
                     updated_at=now,
                     last_access_time=now,
                 )
-                self._insert(db, row, rec.tags)
-                created += 1
-        return created, updated
+                for r in fresh
+            ]
+            db.conn.executemany(
+                f"INSERT INTO assets ({_COLUMNS}) VALUES ({_placeholders(len(_COLUMNS.split(', ')))})",
+                [msgspec.structs.astuple(row) for row in rows_new],
+            )
+            db.conn.executemany(
+                "INSERT OR IGNORE INTO asset_tags (asset_id, tag) VALUES (?, ?)",
+                [(row.id, tag) for row, rec in zip(rows_new, fresh, strict=True) for tag in rec.tags],
+            )
+            db.conn.executemany(
+                "UPDATE assets SET hash = ?, size = ?, mtime = ?, mime_type = ?, updated_at = ?, "
+                "prompt_id = COALESCE(?, prompt_id) WHERE id = ?",
+                [
+                    (r.hash, r.size, r.mtime, r.mime_type, now, r.prompt_id, existing[r.path][0])
+                    for r in stale
+                ],
+            )
+            db.conn.executemany(
+                "DELETE FROM asset_tags WHERE asset_id = ? AND tag = ?",
+                [(existing[r.path][0], MISSING) for r in stale],
+            )
+            for old_hash in {existing[r.path][1] for r in stale if existing[r.path][1] != r.hash}:
+                _drop_orphan_content(db, old_hash)
+        return len(fresh), len(stale)
 
     def clear_missing(self, ids: Sequence[str]) -> None:
         with self._transaction() as db:
