@@ -92,6 +92,13 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         metavar="MB",
         help="request body limit in MB (default 100)",
     )
+    add(
+        "--max-queue-size",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="queued prompts beyond which POST /prompt answers 503 (default 10000)",
+    )
     add("--multi-user", action="store_true", help="per-user storage selected by the Comfy-User header")
     add("--cpu", action="store_true", help="run models on the CPU")
     cache = parser.add_mutually_exclusive_group()
@@ -241,6 +248,7 @@ _SETTINGS_DESTS = frozenset(
         "enable_cors_header",
         "allowed_hosts",
         "max_upload_size",
+        "max_queue_size",
         "multi_user",
         "cpu",
         "cache_classic",

@@ -35,6 +35,8 @@ class Settings(msgspec.Struct, kw_only=True):
     enable_cors_header: str | None = None
     allowed_hosts: list[str] = msgspec.field(default_factory=list)
     max_upload_size: float = 100.0
+    # Pending prompts beyond this make POST /prompt answer 503 (load shedding, not unbounded RAM).
+    max_queue_size: int = 10000
     multi_user: bool = False
     cpu: bool = False
     cache_classic: bool = False

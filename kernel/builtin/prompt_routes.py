@@ -44,6 +44,18 @@ def _prompt_error(error: dict[str, Any], node_errors: dict[str, Any] | None = No
     return _json({"error": error, "node_errors": node_errors or {}}, status=400)
 
 
+# Seconds a client is asked to wait when the queue is full: a few prompts' worth of work.
+QUEUE_FULL_RETRY_AFTER = 5
+
+
+def _queue_full(limit: int) -> web.Response:
+    # Checked before the body is read: shedding load must stay cheap under load.
+    message = f"The queue is full ({limit} prompts); retry later"
+    response = _json({"error": make_error("queue_full", message, message), "node_errors": {}}, status=503)
+    response.headers["Retry-After"] = str(QUEUE_FULL_RETRY_AFTER)
+    return response
+
+
 def _is_canonical_uuid(value: Any) -> bool:
     if not isinstance(value, str):
         return False
@@ -62,6 +74,8 @@ async def get_prompt(request: web.Request) -> web.Response:
 @routes.post("/prompt")
 async def post_prompt(request: web.Request) -> web.Response:
     kernel = request.app[KERNEL_KEY]
+    if kernel.queue.remaining() >= kernel.settings.max_queue_size:
+        return _queue_full(kernel.settings.max_queue_size)
     try:
         body = await _json_body(request)
     except ValueError as exc:
