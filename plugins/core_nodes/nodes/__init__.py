@@ -1,0 +1,25 @@
+"""The core node set, one module per family; :func:`node_classes` lists them for one server.
+
+Importing these modules never imports torch: node functions import it when they run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from plugins.core_nodes.nodes import conditioning, image, io, latent, loaders, mask, primitives, sampling
+from plugins.core_nodes.nodes.common import KernelNode, bind
+
+if TYPE_CHECKING:
+    from kernel import Kernel
+
+FAMILIES = (loaders, sampling, conditioning, latent, image, mask, io, primitives)
+
+
+def node_classes(kernel: Kernel) -> dict[str, tuple[type, str | None]]:
+    """name -> (class, display name); classes that need the server are bound to ``kernel``."""
+    found: dict[str, tuple[type, str | None]] = {}
+    for family in FAMILIES:
+        for name, (cls, display) in family.NODES.items():
+            found[name] = (bind(cls, kernel) if issubclass(cls, KernelNode) else cls, display)
+    return found

@@ -1,0 +1,41 @@
+"""Primitive value nodes: a widget whose value becomes an output."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from plugins.core_nodes.nodes.common import CoreNode
+
+
+class _Primitive(CoreNode):
+    FUNCTION = "execute"
+    CATEGORY = "utils/primitive"
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_primitive"
+
+    def execute(self, value: Any) -> tuple[Any]:
+        return (value,)
+
+
+def _primitive(name: str, io_type: str, options: dict[str, Any]) -> type:
+    def input_types(cls: type) -> dict[str, Any]:
+        return {"required": {"value": (io_type, dict(options))}}
+
+    return type(name, (_Primitive,), {"RETURN_TYPES": (io_type,), "INPUT_TYPES": classmethod(input_types)})
+
+
+PrimitiveString = _primitive("PrimitiveString", "STRING", {})
+PrimitiveStringMultiline = _primitive("PrimitiveStringMultiline", "STRING", {"multiline": True})
+PrimitiveInt = _primitive(
+    "PrimitiveInt", "INT", {"min": -sys.maxsize, "max": sys.maxsize, "control_after_generate": True}
+)
+PrimitiveFloat = _primitive("PrimitiveFloat", "FLOAT", {"min": -sys.maxsize, "max": sys.maxsize})
+PrimitiveBoolean = _primitive("PrimitiveBoolean", "BOOLEAN", {})
+
+NODES: dict[str, tuple[type, str | None]] = {
+    "PrimitiveString": (PrimitiveString, "String"),
+    "PrimitiveStringMultiline": (PrimitiveStringMultiline, "String (Multiline)"),
+    "PrimitiveInt": (PrimitiveInt, "Int"),
+    "PrimitiveFloat": (PrimitiveFloat, "Float"),
+    "PrimitiveBoolean": (PrimitiveBoolean, "Boolean"),
+}

@@ -1,0 +1,192 @@
+"""KSampler and KSamplerAdvanced."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plugins.core_nodes.nodes.common import MAX_SEED, KernelNode
+
+# Kept import-free of torch: the sampler and scheduler names are plain data.
+SAMPLER_NAMES: tuple[str, ...] = (
+    "euler",
+    "euler_cfg_pp",
+    "euler_ancestral",
+    "euler_ancestral_cfg_pp",
+    "heun",
+    "heunpp2",
+    "exp_heun_2_x0",
+    "exp_heun_2_x0_sde",
+    "dpm_2",
+    "dpm_2_ancestral",
+    "lms",
+    "dpm_fast",
+    "dpm_adaptive",
+    "dpmpp_2s_ancestral",
+    "dpmpp_2s_ancestral_cfg_pp",
+    "dpmpp_sde",
+    "dpmpp_sde_gpu",
+    "dpmpp_2m",
+    "dpmpp_2m_cfg_pp",
+    "dpmpp_2m_sde",
+    "dpmpp_2m_sde_gpu",
+    "dpmpp_2m_sde_heun",
+    "dpmpp_2m_sde_heun_gpu",
+    "dpmpp_3m_sde",
+    "dpmpp_3m_sde_gpu",
+    "ddpm",
+    "lcm",
+    "ipndm",
+    "ipndm_v",
+    "deis",
+    "res_multistep",
+    "res_multistep_cfg_pp",
+    "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp",
+    "gradient_estimation",
+    "gradient_estimation_cfg_pp",
+    "er_sde",
+    "seeds_2",
+    "seeds_3",
+    "sa_solver",
+    "sa_solver_pece",
+    "ddim",
+    "uni_pc",
+    "uni_pc_bh2",
+)
+SCHEDULER_NAMES: tuple[str, ...] = (
+    "simple",
+    "sgm_uniform",
+    "karras",
+    "exponential",
+    "ddim_uniform",
+    "beta",
+    "normal",
+    "linear_quadratic",
+    "kl_optimal",
+)
+
+
+def _common_inputs() -> dict[str, Any]:
+    return {
+        "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+        "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+        "sampler_name": (list(SAMPLER_NAMES),),
+        "scheduler": (list(SCHEDULER_NAMES),),
+        "positive": ("CONDITIONING",),
+        "negative": ("CONDITIONING",),
+        "latent_image": ("LATENT",),
+    }
+
+
+class _Sampler(KernelNode):
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "sample"
+    CATEGORY = "sampling"
+
+    @classmethod
+    def _preview(cls) -> Any:
+        from plugins.core_nodes.ksampler import PreviewOptions
+
+        kernel = cls.KERNEL
+        if kernel is None:
+            return PreviewOptions()
+        settings = kernel.settings
+        interval = float((settings.extra or {}).get("preview_interval", 0.0) or 0.0)
+        return PreviewOptions(enabled=settings.preview_method != "none", min_interval=interval)
+
+
+class KSampler(_Sampler):
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        common = _common_inputs()
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
+                **{k: common[k] for k in ("steps", "cfg", "sampler_name", "scheduler")},
+                "positive": common["positive"],
+                "negative": common["negative"],
+                "latent_image": common["latent_image"],
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            }
+        }
+
+    def sample(
+        self,
+        model: Any,
+        seed: int,
+        steps: int,
+        cfg: float,
+        sampler_name: str,
+        scheduler: str,
+        positive: list[Any],
+        negative: list[Any],
+        latent_image: dict[str, Any],
+        denoise: float = 1.0,
+    ) -> tuple[dict[str, Any]]:
+        from plugins.core_nodes.ksampler import run_ksampler
+
+        out = run_ksampler(
+            model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+            denoise=denoise, preview=self._preview(),
+        )  # fmt: skip
+        return (out,)
+
+
+class KSamplerAdvanced(_Sampler):
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        common = _common_inputs()
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "add_noise": (["enable", "disable"],),
+                "noise_seed": (
+                    "INT",
+                    {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True},
+                ),
+                **{k: common[k] for k in ("steps", "cfg", "sampler_name", "scheduler")},
+                "positive": common["positive"],
+                "negative": common["negative"],
+                "latent_image": common["latent_image"],
+                "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000}),
+                "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000}),
+                "return_with_leftover_noise": (["disable", "enable"],),
+            }
+        }
+
+    def sample(
+        self,
+        model: Any,
+        add_noise: str,
+        noise_seed: int,
+        steps: int,
+        cfg: float,
+        sampler_name: str,
+        scheduler: str,
+        positive: list[Any],
+        negative: list[Any],
+        latent_image: dict[str, Any],
+        start_at_step: int,
+        end_at_step: int,
+        return_with_leftover_noise: str,
+        denoise: float = 1.0,
+    ) -> tuple[dict[str, Any]]:
+        from plugins.core_nodes.ksampler import run_ksampler
+
+        out = run_ksampler(
+            model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+            denoise=denoise,
+            disable_noise=add_noise == "disable",
+            start_step=start_at_step,
+            last_step=end_at_step,
+            force_full_denoise=return_with_leftover_noise != "enable",
+            preview=self._preview(),
+        )  # fmt: skip
+        return (out,)
+
+
+NODES: dict[str, tuple[type, str | None]] = {
+    "KSampler": (KSampler, "KSampler"),
+    "KSamplerAdvanced": (KSamplerAdvanced, "KSampler (Advanced)"),
+}
