@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from kernel import KERNEL_KEY, StashKey
-from kernel.paths import UnsafePath
+from kernel.paths import UnsafePath, safe_join
 from plugins.frontend_ext import extensions, i18n, subgraphs, templates
 from plugins.frontend_ext.logs import LOG_BUFFER
 from plugins.frontend_ext.packs import PACKS
@@ -55,6 +55,26 @@ async def get_extensions(request: web.Request) -> web.Response:
         extensions.list_extensions, kernel.stash.get(WEB_ROOT, None), kernel.web_extensions
     )
     return web.json_response(urls)
+
+
+@routes.get("/extensions/{pack}/{path:.+}")
+async def extension_file(request: web.Request) -> web.StreamResponse:
+    kernel = request.app[KERNEL_KEY]
+    name, relative = request.match_info["pack"], request.match_info["path"]
+    ext = kernel.web_extensions.entries.get(name)
+    web_root = kernel.stash.get(WEB_ROOT, None)
+    try:
+        if ext is not None:
+            path = safe_join(ext.directory, relative)
+        elif web_root is not None:  # the web UI's own /extensions/core/... files
+            path = safe_join(web_root / "extensions", name, relative)
+        else:
+            raise web.HTTPNotFound()
+    except UnsafePath as exc:
+        return _error(400, str(exc))
+    if not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)
 
 
 @routes.get("/i18n")

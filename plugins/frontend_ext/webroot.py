@@ -7,7 +7,6 @@ import importlib.resources
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 from kernel import StartupError, StashKey
 
@@ -55,12 +54,12 @@ def resolve_web_root(kernel: Kernel) -> Path | None:
 
 
 def static_routes(kernel: Kernel) -> list[tuple[str, str]]:
-    """Pack web directories, the embedded docs, then the web root last of all."""
-    pairs = [
-        (f"/extensions/{quote(ext.name)}", str(ext.directory))
-        for ext in kernel.web_extensions.entries.values()
-        if ext.directory.is_dir()
-    ]
+    """The embedded docs, then the web root last of all.
+
+    Pack web directories are served by a handler (``routes.extension_file``) instead: aiohttp's
+    static prefixes never match names that need URL quoting, and pack names often do.
+    """
+    pairs: list[tuple[str, str]] = []
     docs = package_dir(DOCS_PACKAGE, "docs")
     if docs is not None:
         pairs.append(("/docs", str(docs)))

@@ -172,3 +172,37 @@ async def test_global_subgraphs_cached_after_first_call(comfy_server, pack):
     write_json(pack / "subgraphs" / "later.json", {})
     _, after = await server.json("GET", "/global_subgraphs")
     assert after == before
+
+
+async def test_extension_names_needing_quotes_are_served(comfy_server, tmp_path):
+    pack = make_pack(tmp_path / "custom_nodes", name="My Pack+")
+    server = await comfy_server(plugins=["frontend_ext", ("fake", FakePackPlugin(pack, name="My Pack+"))])
+    _, urls = await server.json("GET", "/extensions")
+    assert "/extensions/My%20Pack%2B/main.js" in urls
+    async with server.get("/extensions/My%20Pack%2B/main.js") as resp:
+        assert resp.status == 200
+        assert await resp.text() == "console.log('fake pack');\n"
+
+
+async def test_extension_file_escapes_refused(comfy_server, pack):
+    server = await start(comfy_server, pack)
+    for path in (
+        f"/extensions/{PACK}/..%2Flocales%2Fen%2Fmain.json",
+        f"/extensions/{PACK}/lib%2F..%2F..%2Flocales%2Fen%2Fmain.json",
+        "/extensions/core/..%2F..%2Findex.html",
+    ):
+        async with server.get(path) as resp:
+            assert resp.status in (400, 404), path
+            assert "fake" not in await resp.text()
+            assert "error" in await resp.json()
+
+
+async def test_web_root_core_extensions_still_served(comfy_server):
+    server = await comfy_server(plugins=["frontend_ext"])
+    _, urls = await server.json("GET", "/extensions")
+    core = next(u for u in urls if u.startswith("/extensions/core/"))
+    async with server.get(core) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith(("application/javascript", "text/javascript"))
+    async with server.get("/extensions/not-a-pack/x.js") as resp:
+        assert resp.status == 404
