@@ -101,6 +101,11 @@ class ExecutionList:
         self.staged_node_id: str | None = None
         self.external_blocks = 0
         self._unblocked = asyncio.Event()
+        # Ready nodes (block count 0) with their insertion rank, so staging never scans the
+        # whole pending set: the pick rule only looks at ready nodes, in pending order.
+        self._ready: dict[str, int] = {}
+        self._rank: dict[str, int] = {}
+        self._next_rank = 0
 
     def is_empty(self) -> bool:
         return not self.pending
@@ -121,6 +126,9 @@ class ExecutionList:
             self.pending[current] = None
             self.block_count[current] = 0
             self.blocking[current] = {}
+            self._rank[current] = self._next_rank
+            self._next_rank += 1
+            self._ready[current] = self._rank[current]
             node = self.dynprompt.get_node(current)
             lazy_inputs = self._traits(current)[0]
             for input_name, value in node.get("inputs", {}).items():
@@ -144,7 +152,7 @@ class ExecutionList:
         targets = self.blocking[source]
         if target not in targets:
             targets[target] = set()
-            self.block_count[target] += 1
+            self._block(target)
         targets[target].add(socket)
 
     def make_input_strong_link(self, node_id: str, input_name: str) -> None:
@@ -161,14 +169,23 @@ class ExecutionList:
     def add_external_block(self, node_id: str) -> Callable[[], None]:
         """Hold ``node_id`` back until the returned function is called (async work pending)."""
         self.external_blocks += 1
-        self.block_count[node_id] += 1
+        self._block(node_id)
 
         def unblock() -> None:
             self.external_blocks -= 1
-            self.block_count[node_id] -= 1
+            self._unblock(node_id)
             self._unblocked.set()
 
         return unblock
+
+    def _block(self, node_id: str) -> None:
+        self.block_count[node_id] += 1
+        self._ready.pop(node_id, None)
+
+    def _unblock(self, node_id: str) -> None:
+        self.block_count[node_id] -= 1
+        if self.block_count[node_id] == 0 and node_id in self.pending:
+            self._ready[node_id] = self._rank[node_id]
 
     async def stage_node_execution(self, check_interrupt: Callable[[], None]) -> str:
         """The next node to run; waits for async work when nothing else is ready.
@@ -177,7 +194,11 @@ class ExecutionList:
         """
         assert self.staged_node_id is None
         while True:
-            ready = [n for n in self.pending if self.block_count[n] == 0]
+            ready = (
+                sorted(self._ready, key=self._ready.__getitem__)
+                if len(self._ready) > 1
+                else list(self._ready)
+            )
             if ready:
                 self.staged_node_id = self._pick(ready)
                 return self.staged_node_id
@@ -215,8 +236,9 @@ class ExecutionList:
         node_id = self.staged_node_id
         assert node_id is not None
         del self.pending[node_id]
+        self._ready.pop(node_id, None)
         for target in self.blocking.pop(node_id, {}):
-            self.block_count[target] -= 1
+            self._unblock(target)
         self.staged_node_id = None
 
     def _cycle_node(self) -> str:
