@@ -1,0 +1,273 @@
+"""The model manager: load each model file once, keep it on the right device, let go when asked.
+
+Models are cached by (kind, resolved path) and reused while the file's mtime and size are
+unchanged. :meth:`ModelManager.use` moves a model's modules to the compute device, first moving
+least-recently-used models back to the offload device when the compute device is short of memory;
+:meth:`ModelManager.load` likewise drops least-recently-used cached models when host memory is short.
+``POST /free`` only *marks* work (:func:`on_free`); :meth:`ModelManager.apply_pending` does it
+between prompts, so nothing is unloaded under a running node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from kernel import Kernel, StashKey
+
+T = TypeVar("T")
+CheckInterrupt = Callable[[], None]
+Loader = Callable[[Path, CheckInterrupt], T]
+AvailableMemory = Callable[[torch.device], int]
+
+
+def default_device(force_cpu: bool = False) -> torch.device:
+    if not force_cpu and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def available_memory(device: torch.device) -> int:
+    """Free bytes on ``device`` (host RAM for the CPU)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def modules_of(value: Any, _depth: int = 0) -> list[nn.Module]:
+    """The torch modules inside a loaded value (a module, a wrapper with ``.model``, a dataclass...)."""
+    if isinstance(value, nn.Module):
+        return [value]
+    if _depth > 3 or value is None or isinstance(value, (str, bytes, int, float, torch.Tensor)):
+        return []
+    if isinstance(value, (tuple, list)):
+        return [m for v in value for m in modules_of(v, _depth + 1)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [m for f in dataclasses.fields(value) for m in modules_of(getattr(value, f.name), _depth + 1)]
+    inner = getattr(value, "model", None)
+    return modules_of(inner, _depth + 1) if isinstance(inner, nn.Module) else []
+
+
+def module_bytes(module: nn.Module) -> int:
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+@dataclass
+class _Entry:
+    kind: str
+    path: str
+    mtime_ns: int
+    size: int
+    value: Any
+    modules: list[nn.Module]
+    last_used: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(module_bytes(m) for m in self.modules)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What :meth:`ModelManager.loaded` reports for one cached model."""
+
+    kind: str
+    path: str
+    device: str
+    nbytes: int
+
+
+class ModelManager:
+    def __init__(
+        self,
+        compute_device: torch.device | str | None = None,
+        offload_device: torch.device | str = "cpu",
+        reserve_bytes: int = 1 << 30,
+        memory: AvailableMemory = available_memory,
+        check_interrupt: CheckInterrupt | None = None,
+    ) -> None:
+        self.compute_device = torch.device(compute_device) if compute_device is not None else default_device()
+        self.offload_device = torch.device(offload_device)
+        self.reserve_bytes = reserve_bytes
+        self._memory = memory
+        self._check_interrupt = check_interrupt
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._clock = itertools.count(1)
+        self._lock = threading.RLock()
+        self._pending_lock = threading.Lock()
+        self._pending_unload = False
+        self._pending_free = False
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self, kind: str, path: Path, loader: Loader[T], check_interrupt: CheckInterrupt | None = None) -> T:
+        """The model at ``path`` as ``loader`` builds it, from the cache when the file is unchanged.
+
+        ``loader(path, check_interrupt)`` must call ``check_interrupt`` now and then; it raises to
+        abandon the load (an interrupted load leaves nothing cached).
+        """
+        resolved = path.resolve()
+        stat = resolved.stat()
+        key = (kind, str(resolved))
+        check = check_interrupt or self._check_interrupt or _default_check
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and (entry.mtime_ns, entry.size) == (stat.st_mtime_ns, stat.st_size):
+                entry.last_used = next(self._clock)
+                return entry.value
+            if entry is not None:
+                self._drop(key)
+            self._make_room(self.offload_device, stat.st_size, keep=())
+            value = loader(resolved, check)
+            entry = _Entry(kind, str(resolved), stat.st_mtime_ns, stat.st_size, value, modules_of(value))
+            entry.last_used = next(self._clock)
+            self._entries[key] = entry
+            return value
+
+    # -- devices -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def use(self, *values: Any) -> Iterator[torch.device]:
+        """Move the models in ``values`` to the compute device for the block; yields the device.
+
+        They stay there afterwards (the next step likely needs them again) until memory is
+        needed for other models or ``/free`` asks.
+        """
+        modules = [m for v in values for m in modules_of(v)]
+        with self._lock:
+            stamp = next(self._clock)
+            for entry in self._entries.values():
+                if any(m in entry.modules for m in modules):
+                    entry.last_used = stamp
+            missing = sum(module_bytes(m) for m in modules if module_device(m) != self.compute_device)
+            if missing and self.compute_device != self.offload_device:
+                self._make_room(self.compute_device, missing, keep=modules)
+            for m in modules:
+                if module_device(m) != self.compute_device:
+                    m.to(self.compute_device)
+        yield self.compute_device
+
+    def _make_room(self, device: torch.device, needed: int, keep: Any) -> None:
+        """Offload (compute device) or drop (offload device) LRU models until ``needed`` fits."""
+        while self._memory(device) < needed + self.reserve_bytes:
+            victims = [
+                (e.last_used, k)
+                for k, e in self._entries.items()
+                if not any(m in keep for m in e.modules)
+                and (device == self.offload_device or any(module_device(m) == device for m in e.modules))
+            ]
+            if not victims:
+                return
+            _, key = min(victims)
+            if device == self.offload_device:
+                self._drop(key)
+            else:
+                for m in self._entries[key].modules:
+                    m.to(self.offload_device)
+                _empty_cache(device)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        entry = self._entries.pop(key)
+        device = self.compute_device
+        entry.modules.clear()
+        entry.value = None
+        gc.collect()
+        _empty_cache(device)
+
+    # -- /free -------------------------------------------------------------------------------
+
+    def request_free(self, unload_models: bool, free_memory: bool) -> None:
+        """Remember a ``/free`` request; safe from any thread, done by :meth:`apply_pending`."""
+        with self._pending_lock:
+            self._pending_unload |= unload_models
+            self._pending_free |= free_memory
+
+    def apply_pending(self) -> None:
+        """Carry out remembered ``/free`` requests; call between prompts."""
+        with self._pending_lock:
+            unload, free = self._pending_unload, self._pending_free
+            self._pending_unload = self._pending_free = False
+        if unload:
+            self.unload_all()
+        elif free:
+            self.offload_all()
+
+    def unload_all(self) -> None:
+        with self._lock:
+            for key in list(self._entries):
+                self._drop(key)
+
+    def offload_all(self) -> None:
+        with self._lock:
+            for entry in self._entries.values():
+                for m in entry.modules:
+                    m.to(self.offload_device)
+            gc.collect()
+            _empty_cache(self.compute_device)
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            return [
+                LoadedModel(
+                    e.kind,
+                    e.path,
+                    str(module_device(e.modules[0])) if e.modules else "cpu",
+                    e.nbytes,
+                )
+                for e in sorted(self._entries.values(), key=lambda e: e.last_used)
+            ]
+
+
+def _default_check() -> None:
+    from kernel.progress import throw_if_interrupted
+
+    throw_if_interrupted()
+
+
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+MANAGER_KEY = StashKey[ModelManager]()
+
+
+def get_manager(kernel: Kernel) -> ModelManager:
+    """The kernel's model manager, created on first use (honours ``--cpu``)."""
+    manager = kernel.stash.get(MANAGER_KEY, None)
+    if manager is None:
+        manager = ModelManager(compute_device=default_device(force_cpu=kernel.settings.cpu))
+        kernel.stash[MANAGER_KEY] = manager
+    return manager
+
+
+def on_free(kernel: Kernel, unload_models: bool, free_memory: bool) -> None:
+    """For the core_nodes ``on_free`` hookimpl: mark the request, applied between prompts."""
+    get_manager(kernel).request_free(unload_models, free_memory)
+
+
+def between_prompts(kernel: Kernel) -> None:
+    """For the core_nodes plugin to call when a prompt has finished (e.g. on ``PromptFinished``)."""
+    manager = kernel.stash.get(MANAGER_KEY, None)
+    if manager is not None:
+        manager.apply_pending()

@@ -1,0 +1,117 @@
+"""The model manager: caching by path + mtime, memory pressure, /free, interruptible loads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from kernel.progress import Interrupted
+from plugins.core_nodes.models.checkpoint import load_vae
+from plugins.core_nodes.models.manager import (
+    MANAGER_KEY,
+    ModelManager,
+    between_prompts,
+    get_manager,
+    module_bytes,
+    on_free,
+)
+
+from . import tiny_sd
+
+
+def _vae_file(tmp_path: Path, name: str = "vae.safetensors") -> Path:
+    path = tmp_path / name
+    save_file(tiny_sd.vae_weights(), str(path))
+    return path
+
+
+class CountingLoader:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, path: Path, check):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return load_vae(path, check)
+
+
+def test_load_once_and_reload_when_the_file_changes(tmp_path: Path) -> None:
+    path = _vae_file(tmp_path)
+    manager = ModelManager(compute_device="cpu")
+    loader = CountingLoader()
+    first = manager.load("vae", path, loader)
+    assert manager.load("vae", tmp_path / "." / "vae.safetensors", loader) is first
+    assert loader.calls == 1
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    second = manager.load("vae", path, loader)
+    assert loader.calls == 2
+    assert second is not first
+    assert [m.path for m in manager.loaded()] == [str(path.resolve())]
+
+
+def test_interrupted_load_caches_nothing(tmp_path: Path) -> None:
+    path = _vae_file(tmp_path)
+
+    def interrupted() -> None:
+        raise Interrupted("Processing interrupted")
+
+    manager = ModelManager(compute_device="cpu", check_interrupt=interrupted)
+    with pytest.raises(Interrupted):
+        manager.load("vae", path, load_vae)
+    assert manager.loaded() == []
+
+
+def test_host_memory_pressure_drops_least_recently_used(tmp_path: Path) -> None:
+    paths = [_vae_file(tmp_path, f"v{i}.safetensors") for i in range(3)]
+    short = {"checks": 0}
+
+    def memory(device: torch.device) -> int:
+        # Short of memory for exactly one check: one model has to go, then everything fits.
+        short["checks"] -= 1
+        return 0 if short["checks"] == 0 else 1 << 40
+
+    manager = ModelManager(compute_device="cpu", reserve_bytes=0, memory=memory)
+    manager.load("vae", paths[0], load_vae)
+    manager.load("vae", paths[1], load_vae)
+    manager.load("vae", paths[0], load_vae)  # a cache hit touches v0: v1 is now least recently used
+    short["checks"] = 1
+    manager.load("vae", paths[2], load_vae)
+    assert [Path(m.path).name for m in manager.loaded()] == ["v0.safetensors", "v2.safetensors"]
+
+
+def test_free_is_applied_between_prompts(tmp_path: Path) -> None:
+    manager = ModelManager(compute_device="cpu")
+    manager.load("vae", _vae_file(tmp_path), load_vae)
+    manager.request_free(unload_models=False, free_memory=True)
+    manager.apply_pending()
+    assert len(manager.loaded()) == 1  # free_memory alone only offloads
+    manager.request_free(unload_models=True, free_memory=False)
+    assert len(manager.loaded()) == 1  # marked, not yet done
+    manager.apply_pending()
+    assert manager.loaded() == []
+
+
+def test_use_reports_the_compute_device_and_sizes(tmp_path: Path) -> None:
+    manager = ModelManager(compute_device="cpu")
+    vae = manager.load("vae", _vae_file(tmp_path), load_vae)
+    with manager.use(vae) as device:
+        assert device == torch.device("cpu")
+    (info,) = manager.loaded()
+    assert info.device == "cpu"
+    assert info.nbytes == module_bytes(vae.model) > 0
+
+
+def test_on_free_marks_the_kernel_manager(tmp_path: Path, make_kernel) -> None:  # type: ignore[no-untyped-def]
+    kernel = make_kernel(cpu=True)
+    manager = get_manager(kernel)
+    assert kernel.stash[MANAGER_KEY] is manager
+    assert manager.compute_device == torch.device("cpu")
+    manager.load("vae", _vae_file(tmp_path), load_vae)
+    on_free(kernel, unload_models=True, free_memory=True)
+    assert len(manager.loaded()) == 1
+    between_prompts(kernel)
+    assert manager.loaded() == []
