@@ -371,3 +371,26 @@ def test_no_text_encoder_and_unreadable_files(tmp_path: Path) -> None:
     pickle.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="evil.ckpt"):
         load_state_dict_file(pickle)
+
+
+def test_half_precision_weights(sd1: tuple[Any, Any]) -> None:
+    # bf16 weights run as bf16 and come back as float32 close to the fp32 result.
+    hf, stack = sd1
+    sd = {"cond_stage_model.transformer." + k: v.to(torch.bfloat16) for k, v in real_layout(hf).items()}
+    half = stack_from_state_dict(sd)
+    assert half.encoders["l"].model.final_layer_norm.weight.dtype == torch.bfloat16
+    cond, pooled = half.encode(PROMPT)
+    assert cond.dtype == torch.float32 and pooled.dtype == torch.float32
+    torch.testing.assert_close(cond, stack.encode(PROMPT)[0], atol=0.1, rtol=0.05)
+
+
+def test_tokenizer_needs_no_torch() -> None:
+    # The tokenizer is pure Python: the server can tokenize without loading torch.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, plugins.core_nodes.models.tokenizer as t; t.default_bpe(); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
