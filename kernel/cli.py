@@ -102,7 +102,7 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     add("--multi-user", action="store_true", help="per-user storage selected by the Comfy-User header")
     add("--cpu", action="store_true", help="run models on the CPU")
     cache = parser.add_mutually_exclusive_group()
-    cache.add_argument("--cache-classic", action="store_true", help="keep every node result (default)")
+    cache.add_argument("--cache-classic", action="store_true", help="keep the results of the latest prompt")
     cache.add_argument("--cache-lru", type=int, default=0, metavar="N", help="keep at most N node results")
     cache.add_argument("--cache-none", action="store_true", help="re-run every node on every prompt")
     cache.add_argument(

@@ -87,14 +87,15 @@ class Settings(msgspec.Struct, kw_only=True):
 
     @property
     def cache_mode(self) -> str:
-        """One of ``none``, ``lru``, ``ram``, ``classic`` (the default)."""
+        """One of ``none``, ``lru``, ``classic`` or ``ram``: the reference's newest default is the
+        RAM-pressure cache, so that is what no flag means (threshold 4 GB free unless given)."""
         if self.cache_none:
             return "none"
         if self.cache_lru:
             return "lru"
-        if self.cache_ram is not None:
-            return "ram"
-        return "classic"
+        if self.cache_classic:
+            return "classic"
+        return "ram"
 
 
 def split_names(value: str | None) -> list[str]:

@@ -73,7 +73,7 @@ async def test_node_ids_do_not_matter(comfy_server):
 
 
 async def test_classic_keeps_only_the_previous_prompt(comfy_server):
-    server = await start(comfy_server)
+    server = await start(comfy_server, cache_classic=True)
     client_id, ws = await connect(server)
     other = {
         "x": {"class_type": "ExecConst", "inputs": {"value": 99}},
