@@ -27,10 +27,10 @@ class AssetsAPI:
         self._kernel = kernel
         self._store = store
 
-    def _owners(self, user: str | None) -> tuple[str, ...]:
-        if not self._kernel.settings.multi_user or not user:
-            return ("",)
-        return ("", user)
+    def _owners(self, user: str | None) -> tuple[str, ...] | None:
+        if not self._kernel.settings.multi_user:
+            return None
+        return ("", user) if user else ("",)
 
     def resolve_hash(self, content_hash: str, user: str | None = None) -> tuple[Path, str, str] | None:
         """The file behind ``blake3:<hex>`` visible to ``user``: ``(path, mime_type, name)``, or None."""

@@ -71,7 +71,7 @@ def _metadata(request: web.Request) -> dict[str, Any]:
     return value
 
 
-def filters(request: web.Request, owners: tuple[str, ...]) -> Filters:
+def filters(request: web.Request, owners: tuple[str, ...] | None) -> Filters:
     name_contains = request.query.get("name_contains") or None
     if name_contains is not None and len(name_contains) > MAX_NAME:
         raise bad_request("INVALID_QUERY", "name_contains is too long", field="name_contains")

@@ -130,7 +130,7 @@ def _mime_param(value: Any) -> str | None:
 def _load(request: web.Request, state: AssetsState, raw_id: str | None = None) -> AssetRow:
     asset_id = filters.asset_id(raw_id if raw_id is not None else request.match_info["id"])
     row = state.store.get(asset_id)
-    if row is None or row.owner not in views.visible_owners(request):
+    if row is None or not views.can_see(request, row.owner):
         raise not_found(id=asset_id)
     return row
 
@@ -138,7 +138,7 @@ def _load(request: web.Request, state: AssetsState, raw_id: str | None = None) -
 def _writable(request: web.Request, row: AssetRow) -> None:
     """Shared records (seeded files) are read-only to individual users of a multi-user server."""
     owner = views.request_owner(request)
-    if row.owner != owner:
+    if owner and row.owner != owner:
         raise AssetError(403, "FORBIDDEN", "This asset is shared and cannot be changed by a user", id=row.id)
 
 
@@ -149,7 +149,7 @@ def _preview(request: web.Request, state: AssetsState, value: Any, own_id: str |
         raise bad_request("INVALID_ID", "preview_id must be a UUID", field="preview_id")
     preview_id = filters.asset_id(value, "preview_id")
     row = state.store.get(preview_id)
-    if row is None or row.owner not in views.visible_owners(request) or preview_id == own_id:
+    if row is None or not views.can_see(request, row.owner) or preview_id == own_id:
         raise bad_request(
             "INVALID_PREVIEW", "preview_id must name another existing asset", field="preview_id"
         )

@@ -27,10 +27,19 @@ def request_owner(request: web.Request) -> str:
     return request.headers.get(USER_HEADER) or DEFAULT_USER
 
 
-def visible_owners(request: web.Request) -> tuple[str, ...]:
-    """Everyone sees shared records (seeded files, single-user uploads); users also see their own."""
+def visible_owners(request: web.Request) -> tuple[str, ...] | None:
+    """Owners whose records this request sees; None = every record (single-user servers).
+
+    In multi-user mode everyone sees shared records (seeded files, outputs of prompts without
+    a user) and their own.
+    """
     owner = request_owner(request)
-    return ("",) if owner == "" else ("", owner)
+    return None if owner == "" else ("", owner)
+
+
+def can_see(request: web.Request, owner: str) -> bool:
+    owners = visible_owners(request)
+    return owners is None or owner in owners
 
 
 def _fields(row: AssetRow, tags: list[str]) -> dict[str, Any]:
