@@ -73,11 +73,6 @@ def base_stats(kernel: Kernel) -> dict[str, Any]:
     mem = psutil.virtual_memory()
     frontend = package_version("comfyui-frontend-package")
     templates = package_version("comfyui-workflow-templates")
-    packages = {
-        name: version
-        for name in ("comfyui-frontend-package", "comfyui-workflow-templates", "comfyui-embedded-docs")
-        if (version := package_version(name))
-    }
     return {
         "system": {
             "os": sys.platform,
@@ -87,7 +82,9 @@ def base_stats(kernel: Kernel) -> dict[str, Any]:
             "required_frontend_version": frontend or "",
             "installed_templates_version": templates,
             "required_templates_version": templates,
-            "comfy_package_versions": packages,
+            # A list of {name, installed, required} (the web UI iterates it); the frontend
+            # plugin, which serves those packages, fills it in.
+            "comfy_package_versions": [],
             "python_version": sys.version,
             "pytorch_version": package_version("torch") or "",
             "embedded_python": "python_embeded" in Path(sys.executable).parts,

@@ -28,6 +28,7 @@ async def test_system_stats_fields(comfy_server):
     assert system["python_version"] == sys.version
     assert system["ram_total"] > 0 and 0 <= system["ram_free"] <= system["ram_total"]
     assert system["embedded_python"] is False
+    assert system["comfy_package_versions"] == []  # a list, as the web UI iterates it
     device = stats["devices"][0]
     assert device["type"] == "cpu" and device["vram_total"] == system["ram_total"]
 
