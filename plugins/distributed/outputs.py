@@ -75,6 +75,9 @@ def store(blobs: list[FileBlob], settings: Settings, tag: str, renames: dict[Key
     """Write ``blobs`` under the API server's directories (API side); note renames in ``renames``."""
     for blob in blobs:
         key = (blob.type, blob.subfolder, blob.filename)
+        if blob.type not in TRANSFERRED_TYPES:
+            log.warning("distributed: refused output %s: only output and temp files travel", key)
+            continue
         try:
             path = resolve_file(settings, *key)
         except (UnsafePath, UnknownFileType) as exc:
