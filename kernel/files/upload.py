@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from kernel.paths import (
     split_annotation,
     type_root,
 )
+
+log = logging.getLogger("comfykernel.files")
 
 # The reference treats exactly these as "yes".
 _TRUE = ("true", "1")
@@ -107,7 +110,26 @@ async def _store(request: web.Request, target: UploadTarget, data: bytes) -> web
         return error(400, f"Invalid file name: {exc.reason}")
     except (IsADirectoryError, NotADirectoryError, FileExistsError):
         return error(409, "The target name is taken by a directory or a file in the way")
-    return web.json_response({"name": name, "subfolder": target.subfolder, "type": target.file_type})
+    body: dict[str, Any] = {"name": name, "subfolder": target.subfolder, "type": target.file_type}
+    asset = await _register_asset(request, target.directory / name, target.file_type)
+    if asset is not None:
+        body["asset"] = asset
+    return web.json_response(body)
+
+
+async def _register_asset(request: web.Request, path: Path, file_type: str) -> dict[str, Any] | None:
+    """With the assets plugin enabled, record the stored file there (``kernel.assets``)."""
+    kernel = request.app[KERNEL_KEY]
+    if kernel.assets is None:
+        return None
+    user = (request.headers.get("Comfy-User") or "default") if kernel.settings.multi_user else None
+    try:
+        info: dict[str, Any] = await asyncio.to_thread(kernel.assets.register_upload, path, file_type, user)
+    except Exception:
+        # The file is stored and named; a failed asset record must not turn that into an error.
+        log.exception("could not record upload %s as an asset", path)
+        return None
+    return info
 
 
 async def upload_image(request: web.Request) -> web.Response:

@@ -19,8 +19,6 @@ def _resolve(request: web.Request) -> Path | web.Response:
     raw = query.get("filename")
     if raw is None:
         return error(404, "filename is required")
-    if raw.startswith("blake3:"):
-        return error(404, "Asset hashes are not served by /view in this server")
     filename, annotated = split_annotation(raw)
     file_type = annotated or query.get("type") or "output"
     if file_type not in FILE_TYPES:
@@ -46,12 +44,33 @@ def _resolve(request: web.Request) -> Path | web.Response:
     return path
 
 
+def _resolve_hash(request: web.Request, raw: str) -> tuple[Path, str, str] | web.Response:
+    """``filename=blake3:<hex>``: the assets plugin's file for that content, if it is enabled."""
+    kernel = request.app[KERNEL_KEY]
+    if kernel.assets is None:
+        return error(404, "Asset hashes are served only with the assets plugin enabled")
+    user = (request.headers.get("Comfy-User") or "default") if kernel.settings.multi_user else None
+    found = kernel.assets.resolve_hash(raw, user)
+    if found is None:
+        return error(404, "No asset with this hash")
+    path, content_type, name = found
+    return Path(path), str(content_type), str(name)
+
+
 async def view(request: web.Request) -> web.StreamResponse:
-    resolved = _resolve(request)
-    if isinstance(resolved, web.Response):
-        return resolved
-    path = resolved
-    name = path.name
+    raw_name = request.query.get("filename") or ""
+    content_type: str | None = None
+    if raw_name.startswith("blake3:"):
+        found = _resolve_hash(request, raw_name)
+        if isinstance(found, web.Response):
+            return found
+        path, content_type, name = found
+    else:
+        resolved = _resolve(request)
+        if isinstance(resolved, web.Response):
+            return resolved
+        path = resolved
+        name = path.name
     channel = request.query.get("channel", "")
     preview = request.query.get("preview")
     try:
@@ -68,11 +87,11 @@ async def view(request: web.Request) -> web.StreamResponse:
             )
     except images.IMAGE_ERRORS:
         return error(400, "The file is not an image that can be converted")
-    return _raw(request, path, name)
+    return _raw(request, path, name, content_type)
 
 
-def _raw(request: web.Request, path: Path, name: str) -> web.FileResponse:
-    content_type = guess_type(name)
+def _raw(request: web.Request, path: Path, name: str, content_type: str | None = None) -> web.FileResponse:
+    content_type = content_type or guess_type(name)
     headers = {"X-Content-Type-Options": "nosniff"}
     attachment = False
     if is_dangerous(content_type):
