@@ -35,6 +35,8 @@ PACK = ("distpack", distpack)
 
 @pytest.fixture
 async def prefix() -> Any:
+    # Request it before comfy_server and workers: it is torn down after them, once nothing
+    # connected could declare the queues again.
     await require_broker()
     name = new_prefix()
     yield name
@@ -73,7 +75,7 @@ def done_tags(log: list[list[str]]) -> dict[str, list[str]]:
 
 
 async def test_twenty_prompts_two_workers_one_killed(
-    comfy_server: Any, tmp_path: Path, prefix: str, workers: list[Worker]
+    prefix: str, comfy_server: Any, tmp_path: Path, workers: list[Worker]
 ) -> None:
     server = await api_server(comfy_server, tmp_path, prefix)
     workers += [Worker(tmp_path / "w1", prefix), Worker(tmp_path / "w2", prefix)]
@@ -167,7 +169,7 @@ async def history_complete(server: Any, ids: dict[str, str]) -> bool:
 
 
 async def test_interrupt_reaches_the_worker_running_that_prompt(
-    comfy_server: Any, tmp_path: Path, prefix: str, workers: list[Worker]
+    prefix: str, comfy_server: Any, tmp_path: Path, workers: list[Worker]
 ) -> None:
     server = await api_server(comfy_server, tmp_path, prefix)
     workers += [Worker(tmp_path / "w1", prefix), Worker(tmp_path / "w2", prefix)]
@@ -211,7 +213,7 @@ async def test_interrupt_reaches_the_worker_running_that_prompt(
 
 
 async def test_deleted_pending_prompt_never_runs(
-    comfy_server: Any, tmp_path: Path, prefix: str, workers: list[Worker]
+    prefix: str, comfy_server: Any, tmp_path: Path, workers: list[Worker]
 ) -> None:
     server = await api_server(comfy_server, tmp_path, prefix)
     log_path = tmp_path / "runs.log"
@@ -240,7 +242,7 @@ async def test_deleted_pending_prompt_never_runs(
 
 
 async def test_a_prompt_that_kills_every_worker_fails_at_the_delivery_limit(
-    comfy_server: Any, tmp_path: Path, prefix: str, workers: list[Worker]
+    prefix: str, comfy_server: Any, tmp_path: Path, workers: list[Worker]
 ) -> None:
     server = await api_server(comfy_server, tmp_path, prefix, delivery_limit=1)
     log_path = tmp_path / "runs.log"
@@ -291,7 +293,7 @@ def test_without_a_broker_the_in_process_queue_stays(make_kernel: Any) -> None:
 
 
 async def test_mismatched_queue_settings_are_a_clear_startup_error(
-    comfy_server: Any, tmp_path: Path, prefix: str
+    prefix: str, comfy_server: Any, tmp_path: Path
 ) -> None:
     await api_server(comfy_server, tmp_path, prefix, delivery_limit=1)
     with pytest.raises(StartupError, match="same --delivery-limit"):
