@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import shutil
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -234,19 +235,22 @@ async def create_asset(request: web.Request) -> web.StreamResponse:
             path = None  # identical bytes already stored there under another record
         else:
             mtime = await asyncio.to_thread(_place, upload.path, target)
-        row = state.store.create(
-            content_hash=upload.hash,
-            size=upload.size,
-            mime_type=mime_override or mime.sniff(upload.head, name),
-            name=name,
-            owner=owner,
-            tags=wanted_tags,
-            path=path,
-            mtime=mtime,
-            user_metadata=metadata,
-            metadata=_placed_metadata(kernel, target, wanted_tags),
-            preview_id=preview_id,
-        )
+        fields: dict[str, Any] = {
+            "content_hash": upload.hash,
+            "size": upload.size,
+            "mime_type": mime_override or mime.sniff(upload.head, name),
+            "name": name,
+            "owner": owner,
+            "tags": wanted_tags,
+            "user_metadata": metadata,
+            "metadata": _placed_metadata(kernel, target, wanted_tags),
+            "preview_id": preview_id,
+        }
+        try:
+            row = state.store.create(path=path, mtime=mtime, **fields)
+        except sqlite3.IntegrityError:
+            # A concurrent upload of the same bytes recorded the file first; share it.
+            row = state.store.create(**fields)
         return _json(_out(state, row, created_new=True), status=201)
     finally:
         if upload is not None:
@@ -314,9 +318,9 @@ async def create_from_hash(request: web.Request) -> web.StreamResponse:
     wanted_tags = tags.normalize_all(body.tags or [])
     if tags.MISSING in wanted_tags:
         raise AssetError(400, "PROTECTED_TAG", "Tag 'missing' is managed by the server", tag=tags.MISSING)
-    metadata = _user_metadata(body.user_metadata if body.user_metadata is not None else {})
-    if isinstance(body.user_metadata, str):
+    if isinstance(body.user_metadata, str):  # only the multipart form carries it as JSON text
         raise bad_request("INVALID_JSON", "user_metadata must be a JSON object", field="user_metadata")
+    metadata = _user_metadata(body.user_metadata)
     return _from_hash(
         request,
         state,

@@ -212,3 +212,16 @@ async def test_head_hash(comfy_server):
         assert resp.status == 400
     async with server.request("HEAD", "/api/assets/hash/" + "a" * 64) as resp:
         assert resp.status == 400
+
+
+async def test_concurrent_identical_uploads_share_one_file(comfy_server):
+    import asyncio
+
+    server = await comfy_server(plugins=PLUGINS)
+    data = png_bytes(9) * 2000
+    results = await asyncio.gather(*(upload(server, data, f"c{i}.png") for i in range(6)))
+    assert [status for status, _ in results] == [201] * 6
+    assert len({body["id"] for _, body in results}) == 6
+    assert len({body["asset_hash"] for _, body in results}) == 1
+    files = [p for p in server.kernel.settings.input_path.iterdir() if p.is_file()]
+    assert len(files) == 1 and files[0].read_bytes() == data
