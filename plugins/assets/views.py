@@ -17,7 +17,8 @@ DEFAULT_USER = "default"
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()
+    # The web UI's schema accepts only "Z" UTC timestamps, not "+00:00" offsets.
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def request_owner(request: web.Request) -> str:
