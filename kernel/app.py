@@ -13,7 +13,7 @@ from aiohttp import web
 from kernel.bus import EventBus
 from kernel.events import QueueChanged
 from kernel.hooks import Hooks
-from kernel.plugins import PluginRecord, build_plugin_manager
+from kernel.plugins import PluginRecord, build_plugin_manager, register_discovered
 from kernel.queue import PromptQueue, QueueBackend
 from kernel.registry import ModelFolderRegistry, NodeRegistry, TranslationRegistry, WebExtensionRegistry
 from kernel.settings import Settings
@@ -69,6 +69,11 @@ class Kernel:
         if backend is not None:
             self.queue = backend
         self.hooks.register_nodes(self, self.nodes.register_for)
+        # Discovered after the installed plugins registered their nodes, so theirs win clashes.
+        discovered = register_discovered(
+            self.pm, self.plugin_records, self.hooks.discover_plugins(self), self.settings.disabled
+        )
+        self.hooks.register_nodes_of(self, self.nodes.register_for, discovered)
         self.hooks.register_model_folders(self, self.model_folders.register_for)
         self.hooks.register_web_extensions(self, self.web_extensions.register_for)
         self.hooks.register_translations(self, self.translations.register_for)

@@ -153,6 +153,9 @@ def build_parser(pm: Any) -> argparse.ArgumentParser:
     psub = plugins.add_subparsers(dest="plugins_command")
     lst = psub.add_parser("list", help="every plugin: name, source, version, status, hooks")
     lst.add_argument("--json", action="store_true")
+    # The server's options too: plugins discovered at build time (legacy packs) depend on them.
+    add_server_options(lst)
+    Hooks(pm).add_options(lst)
     lst.set_defaults(func=cmd_plugins_list)
     hooks = psub.add_parser("hooks", help="every hook and the plugins implementing it")
     hooks.set_defaults(func=cmd_plugins_hooks)
@@ -182,14 +185,19 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return asyncio.run(serve_forever(kernel))
 
 
-def _records(args: argparse.Namespace) -> dict[str, PluginRecord]:
-    selected, disabled = plugin_selection(args.plugins, args.disable)
-    _, records = build_plugin_manager(selected, disabled)
-    return records
+def _records(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, PluginRecord]:
+    """Records of a Kernel built (not served) from the arguments, discovered plugins included."""
+    from kernel.app import Kernel
+
+    plugins_parser = parser._subparsers._group_actions[0].choices["plugins"]  # type: ignore[union-attr]
+    list_parser = plugins_parser._subparsers._group_actions[0].choices["list"]  # type: ignore[union-attr]
+    apply_env_defaults(list_parser, args)
+    known = {a.dest for a in list_parser._actions if a.dest in _SETTINGS_DESTS}
+    return Kernel(settings_from_namespace(args, known)).plugin_records
 
 
 def cmd_plugins_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    records = _records(args)
+    records = _records(args, parser)
     if args.json:
         print(json.dumps([r.to_json() for r in records.values()], indent=2))
         return 0

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from kernel.app import Kernel
+    from kernel.plugins import DiscoveredPlugin
     from kernel.queue import QueueBackend
 
 log = logging.getLogger("comfykernel.hooks")
@@ -103,6 +104,21 @@ class Hooks:
 
     def register_nodes(self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]) -> None:
         self._each_bound("register_nodes", register_for, kernel=kernel)
+
+    def register_nodes_of(
+        self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]], plugins: list[str]
+    ) -> None:
+        """``register_nodes`` asked of the named plugins only (those just discovered), in that order."""
+        impls = {name: impl for name, impl in self._impls("register_nodes") if name in set(plugins)}
+        for plugin_name in plugins:
+            if plugin_name in impls:
+                self._call(impls[plugin_name], {"kernel": kernel, "register": register_for(plugin_name)})
+
+    def discover_plugins(self, kernel: Kernel) -> list[DiscoveredPlugin]:
+        found: list[DiscoveredPlugin] = []
+        for _, result in self._each("discover_plugins", kernel=kernel):
+            found.extend(result or ())
+        return found
 
     def register_model_folders(
         self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]
@@ -190,5 +206,7 @@ class Hooks:
     ) -> None:
         self._each_bound("register_node_replacements", register_for, kernel=kernel)
 
-    def register_node_pack_dirs(self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]) -> None:
+    def register_node_pack_dirs(
+        self, kernel: Kernel, register_for: Callable[[str], Callable[..., None]]
+    ) -> None:
         self._each_bound("register_node_pack_dirs", register_for, kernel=kernel)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from kernel.app import Kernel
+    from kernel.plugins import DiscoveredPlugin
     from kernel.queue import QueueBackend
 
 hookspec = pluggy.HookspecMarker("comfykernel")
@@ -269,4 +270,25 @@ def register_node_pack_dirs(register: Callable[..., None], kernel: Kernel) -> No
     separately through ``register_web_extensions``. A name registered twice is a
     ``StartupError``. Sync, once, at server startup (after every ``configure``), called by the
     ``frontend_ext`` plugin; nobody asks when it is disabled.
+    """
+
+
+# --- plugins found at run time ---------------------------------------------------------------
+
+
+@hookspec
+def discover_plugins(kernel: Kernel) -> Iterable[DiscoveredPlugin] | None:
+    """Contribute plugins that are found while the kernel is built, not installed ones.
+
+    The ``comfy_compat`` plugin answers with one plugin per ComfyUI custom-node pack
+    (``legacy:<pack>``). Return ``kernel.plugins.DiscoveredPlugin`` records: ``plugin`` is the
+    object to register (e.g. an instance with ``@hookimpl`` methods), or None with ``error`` saying
+    why it could not load. Sync, once, on the thread that builds the kernel, after every
+    ``configure`` and after the installed plugins' ``register_nodes`` (so discovered code can see
+    the base nodes, and base nodes win name clashes). The kernel registers each loaded plugin
+    under its name, records it in ``kernel.plugin_records`` (``comfykernel plugins list``), asks
+    the new plugins alone for ``register_nodes``, and includes them in every later hook.
+    Discovered plugins never receive ``configure``. A name in ``--disable`` is recorded as
+    blocked and not registered; implementations should not even import it (they can read
+    ``kernel.settings.disabled``). A name already taken is skipped with a warning.
     """

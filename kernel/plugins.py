@@ -59,6 +59,56 @@ class PluginRecord:
 
 
 @dataclass
+class DiscoveredPlugin:
+    """A plugin found while the kernel is built (``discover_plugins``), not through an entry point.
+
+    ``plugin`` is the object to register (an instance with ``@hookimpl`` methods does), or None
+    when it could not be loaded; ``error`` then says why. ``name`` should be namespaced
+    (``legacy:<pack>``) so it never collides with an installed plugin.
+    """
+
+    name: str
+    source: str
+    module: str
+    plugin: object | None = None
+    error: str | None = None
+    import_seconds: float | None = None
+    version: str | None = None
+
+
+def register_discovered(
+    pm: pluggy.PluginManager,
+    records: dict[str, PluginRecord],
+    found: Iterable[DiscoveredPlugin],
+    disabled: Iterable[str],
+) -> list[str]:
+    """Register discovered plugins and record them; returns the names actually registered.
+
+    A disabled name is recorded as blocked, a failed one as failed (never fatal: the plugin
+    that discovered it has already reported why), a name already taken is skipped.
+    """
+    off = set(disabled)
+    added: list[str] = []
+    for item in found:
+        if item.name in records:
+            log.warning("discovered plugin %r clashes with an existing plugin name; skipped", item.name)
+            continue
+        rec = PluginRecord(item.name, item.source, item.module, item.version)
+        rec.import_seconds, records[item.name] = item.import_seconds, rec
+        if item.name in off:
+            pm.set_blocked(item.name)
+            rec.status = "blocked"
+        elif item.plugin is None or item.error:
+            rec.status, rec.error = "failed", item.error or "not loaded"
+        else:
+            pm.register(item.plugin, name=item.name)
+            rec.status = "enabled"
+            rec.hooks = sorted(h.name for h in pm.get_hookcallers(item.plugin) or [])
+            added.append(item.name)
+    return added
+
+
+@dataclass
 class _Candidate:
     name: str
     source: str

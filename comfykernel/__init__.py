@@ -1,0 +1,1 @@
+"""``python -m comfykernel``: start the server with ComfyUI's ``main.py`` command line."""

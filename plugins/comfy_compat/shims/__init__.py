@@ -1,0 +1,1 @@
+"""Present so packaging ships this folder; the modules are imported top-level (see README.md)."""

@@ -1,0 +1,1 @@
+"""``comfy_execution``: the graph helpers node packs use for expansion and blocking."""

@@ -1,0 +1,5 @@
+"""``comfy_execution.graph``: ``ExecutionBlocker`` is the kernel's own class (the executor checks it)."""
+
+from kernel.nodes import ExecutionBlocker
+
+__all__ = ["ExecutionBlocker"]

@@ -1,0 +1,4 @@
+"""This pack must be reported as failed; the server must start anyway."""
+
+def broken(:
+    pass

@@ -1,0 +1,3 @@
+import os
+
+os.environ["EXPAND_PACK_PRESTARTUP"] = "ran"
