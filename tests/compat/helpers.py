@@ -109,6 +109,9 @@ async def run_prompt(
     deadline = time.monotonic() + timeout
     while True:
         msg = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            messages.append({"type": "binary", "data": msg.data})
+            continue
         if msg.type != aiohttp.WSMsgType.TEXT:
             continue
         data = json.loads(msg.data)

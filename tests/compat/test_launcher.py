@@ -127,6 +127,7 @@ async def test_v1_nodes_progress_and_send_sync(server: LauncherServer):
     # Updates may be coalesced by the kernel's throttling; the last one always arrives.
     assert progress and progress[-1] == (3, 3) and progress == sorted(progress)
     assert of_type(messages, "basic_pack.done") == [{"node": "3", "steps": 3}]
+    assert of_type(messages, "binary") == [b"\x00\x00\x00\x03basic_pack"]
 
 
 async def test_lazy_inputs_evaluate_only_what_is_asked(server: LauncherServer):

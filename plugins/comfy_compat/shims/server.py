@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,8 @@ from comfykernel_compat_runtime import state as _state
 
 from kernel.events import ServerMessage
 from kernel.progress import get_executing_context
+
+log = logging.getLogger("comfykernel.compat")
 
 
 class BinaryEventTypes:
@@ -71,8 +74,14 @@ class PromptServer:
     def send_sync(self, event: str | int, data: Any, sid: str | None = None) -> None:
         """Send a WebSocket message from any thread; without ``sid`` every client gets it."""
         if isinstance(event, int):
+            if not isinstance(data, bytes | bytearray):
+                # The reference encodes preview tuples here; packs should use ProgressBar previews.
+                log.warning(
+                    "send_sync(%r) with %s dropped: binary events need bytes", event, type(data).__name__
+                )
+                return
             message = ServerMessage(
-                type=str(event), data=data, sid=sid, broadcast=sid is None, binary_type=event
+                type=str(event), data=bytes(data), sid=sid, broadcast=sid is None, binary_type=event
             )
         else:
             message = ServerMessage(type=event, data=data, sid=sid, broadcast=sid is None)

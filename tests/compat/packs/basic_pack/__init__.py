@@ -7,7 +7,7 @@ from aiohttp import web
 from comfy.comfy_types import IO, ComfyNodeABC, InputTypeDict
 from comfy_execution.graph import ExecutionBlocker
 from nodes import MAX_RESOLUTION, PrimitiveInt
-from server import PromptServer
+from server import BinaryEventTypes, PromptServer
 
 from .helpers import double
 
@@ -127,6 +127,7 @@ class BasicProgress:
             bar.update(1)
         server = PromptServer.instance
         server.send_sync("basic_pack.done", {"node": unique_id, "steps": steps}, server.client_id)
+        server.send_sync(BinaryEventTypes.TEXT, b"basic_pack", server.client_id)
         return (steps,)
 
 
