@@ -82,6 +82,9 @@ async def test_shims_exist_only_while_enabled(comfy_server, tmp_path: Path):
 
 
 async def test_no_shims_without_the_plugin(comfy_server):
+    # A kernel that owned the shims removes them when it stops (even ones a leaked kernel put there).
+    owner = await comfy_server(plugins=["comfy_compat", "models"])
+    await owner.stop()
     await comfy_server(plugins=["models"], custom_nodes_dir=[str(PACKS)])
     assert "folder_paths" not in sys.modules
     with pytest.raises(ModuleNotFoundError):
