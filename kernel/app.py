@@ -93,8 +93,8 @@ class Kernel:
         self.bus.publish_threadsafe(QueueChanged(queue_remaining=remaining))
 
 
-def _route_paths(path: str) -> list[str]:
-    if path.startswith(_SINGLE_PATH_PREFIXES) or path == "/api":
+def _route_paths(path: str, api_twin: bool = True) -> list[str]:
+    if not api_twin or path.startswith(_SINGLE_PATH_PREFIXES) or path == "/api":
         return [path]
     return [path, "/api" + path]
 
@@ -114,12 +114,16 @@ def build_app(kernel: Kernel) -> web.Application:
                 # StaticDef and friends register themselves as written.
                 route.register(app.router)
                 continue
-            for path in _route_paths(route.path):
+            # ``api_twin=False`` (our own route option) keeps a file-serving route off /api, as the
+            # reference's static mounts are.
+            kwargs = dict(route.kwargs)
+            api_twin = kwargs.pop("api_twin", True)
+            for path in _route_paths(route.path, api_twin):
                 if route.method == "GET":
                     # add_get also answers HEAD (unless the route says allow_head=False).
-                    app.router.add_get(path, route.handler, **route.kwargs)
+                    app.router.add_get(path, route.handler, **kwargs)
                 else:
-                    app.router.add_route(route.method, path, route.handler, **route.kwargs)
+                    app.router.add_route(route.method, path, route.handler, **kwargs)
     for prefix, directory in kernel.hooks.register_static_routes(kernel):
         app.router.add_static(prefix, directory, follow_symlinks=False, append_version=False)
 

@@ -57,7 +57,7 @@ async def get_extensions(request: web.Request) -> web.Response:
     return web.json_response(urls)
 
 
-@routes.get("/extensions/{pack}/{path:.+}")
+@routes.get("/extensions/{pack}/{path:.+}", api_twin=False)
 async def extension_file(request: web.Request) -> web.StreamResponse:
     kernel = request.app[KERNEL_KEY]
     name, relative = request.match_info["pack"], request.match_info["path"]
@@ -107,7 +107,7 @@ async def get_workflow_template(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path)
 
 
-@routes.get("/templates/{path:.+}")
+@routes.get("/templates/{path:.+}", api_twin=False)
 async def get_core_template(request: web.Request) -> web.StreamResponse:
     kernel = request.app[KERNEL_KEY]
     roots = kernel.stash.setdefault(TEMPLATE_ROOTS, templates.core_template_roots())

@@ -179,3 +179,22 @@ async def test_get_routes_answer_head_and_web_get_defs_work(comfy_server):
     assert (await server.json("GET", "/api/plain"))[0] == 200
     async with server.request("HEAD", "/nohead") as resp:
         assert resp.status == 405
+
+
+async def test_api_twin_false_keeps_a_route_off_api(comfy_server):
+    files = web.RouteTableDef()
+
+    @files.get("/files/{name}", api_twin=False)
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(text=request.match_info["name"])
+
+    class Files:
+        @hookimpl
+        def register_routes(self):
+            return files
+
+    server = await comfy_server(plugins=[("files_plugin", Files())])
+    async with server.get("/files/a.txt") as resp:
+        assert resp.status == 200 and await resp.text() == "a.txt"
+    async with server.get("/api/files/a.txt") as resp:
+        assert resp.status == 404
