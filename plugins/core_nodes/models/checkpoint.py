@@ -87,7 +87,7 @@ def _load_safetensors(path: Path, check: CheckInterrupt) -> tuple[dict[str, torc
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
-            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+            for key in f.keys():
                 check()
                 out[key] = f.get_tensor(key)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -106,7 +106,7 @@ def _load_pickle(path: Path, check: CheckInterrupt) -> dict[str, torch.Tensor]:
                 f"Refusing to load {path.name}: it holds objects other than tensors (only weights are loaded)"
             ) from None
         raise CheckpointError(f"Could not read {path.name}: not a valid checkpoint") from None
-    except Exception as e:  # noqa: BLE001 - a corrupt pickle can fail in any way at all
+    except Exception as e:  # a damaged pickle can fail in any way at all
         detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise CheckpointError(f"Could not read {path.name}: not a valid checkpoint ({detail})") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
@@ -126,7 +126,11 @@ def _is_unet(sd: Mapping[str, torch.Tensor]) -> bool:
 
 
 def _wants_v_prediction(
-    family: str, config: UNetConfig, unet_sd: Mapping[str, torch.Tensor], keys: Any, metadata: Mapping[str, str]
+    family: str,
+    config: UNetConfig,
+    unet_sd: Mapping[str, torch.Tensor],
+    keys: Any,
+    metadata: Mapping[str, str],
 ) -> bool:
     # Checkpoints trained for v-prediction often carry an empty marker tensor named "v_pred".
     if "v_pred" in keys:
@@ -157,7 +161,9 @@ def detect_family(
     """
     metadata = metadata or {}
     if not _is_unet(unet_sd):
-        raise CheckpointError(f"{name} is not a Stable Diffusion model this server knows: no UNet weights found")
+        raise CheckpointError(
+            f"{name} is not a Stable Diffusion model this server knows: no UNet weights found"
+        )
     try:
         config = config_from_state_dict(unet_sd)
     except (KeyError, ValueError, IndexError) as e:
@@ -165,7 +171,9 @@ def detect_family(
     keys = set(all_keys) | set(unet_sd)
     if config.adm_in_channels is not None:
         if config.context_dim is None:
-            raise CheckpointError(f"{name} is not a Stable Diffusion model this server knows: no cross-attention")
+            raise CheckpointError(
+                f"{name} is not a Stable Diffusion model this server knows: no cross-attention"
+            )
         refiner_text = any(k.startswith("conditioner.embedders.0.model.") for k in keys) and not any(
             k.startswith("conditioner.embedders.1.") for k in keys
         )
@@ -227,7 +235,9 @@ def load_diffusion_model(
     return family, _build(path.name, lambda: build_unet(unet_sd, family.unet_config, dtype))
 
 
-def load_vae(path: Path, check_interrupt: CheckInterrupt | None = None, dtype: torch.dtype | None = None) -> VAE:
+def load_vae(
+    path: Path, check_interrupt: CheckInterrupt | None = None, dtype: torch.dtype | None = None
+) -> VAE:
     """A standalone VAE file (``vae/``) in the single-file or the diffusers layout."""
     sd, _ = load_state_dict(path, check_interrupt)
     for prefix in VAE_PREFIXES:

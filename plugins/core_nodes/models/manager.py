@@ -120,7 +120,9 @@ class ModelManager:
 
     # -- loading -----------------------------------------------------------------------------
 
-    def load(self, kind: str, path: Path, loader: Loader[T], check_interrupt: CheckInterrupt | None = None) -> T:
+    def load(
+        self, kind: str, path: Path, loader: Loader[T], check_interrupt: CheckInterrupt | None = None
+    ) -> T:
         """The model at ``path`` as ``loader`` builds it, from the cache when the file is unchanged.
 
         ``loader(path, check_interrupt)`` must call ``check_interrupt`` now and then; it raises to

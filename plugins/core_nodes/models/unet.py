@@ -97,10 +97,15 @@ def _norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
 class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.in_layers = nn.Sequential(_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(
+            _norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            _norm(out_channels), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+            _norm(out_channels),
+            nn.SiLU(),
+            nn.Dropout(0.0),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
         self.skip_connection: nn.Module = (
             nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
@@ -189,14 +194,15 @@ class SpatialTransformer(nn.Module):
         x = self.norm(x)
         if not self.linear:
             x = self.proj_in(x)
-        x = x.reshape(b, x.shape[1], h * w).transpose(1, 2)
+        # Token-major and contiguous, so the norms and matmuls below read memory in order.
+        x = x.reshape(b, x.shape[1], h * w).transpose(1, 2).contiguous()
         if self.linear:
             x = self.proj_in(x)
         for block in self.transformer_blocks:
             x = block(x, context)
         if self.linear:
             x = self.proj_out(x)
-        x = x.transpose(1, 2).reshape(b, -1, h, w)
+        x = x.transpose(1, 2).reshape(b, -1, h, w).contiguous()
         if not self.linear:
             x = self.proj_out(x)
         return x + residual
@@ -256,7 +262,9 @@ class UNetModel(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if config.adm_in_channels is not None:
             self.label_emb = nn.Sequential(
-                nn.Sequential(nn.Linear(config.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                nn.Sequential(
+                    nn.Linear(config.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+                )
             )
 
         def transformer(ch: int, depth: int) -> SpatialTransformer:

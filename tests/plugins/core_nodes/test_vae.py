@@ -94,7 +94,9 @@ def test_tiled_with_many_tiles_has_the_right_shape(pair: tuple[torch.nn.Module, 
 def test_tiled_map_blends_without_seams() -> None:
     # For a local function, blending overlapped tiles must reproduce the untiled result exactly.
     x = torch.randn(2, 3, 37, 29)
-    up = tiled_map(lambda t: F.interpolate(t, scale_factor=8.0) * 2, x, tile=10, overlap=4, scale=8.0, out_channels=3)
+    up = tiled_map(
+        lambda t: F.interpolate(t, scale_factor=8.0) * 2, x, tile=10, overlap=4, scale=8.0, out_channels=3
+    )
     torch.testing.assert_close(up, F.interpolate(x, scale_factor=8.0) * 2)
     img = torch.randn(1, 3, 64, 48)
     down = tiled_map(lambda t: F.avg_pool2d(t, 8), img, tile=24, overlap=8, scale=1 / 8, out_channels=3)

@@ -1,0 +1,175 @@
+"""Milliseconds per UNet step: ours beside diffusers' UNet2DConditionModel with the same weights.
+
+    python bench/unet.py [--steps 3] [--no-real] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
+
+Models: tiny SD1- and SDXL-shaped UNets (32/64 channels) and a real-size SD1.5 UNet (random
+weights, 64x64 latent, batch 2, 77-token context). After one warm-up call each, ours and
+diffusers are called alternately ``--steps`` times and the best time of each is shown (other
+processes on a shared machine only ever add time). diffusers is a benchmark reference only and
+is never imported by the server. Needs ``pip install diffusers``; runs offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from plugins.core_nodes.models.unet import ADM_SCALAR_DIM, UNetConfig, UNetModel, sdxl_adm  # noqa: E402
+
+TINY_SD1 = UNetConfig(
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    channel_mult=(1, 2),
+    num_res_blocks=(2, 2),
+    transformer_depth=(1, 0),
+    transformer_depth_output=(0, 0, 0, 1, 1, 1),
+    transformer_depth_middle=1,
+    context_dim=48,
+    use_linear_in_transformer=False,
+    num_heads=8,
+)
+TINY_SDXL = UNetConfig(
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    channel_mult=(1, 2),
+    num_res_blocks=(2, 2),
+    transformer_depth=(0, 2),
+    transformer_depth_output=(2, 2, 2, 0, 0, 0),
+    transformer_depth_middle=2,
+    context_dim=64,
+    use_linear_in_transformer=True,
+    num_head_channels=64,
+    adm_in_channels=32 + 6 * ADM_SCALAR_DIM,
+)
+SD15 = UNetConfig(
+    in_channels=4,
+    out_channels=4,
+    model_channels=320,
+    channel_mult=(1, 2, 4, 4),
+    num_res_blocks=(2, 2, 2, 2),
+    transformer_depth=(1, 1, 1, 0),
+    transformer_depth_output=(0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+    transformer_depth_middle=1,
+    context_dim=768,
+    use_linear_in_transformer=False,
+    num_heads=8,
+)
+
+
+def diffusers_config(cfg: UNetConfig) -> dict[str, Any]:
+    attn = [d > 0 for d in cfg.transformer_depth]
+    heads = [cfg.heads_for(cfg.model_channels * m)[0] for m in cfg.channel_mult]
+    out: dict[str, Any] = {
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+        "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+        "block_out_channels": [cfg.model_channels * m for m in cfg.channel_mult],
+        "layers_per_block": cfg.num_res_blocks[0],
+        "cross_attention_dim": cfg.context_dim,
+        "attention_head_dim": cfg.num_heads if cfg.num_heads else heads,
+        "use_linear_projection": cfg.use_linear_in_transformer,
+        "transformer_layers_per_block": [max(d, 1) for d in cfg.transformer_depth],
+        "class_embed_type": None,
+        "addition_embed_type": None,
+        "addition_time_embed_dim": None,
+        "projection_class_embeddings_input_dim": None,
+    }
+    if cfg.adm_in_channels is not None:
+        out.update(
+            addition_embed_type="text_time",
+            addition_time_embed_dim=ADM_SCALAR_DIM,
+            projection_class_embeddings_input_dim=cfg.adm_in_channels,
+        )
+    return out
+
+
+def timed_pair(ours: Any, ref: Any, steps: int, device: torch.device) -> tuple[float, float]:
+    """Best-of-``steps`` ms for each, calls alternating so load from other processes hits both alike."""
+
+    def once(fn: Any) -> float:
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) * 1000
+
+    with torch.inference_mode():
+        once(ours)
+        once(ref)
+        pairs = [(once(ours), once(ref)) for _ in range(steps)]
+    return min(p[0] for p in pairs), min(p[1] for p in pairs)
+
+
+def bench(
+    name: str, cfg: UNetConfig, batch: int, size: int, steps: int, device: torch.device, dtype: torch.dtype
+) -> None:
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    torch.manual_seed(0)
+    ours = UNetModel(cfg).eval().requires_grad_(False)
+    dconf = diffusers_config(cfg)
+    ldm = {f"model.diffusion_model.{k}": v for k, v in ours.state_dict().items()}
+    ref = UNet2DConditionModel(**dconf)
+    ref.load_state_dict(convert_ldm_unet_checkpoint(ldm, dconf), strict=True)
+    del ldm
+    ours.to(device, dtype)
+    ref.eval().requires_grad_(False).to(device, dtype)
+
+    x = torch.randn(batch, 4, size, size, device=device, dtype=dtype)
+    t = torch.full((batch,), 500.0, device=device)
+    ctx = torch.randn(batch, 77, cfg.context_dim or 0, device=device, dtype=dtype)
+    y = None
+    kwargs: dict[str, Any] = {}
+    if cfg.adm_in_channels is not None:
+        pooled = torch.randn(batch, cfg.adm_in_channels - 6 * ADM_SCALAR_DIM, device=device, dtype=dtype)
+        y = sdxl_adm(pooled, 1024.0, 1024.0)
+        ids = torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]] * batch, device=device)
+        kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": ids}
+
+    ms_ours, ms_ref = timed_pair(
+        lambda: ours(x, t, ctx, y),
+        lambda: ref(x, t, encoder_hidden_states=ctx, **kwargs).sample,
+        steps,
+        device,
+    )
+    params = sum(p.numel() for p in ours.parameters()) / 1e6
+    print(
+        f"{name:<26} {params:8.1f}M  batch {batch} latent {size}x{size}  "
+        f"ours {ms_ours:10.1f} ms  diffusers {ms_ref:10.1f} ms  ratio {ms_ours / ms_ref:5.2f}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--no-real", action="store_true", help="skip the real-size SD1.5 UNet")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    print(
+        f"torch {torch.__version__}, {device}, {args.dtype}, {torch.get_num_threads()} threads, best of {args.steps}"
+    )
+    bench("tiny SD1 (32/64 ch)", TINY_SD1, 2, 32, max(args.steps, 10), device, dtype)
+    bench("tiny SDXL (32/64 ch)", TINY_SDXL, 2, 32, max(args.steps, 10), device, dtype)
+    if not args.no_real:
+        bench("SD1.5 (random weights)", SD15, 2, 64, args.steps, device, dtype)
+
+
+if __name__ == "__main__":
+    main()
