@@ -141,7 +141,7 @@ def _wants_v_prediction(
     # while the 512 eps model's stay near zero (not applied to inpainting models).
     if family == "sd2" and config.in_channels == 4:
         bias = unet_sd.get("output_blocks.11.1.transformer_blocks.0.norm1.bias")
-        if bias is not None and float(torch.std(bias.float(), unbiased=False)) > 0.09:
+        if bias is not None and not bias.is_meta and float(torch.std(bias.float(), unbiased=False)) > 0.09:
             return True
     return False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,13 @@ from safetensors.torch import save_file
 
 from plugins.core_nodes.models.checkpoint import (
     CheckpointError,
+    detect_family,
     load_checkpoint,
     load_diffusion_model,
     load_state_dict,
     load_vae,
 )
+from plugins.core_nodes.models.unet import UNetConfig, UNetModel
 
 from . import tiny_sd
 
@@ -193,3 +196,74 @@ def test_loading_checks_for_interrupts_between_tensors(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         load_state_dict(path, check)
     assert calls["n"] == 5
+
+
+def _real_size(name: str) -> UNetConfig:
+    sd1 = UNetConfig(
+        in_channels=4,
+        out_channels=4,
+        model_channels=320,
+        channel_mult=(1, 2, 4, 4),
+        num_res_blocks=(2, 2, 2, 2),
+        transformer_depth=(1, 1, 1, 0),
+        transformer_depth_output=(0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+        transformer_depth_middle=1,
+        context_dim=768,
+        use_linear_in_transformer=False,
+        num_heads=8,
+    )
+    linear = {"use_linear_in_transformer": True, "num_heads": None, "num_head_channels": 64}
+    if name == "sd1":
+        return sd1
+    if name == "sd2":
+        return replace(sd1, context_dim=1024, **linear)
+    if name == "sdxl":
+        return replace(
+            sd1,
+            channel_mult=(1, 2, 4),
+            num_res_blocks=(2, 2, 2),
+            transformer_depth=(0, 2, 10),
+            transformer_depth_output=(0, 0, 0, 2, 2, 2, 10, 10, 10),
+            transformer_depth_middle=10,
+            context_dim=2048,
+            adm_in_channels=2816,
+            **linear,
+        )
+    return replace(
+        sd1,
+        model_channels=384,
+        transformer_depth=(0, 4, 4, 0),
+        transformer_depth_output=(0, 0, 0, 4, 4, 4, 4, 4, 4, 0, 0, 0),
+        transformer_depth_middle=4,
+        context_dim=1280,
+        adm_in_channels=2560,
+        **linear,
+    )
+
+
+def _meta_weights(config: UNetConfig) -> dict[str, torch.Tensor]:
+    # Shapes without storage: real-size layouts cost nothing to build.
+    with torch.device("meta"):
+        return dict(UNetModel(config).state_dict())
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl", "sdxl_refiner"])
+def test_real_size_layouts_are_detected(family: str) -> None:
+    config = _real_size(family)
+    detected = detect_family(_meta_weights(config), "real.safetensors")
+    assert detected.name == family
+    assert detected.unet_config == config
+
+
+def test_real_size_heads_follow_each_family() -> None:
+    assert _real_size("sd1").heads_for(1280) == (8, 160)
+    assert _real_size("sd2").heads_for(320) == (5, 64)
+    assert _real_size("sdxl").heads_for(1280) == (20, 64)
+
+
+@pytest.mark.parametrize(("spread", "prediction"), [(0.2, "v"), (0.0, "eps")])
+def test_sd2_768_v_is_told_by_its_norm_biases(spread: float, prediction: str) -> None:
+    weights = _meta_weights(_real_size("sd2"))
+    key = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+    weights[key] = spread * torch.randn(weights[key].shape, generator=torch.Generator().manual_seed(0))
+    assert detect_family(weights, "sd2.safetensors").prediction == prediction
