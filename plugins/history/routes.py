@@ -51,14 +51,20 @@ def _request_user(request: web.Request) -> str | None:
     return request.headers.get("Comfy-User") or DEFAULT_USER
 
 
+# SQLite integers are 64-bit (a larger LIMIT overflows into a 500); past 2**53, JavaScript's safe
+# range, no page differs anyway, and offset + limit still fits.
+_INT_PARAM_BOUND = 2**53
+
+
 def _int_param(request: web.Request, name: str) -> int | None:
     raw = request.rel_url.query.get(name)
     if raw is None:
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise BadRequest({"error": f"{name} must be an integer"}) from None
+    return max(-_INT_PARAM_BOUND, min(value, _INT_PARAM_BOUND))
 
 
 async def _json_body(request: web.Request) -> Any:
