@@ -423,6 +423,6 @@ def build_unet(
     with torch.device("meta"):
         model = UNetModel(config)
     model.load_state_dict(dict(sd), strict=True, assign=True)
-    if dtype is not None:
-        model.to(dtype)
+    # Files sometimes mix precisions (fp16 weights, fp32 norms); one dtype keeps every op legal.
+    model.to(dtype or sd["input_blocks.0.0.weight"].dtype)
     return model.eval().requires_grad_(False)

@@ -269,8 +269,7 @@ def build_vae(sd: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) 
     with torch.device("meta"):
         model = AutoencoderKL(config)
     model.load_state_dict(weights, strict=True, assign=True)
-    if dtype is not None:
-        model.to(dtype)
+    model.to(dtype or weights["encoder.conv_in.weight"].dtype)
     return model.eval().requires_grad_(False)
 
 

@@ -267,3 +267,16 @@ def test_sd2_768_v_is_told_by_its_norm_biases(spread: float, prediction: str) ->
     key = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
     weights[key] = spread * torch.randn(weights[key].shape, generator=torch.Generator().manual_seed(0))
     assert detect_family(weights, "sd2.safetensors").prediction == prediction
+
+
+def test_mixed_precision_file_loads_as_one_dtype(tmp_path: Path) -> None:
+    sd = tiny_sd.checkpoint_dict("sd1")
+    mixed = {k: (v.half() if v.ndim > 1 else v) for k, v in sd.items()}
+    path = tmp_path / "mixed.safetensors"
+    save_file(mixed, str(path))
+    ckpt = load_checkpoint(path)
+    assert {p.dtype for p in ckpt.unet.parameters()} == {torch.float16}
+    assert ckpt.vae is not None
+    assert {p.dtype for p in ckpt.vae.model.parameters()} == {torch.float16}
+    latent = ckpt.vae.encode(torch.rand(1, 16, 16, 3))
+    assert latent.dtype == torch.float32 and torch.isfinite(latent).all()
