@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from kernel import hookimpl
-from plugins.core_nodes import memory, system
+from kernel.events import PromptFinished
+from plugins.core_nodes import memory, serving, system
 from plugins.core_nodes.nodes import node_classes
 
 if TYPE_CHECKING:
@@ -19,9 +20,22 @@ def register_nodes(register: Callable[..., None], kernel: Kernel) -> None:
         register(name, cls, display_name=display_name)
 
 
+@hookimpl(wrapper=True)
+def wrap_node_execution(kernel: Kernel) -> Generator[None, Any, Any]:
+    # The model-stack adapters find the server's model manager through this.
+    with serving.serving(kernel):
+        return (yield)
+
+
 @hookimpl
 def on_free(kernel: Kernel, unload_models: bool, free_memory: bool) -> None:
     memory.request_free(kernel, unload_models, free_memory)
+
+
+@hookimpl
+def on_event(kernel: Kernel, event: Any) -> None:
+    if isinstance(event, PromptFinished):
+        memory.between_prompts(kernel)
 
 
 @hookimpl

@@ -157,12 +157,14 @@ async def test_load_image_validation(comfy_server: Any, tmp_path: Path) -> None:
 async def test_on_free_forwards_to_a_loaded_model_manager(comfy_server: Any, monkeypatch: Any) -> None:
     calls: list[tuple[Any, bool, bool]] = []
     manager = types.ModuleType("plugins.core_nodes.models.manager")
-    manager.request_free = lambda kernel, unload, free: calls.append((kernel, unload, free))  # type: ignore[attr-defined]
+    manager.on_free = lambda kernel, unload, free: calls.append((kernel, unload, free))  # type: ignore[attr-defined]
+    manager.between_prompts = lambda kernel: calls.append((kernel, "applied"))  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "plugins.core_nodes.models.manager", manager)
     server = await start(comfy_server)
     async with server.post("/free", json={"unload_models": True}) as resp:
         assert resp.status == 200
-    assert calls == [(server.kernel, True, False)]
+    # Marked, then applied at once because no prompt is running.
+    assert calls == [(server.kernel, True, False), (server.kernel, "applied")]
 
 
 async def test_system_stats_still_answers(comfy_server: Any) -> None:
