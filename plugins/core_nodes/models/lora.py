@@ -47,6 +47,8 @@ _PARTS: tuple[tuple[str, str], ...] = (
     (".lora.up.weight", "up"),
     (".lora_linear_layer.down.weight", "down"),
     (".lora_linear_layer.up.weight", "up"),
+    ("_lora.down.weight", "down"),
+    ("_lora.up.weight", "up"),
     (".hada_w1_a", "w1a"),
     (".hada_w1_b", "w1b"),
     (".hada_w2_a", "w2a"),
@@ -55,7 +57,7 @@ _PARTS: tuple[tuple[str, str], ...] = (
     (".alpha", "alpha"),
 )
 # The older diffusers attention-processor names: ``attn1.processor.to_q_lora`` means ``attn1.to_q``.
-_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora$")
+_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)$")
 
 
 class LoraError(ValueError):
