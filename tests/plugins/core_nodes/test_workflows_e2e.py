@@ -387,3 +387,59 @@ def test_every_sampler_and_scheduler_gives_finite_latents(
         assert out.shape == (1, 4, 4, 4)
         assert torch.isfinite(out).all(), f"{family} {sampler} {scheduler}"
         assert out.abs().max() > 0
+
+
+async def test_split_files_workflow_unet_dual_clip_and_vae_loaders(
+    comfy_server: Any, tmp_path: Path, checkpoints: dict[str, Path]
+) -> None:
+    """SDXL from separate files: UNETLoader + DualCLIPLoader + VAELoader, as the split-file
+    templates wire them; the picture equals the single-file checkpoint's."""
+    server = await _server(comfy_server, tmp_path, checkpoints)
+    sd = tiny_pipeline.checkpoint_dict("sdxl")
+    models = tmp_path / "models"
+    for folder in ("diffusion_models", "text_encoders", "vae"):
+        (models / folder).mkdir(parents=True, exist_ok=True)
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+    save_file(part("model.diffusion_model."), str(models / "diffusion_models" / "unet.safetensors"))
+    save_file(part("first_stage_model."), str(models / "vae" / "vae.safetensors"))
+    clip_l = {
+        "text_model." + k: v for k, v in part("conditioner.embedders.0.transformer.text_model.").items()
+    }
+    save_file(clip_l, str(models / "text_encoders" / "clip_l.safetensors"))
+    save_file(part("conditioner.embedders.1.model."), str(models / "text_encoders" / "clip_g.safetensors"))
+
+    single = txt2img(checkpoints["sdxl"].name, prefix="single")
+    split = {**single}
+    split["4"] = {
+        "class_type": "UNETLoader",
+        "inputs": {"unet_name": "unet.safetensors", "weight_dtype": "default"},
+    }
+    split["10"] = {
+        "class_type": "DualCLIPLoader",
+        "inputs": {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors", "type": "sdxl"},
+    }
+    split["11"] = {"class_type": "VAELoader", "inputs": {"vae_name": "vae.safetensors"}}
+    split["6"] = {**single["6"], "inputs": {**single["6"]["inputs"], "clip": ["10", 0]}}
+    split["7"] = {**single["7"], "inputs": {**single["7"]["inputs"], "clip": ["10", 0]}}
+    split["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["11", 0]}}
+    split["9"] = {**single["9"], "inputs": {**single["9"]["inputs"], "filename_prefix": "split"}}
+    from_split = _pixels(_saved(server, (await _run(server, split))["9"])[0])
+    from_single = _pixels(_saved(server, (await _run(server, single))["9"])[0])
+    assert np.array_equal(from_split, from_single)
+    kinds = sorted(m.kind.split(":")[0] for m in get_manager(server.kernel).loaded())
+    assert kinds == ["checkpoint", "clip", "diffusion_model", "vae"]
+
+
+def test_plugin_import_leaves_torch_unloaded() -> None:
+    """The server answers HTTP before torch is imported: nothing at plugin import pulls it in."""
+    import subprocess
+    import sys
+
+    code = "import sys, plugins.core_nodes.plugin; print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False"
