@@ -118,7 +118,8 @@ async def test_prompt_server_on_prompt_handlers(comfy_server, tmp_path: Path):
 def test_plugins_list_shows_packs(tmp_path: Path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(EP_SITE), str(ROOT)]))
     env.pop("COMFYKERNEL_PLUGINS", None)
-    base = ["comfykernel", "plugins"]
+    # The installed console script, next to this interpreter (PATH may not hold the venv).
+    base = [str(Path(sys.executable).parent / "comfykernel"), "plugins"]
     args = ["list", "--base-directory", str(tmp_path), "--custom-nodes-dir", str(PACKS)]
     out = subprocess.run(base + args, env=env, capture_output=True, text=True, timeout=120, check=True).stdout
     lines = {
