@@ -443,3 +443,45 @@ def test_plugin_import_leaves_torch_unloaded() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_sdxl_size_conditioning_defaults_follow_the_reference(tiny_stacks: dict[str, Any]) -> None:
+    """No size keys (plain CLIPTextEncode): width / height are the latent's size times 8, the
+    target size follows them and the crop is 0; CLIPTextEncodeSDXL's keys are used as given."""
+    from plugins.core_nodes.models.unet import sdxl_adm
+
+    model, positive, _ = tiny_stacks["sdxl"]
+    pooled = positive[0][1]["pooled_output"]
+    x = torch.zeros(2, 4, 12, 9)
+    got = model.adm({"pooled_output": pooled}, x)
+    torch.testing.assert_close(got, sdxl_adm(pooled.expand(2, -1), 96, 72, 0, 0, 96, 72))
+    keys = {
+        "width": 1024,
+        "height": 768,
+        "crop_w": 16,
+        "crop_h": 8,
+        "target_width": 640,
+        "target_height": 896,
+    }
+    got = model.adm({"pooled_output": pooled, **keys}, x)
+    torch.testing.assert_close(got, sdxl_adm(pooled.expand(2, -1), 768, 1024, 8, 16, 896, 640))
+    sd1_model, _, _ = tiny_stacks["sd1"]
+    assert sd1_model.adm({}, x) is None
+
+
+def test_clip_loader_reads_a_standalone_clip_l(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    sd = tiny_pipeline.checkpoint_dict("sd1")
+    prefix = "cond_stage_model.transformer."
+    path = tmp_path / "clip_l.safetensors"
+    save_file({k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}, str(path))
+    standalone = adapters.load_clip([path], "stable_diffusion", "default")
+    _, from_checkpoint, _ = adapters.load_checkpoint(checkpoints["sd1"])
+    assert from_checkpoint is not None
+    for text in ("a (cat:1.3) on a mat", "x " * 100):
+        a, b = standalone.encode(text), from_checkpoint.encode(text)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    skipped = standalone.with_last_layer(-2)
+    assert not torch.equal(skipped.encode("a cat")[0], standalone.encode("a cat")[0])
+    assert torch.equal(standalone.with_last_layer(-1).encode("a cat")[0], standalone.encode("a cat")[0])
+    with pytest.raises(Exception, match="not supported"):
+        adapters.load_clip([path], "flux2", "default")
