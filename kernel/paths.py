@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import unquote
 from typing import TYPE_CHECKING, Literal, cast
 
 if TYPE_CHECKING:
@@ -65,6 +66,29 @@ def _utf8_len(text: str, name: str) -> int:
         raise UnsafePath(name, "invalid unicode in name") from None
 
 
+def _hides_traversal(segment: str) -> bool:
+    """True when percent-decoding ``segment`` (again, up to three times) reveals a separator, a
+    ``..`` or a control character: ``%2e%2e%2f`` and its double-encoded forms.
+
+    Names are decoded exactly once at the HTTP boundary and never again here, so such a name
+    would be stored literally; it is refused anyway because it is an attack, never a real
+    file name, and a later consumer that decodes it again must not find a path in it.
+    """
+    decoded = segment
+    for _ in range(3):
+        if "%" not in decoded:
+            break
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+        if "/" in decoded or "\\" in decoded or _CONTROL.search(decoded) or ".." in decoded.split("/"):
+            return True
+        if decoded.strip(". ") == "" or decoded == "..":
+            return True
+    return False
+
+
 def check_segment(segment: str, name: str | None = None) -> str:
     """Check one path segment (no separators); return it or raise ``UnsafePath``.
 
@@ -79,6 +103,8 @@ def check_segment(segment: str, name: str | None = None) -> str:
         raise UnsafePath(whole, "path separator in name")
     if _CONTROL.search(segment):
         raise UnsafePath(whole, "control character in name")
+    if _hides_traversal(segment):
+        raise UnsafePath(whole, "percent-encoded path characters in name")
     if _DRIVE.match(segment):
         raise UnsafePath(whole, "drive letter")
     if segment.strip(". ") == "":

@@ -162,7 +162,7 @@ async def test_view_disposition_escapes_and_encodes(server: Any, tmp_path: Path)
 
 
 async def test_view_odd_legitimate_names(server: Any, tmp_path: Path) -> None:
-    for name in ("a..b.png", "with  spaces.png", "%2e%2e%2fx.png", "..hidden.png"):
+    for name in ("a..b.png", "with  spaces.png", "50% off.png", "..hidden.png"):
         _put(tmp_path, name, name.encode(), root="input")
         async with server.get("/view", params={"filename": name, "type": "input"}) as r:
             assert r.status == 200, name

@@ -42,7 +42,8 @@ def settings(tmp_path: Path) -> Settings:
         ("..a.png", ["..a.png"]),
         ("ünï cödé 图像.png", ["ünï cödé 图像.png"]),
         ("with space (1).png", ["with space (1).png"]),
-        ("%2e%2e%2fx", ["%2e%2e%2fx"]),  # no second percent-decoding
+        ("100%25 done.png", ["100%25 done.png"]),  # decoding again reveals nothing unsafe
+        ("50% off.png", ["50% off.png"]),
         ("console.png", ["console.png"]),
         ("nullable", ["nullable"]),
         ("COM10", ["COM10"]),
@@ -73,6 +74,10 @@ def test_split_relative_accepts_legitimate_names(name: str, expected: list[str])
         ("a\nb", "control character in name"),
         ("a\x7fb", "control character in name"),
         ("CON", "reserved device name"),
+        ("%2e%2e%2fx", "percent-encoded path characters in name"),
+        ("%252e%252e%252fx", "percent-encoded path characters in name"),
+        ("a%5cb", "percent-encoded path characters in name"),
+        ("%2e%2e", "percent-encoded path characters in name"),
         ("con", "reserved device name"),
         ("nul.png", "reserved device name"),
         ("sub/COM1.txt", "reserved device name"),
