@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from urllib.parse import unquote
 from typing import TYPE_CHECKING, Literal, cast
+from urllib.parse import unquote
 
 if TYPE_CHECKING:
     from kernel.app import Kernel
