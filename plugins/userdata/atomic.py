@@ -7,11 +7,30 @@ import os
 import tempfile
 from pathlib import Path
 
+TEMP_PREFIX = ".userdata-"
+TEMP_SUFFIX = ".tmp"
+
+
+def remove_stale_temps(root: Path) -> int:
+    """Delete temp files a killed process left behind under ``root``; returns how many.
+
+    Only safe before the server accepts writes (startup), when no write can be in flight.
+    """
+    removed = 0
+    if not root.is_dir():
+        return 0
+    for path in root.rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+        if path.is_file() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
+
 
 def _temp_copy(path: Path, data: bytes) -> str:
     # Dot-prefixed so that v1 listings (which skip hidden files) never show a half-written file;
     # a fixed short prefix keeps the temp name legal however long the target's name is.
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".userdata-", suffix=".tmp")
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from kernel import hookimpl
-from plugins.userdata import routes
+from plugins.userdata import atomic, routes
 from plugins.userdata.settings_store import SETTINGS, SettingsStore
 from plugins.userdata.users import USERS, UserStore
 
@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 def configure(kernel: Kernel) -> None:
     kernel.stash[USERS] = UserStore(kernel.settings.user_path, kernel.settings.multi_user)
     kernel.stash[SETTINGS] = SettingsStore()
+
+
+@hookimpl
+def startup(kernel: Kernel) -> None:
+    # A kill -9 mid-write leaves the previous file intact plus a hidden temp file; sweep those.
+    atomic.remove_stale_temps(kernel.settings.user_path)
 
 
 @hookimpl

@@ -362,3 +362,17 @@ async def test_list_v2_errors(tree):
 async def test_list_v2_missing_user_root_is_empty(server):
     status, body = await server.json("GET", "/v2/userdata")
     assert (status, body) == (200, [])
+
+
+async def test_startup_removes_temp_files_left_by_a_killed_write(comfy_server, tmp_path):
+    user_dir = tmp_path / "user" / "default" / "workflows"
+    user_dir.mkdir(parents=True)
+    stale = user_dir / ".userdata-abc123.tmp"
+    stale.write_bytes(b"half a write")
+    kept = user_dir / "kept.json"
+    kept.write_text("{}")
+    server = await comfy_server(plugins=["userdata"])
+    assert not stale.exists()
+    assert kept.read_text() == "{}"
+    status, listing = await server.json("GET", "/userdata?dir=workflows")
+    assert status == 200 and listing == ["kept.json"]
