@@ -137,7 +137,7 @@ class GrowMask(_Mask):
             "required": {
                 "mask": ("MASK",),
                 "expand": ("INT", {"default": 0, "min": -MAX_RESOLUTION, "max": MAX_RESOLUTION, "step": 1}),
-                "tapered_corners": ("BOOLEAN", {"default": True}),
+                "tapered_corners": ("BOOLEAN", {"default": True, "advanced": True}),
             }
         }
 
@@ -219,13 +219,13 @@ class ThresholdMask(_Mask):
 
 
 NODES: dict[str, tuple[type, str | None]] = {
-    "SolidMask": (SolidMask, None),
-    "InvertMask": (InvertMask, None),
-    "MaskComposite": (MaskComposite, None),
-    "CropMask": (CropMask, None),
-    "GrowMask": (GrowMask, None),
-    "FeatherMask": (FeatherMask, None),
+    "SolidMask": (SolidMask, "Solid Mask"),
+    "InvertMask": (InvertMask, "Invert Mask"),
+    "MaskComposite": (MaskComposite, "Mask Composite"),
+    "CropMask": (CropMask, "Crop Mask"),
+    "GrowMask": (GrowMask, "Grow Mask"),
+    "FeatherMask": (FeatherMask, "Feather Mask"),
     "ImageToMask": (ImageToMask, "Convert Image to Mask"),
     "MaskToImage": (MaskToImage, "Convert Mask to Image"),
-    "ThresholdMask": (ThresholdMask, None),
+    "ThresholdMask": (ThresholdMask, "Threshold Mask"),
 }

@@ -29,7 +29,7 @@ PrimitiveStringMultiline = _primitive("PrimitiveStringMultiline", "STRING", {"mu
 PrimitiveInt = _primitive(
     "PrimitiveInt", "INT", {"min": -sys.maxsize, "max": sys.maxsize, "control_after_generate": True}
 )
-PrimitiveFloat = _primitive("PrimitiveFloat", "FLOAT", {"min": -sys.maxsize, "max": sys.maxsize})
+PrimitiveFloat = _primitive("PrimitiveFloat", "FLOAT", {"min": -sys.maxsize, "max": sys.maxsize, "step": 0.1})
 PrimitiveBoolean = _primitive("PrimitiveBoolean", "BOOLEAN", {})
 
 NODES: dict[str, tuple[type, str | None]] = {

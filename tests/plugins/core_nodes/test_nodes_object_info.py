@@ -96,6 +96,9 @@ async def test_display_names(comfy_server: Any) -> None:
     assert info["CLIPTextEncode"]["display_name"] == "CLIP Text Encode (Prompt)"
     assert info["PrimitiveStringMultiline"]["display_name"] == "String (Multiline)"
     assert info["SaveImage"]["output_node"] is True
+    assert info["GrowMask"]["display_name"] == "Grow Mask"
+    assert info["ImageToMask"]["display_name"] == "Convert Image to Mask"
+    assert info["PrimitiveFloat"]["display_name"] == "Float"
 
 
 async def test_server_answers_before_torch_is_needed() -> None:
