@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,11 @@ async def post_prompt(request: web.Request) -> web.Response:
         except (TypeError, ValueError):
             return _prompt_error(
                 make_error("invalid_prompt", "number must be a number", repr(body["number"]))
+            )
+        if not math.isfinite(number):
+            # NaN compares false with everything and would break the queue's heap order.
+            return _prompt_error(
+                make_error("invalid_prompt", "number must be a finite number", repr(body["number"]))
             )
     else:
         number = kernel.queue.next_number(bool(body.get("front")))

@@ -513,3 +513,12 @@ async def test_object_info_without_nodes(comfy_server: Any) -> None:
     server = await comfy_server(plugins=[])
     status, info = await server.json("GET", "/object_info")
     assert status == 200 and isinstance(info, dict)
+
+
+@pytest.mark.parametrize("number", ["nan", "inf", "-Infinity"])
+async def test_non_finite_number_is_400(server: Any, number: str) -> None:
+    # A NaN number used to be queued (answered as "number": null) and broke the heap order.
+    status, answer = await post_prompt(server, SINK, number=number)
+    assert status == 400
+    assert answer["error"]["type"] == "invalid_prompt"
+    assert server.kernel.queue.remaining() == 0
