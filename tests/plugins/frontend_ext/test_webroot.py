@@ -132,3 +132,14 @@ async def test_system_stats_lists_package_versions_for_the_ui(comfy_server):
         "installed": metadata.version("comfyui-frontend-package"),
         "required": metadata.version("comfyui-frontend-package"),
     }
+
+
+async def test_static_names_the_os_refuses_are_404_not_500(comfy_server, tmp_path):
+    root = tmp_path / "ui"
+    root.mkdir()
+    (root / "index.html").write_text("<html></html>")
+    (root / "loop").symlink_to(root / "loop")
+    server = await comfy_server(plugins=["frontend_ext"], extra={"front_end_root": str(root)})
+    for path in ("/" + "a" * 300, "/assets/" + "b" * 300 + ".js", "/docs/" + "c" * 300, "/loop/x"):
+        async with server.get(path) as resp:
+            assert resp.status == 404, path
