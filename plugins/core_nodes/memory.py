@@ -1,9 +1,10 @@
 """``POST /free`` and the end of each prompt, forwarded to the model manager once it is loaded.
 
 The manager only *marks* a ``/free`` (:func:`plugins.core_nodes.models.manager.on_free`) and
-applies it between prompts (:func:`~plugins.core_nodes.models.manager.between_prompts`): when a
-prompt finishes, or at once when the executor is idle, so an idle server releases its models
-without waiting for another prompt.
+applies it between prompts: on the event loop when a prompt finishes or at once, but only while
+the executor is idle (:func:`~plugins.core_nodes.models.manager.between_prompts`), so an idle
+server releases its models without waiting for another prompt; otherwise in the executor thread
+before the next prompt's first node (:func:`~plugins.core_nodes.models.manager.before_node`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ def between_prompts(kernel: Kernel) -> bool:
     """Apply pending ``/free`` work (``manager.between_prompts``); True if the manager is loaded."""
     manager = _manager_module()
     apply = getattr(manager, "between_prompts", None)
+    if not callable(apply):
+        return False
+    apply(kernel)
+    return True
+
+
+def before_node(kernel: Kernel) -> bool:
+    """Executor thread, before each node: ``manager.before_node``; True if the manager is loaded."""
+    manager = _manager_module()
+    apply = getattr(manager, "before_node", None)
     if not callable(apply):
         return False
     apply(kernel)

@@ -24,6 +24,7 @@ def register_nodes(register: Callable[..., None], kernel: Kernel) -> None:
 def wrap_node_execution(kernel: Kernel) -> Generator[None, Any, Any]:
     # The model-stack adapters find the server's model manager through this.
     with serving.serving(kernel):
+        memory.before_node(kernel)  # /free work left marked while a prompt ran
         return (yield)
 
 

@@ -117,6 +117,7 @@ class ModelManager:
         self._pending_lock = threading.Lock()
         self._pending_unload = False
         self._pending_free = False
+        self._prompt_seen: str | None = None
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -214,6 +215,30 @@ class ModelManager:
         elif free:
             self.offload_all()
 
+    def apply_pending_if_idle(self, idle: Callable[[], bool]) -> bool:
+        """:meth:`apply_pending` from outside the executor thread, never waiting for it.
+
+        ``idle`` is asked while the lock is held: a prompt that starts after that blocks in
+        :meth:`load` / :meth:`use` until the work is done, so no model moves under a running
+        node, and a load in progress (the lock taken) leaves the work marked instead of
+        stalling the caller. False when nothing was applied.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if not idle():
+                return False
+            self.apply_pending()
+            return True
+        finally:
+            self._lock.release()
+
+    def prompt_started(self, prompt_id: str | None) -> None:
+        """Executor thread, before a node: apply marked work once per prompt, at its first node."""
+        if prompt_id != self._prompt_seen:
+            self._prompt_seen = prompt_id
+            self.apply_pending()
+
     def unload_all(self) -> None:
         with self._lock:
             for key in list(self._entries):
@@ -268,8 +293,24 @@ def on_free(kernel: Kernel, unload_models: bool, free_memory: bool) -> None:
     get_manager(kernel).request_free(unload_models, free_memory)
 
 
+def _executing(kernel: Kernel) -> Any:
+    return getattr(getattr(kernel, "executor", None), "current", None)
+
+
 def between_prompts(kernel: Kernel) -> None:
-    """For the core_nodes plugin to call when a prompt has finished (e.g. on ``PromptFinished``)."""
+    """For the core_nodes plugin to call on the event loop after ``/free`` or ``PromptFinished``.
+
+    Applies marked work only while no prompt runs: ``PromptFinished`` reaches the event loop
+    after the executor may already have started the next prompt, whose models must not be
+    offloaded mid-step. Work left marked is done by :func:`before_node` at that prompt's start.
+    """
     manager = kernel.stash.get(MANAGER_KEY, None)
     if manager is not None:
-        manager.apply_pending()
+        manager.apply_pending_if_idle(lambda: _executing(kernel) is None)
+
+
+def before_node(kernel: Kernel) -> None:
+    """For the core_nodes plugin to call in the executor thread before each node."""
+    manager = kernel.stash.get(MANAGER_KEY, None)
+    if manager is not None:
+        manager.prompt_started(getattr(_executing(kernel), "prompt_id", None))

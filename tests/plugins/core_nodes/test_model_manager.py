@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -113,5 +115,60 @@ def test_on_free_marks_the_kernel_manager(tmp_path: Path, make_kernel) -> None: 
     manager.load("vae", _vae_file(tmp_path), load_vae)
     on_free(kernel, unload_models=True, free_memory=True)
     assert len(manager.loaded()) == 1
+    between_prompts(kernel)
+    assert manager.loaded() == []
+
+
+def test_free_marked_while_a_prompt_runs_waits_for_its_next_prompt(tmp_path: Path, make_kernel) -> None:  # type: ignore[no-untyped-def]
+    # PromptFinished reaches the event loop after the executor may have started the next
+    # prompt: applying /free then would offload that prompt's models in the middle of a step.
+    from plugins.core_nodes.models import manager as manager_module
+
+    kernel = make_kernel(cpu=True)
+    kernel.executor = types.SimpleNamespace(current=types.SimpleNamespace(prompt_id="b"))
+    manager = get_manager(kernel)
+    manager.load("vae", _vae_file(tmp_path), load_vae)
+    on_free(kernel, unload_models=True, free_memory=False)
+    between_prompts(kernel)
+    assert len(manager.loaded()) == 1  # prompt "b" is running: left marked
+    manager_module.before_node(kernel)  # executor thread, b's first node
+    assert manager.loaded() == []
+    manager.load("vae", _vae_file(tmp_path), load_vae)
+    on_free(kernel, unload_models=True, free_memory=False)
+    manager_module.before_node(kernel)  # a later node of the same prompt
+    assert len(manager.loaded()) == 1
+    kernel.executor.current = None
+    between_prompts(kernel)  # idle: applied at once
+    assert manager.loaded() == []
+
+
+def test_between_prompts_never_waits_for_a_load_in_progress(tmp_path: Path, make_kernel) -> None:  # type: ignore[no-untyped-def]
+    # between_prompts runs on the event loop; a multi-gigabyte load holds the manager's lock.
+    kernel = make_kernel(cpu=True)
+    kernel.executor = types.SimpleNamespace(current=None)
+    manager = get_manager(kernel)
+    manager.load("vae", _vae_file(tmp_path, "a.safetensors"), load_vae)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_loader(path: Path, check):  # type: ignore[no-untyped-def]
+        started.set()
+        release.wait(10)
+        return load_vae(path, check)
+
+    loading = threading.Thread(
+        target=manager.load, args=("vae", _vae_file(tmp_path, "b.safetensors"), slow_loader)
+    )
+    loading.start()
+    try:
+        assert started.wait(10)
+        on_free(kernel, unload_models=True, free_memory=False)
+        caller = threading.Thread(target=between_prompts, args=(kernel,))
+        caller.start()
+        caller.join(2)
+        assert not caller.is_alive(), "between_prompts blocked behind a load"
+    finally:
+        release.set()
+        loading.join(10)
+    assert len(manager.loaded()) == 2  # still marked, not lost
     between_prompts(kernel)
     assert manager.loaded() == []
