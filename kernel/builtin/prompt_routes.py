@@ -131,6 +131,16 @@ async def post_prompt(request: web.Request) -> web.Response:
         log.warning("invalid prompt: %s", result.error)
         return _prompt_error(result.error or {}, result.node_errors)
 
+    if kernel.queue.is_pending(prompt_id) or kernel.queue.is_running(prompt_id):
+        # Two live items with one id would collide in the heap (a 500) and in the running set.
+        # No await between this check and put(), so concurrent posts cannot both pass it.
+        return _prompt_error(
+            make_error(
+                "invalid_prompt_id",
+                "prompt_id is already queued or running",
+                f"Duplicate prompt_id: {prompt_id}",
+            )
+        )
     _fill_extra_data(kernel, request, body, extra_data)
     item = QueueItem(
         number=number,

@@ -522,3 +522,20 @@ async def test_non_finite_number_is_400(server: Any, number: str) -> None:
     assert status == 400
     assert answer["error"]["type"] == "invalid_prompt"
     assert server.kernel.queue.remaining() == 0
+
+
+async def test_duplicate_live_prompt_id_is_400(server: Any, tmp_path: Path) -> None:
+    # A second live item with the same id and number used to be a 500 (the heap compared the
+    # items) after its PromptQueued had already gone out.
+    pid = str(uuid.uuid4())
+    events = Recorder(server)
+    async with Gate(server, tmp_path):
+        statuses = []
+        for _ in range(3):
+            status, answer = await post_prompt(server, SINK, prompt_id=pid, number=1)
+            statuses.append(status)
+        assert statuses == [200, 400, 400]
+        assert answer["error"]["type"] == "invalid_prompt_id"
+        assert [e.item.prompt_id for e in events.of(PromptQueued)].count(pid) == 1
+        _, queue = await server.json("GET", "/queue")
+        assert [i[1] for i in queue["queue_pending"]].count(pid) == 1
