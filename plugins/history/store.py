@@ -210,10 +210,17 @@ class HistoryStore:
     def _evict(self) -> None:
         excess = self._scalar("SELECT COUNT(*) FROM prompts WHERE seq IS NOT NULL") - self.max_items
         if excess > 0:
-            self.db.execute(
-                "DELETE FROM prompts WHERE seq IN (SELECT seq FROM prompts WHERE seq IS NOT NULL ORDER BY seq LIMIT ?)",
+            cutoff = self._scalar(
+                "SELECT MAX(seq) FROM (SELECT seq FROM prompts WHERE seq IS NOT NULL ORDER BY seq LIMIT ?)",
                 [excess],
             )
+            # A resubmitted id waiting to run again only loses its old entry, not its queue record.
+            self.db.execute(
+                "UPDATE prompts SET seq = NULL, entry = NULL, job = NULL, job_status = NULL"
+                " WHERE seq <= ? AND state != 'done'",
+                [cutoff],
+            )
+            self.db.execute("DELETE FROM prompts WHERE seq <= ?", [cutoff])
 
     # --- recovery ---
 
