@@ -47,7 +47,12 @@ class SocketHub:
         self.clients: dict[str, Client] = {}
 
     def _targets(self, sid: str | None) -> Iterable[Client]:
-        return list(self.clients.values()) if sid is None else [c for c in [self.clients.get(sid)] if c]
+        if sid is None:
+            return list(self.clients.values())
+        # A prompt's client_id comes from the request body as any JSON value; a non-string one
+        # (an object is unhashable) names no socket.
+        client = self.clients.get(sid) if isinstance(sid, str) else None
+        return [client] if client is not None else []
 
     def _put(self, client: Client, frame: str | bytes) -> None:
         try:

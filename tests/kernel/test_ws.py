@@ -96,3 +96,17 @@ async def test_queue_change_broadcasts_status(comfy_server):
     msg = await ws.receive_json(timeout=5)
     assert msg == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 1}}}}
     await ws.close()
+
+
+async def test_non_string_client_id_reaches_nobody(comfy_server, caplog):
+    # POST /prompt copies client_id from the body as any JSON value; an object used to make
+    # the hub's lookup raise (unhashable) on every message of that prompt.
+    server = await comfy_server(plugins=[])
+    ws = await server.ws("obs")
+    await ws.receive_json(timeout=5)
+    bus = server.kernel.bus
+    bus.publish(ServerMessage(type="executing", data={}, sid={"a": 1}, broadcast=True))
+    bus.publish(ServerMessage(type="for_obs", data={}, sid="obs"))
+    assert (await ws.receive_json(timeout=5))["type"] == "for_obs"
+    assert not [r for r in caplog.records if "subscriber" in r.getMessage()]
+    await ws.close()
