@@ -160,12 +160,12 @@ class Coordinator:
             await self._reply(msg.reply_to, msg.attempt, verdict)
         elif isinstance(msg, Relayed):
             if self.queue.accepts(msg.prompt_id, msg.attempt):
-                self._republish(msg)
+                await self._republish(msg)
         elif isinstance(msg, Finished):
             item = self.queue.finish(msg.prompt_id, msg.attempt)
             if item is not None:
                 renames = self._renames.pop(msg.prompt_id, {})
-                self._store_files(msg.files, msg.prompt_id, renames)
+                await self._store_files(msg.files, msg.prompt_id, renames)
                 outputs.rewrite(msg.outputs, renames)
                 # The history plugin records it synchronously here: only then may the worker ack.
                 self.kernel.bus.publish(
@@ -173,17 +173,24 @@ class Coordinator:
                 )
             await self._reply(msg.reply_to, msg.attempt, "recorded")
 
-    def _store_files(self, files: list[Any], prompt_id: str, renames: dict[outputs.Key, str]) -> None:
-        if files and not self.config.shared_output:
-            outputs.store(files, self.kernel.settings, prompt_id[:8], renames)
+    async def _store_files(self, files: list[Any], prompt_id: str, renames: dict[outputs.Key, str]) -> None:
+        if not files or self.config.shared_output:
+            return
+        try:
+            # Off the event loop that serves every client; results are handled one at a time,
+            # so nothing else touches ``renames`` meanwhile.
+            await asyncio.to_thread(outputs.store, files, self.kernel.settings, prompt_id[:8], renames)
+        except OSError:
+            # The prompt is still recorded and its worker answered; only these files are missing.
+            log.exception("distributed: could not store the output files of %s", prompt_id)
 
-    def _republish(self, msg: Relayed) -> None:
+    async def _republish(self, msg: Relayed) -> None:
         bus = self.kernel.bus
         if msg.kind == "started":
             bus.publish(PromptStarted(prompt_id=msg.prompt_id))
             return
         renames = self._renames.setdefault(msg.prompt_id, {})
-        self._store_files(msg.files, msg.prompt_id, renames)
+        await self._store_files(msg.files, msg.prompt_id, renames)
         data: Any = msg.data
         if msg.preview is not None:
             data = PreviewFrame(*msg.preview)

@@ -62,3 +62,43 @@ def test_colliding_names_are_renamed_and_rewritten(tmp_path: Path) -> None:
     assert ui["images"][0]["filename"] == "a_p2.png"
     assert (tmp_path / "output" / "a.png").read_bytes() == b"one"
     assert (tmp_path / "output" / "a_p2.png").read_bytes() == b"two"
+
+
+async def test_a_finish_whose_files_cannot_be_written_is_still_recorded_and_answered(
+    make_kernel: Any,
+) -> None:
+    """An output the API server cannot write must not leave the worker waiting for its answer
+    forever (its delivery unacked, the prompt never in history)."""
+    from kernel.events import PromptFinished
+    from kernel.queue import QueueItem
+    from plugins.distributed.backend import BrokerQueue
+    from plugins.distributed.coordinator import Coordinator
+    from plugins.distributed.protocol import Finished, decode_decision, encode
+
+    kernel = make_kernel(plugins=["distributed"])
+    kernel.settings.output_path.mkdir(parents=True, exist_ok=True)
+    (kernel.settings.output_path / "sub").write_text("a file where the worker's subfolder should be")
+    finished: list[Any] = []
+    kernel.bus.subscribe(lambda event: finished.append(event) if isinstance(event, PromptFinished) else None)
+    replies: list[tuple[str, str]] = []
+
+    class Exchange:
+        async def publish(self, message: Any, routing_key: str) -> None:
+            replies.append((routing_key, decode_decision(message.body).verdict))
+
+    class Channel:
+        default_exchange = Exchange()
+
+    queue = BrokerQueue(kernel)
+    coordinator = Coordinator(kernel, queue, broker.BrokerConfig(url="amqp://127.0.0.1/"))
+    coordinator.channel = Channel()
+    queue.put(QueueItem(number=0, prompt_id="p1", prompt={}))
+    assert queue.claim(queue.pending["p1"], "a1", redelivered=False) == "run"
+    blob = FileBlob(type="output", subfolder="sub", filename="x.png", data=b"png")
+    status = {"status_str": "success", "completed": True, "messages": []}
+    body = encode(
+        Finished(prompt_id="p1", attempt="a1", reply_to="r", status=status, outputs={}, meta={}, files=[blob])
+    )
+    await coordinator._on_result(body)
+    assert replies == [("r", "recorded")]
+    assert [event.item.prompt_id for event in finished] == ["p1"]
