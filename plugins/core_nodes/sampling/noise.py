@@ -11,6 +11,12 @@ from collections.abc import Callable, Sequence
 import torch
 
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+_SEED_MASK = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def next_seed(seed: int) -> int:
+    """``seed + 1`` wrapped to 64 bits: the seed widget's maximum would overflow the generator."""
+    return (seed + 1) & _SEED_MASK
 
 
 def prepare_noise(latent: torch.Tensor, seed: int, batch_inds: Sequence[int] | None = None) -> torch.Tensor:
@@ -47,7 +53,7 @@ def default_noise_sampler(x: torch.Tensor, seed: int | None) -> NoiseSampler:
     generator: torch.Generator | None = None
     if seed is not None:
         if x.device == torch.device("cpu"):
-            seed += 1
+            seed = next_seed(seed)
         generator = torch.Generator(device=x.device)
         generator.manual_seed(seed)
 

@@ -9,6 +9,7 @@ import torch
 
 from . import ancestral, cfg_pp, dpm_solver, ode, sde, unipc
 from .common import CFGDenoiser, Denoiser, SamplerContext, SamplerUnavailable
+from .noise import next_seed
 from .schedules import ModelSamplingDiscrete
 
 SamplerFn = Callable[[SamplerContext, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -118,7 +119,7 @@ def sample(
         fill_noise = noise
         if sampler_name in _RANDOM_INPAINT_NOISE:
             seed = 41 if extra_seed is None else extra_seed
-            generator = torch.Generator(device="cpu").manual_seed(seed + 1)
+            generator = torch.Generator(device="cpu").manual_seed(next_seed(seed))
             fill_noise = (
                 torch.randn(noise.shape, generator=generator, device="cpu").to(noise.dtype).to(noise.device)
             )

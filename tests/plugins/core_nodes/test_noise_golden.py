@@ -56,3 +56,26 @@ def test_step_noise_uses_seed_plus_one_on_cpu() -> None:
     assert torch.equal(first, torch.randn(x.shape, generator=expected))
     assert torch.equal(second, torch.randn(x.shape, generator=expected))
     assert not torch.equal(first, prepare_noise(x, 42))
+
+
+@pytest.mark.parametrize("sampler_name", ["euler_ancestral", "ddim"])
+def test_the_largest_seed_samples(sampler_name: str) -> None:
+    # The seed widget allows 0xFFFFFFFFFFFFFFFF; the step / inpaint noise seeds with seed + 1,
+    # which must wrap rather than overflow torch's 64-bit generator seed.
+    from plugins.core_nodes.nodes.common import MAX_SEED
+    from plugins.core_nodes.sampling.samplers import sample
+
+    assert torch.isfinite(default_noise_sampler(torch.zeros(2, 3), MAX_SEED)(None, None)).all()  # type: ignore[arg-type]
+    latent = torch.zeros(1, 4, 4, 4)
+    mask = torch.ones(1, 4, 4, 4)
+    mask[..., :2] = 0
+    out = sample(
+        lambda x, sigma: x * 0.5,
+        prepare_noise(latent, MAX_SEED),
+        torch.tensor([2.0, 1.0, 0.0]),
+        sampler_name,
+        MAX_SEED,
+        latent,
+        denoise_mask=mask,
+    )
+    assert torch.isfinite(out).all()
