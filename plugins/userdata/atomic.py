@@ -11,6 +11,11 @@ TEMP_PREFIX = ".userdata-"
 TEMP_SUFFIX = ".tmp"
 
 
+def is_temp_name(name: str) -> bool:
+    """Names of this module's temp files: the startup sweep deletes them, so clients cannot use them."""
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
 def remove_stale_temps(root: Path) -> int:
     """Delete temp files a killed process left behind under ``root``; returns how many.
 

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from kernel import KERNEL_KEY
 from kernel.paths import UnsafePath, safe_join
-from plugins.userdata import files
+from plugins.userdata import atomic, files
 from plugins.userdata.serving import USER_CSS, file_response
 from plugins.userdata.settings_store import SETTINGS, SETTINGS_FILE
 from plugins.userdata.users import USERS, BadUsername, UnknownUser
@@ -91,10 +91,14 @@ def _file_param(request: web.Request, user_root: Path, param: str) -> Path:
     if not raw:
         raise Refusal(_text(400, "File not provided"))
     try:
-        return files.resolve(user_root, raw)
+        path = files.resolve(user_root, raw)
     except UnsafePath as exc:
         status = 400 if exc.reason == "empty name" else 403
         raise Refusal(_text(status, f"Invalid path: {exc.reason}")) from None
+    if atomic.is_temp_name(path.name):
+        # Such a file would be deleted by the next startup's sweep of interrupted writes.
+        raise Refusal(_text(400, "Invalid path: reserved name"))
+    return path
 
 
 def _written_answer(path: Path, user_root: Path, full_info: bool) -> web.Response:
