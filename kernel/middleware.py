@@ -43,7 +43,10 @@ def _is_loopback(address: str) -> bool:
 
 def _split_host(value: str) -> tuple[str, int | None]:
     """``example.com:8188`` / ``[::1]:80`` → (host, port); hosts lower-cased, brackets removed."""
-    parts = urlsplit("//" + value.strip())
+    try:
+        parts = urlsplit("//" + value.strip())
+    except ValueError:  # an unbalanced "[" — names no host, so it matches nothing allowed
+        return "", None
     try:
         port = parts.port
     except ValueError:
@@ -100,10 +103,14 @@ async def cross_site_middleware(request: web.Request, handler: Handler) -> web.S
     if origin is not None:
         if origin.strip().lower() == "null":
             return json_error(403, "Cross-origin request refused (Origin: null)")
-        o_host, o_port = _split_host(urlsplit(origin).netloc)
+        try:
+            origin_parts = urlsplit(origin)
+        except ValueError:
+            return json_error(403, "Cross-origin request refused (malformed Origin)")
+        o_host, o_port = _split_host(origin_parts.netloc)
         h_host, h_port = _split_host(request.headers.get("Host", request.host))
-        if o_port is None and urlsplit(origin).scheme in ("http", "https"):
-            o_port = 443 if urlsplit(origin).scheme == "https" else 80
+        if o_port is None and origin_parts.scheme in ("http", "https"):
+            o_port = 443 if origin_parts.scheme == "https" else 80
         if h_port is None:
             h_port = 443 if request.secure else 80
         if o_host != h_host or o_port != h_port:

@@ -198,3 +198,14 @@ async def test_api_twin_false_keeps_a_route_off_api(comfy_server):
         assert resp.status == 200 and await resp.text() == "a.txt"
     async with server.get("/api/files/a.txt") as resp:
         assert resp.status == 404
+
+
+async def test_malformed_host_or_origin_is_403_not_500(comfy_server):
+    # An unbalanced "[" made urlsplit raise inside the host and cross-site checks: a 500.
+    server = await comfy_server(plugins=[PLUGIN])
+    status, body = await server.json("GET", "/echo", headers={"Host": "[::1"})
+    assert status == 403 and "not allowed" in body["error"]
+    for origin in ("http://[::1", "http://[evil.example.com"):
+        status, body = await server.json("POST", "/echo", data=b"x", headers={"Origin": origin})
+        assert status == 403, origin
+        assert "Cross-origin" in body["error"]
