@@ -25,6 +25,16 @@ class LegacyPackPlugin:
     @hookimpl
     def register_nodes(self, register: Callable[..., None], kernel: Kernel) -> None:
         for name, (cls, display_name) in self.pack.nodes.items():
+            if not isinstance(name, str) or not name or not isinstance(cls, type):
+                # The kernel refuses such an entry at startup; one bad line of one pack must not
+                # keep the server down (the reference loads the rest of the pack).
+                log.error(
+                    "node %r of plugin %s is not a named class (%r); skipped",
+                    name,
+                    self.pack.plugin_name,
+                    cls,
+                )
+                continue
             existing = kernel.nodes.get(name)
             if existing is not None:
                 # The reference never lets a custom node replace one already there.

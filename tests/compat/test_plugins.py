@@ -230,3 +230,29 @@ async def test_clash_between_packs_keeps_the_first(comfy_server, tmp_path: Path,
     assert (
         "node 'SameNode' of plugin legacy:b_pack is already registered by plugin legacy:a_pack" in caplog.text
     )
+
+
+async def test_a_pack_with_a_bad_mapping_entry_does_not_stop_the_server(comfy_server, tmp_path: Path):
+    # The reference loads what it can of such a pack; one bad entry must not refuse the start.
+    folder = tmp_path / "packs"
+    (folder / "odd_pack").mkdir(parents=True)
+    (folder / "odd_pack" / "__init__.py").write_text(
+        "class Good:\n"
+        "    RETURN_TYPES = ('INT',)\n"
+        "    FUNCTION = 'run'\n"
+        "    CATEGORY = 'odd'\n"
+        "    @classmethod\n"
+        "    def INPUT_TYPES(cls):\n"
+        "        return {'required': {}}\n"
+        "    def run(self):\n"
+        "        return (1,)\n"
+        "def not_a_class():\n"
+        "    pass\n"
+        "NODE_CLASS_MAPPINGS = {'OddGood': Good, 'OddFunction': not_a_class, 7: Good, '': Good}\n"
+    )
+    server = await comfy_server(plugins=["comfy_compat"], custom_nodes_dir=[str(folder)])
+    assert server.kernel.plugin_records["legacy:odd_pack"].status == "enabled"
+    assert server.kernel.nodes.get("OddGood").plugin == "legacy:odd_pack"
+    assert "OddFunction" not in server.kernel.nodes
+    status, info = await server.json("GET", "/object_info")
+    assert status == 200 and "OddGood" in info and "OddFunction" not in info
