@@ -9,11 +9,14 @@ from typing import Any
 from aiohttp import web
 
 from kernel import KERNEL_KEY
+from plugins.assets.errors import AssetError
 from plugins.assets.schemas import Asset, AssetCreated, AssetUpdated
 from plugins.assets.store import AssetRow
 
 USER_HEADER = "Comfy-User"
 DEFAULT_USER = "default"
+# Ids with this prefix belong to the server itself and are never reachable over HTTP.
+SYSTEM_USER_PREFIX = "__"
 
 
 def iso(ts: float) -> str:
@@ -25,7 +28,10 @@ def request_owner(request: web.Request) -> str:
     """The owner of what this request creates: the Comfy-User in multi-user mode, else shared ('')."""
     if not request.app[KERNEL_KEY].settings.multi_user:
         return ""
-    return request.headers.get(USER_HEADER) or DEFAULT_USER
+    owner = request.headers.get(USER_HEADER) or DEFAULT_USER
+    if owner.startswith(SYSTEM_USER_PREFIX):
+        raise AssetError(403, "UNKNOWN_USER", "Unknown user")
+    return owner
 
 
 def visible_owners(request: web.Request) -> tuple[str, ...] | None:
