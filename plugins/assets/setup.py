@@ -8,6 +8,7 @@ from plugins.assets.api import AssetsAPI
 from plugins.assets.seed import Seeder
 from plugins.assets.state import STATE, AssetsState
 from plugins.assets.store import AssetStore
+from plugins.assets.uploads import remove_stale_temps
 
 if TYPE_CHECKING:
     from kernel import Kernel
@@ -21,6 +22,8 @@ def install(kernel: Kernel) -> None:
 
 def open_store(kernel: Kernel) -> None:
     kernel.stash[STATE].store.open()
+    # A process killed mid-upload leaves its partial temp file behind; no upload runs yet.
+    remove_stale_temps(kernel.settings.user_path)
 
 
 def close(kernel: Kernel) -> None:

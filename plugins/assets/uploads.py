@@ -19,6 +19,7 @@ from plugins.assets import hashing, mime
 from plugins.assets.errors import AssetError, bad_request
 
 _CHUNK = 1 << 16
+TEMP_PREFIX = ".assets-upload-"
 _MAX_FIELD = 1 << 20
 
 
@@ -49,6 +50,16 @@ def _too_large(limit: int) -> AssetError:
     return AssetError(
         413, "FILE_TOO_LARGE", f"Request body too large: the limit is {limit} bytes", limit=limit
     )
+
+
+def remove_stale_temps(temp_dir: Path) -> None:
+    """Delete upload temp files a killed process left in ``temp_dir`` (call before serving)."""
+    if not temp_dir.is_dir():
+        return
+    for path in temp_dir.glob(f"{TEMP_PREFIX}*"):
+        if path.is_file() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 async def receive(request: web.Request, temp_dir: Path, limit: int) -> Received:
@@ -99,7 +110,7 @@ async def receive(request: web.Request, temp_dir: Path, limit: int) -> Received:
 
 async def _stream_file(part: BodyPartReader, temp_dir: Path, limit: int, before: int) -> ReceivedFile:
     temp_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".assets-upload-", dir=temp_dir)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=temp_dir)
     path = Path(tmp)
     hasher = hashing.new_hasher()
     head = b""
