@@ -41,4 +41,4 @@ def on_event(kernel: Kernel, event: Any) -> None:
 
 @hookimpl
 def system_stats(kernel: Kernel) -> Mapping[str, Any] | None:
-    return system.device_stats()
+    return system.device_stats(force_cpu=kernel.settings.cpu)

@@ -6,12 +6,15 @@ import sys
 from typing import Any
 
 
-def device_stats() -> dict[str, Any] | None:
+def device_stats(force_cpu: bool = False) -> dict[str, Any] | None:
     """The compute device as the reference reports it, or None while torch is not imported.
 
     Importing torch here would stall the event loop for seconds (and ``/system_stats`` is what
-    clients poll first), so until a prompt has loaded torch the core CPU entry stands.
+    clients poll first), so until a prompt has loaded torch the core CPU entry stands. With
+    ``force_cpu`` (``--cpu``) the models run on the CPU, so the core CPU entry stands too.
     """
+    if force_cpu:
+        return None
     torch = sys.modules.get("torch")
     if torch is None or not hasattr(torch, "cuda"):
         return None

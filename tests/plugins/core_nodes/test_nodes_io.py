@@ -172,3 +172,30 @@ async def test_system_stats_still_answers(comfy_server: Any) -> None:
     status, stats = await server.json("GET", "/system_stats")
     assert status == 200
     assert stats["devices"] and stats["devices"][0]["type"] in ("cpu", "cuda")
+
+
+async def test_system_stats_reports_the_cpu_under_cpu_flag(comfy_server: Any, monkeypatch: Any) -> None:
+    # With --cpu the models run on the CPU even where CUDA exists: /system_stats must say so
+    # (and not create a CUDA context on the event loop to ask about an unused GPU).
+    calls: list[str] = []
+
+    def cuda_call(name: str, value: Any) -> Any:
+        def call(*_: Any) -> Any:
+            calls.append(name)
+            return value
+
+        return call
+
+    cuda = types.SimpleNamespace(
+        is_available=cuda_call("is_available", True),
+        current_device=cuda_call("current_device", 0),
+        mem_get_info=cuda_call("mem_get_info", (1 << 30, 2 << 30)),
+        memory_stats=cuda_call("memory_stats", {}),
+        get_device_name=cuda_call("get_device_name", "Fake GPU"),
+    )
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    server = await start(comfy_server, cpu=True)
+    status, stats = await server.json("GET", "/system_stats")
+    assert status == 200
+    assert [d["type"] for d in stats["devices"]] == ["cpu"]
+    assert "mem_get_info" not in calls
