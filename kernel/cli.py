@@ -37,6 +37,22 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _port(value: str) -> int:
+    # Out of range used to reach socket.bind and end in an OverflowError traceback.
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, not {port}")
+    return port
+
+
+def _positive_mb(value: str) -> float:
+    # Zero or less would refuse every request body with 413.
+    size = float(value)
+    if not size > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of MB, not {value}")
+    return size
+
+
 def add_server_options(parser: argparse.ArgumentParser) -> None:
     """The flags ComfyUI users already script with; each maps onto a Settings field."""
     add = parser.add_argument
@@ -48,7 +64,7 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         metavar="IP[,IP...]",
         help="addresses to listen on (default 127.0.0.1; bare flag: all interfaces)",
     )
-    add("--port", type=int, default=8188, help="port to listen on (default 8188)")
+    add("--port", type=_port, default=8188, help="port to listen on (default 8188)")
     add("--base-directory", default=None, help="base for models/, input/, output/, temp/, user/")
     add("--output-directory", default=None)
     add("--input-directory", default=None)
@@ -87,7 +103,7 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--max-upload-size",
-        type=float,
+        type=_positive_mb,
         default=100.0,
         metavar="MB",
         help="request body limit in MB (default 100)",

@@ -116,3 +116,35 @@ def test_port_in_use_exits_1(tmp_path: Path):
             timeout=60,
         )
     assert out.returncode == 1
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--port", "99999"], "port must be 0-65535"),
+        (["--port", "-1"], "port must be 0-65535"),
+        (["--max-upload-size", "-1"], "positive number of MB"),
+        (["--max-upload-size", "0"], "positive number of MB"),
+    ],
+)
+def test_out_of_range_flags_are_usage_errors(tmp_path: Path, flags: list[str], message: str):
+    # --port 99999 used to end in an OverflowError traceback from bind(); a non-positive
+    # --max-upload-size started a server that answered 413 to every request body.
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kernel.cli",
+            "run",
+            *flags,
+            "--plugins",
+            "",
+            "--base-directory",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
