@@ -241,6 +241,9 @@ class ModelManager:
 
     def unload_all(self) -> None:
         with self._lock:
+            # Others (the executor's output cache) may still hold these models: off the compute
+            # device first, or their memory stays taken where nothing tracks it any more.
+            self.offload_all()
             for key in list(self._entries):
                 self._drop(key)
 

@@ -19,6 +19,7 @@ from plugins.core_nodes.models.manager import (
     between_prompts,
     get_manager,
     module_bytes,
+    module_device,
     on_free,
 )
 
@@ -172,3 +173,17 @@ def test_between_prompts_never_waits_for_a_load_in_progress(tmp_path: Path, make
     assert len(manager.loaded()) == 2  # still marked, not lost
     between_prompts(kernel)
     assert manager.loaded() == []
+
+
+def test_unload_moves_models_off_the_compute_device(tmp_path: Path) -> None:
+    # The executor's output cache may still hold an unloaded model; left on the compute device
+    # its memory would stay taken yet no longer tracked, so nothing could ever offload it.
+    # ("meta" stands in for the offload device: this host has no second device.)
+    manager = ModelManager(compute_device="cpu", offload_device="meta", memory=lambda device: 1 << 60)
+    vae = manager.load("vae", _vae_file(tmp_path), load_vae)
+    with manager.use(vae):
+        pass
+    manager.request_free(unload_models=True, free_memory=False)
+    manager.apply_pending()
+    assert manager.loaded() == []
+    assert module_device(vae.model).type == "meta"
