@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from kernel import hookimpl
 from kernel.events import PromptFinished
-from plugins.core_nodes import memory, serving, system
+from plugins.core_nodes import memory, options, serving, system
 from plugins.core_nodes.nodes import node_classes
 
 if TYPE_CHECKING:
     from kernel import Kernel
+
+
+@hookimpl
+def add_options(parser: argparse.ArgumentParser) -> None:
+    options.add_options(parser)
 
 
 @hookimpl

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from plugins.core_nodes.nodes.common import MAX_SEED, KernelNode
+from plugins.core_nodes.options import preview_interval
 
 # Kept import-free of torch: the sampler and scheduler names are plain data.
 SAMPLER_NAMES: tuple[str, ...] = (
@@ -90,9 +91,8 @@ class _Sampler(KernelNode):
         kernel = cls.KERNEL
         if kernel is None:
             return PreviewOptions()
-        settings = kernel.settings
-        interval = float((settings.extra or {}).get("preview_interval", 0.0) or 0.0)
-        return PreviewOptions(enabled=settings.preview_method != "none", min_interval=interval)
+        enabled = kernel.settings.preview_method != "none"
+        return PreviewOptions(enabled=enabled, min_interval=preview_interval(kernel))
 
 
 class KSampler(_Sampler):
