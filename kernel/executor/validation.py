@@ -47,14 +47,7 @@ def make_error(
     return {"type": type_, "message": message, "details": details, "extra_info": extra_info or {}}
 
 
-# --- helpers the executor shares ----------------------------------------------------------------
-
-
-def unwrap_value(value: Any) -> Any:
-    """``{"__value__": v}`` is how clients send a literal list (a bare list would be a link)."""
-    if isinstance(value, dict) and "__value__" in value:
-        return value["__value__"]
-    return value
+# --- helpers ------------------------------------------------------------------------------------
 
 
 _COERCE: dict[str, Callable[[Any], Any]] = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
@@ -353,6 +346,7 @@ class _Walker:
     ) -> None:
         try:
             if isinstance(value, dict) and "__value__" in value:
+                # How clients send a literal list (a bare list would be a link).
                 value = value["__value__"]
                 f.inputs[name] = value
             converted = coerce_literal(input_type, value)
