@@ -66,7 +66,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 413:
             kernel = request.app[KERNEL_KEY]
             message = f"Request body too large: the limit is {kernel.settings.max_upload_size:g} MB"
-        return json_error(exc.status, message)
+        response = json_error(exc.status, message)
+        # Keep what inner layers put on the exception: Allow on a 405, CORS headers.
+        for name, value in exc.headers.items():
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers.add(name, value)
+        return response
     except (json.JSONDecodeError, msgspec.DecodeError, UnicodeDecodeError) as exc:
         # Handlers that parse bodies without guarding would otherwise answer 500.
         return json_error(400, f"Invalid JSON body: {exc}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 from aiohttp import web
 
@@ -209,3 +211,19 @@ async def test_malformed_host_or_origin_is_403_not_500(comfy_server):
         status, body = await server.json("POST", "/echo", data=b"x", headers={"Origin": origin})
         assert status == 403, origin
         assert "Cross-origin" in body["error"]
+
+
+async def test_json_errors_keep_the_exceptions_headers(comfy_server):
+    # error_middleware rebuilt raised 4xx as JSON and dropped their headers: a 405 lost its
+    # Allow, and with --enable-cors-header a 404 or an aiohttp 413 lost the CORS headers.
+    server = await comfy_server(plugins=[PLUGIN])
+    async with server.request("PUT", "/echo") as resp:
+        assert resp.status == 405
+        assert set(resp.headers["Allow"].split(",")) >= {"GET", "POST"}
+        assert "error" in json.loads(await resp.text())
+
+    cors = await comfy_server(plugins=[PLUGIN], enable_cors_header="https://app.example")
+    async with cors.get("/nosuch", headers={"Origin": "https://app.example"}) as resp:
+        assert resp.status == 404
+        assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert resp.content_type == "application/json"
