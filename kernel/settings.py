@@ -157,10 +157,17 @@ def apply_env_defaults(parser: argparse.ArgumentParser, namespace: argparse.Name
             continue
         if action.nargs == 0:  # store_true / store_false
             setattr(namespace, dest, env.strip().lower() in ("1", "true", "yes", "on"))
-        elif action.type is not None:
-            setattr(namespace, dest, action.type(env))  # type: ignore[misc]
-        else:
-            setattr(namespace, dest, env)
+            continue
+        value: Any = env
+        if action.type is not None:
+            try:
+                value = action.type(env)  # type: ignore[misc]
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                # A usage error like the flag's, not a traceback (exits 2).
+                parser.error(f"environment variable {ENV_PREFIX + dest.upper()}={env!r}: {exc}")
+        if isinstance(action, argparse._AppendAction):
+            value = [value]  # a repeatable flag's value is a list; the variable gives one item
+        setattr(namespace, dest, value)
 
 
 def settings_from_namespace(ns: argparse.Namespace, known: set[str]) -> Settings:

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,7 @@ from tests.fakedist import make_distribution
 MARKER_PLUGIN = """
 import os
 from pathlib import Path
+from typing import Any
 from kernel import hookimpl
 
 @hookimpl
@@ -148,3 +150,42 @@ def test_out_of_range_flags_are_usage_errors(tmp_path: Path, flags: list[str], m
     )
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def _env_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
+    import argparse
+
+    from kernel.cli import add_server_options
+    from kernel.settings import apply_env_defaults, settings_from_namespace
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    parser = argparse.ArgumentParser()
+    add_server_options(parser)
+    args = parser.parse_args([])
+    apply_env_defaults(parser, args)
+    return settings_from_namespace(args, {a.dest for a in parser._actions})
+
+
+def test_env_value_for_a_repeatable_flag_is_one_item(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    # It used to be stored as a bare string and fail Settings conversion with a traceback.
+    settings = _env_settings(
+        monkeypatch,
+        COMFYKERNEL_ALLOWED_HOSTS="comfy.lan",
+        COMFYKERNEL_EXTRA_MODEL_PATHS_CONFIG=str(tmp_path / "extra.yaml"),
+    )
+    assert settings.allowed_hosts == ["comfy.lan"]
+    assert settings.extra_model_paths_config == [str(tmp_path / "extra.yaml")]
+
+
+@pytest.mark.parametrize("env", [{"COMFYKERNEL_PORT": "abc"}, {"COMFYKERNEL_PORT": "99999"}])
+def test_bad_env_value_is_a_usage_error(tmp_path: Path, env: dict[str, str]):
+    out = subprocess.run(
+        [sys.executable, "-m", "kernel.cli", "run", "--plugins", "", "--base-directory", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    assert out.returncode == 2
+    assert "COMFYKERNEL_PORT" in out.stderr and "Traceback" not in out.stderr
