@@ -208,7 +208,12 @@ async def test_web_ui_end_to_end(comfy_server, chromium_path, tmp_path, monkeypa
             assert last["status"] == "completed", last
             node_progress = [t for t in titles if re.search(r"\[(1[0-9]|[2-9][0-9])%\] E2ESolidColor", t)]
             assert node_progress, f"no progress in the title; titles seen: {sorted(set(titles))}"
-            assert "progress" in ui.ws_types and "executed" in ui.ws_types
+            # Playwright delivers WebSocket frame events asynchronously: give them a moment.
+            for _ in range(100):
+                if "progress" in ui.ws_types and "executed" in ui.ws_types:
+                    break
+                await asyncio.sleep(0.05)
+            assert "progress" in ui.ws_types and "executed" in ui.ws_types, ui.ws_types
             assert (first_id, "in_progress") in job_states
             assert (prompt_id, "pending") in job_states
             assert any(re.search(r"\b2 active\b", label) for label in queue_labels), queue_labels
