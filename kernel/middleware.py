@@ -54,6 +54,15 @@ def _split_host(value: str) -> tuple[str, int | None]:
     return (parts.hostname or "").lower(), port
 
 
+def _raised_by_json_decoder(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__") == "json.decoder":
+            return True
+        tb = tb.tb_next
+    return False
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """4xx as JSON (never a traceback); unexpected exceptions → logged 500 with a bland body."""
@@ -75,6 +84,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (json.JSONDecodeError, msgspec.DecodeError, UnicodeDecodeError) as exc:
         # Handlers that parse bodies without guarding would otherwise answer 500.
         return json_error(400, f"Invalid JSON body: {exc}")
+    except RecursionError as exc:
+        if _raised_by_json_decoder(exc):  # a body like [[[[…]]]] given to request.json()
+            return json_error(400, "Invalid JSON body: nested too deeply")
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_error(500, "Internal server error")
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return json_error(500, "Internal server error")

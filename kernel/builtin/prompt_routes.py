@@ -34,7 +34,10 @@ async def _json_body(request: web.Request) -> Any:
     raw = await request.read()
     if not raw.strip():
         return _NO_BODY
-    return json.loads(raw)
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

@@ -227,3 +227,15 @@ async def test_json_errors_keep_the_exceptions_headers(comfy_server):
         assert resp.status == 404
         assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
         assert resp.content_type == "application/json"
+
+
+async def test_deeply_nested_json_is_400(comfy_server):
+    # json.loads raises RecursionError (not ValueError) on [[[[…]]]]: it used to be a 500.
+    server = await comfy_server(plugins=[PLUGIN])
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/parse", "/prompt", "/queue", "/free"):
+        status, body = await server.json("POST", path, data=deep)
+        assert status == 400, path
+        assert "error" in body
+    status, body = await server.json("POST", "/prompt", data=deep)
+    assert body["error"]["type"] == "invalid_prompt"
