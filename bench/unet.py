@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from plugins.core_nodes.models.unet import ADM_SCALAR_DIM, UNetConfig, UNetModel, sdxl_adm  # noqa: E402
+from tests.plugins.core_nodes.tiny_sd import diffusers_config  # noqa: E402
 
 TINY_SD1 = UNetConfig(
     in_channels=4,
@@ -65,34 +66,6 @@ SD15 = UNetConfig(
     use_linear_in_transformer=False,
     num_heads=8,
 )
-
-
-def diffusers_config(cfg: UNetConfig) -> dict[str, Any]:
-    attn = [d > 0 for d in cfg.transformer_depth]
-    heads = [cfg.heads_for(cfg.model_channels * m)[0] for m in cfg.channel_mult]
-    out: dict[str, Any] = {
-        "in_channels": cfg.in_channels,
-        "out_channels": cfg.out_channels,
-        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
-        "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
-        "block_out_channels": [cfg.model_channels * m for m in cfg.channel_mult],
-        "layers_per_block": cfg.num_res_blocks[0],
-        "cross_attention_dim": cfg.context_dim,
-        "attention_head_dim": cfg.num_heads if cfg.num_heads else heads,
-        "use_linear_projection": cfg.use_linear_in_transformer,
-        "transformer_layers_per_block": [max(d, 1) for d in cfg.transformer_depth],
-        "class_embed_type": None,
-        "addition_embed_type": None,
-        "addition_time_embed_dim": None,
-        "projection_class_embeddings_input_dim": None,
-    }
-    if cfg.adm_in_channels is not None:
-        out.update(
-            addition_embed_type="text_time",
-            addition_time_embed_dim=ADM_SCALAR_DIM,
-            projection_class_embeddings_input_dim=cfg.adm_in_channels,
-        )
-    return out
 
 
 def timed_pair(ours: Any, ref: Any, steps: int, device: torch.device) -> tuple[float, float]:

@@ -72,12 +72,11 @@ UNET_CONFIGS["sdxl_refiner"] = replace(
 VAE_CONFIG = VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, in_channels=3, out_ch=3)
 
 
-def diffusers_unet_config(family: str) -> dict[str, Any]:
-    cfg = UNET_CONFIGS[family]
+def diffusers_config(cfg: UNetConfig) -> dict[str, Any]:
+    """diffusers' ``UNet2DConditionModel`` config equivalent to one of our UNet configs."""
     attn = [d > 0 for d in cfg.transformer_depth]
     heads = [cfg.heads_for(cfg.model_channels * m)[0] for m in cfg.channel_mult]
     out: dict[str, Any] = {
-        "sample_size": 16,
         "in_channels": cfg.in_channels,
         "out_channels": cfg.out_channels,
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
@@ -100,6 +99,10 @@ def diffusers_unet_config(family: str) -> dict[str, Any]:
             projection_class_embeddings_input_dim=cfg.adm_in_channels,
         )
     return out
+
+
+def diffusers_unet_config(family: str) -> dict[str, Any]:
+    return {"sample_size": 16, **diffusers_config(UNET_CONFIGS[family])}
 
 
 def diffusers_vae_config() -> dict[str, Any]:
