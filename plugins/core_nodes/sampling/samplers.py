@@ -9,6 +9,7 @@ import torch
 
 from . import ancestral, cfg_pp, dpm_solver, ode, sde, unipc
 from .common import CFGDenoiser, Denoiser, SamplerContext, SamplerUnavailable
+from .names import SAMPLER_NAMES
 from .noise import next_seed
 from .schedules import ModelSamplingDiscrete
 
@@ -66,7 +67,9 @@ _SAMPLERS: dict[str, SamplerFn] = {
     "uni_pc_bh2": partial(unipc.sample_unipc, variant="bh2"),
 }
 
-SAMPLER_NAMES: tuple[str, ...] = tuple(_SAMPLERS)
+# One list of names for the dropdown and the implementations: they must agree.
+if tuple(_SAMPLERS) != SAMPLER_NAMES:  # pragma: no cover - a programming error, caught at import
+    raise RuntimeError("sampling.names.SAMPLER_NAMES and the sampler table disagree")
 # The *_gpu names differ from their plain twins only in drawing the Brownian tree with generators
 # on the latent's device instead of the CPU; for CPU latents they give the same numbers.
 _RANDOM_INPAINT_NOISE = frozenset({"ddim"})

@@ -14,18 +14,7 @@ from collections.abc import Callable
 import torch
 
 from .betadist import beta_ppf
-
-SCHEDULER_NAMES: tuple[str, ...] = (
-    "simple",
-    "sgm_uniform",
-    "karras",
-    "exponential",
-    "ddim_uniform",
-    "beta",
-    "normal",
-    "linear_quadratic",
-    "kl_optimal",
-)
+from .names import SCHEDULER_NAMES as SCHEDULER_NAMES  # re-exported: callers import it from here
 
 # These samplers take one step more than asked and then drop the next-to-last sigma, because
 # their final step is a plain Euler step from the last non-zero sigma.
