@@ -84,6 +84,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (json.JSONDecodeError, msgspec.DecodeError, UnicodeDecodeError) as exc:
         # Handlers that parse bodies without guarding would otherwise answer 500.
         return json_error(400, f"Invalid JSON body: {exc}")
+    except OSError:
+        # aiohttp's static handler lets the OS's refusals (a name too long, a symlink loop)
+        # escape; no file can have such a name, so under a static mount it is a 404.
+        if isinstance(request.match_info.route.resource, web.StaticResource):
+            return json_error(404, "Not Found")
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_error(500, "Internal server error")
     except RecursionError as exc:
         if _raised_by_json_decoder(exc):  # a body like [[[[…]]]] given to request.json()
             return json_error(400, "Invalid JSON body: nested too deeply")

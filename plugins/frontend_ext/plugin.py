@@ -41,11 +41,6 @@ def register_static_routes(kernel: Kernel) -> Iterable[tuple[str, str]]:
 
 
 @hookimpl
-def register_middlewares(kernel: Kernel) -> Iterable[Any]:
-    return [webroot.static_os_errors]
-
-
-@hookimpl
 def startup(kernel: Kernel, app: web.Application) -> None:
     # Asked here rather than at configure: every plugin has configured itself by now, so a
     # loader of legacy packs knows its packs.

@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from aiohttp import web
 
 from kernel import StartupError, StashKey
 
@@ -70,22 +67,6 @@ def static_routes(kernel: Kernel) -> list[tuple[str, str]]:
     if root is not None:
         pairs.append(("/", str(root)))
     return pairs
-
-
-@web.middleware
-async def static_os_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """A name the OS refuses (too long, a symlink loop) under a static mount is a 404, not a 500.
-
-    aiohttp's static handler lets such ``OSError``s escape; no file can have that name anyway.
-    """
-    try:
-        return await handler(request)
-    except OSError:
-        if not isinstance(request.match_info.route.resource, web.StaticResource):
-            raise
-        raise web.HTTPNotFound() from None
 
 
 # Distributions behind the routes of this plugin, reported in /system_stats.

@@ -174,6 +174,9 @@ async def test_hook_register_static_routes(comfy_server, tmp_path: Path):
         assert resp.status in (403, 404) and "secret" not in await resp.text()
     async with server.get("/api/assets/hello.txt") as resp:
         assert resp.status == 404
+    # A name the OS refuses (too long for the filesystem) is a 404, not a 500.
+    async with server.get("/assets/" + "x" * 300) as resp:
+        assert resp.status == 404 and "error" in await resp.json()
 
 
 async def test_hook_register_middlewares(comfy_server):
