@@ -194,6 +194,22 @@ async def get_userdata(request: web.Request) -> web.Response:
     return file_response(path, body, is_user_css=path == root / USER_CSS)
 
 
+async def _write_then_answer(
+    request: web.Request, root: Path, result: Path, operation: Any, *args: Any, **kwargs: Any
+) -> web.Response:
+    """Run a write or move off the loop and answer as the reference does for both."""
+    try:
+        await asyncio.to_thread(operation, *args, **kwargs)
+    except FileExistsError:
+        return _text(409, "File already exists")
+    except UnsafePath:
+        return _text(403, "Invalid path")
+    except OSError as exc:
+        log.info("cannot write %s: %s", result, exc)
+        return web.Response(status=400, reason=INVALID_FILENAME)
+    return _written_answer(result, root, _flag(request, "full_info"))
+
+
 @routes.post("/userdata/{file}")
 @refusals
 async def post_userdata(request: web.Request) -> web.Response:
@@ -203,16 +219,9 @@ async def post_userdata(request: web.Request) -> web.Response:
     if not overwrite and os.path.lexists(path):
         return _text(409, "File already exists")
     body = await request.read()
-    try:
-        await asyncio.to_thread(files.write_file, path, root, body, overwrite=overwrite)
-    except FileExistsError:
-        return _text(409, "File already exists")
-    except UnsafePath:
-        return _text(403, "Invalid path")
-    except OSError as exc:
-        log.info("cannot write %s: %s", path, exc)
-        return web.Response(status=400, reason=INVALID_FILENAME)
-    return _written_answer(path, root, _flag(request, "full_info"))
+    return await _write_then_answer(
+        request, root, path, files.write_file, path, root, body, overwrite=overwrite
+    )
 
 
 @routes.delete("/userdata/{file}")
@@ -239,16 +248,7 @@ async def move_userdata(request: web.Request) -> web.Response:
     overwrite = _overwrite(request)
     if not overwrite and os.path.lexists(dest):
         return _text(409, "File already exists")
-    try:
-        await asyncio.to_thread(files.move, source, dest, root, overwrite=overwrite)
-    except FileExistsError:
-        return _text(409, "File already exists")
-    except UnsafePath:
-        return _text(403, "Invalid path")
-    except OSError as exc:
-        log.info("cannot move %s to %s: %s", source, dest, exc)
-        return web.Response(status=400, reason=INVALID_FILENAME)
-    return _written_answer(dest, root, _flag(request, "full_info"))
+    return await _write_then_answer(request, root, dest, files.move, source, dest, root, overwrite=overwrite)
 
 
 # --- settings -----------------------------------------------------------------------------------
