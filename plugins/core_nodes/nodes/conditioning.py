@@ -21,6 +21,18 @@ def set_values(conditioning: Conditioning, values: dict[str, Any]) -> Conditioni
     return [[tensor, {**options, **values}] for tensor, options in conditioning]
 
 
+def _strength_input() -> tuple[str, dict[str, Any]]:
+    """The 0-10 strength widget of the area and mask nodes (a fresh dict each time: callers may edit it)."""
+    return ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01})
+
+
+def _first_entry(conditioning_from: Conditioning, node: str) -> list[Any]:
+    """The one ``conditioning_from`` entry the mixing nodes use (a warning when more were given)."""
+    if len(conditioning_from) > 1:
+        log.warning("%s: only the first entry of conditioning_from is used", node)
+    return conditioning_from[0]
+
+
 class _Cond(CoreNode):
     RETURN_TYPES = ("CONDITIONING",)
     CATEGORY = "conditioning"
@@ -96,10 +108,9 @@ class ConditioningAverage(_Cond):
     ) -> tuple[Conditioning]:
         import torch
 
-        if len(conditioning_from) > 1:
-            log.warning("ConditioningAverage: only the first entry of conditioning_from is used")
-        source = conditioning_from[0][0]
-        source_pooled = conditioning_from[0][1].get("pooled_output")
+        first = _first_entry(conditioning_from, "ConditioningAverage")
+        source = first[0]
+        source_pooled = first[1].get("pooled_output")
         w = float(conditioning_to_strength)
         out: Conditioning = []
         for target, options in conditioning_to:
@@ -131,9 +142,7 @@ class ConditioningConcat(_Cond):
     def concat(self, conditioning_to: Conditioning, conditioning_from: Conditioning) -> tuple[Conditioning]:
         import torch
 
-        if len(conditioning_from) > 1:
-            log.warning("ConditioningConcat: only the first entry of conditioning_from is used")
-        source = conditioning_from[0][0]
+        source = _first_entry(conditioning_from, "ConditioningConcat")[0]
         return ([[torch.cat((t, source), 1), dict(o)] for t, o in conditioning_to],)
 
 
@@ -151,7 +160,7 @@ class ConditioningSetArea(_Cond):
                 "height": ("INT", dict(size)),
                 "x": ("INT", dict(pos)),
                 "y": ("INT", dict(pos)),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+                "strength": _strength_input(),
             }
         }
 
@@ -178,7 +187,7 @@ class ConditioningSetAreaPercentage(_Cond):
                 "height": frac(1.0),
                 "x": frac(0),
                 "y": frac(0),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+                "strength": _strength_input(),
             }
         }
 
@@ -197,7 +206,7 @@ class ConditioningSetAreaStrength(_Cond):
         return {
             "required": {
                 "conditioning": ("CONDITIONING",),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+                "strength": _strength_input(),
             }
         }
 
@@ -214,7 +223,7 @@ class ConditioningSetMask(_Cond):
             "required": {
                 "conditioning": ("CONDITIONING",),
                 "mask": ("MASK",),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+                "strength": _strength_input(),
                 "set_cond_area": (["default", "mask bounds"],),
             }
         }

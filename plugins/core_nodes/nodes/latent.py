@@ -39,6 +39,24 @@ def grey_out(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (pixels.clone() - 0.5) * keep + 0.5
 
 
+def _tiling_inputs(tile_step: int) -> dict[str, Any]:
+    """The tile and (video-only) temporal widgets the tiled VAE nodes share; only the tile step differs."""
+    return {
+        "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": tile_step}),
+        "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 32}),
+        "temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4}),
+        "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4}),
+    }
+
+
+def _match_batch(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """A mask with fewer items than the batch, repeated and cut to ``size`` items."""
+    if mask.shape[0] < size:
+        repeats = math.ceil(size / mask.shape[0])
+        mask = mask.repeat(repeats, *([1] * (mask.ndim - 1)))[:size]
+    return mask
+
+
 class _Latent(CoreNode):
     CATEGORY = "latent"
     RETURN_TYPES = ("LATENT",)
@@ -88,10 +106,7 @@ class VAEDecodeTiled(CoreNode):
             "required": {
                 "samples": ("LATENT",),
                 "vae": ("VAE",),
-                "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 32}),
-                "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 32}),
-                "temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4}),
-                "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4}),
+                **_tiling_inputs(tile_step=32),
             }
         }
 
@@ -127,10 +142,7 @@ class VAEEncodeTiled(_Latent):
             "required": {
                 "pixels": ("IMAGE",),
                 "vae": ("VAE",),
-                "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 64}),
-                "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 32}),
-                "temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4}),
-                "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4}),
+                **_tiling_inputs(tile_step=64),
             }
         }
 
@@ -343,9 +355,7 @@ class LatentFromBatch(_Latent):
         out["samples"] = s[start : start + length].clone()
         mask = samples.get("noise_mask")
         if mask is not None and mask.shape[0] > 1:
-            if mask.shape[0] < s.shape[0]:
-                repeats = math.ceil(s.shape[0] / mask.shape[0])
-                mask = mask.repeat(repeats, *([1] * (mask.ndim - 1)))[: s.shape[0]]
+            mask = _match_batch(mask, s.shape[0])
             out["noise_mask"] = mask[start : start + length].clone()
         # batch_index keeps each item's noise: it is drawn as if the whole batch were sampled.
         indices = samples.get("batch_index") or list(range(s.shape[0]))
@@ -367,9 +377,7 @@ class RepeatLatentBatch(_Latent):
         out["samples"] = s.repeat((amount, 1, 1, 1))
         mask = samples.get("noise_mask")
         if mask is not None and mask.shape[0] > 1:
-            if mask.shape[0] < s.shape[0]:
-                repeats = math.ceil(s.shape[0] / mask.shape[0])
-                mask = mask.repeat(repeats, *([1] * (mask.ndim - 1)))[: s.shape[0]]
+            mask = _match_batch(mask, s.shape[0])
             out["noise_mask"] = mask.repeat(amount, *([1] * (mask.ndim - 1)))
         if "batch_index" in samples:
             indices = list(samples["batch_index"])

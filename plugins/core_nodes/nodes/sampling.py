@@ -9,7 +9,12 @@ from plugins.core_nodes.options import preview_interval
 from plugins.core_nodes.sampling.names import SAMPLER_NAMES, SCHEDULER_NAMES  # torch-free
 
 
+def _seed_input() -> tuple[str, dict[str, Any]]:
+    return ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True})
+
+
 def _common_inputs() -> dict[str, Any]:
+    """The inputs both samplers share, in the order the reference lists them after the seed."""
     return {
         "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
         "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
@@ -40,15 +45,11 @@ class _Sampler(KernelNode):
 class KSampler(_Sampler):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        common = _common_inputs()
         return {
             "required": {
                 "model": ("MODEL",),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
-                **{k: common[k] for k in ("steps", "cfg", "sampler_name", "scheduler")},
-                "positive": common["positive"],
-                "negative": common["negative"],
-                "latent_image": common["latent_image"],
+                "seed": _seed_input(),
+                **_common_inputs(),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
             }
         }
@@ -78,19 +79,12 @@ class KSampler(_Sampler):
 class KSamplerAdvanced(_Sampler):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        common = _common_inputs()
         return {
             "required": {
                 "model": ("MODEL",),
                 "add_noise": (["enable", "disable"],),
-                "noise_seed": (
-                    "INT",
-                    {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True},
-                ),
-                **{k: common[k] for k in ("steps", "cfg", "sampler_name", "scheduler")},
-                "positive": common["positive"],
-                "negative": common["negative"],
-                "latent_image": common["latent_image"],
+                "noise_seed": _seed_input(),
+                **_common_inputs(),
                 "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000}),
                 "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000}),
                 "return_with_leftover_noise": (["disable", "enable"],),
