@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -14,6 +15,65 @@ from .noise import NoiseSampler
 def _brownian(ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, cpu: bool) -> NoiseSampler:
     sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
     return BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=ctx.seed, cpu=cpu)
+
+
+def _ancestral_ei_step(
+    x: torch.Tensor,
+    denoised: torch.Tensor,
+    noise: NoiseSampler,
+    sigma: torch.Tensor,
+    sigma_to: torch.Tensor,
+    lambda_to: torch.Tensor,
+    eta: float,
+    s_noise: float,
+) -> torch.Tensor:
+    """First-order data-prediction step from ``sigma`` to ``sigma_to`` (log-SNR ``lambda_to``).
+
+    The deterministic part goes to the ancestral sigma_down, then Brownian noise of size
+    sigma_up refills the variance; both stages of DPM-Solver++ SDE take this step.
+    """
+    lambda_s = half_log_snr(sigma)
+    alpha_s = sigma * lambda_s.exp()
+    alpha_to = sigma_to * lambda_to.exp()
+    sd, su = ancestral_step(lambda_s.neg().exp(), lambda_to.neg().exp(), eta)
+    h_ = torch.as_tensor(sd).log().neg() - lambda_s
+    x = (alpha_to / alpha_s) * (-h_).exp() * x - alpha_to * (-h_).expm1() * denoised
+    if eta > 0 and s_noise > 0:
+        x = x + alpha_to * noise(sigma, sigma_to) * s_noise * su
+    return x
+
+
+class _MultistepStep(NamedTuple):
+    """The first-order part of a DPM-Solver++(2M/3M) SDE step and what its corrections reuse."""
+
+    x: torch.Tensor
+    h: torch.Tensor
+    h_eta: torch.Tensor
+    alpha_t: torch.Tensor
+
+
+def _multistep_first_order(
+    x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float
+) -> _MultistepStep:
+    """2M and 3M share this step exactly; their multistep corrections then add to ``x``."""
+    lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
+    h = lambda_t - lambda_s
+    h_eta = h * (eta + 1)
+    alpha_t = sigma_next * lambda_t.exp()
+    x = sigma_next / sigma * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+    return _MultistepStep(x, h, h_eta, alpha_t)
+
+
+def _multistep_noise(
+    noise: NoiseSampler,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    h: torch.Tensor,
+    eta: float,
+    s_noise: float,
+) -> torch.Tensor:
+    """The fresh noise a 2M/3M SDE step adds, so the marginal at ``sigma_next`` stays right."""
+    return noise(sigma, sigma_next) * sigma_next * (-2 * h * eta).expm1().neg().sqrt() * s_noise
 
 
 def sample_dpmpp_sde(
@@ -41,23 +101,10 @@ def sample_dpmpp_sde(
         h = lambda_t - lambda_s
         lambda_s_1 = lambda_s + r * h
         sigma_s_1 = lambda_s_1.neg().exp()
-        alpha_s = sigma * lambda_s.exp()
-        alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
-        alpha_t = sigma_next * lambda_t.exp()
-
-        sd, su = ancestral_step(lambda_s.neg().exp(), lambda_s_1.neg().exp(), eta)
-        h_ = torch.as_tensor(sd).log().neg() - lambda_s
-        x_2 = (alpha_s_1 / alpha_s) * (-h_).exp() * x - alpha_s_1 * (-h_).expm1() * denoised
-        if eta > 0 and s_noise > 0:
-            x_2 = x_2 + alpha_s_1 * noise(sigma, sigma_s_1) * s_noise * su
+        x_2 = _ancestral_ei_step(x, denoised, noise, sigma, sigma_s_1, lambda_s_1, eta, s_noise)
         denoised_2 = ctx.denoise(x_2, sigma_s_1)
-
-        sd, su = ancestral_step(lambda_s.neg().exp(), lambda_t.neg().exp(), eta)
-        h_ = torch.as_tensor(sd).log().neg() - lambda_s
         denoised_d = (1 - fac) * denoised + fac * denoised_2
-        x = (alpha_t / alpha_s) * (-h_).exp() * x - alpha_t * (-h_).expm1() * denoised_d
-        if eta > 0 and s_noise > 0:
-            x = x + alpha_t * noise(sigma, sigma_next) * s_noise * su
+        x = _ancestral_ei_step(x, denoised_d, noise, sigma, sigma_next, lambda_t, eta, s_noise)
     return x
 
 
@@ -86,11 +133,7 @@ def sample_dpmpp_2m_sde(
         if sigma_next == 0:
             x = denoised
         else:
-            lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
-            h = lambda_t - lambda_s
-            h_eta = h * (eta + 1)
-            alpha_t = sigma_next * lambda_t.exp()
-            x = sigma_next / sigma * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            x, h, h_eta, alpha_t = _multistep_first_order(x, denoised, sigma, sigma_next, eta)
             if old_denoised is not None:
                 assert h_last is not None
                 r = h_last / h
@@ -100,7 +143,7 @@ def sample_dpmpp_2m_sde(
                 else:
                     x = x + 0.5 * alpha_t * (-h_eta).expm1().neg() * (1 / r) * (denoised - old_denoised)
             if eta > 0 and s_noise > 0:
-                x = x + noise(sigma, sigma_next) * sigma_next * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+                x = x + _multistep_noise(noise, sigma, sigma_next, h, eta, s_noise)
         old_denoised = denoised
         h_last = h
     return x
@@ -130,11 +173,7 @@ def sample_dpmpp_3m_sde(
         if sigma_next == 0:
             x = denoised
         else:
-            lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
-            h = lambda_t - lambda_s
-            h_eta = h * (eta + 1)
-            alpha_t = sigma_next * lambda_t.exp()
-            x = sigma_next / sigma * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            x, h, h_eta, alpha_t = _multistep_first_order(x, denoised, sigma, sigma_next, eta)
             if h_2 is not None:
                 assert h_1 is not None and denoised_1 is not None and denoised_2 is not None
                 r0 = h_1 / h
@@ -152,7 +191,7 @@ def sample_dpmpp_3m_sde(
                 phi_2 = h_eta.neg().expm1() / h_eta + 1
                 x = x + (alpha_t * phi_2) * ((denoised - denoised_1) / r)
             if eta > 0 and s_noise > 0:
-                x = x + noise(sigma, sigma_next) * sigma_next * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+                x = x + _multistep_noise(noise, sigma, sigma_next, h, eta, s_noise)
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
     return x
