@@ -48,6 +48,29 @@ def _temp_copy(path: Path, data: bytes) -> str:
     return temp
 
 
+def place(source: Path, dest: Path, *, overwrite: bool) -> None:
+    """Move the file ``source`` to ``dest`` in one step.
+
+    Without ``overwrite`` an existing ``dest`` raises ``FileExistsError``, decided atomically: a
+    hard link refuses to replace, so a racing writer's file is never clobbered; the source name
+    is dropped afterwards.
+    """
+    if overwrite:
+        os.replace(source, dest)
+        return
+    try:
+        os.link(source, dest)
+    except FileExistsError:
+        raise
+    except OSError:
+        # Filesystems without hard links: fall back to check-then-rename.
+        if os.path.lexists(dest):
+            raise FileExistsError(str(dest)) from None
+        os.replace(source, dest)
+        return
+    os.unlink(source)
+
+
 def write_atomic(path: Path, data: bytes, *, overwrite: bool = True) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix.
 
@@ -56,18 +79,7 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = True) -> None:
     """
     temp = _temp_copy(path, data)
     try:
-        if overwrite:
-            os.replace(temp, path)
-            return
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            raise
-        except OSError:
-            # Filesystems without hard links: fall back to check-then-rename.
-            if os.path.lexists(path):
-                raise FileExistsError(str(path)) from None
-            os.replace(temp, path)
+        place(Path(temp), path, overwrite=overwrite)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)

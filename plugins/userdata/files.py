@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from kernel.paths import UnsafePath, is_within, safe_join
+from plugins.userdata import atomic
 from plugins.userdata.atomic import write_atomic
 
 _STILL_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
@@ -144,18 +145,4 @@ def move(source: Path, dest: Path, user_root: Path, *, overwrite: bool) -> None:
             raise FileExistsError(str(dest))
         os.rename(source, dest)
         return
-    if overwrite:
-        os.replace(source, dest)
-        return
-    try:
-        # link + unlink makes "refuse if it exists" and the rename one step: a racing writer's
-        # file is never replaced.
-        os.link(source, dest)
-    except FileExistsError:
-        raise
-    except OSError:
-        if os.path.lexists(dest):
-            raise FileExistsError(str(dest)) from None
-        os.rename(source, dest)
-        return
-    os.unlink(source)
+    atomic.place(source, dest, overwrite=overwrite)
