@@ -245,6 +245,13 @@ def sample_er_sde(
     return x
 
 
+def _carry_noise(sde_noise: torch.Tensor, segment: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    """SEEDS' noise at the next stage: the previous stage's noise decayed over ``segment`` (a
+    negative log-SNR span times eta) plus fresh noise filling the variance the decay removed."""
+    sde_noise = sde_noise * segment.exp()
+    return sde_noise + segment.mul(2).expm1().neg().sqrt() * fresh
+
+
 def sample_seeds_2(
     ctx: SamplerContext,
     x: torch.Tensor,
@@ -289,9 +296,7 @@ def sample_seeds_2(
             b1 = ei_h_phi_1(-h_eta) - b2
             x = sigma_next / sigma * (-h * eta).exp() * x - alpha_t * (b1 * denoised + b2 * denoised_2)
         if inject:
-            segment = (r - 1) * h * eta
-            sde_noise = sde_noise * segment.exp()
-            sde_noise = sde_noise + segment.mul(2).expm1().neg().sqrt() * noise(sigma_s_1, sigma_next)
+            sde_noise = _carry_noise(sde_noise, (r - 1) * h * eta, noise(sigma_s_1, sigma_next))
             x = x + sde_noise * sigma_next * s_noise
     return x
 
@@ -337,9 +342,7 @@ def sample_seeds_3(
             a3_1 * denoised + a3_2 * denoised_2
         )
         if inject:
-            segment = (r_1 - r_2) * h * eta
-            sde_noise = sde_noise * segment.exp()
-            sde_noise = sde_noise + segment.mul(2).expm1().neg().sqrt() * noise(sigma_s_1, sigma_s_2)
+            sde_noise = _carry_noise(sde_noise, (r_1 - r_2) * h * eta, noise(sigma_s_1, sigma_s_2))
             x_3 = x_3 + sde_noise * sigma_s_2 * s_noise
         denoised_3 = ctx.denoise(x_3, sigma_s_2)
 
@@ -347,9 +350,7 @@ def sample_seeds_3(
         b1 = ei_h_phi_1(-h_eta) - b3
         x = sigma_next / sigma * (-h * eta).exp() * x - alpha_t * (b1 * denoised + b3 * denoised_3)
         if inject:
-            segment = (r_2 - 1) * h * eta
-            sde_noise = sde_noise * segment.exp()
-            sde_noise = sde_noise + segment.mul(2).expm1().neg().sqrt() * noise(sigma_s_2, sigma_next)
+            sde_noise = _carry_noise(sde_noise, (r_2 - 1) * h * eta, noise(sigma_s_2, sigma_next))
             x = x + sde_noise * sigma_next * s_noise
     return x
 
