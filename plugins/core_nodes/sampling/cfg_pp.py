@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import SamplerContext, ancestral_step, half_log_snr, to_d
+from .common import SamplerContext, ancestral_step, half_log_snr, res_multistep_step, to_d
 
 
 def sample_euler_ancestral_cfg_pp(
@@ -76,16 +76,8 @@ def sample_res_multistep_cfg_pp(
             x = denoised + to_d(x, sigma, uncond) * sigma_down
         else:
             assert old_sigma_down is not None
-            t, t_old = half_log_snr(sigma), half_log_snr(old_sigma_down)
-            t_next, t_prev = half_log_snr(sigma_down), half_log_snr(sigmas[i - 1])
-            h = t_next - t
-            c2 = (t_prev - t_old) / h
-            phi1 = torch.expm1(-h) / (-h)
-            phi2 = (phi1 - 1.0) / (-h)
-            b1 = torch.nan_to_num(phi1 - phi2 / c2, nan=0.0)
-            b2 = torch.nan_to_num(phi2 / c2, nan=0.0)
             x = x + (denoised - uncond)
-            x = (-h).exp() * x + h * (b1 * uncond + b2 * old_uncond)
+            x = res_multistep_step(x, uncond, old_uncond, sigma, sigma_down, sigmas[i - 1], old_sigma_down)
         if sigmas[i + 1] > 0:
             x = x + noise(sigma, sigmas[i + 1]) * s_noise * sigma_up
         old_uncond = uncond

@@ -89,3 +89,29 @@ def ei_h_phi_1(h: torch.Tensor) -> torch.Tensor:
 def ei_h_phi_2(h: torch.Tensor) -> torch.Tensor:
     """h * phi_2(h) of exponential integrators."""
     return (torch.expm1(h) - h) / h
+
+
+def res_multistep_step(
+    x: torch.Tensor,
+    current: torch.Tensor,
+    previous: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_down: torch.Tensor,
+    sigma_prev: torch.Tensor,
+    old_sigma_down: torch.Tensor,
+) -> torch.Tensor:
+    """Second-order RES multistep update of ``x`` from ``sigma`` to ``sigma_down``.
+
+    ``current`` and ``previous`` are the x0 estimates the step extrapolates from (made at
+    ``sigma`` and at ``sigma_prev``); the previous step landed at ``old_sigma_down``. Shared by
+    res_multistep and its CFG++ twin, which differ only in what they feed it.
+    """
+    t, t_old = half_log_snr(sigma), half_log_snr(old_sigma_down)
+    t_next, t_prev = half_log_snr(sigma_down), half_log_snr(sigma_prev)
+    h = t_next - t
+    c2 = (t_prev - t_old) / h
+    phi1 = torch.expm1(-h) / (-h)
+    phi2 = (phi1 - 1.0) / (-h)
+    b1 = torch.nan_to_num(phi1 - phi2 / c2, nan=0.0)
+    b2 = torch.nan_to_num(phi2 / c2, nan=0.0)
+    return (-h).exp() * x + h * (b1 * current + b2 * previous)
