@@ -25,6 +25,17 @@ class _Solver:
     def sigma(t: torch.Tensor) -> torch.Tensor:
         return t.neg().exp()
 
+    def ancestral_target(
+        self, t: torch.Tensor, t_next: torch.Tensor, t_end: torch.Tensor, eta: float
+    ) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """Where the deterministic step from ``t`` should land (never past ``t_end``) and the
+        noise level that then brings it to ``t_next``; with ``eta`` 0, plainly ``t_next`` and 0."""
+        if not eta:
+            return t_next, 0.0
+        sd, _ = ancestral_step(self.sigma(t), self.sigma(t_next), eta)
+        t_down = torch.minimum(t_end, self.t(torch.as_tensor(sd)))
+        return t_down, (self.sigma(t_next) ** 2 - self.sigma(t_down) ** 2) ** 0.5
+
     def eps(self, cache: dict[str, torch.Tensor], key: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if key not in cache:
             sigma = self.sigma(t)
@@ -111,12 +122,7 @@ def sample_dpm_fast(
     for i, order in enumerate(orders):
         cache: dict[str, torch.Tensor] = {}
         t, t_next = ts[i], ts[i + 1]
-        if eta:
-            sd, _ = ancestral_step(solver.sigma(t), solver.sigma(t_next), eta)
-            t_next_ = torch.minimum(t_end, solver.t(torch.as_tensor(sd)))
-            su: torch.Tensor | float = (solver.sigma(t_next) ** 2 - solver.sigma(t_next_) ** 2) ** 0.5
-        else:
-            t_next_, su = t_next, 0.0
+        t_next_, su = solver.ancestral_target(t, t_next, t_end, eta)
         eps = solver.eps(cache, "eps", x, t)
         ctx.report(i, x - solver.sigma(t) * eps, x)
         if order == 1:
@@ -168,12 +174,7 @@ def sample_dpm_adaptive(
     while (s < t_end - 1e-5) if forward else (s > t_end + 1e-5):
         cache: dict[str, torch.Tensor] = {}
         t = torch.minimum(t_end, s + controller.h) if forward else torch.maximum(t_end, s + controller.h)
-        if eta:
-            sd, _ = ancestral_step(solver.sigma(s), solver.sigma(t), eta)
-            t_ = torch.minimum(t_end, solver.t(torch.as_tensor(sd)))
-            su: torch.Tensor | float = (solver.sigma(t) ** 2 - solver.sigma(t_) ** 2) ** 0.5
-        else:
-            t_, su = t, 0.0
+        t_, su = solver.ancestral_target(s, t, t_end, eta)
         eps = solver.eps(cache, "eps", x, s)
         denoised = x - solver.sigma(s) * eps
         if order == 2:
