@@ -8,21 +8,11 @@ pid. ``DistBurn`` is CPU-bound (for the benchmark); ``DistCrash`` kills its work
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from kernel import hookimpl
-from kernel.progress import ProgressBar, throw_if_interrupted
-
-
-def _log(path: str, line: str) -> None:
-    if path:
-        # One O_APPEND write per line keeps lines whole even if the process dies right after.
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (line + "\n").encode())
-        finally:
-            os.close(fd)
+from kernel.progress import ProgressBar
+from tests.nodepack.common import append_line, interruptible_sleep
 
 
 def make_nodes(output_dir: Any) -> dict[str, type]:
@@ -44,19 +34,16 @@ def make_nodes(output_dir: Any) -> dict[str, type]:
             }
 
         def run(self, tag: str, seconds: float, steps: int, log_path: str) -> dict[str, Any]:
-            _log(log_path, f"start {tag} {os.getpid()}")
+            append_line(log_path, f"start {tag} {os.getpid()}")
             bar = ProgressBar(steps)
             for _ in range(steps):
-                deadline = time.monotonic() + seconds / steps
-                while (left := deadline - time.monotonic()) > 0:
-                    throw_if_interrupted()
-                    time.sleep(min(left, 0.02))
+                interruptible_sleep(seconds / steps)
                 bar.update(1)
             folder = output_dir / "dist"
             folder.mkdir(parents=True, exist_ok=True)
             # The same name on every worker: the API server must keep both files apart.
             (folder / "result.txt").write_text(f"{tag} from {os.getpid()}")
-            _log(log_path, f"done {tag} {os.getpid()}")
+            append_line(log_path, f"done {tag} {os.getpid()}")
             return {
                 "ui": {
                     "text": [tag],
@@ -94,7 +81,7 @@ def make_nodes(output_dir: Any) -> dict[str, type]:
             return {"required": {"log_path": ("STRING", {"default": ""})}}
 
         def run(self, log_path: str) -> dict[str, Any]:
-            _log(log_path, f"crash {os.getpid()}")
+            append_line(log_path, f"crash {os.getpid()}")
             os._exit(3)
 
     return {"DistWork": DistWork, "DistBurn": DistBurn, "DistCrash": DistCrash}

@@ -6,12 +6,10 @@ really ran, across processes) and returns the tag as UI text.
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any
 
 from kernel import hookimpl
-from kernel.progress import throw_if_interrupted
+from tests.nodepack.common import append_line, interruptible_sleep
 
 
 class HistorySlow:
@@ -31,18 +29,8 @@ class HistorySlow:
         }
 
     def run(self, tag: str, seconds: float, log_path: str) -> dict[str, Any]:
-        if log_path:
-            # One O_APPEND write per line keeps lines whole even if the process dies right after.
-            fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, f"start {tag}\n".encode())
-            finally:
-                os.close(fd)
-        # Sleep in slices, checking for an interrupt as a real long-running node would.
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            throw_if_interrupted()
-            time.sleep(min(left, 0.02))
+        append_line(log_path, f"start {tag}")
+        interruptible_sleep(seconds)
         return {"ui": {"text": [tag]}}
 
 
