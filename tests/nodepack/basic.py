@@ -16,6 +16,7 @@ from typing import Any
 from kernel import hookimpl
 from kernel.nodes import ExecutionBlocker, GraphBuilder
 from kernel.nodes import v3 as io
+from tests.nodepack.common import IntEcho
 
 BIG_CHOICES = [f"choice_{i:02d}" for i in range(25)]
 
@@ -251,19 +252,10 @@ class TestBroken:
         return (0,)
 
 
-class TestPassthrough:
+class TestPassthrough(IntEcho):
     """INT in, INT out: for chains and cycles."""
 
     CATEGORY = "testing"
-    RETURN_TYPES = ("INT",)
-    FUNCTION = "run"
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"value": ("INT", {"default": 0})}}
-
-    def run(self, value: int) -> tuple[int]:
-        return (value,)
 
 
 class TestMeta:

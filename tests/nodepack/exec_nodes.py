@@ -14,6 +14,7 @@ from kernel import hookimpl
 from kernel.nodes import ExecutionBlocker, GraphBuilder
 from kernel.nodes import v3 as io
 from kernel.progress import ProgressBar, throw_if_interrupted
+from tests.nodepack.common import IntEcho
 
 ANY = "*"
 
@@ -267,38 +268,20 @@ class Intermediate:
         return {"ui": {"seen": [value]}, "result": (value,)}
 
 
-class BrokenIsChanged:
+class BrokenIsChanged(IntEcho):
     CATEGORY = "test/exec"
-    RETURN_TYPES = ("INT",)
-    FUNCTION = "run"
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"value": ("INT", {"default": 0})}}
 
     @classmethod
     def IS_CHANGED(cls, value: int) -> Any:
         raise RuntimeError("cannot tell")
 
-    def run(self, value: int) -> tuple[int]:
-        return (value,)
 
-
-class AlwaysChanged:
+class AlwaysChanged(IntEcho):
     CATEGORY = "test/exec"
-    RETURN_TYPES = ("INT",)
-    FUNCTION = "run"
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"value": ("INT", {"default": 0})}}
 
     @classmethod
     def IS_CHANGED(cls, value: int) -> float:
         return float("nan")
-
-    def run(self, value: int) -> tuple[int]:
-        return (value,)
 
 
 class Hidden:
