@@ -25,6 +25,22 @@ def graph(b: int = 3) -> dict:
     }
 
 
+def other_graph() -> dict:
+    """A prompt sharing no node with ``graph()``."""
+    return {
+        "x": {"class_type": "ExecConst", "inputs": {"value": 99}},
+        "y": {"class_type": "ExecShow", "inputs": {"value": ["x", 0]}},
+    }
+
+
+async def cached_after_another_prompt(server) -> list[str]:
+    """Run ``graph()``, then ``other_graph()``, then ``graph()`` again: the ids served from cache."""
+    client_id, ws = await connect(server)
+    await run(server, ws, client_id, graph())
+    await run(server, ws, client_id, other_graph())
+    return cached_nodes(await run(server, ws, client_id, graph()))
+
+
 @pytest.mark.parametrize("mode", ["classic", "lru", "ram"])
 async def test_identical_resubmit_is_fully_cached(comfy_server, mode):
     server = await start(comfy_server, **MODES[mode])
@@ -74,41 +90,20 @@ async def test_node_ids_do_not_matter(comfy_server):
 
 async def test_classic_keeps_only_the_previous_prompt(comfy_server):
     server = await start(comfy_server, cache_classic=True)
-    client_id, ws = await connect(server)
-    other = {
-        "x": {"class_type": "ExecConst", "inputs": {"value": 99}},
-        "y": {"class_type": "ExecShow", "inputs": {"value": ["x", 0]}},
-    }
-    await run(server, ws, client_id, graph())
-    await run(server, ws, client_id, other)
-    again = await run(server, ws, client_id, graph())
-    assert cached_nodes(again) == []
+    again = await cached_after_another_prompt(server)
+    assert again == []
 
 
 async def test_lru_keeps_entries_across_prompts(comfy_server):
     server = await start(comfy_server, cache_lru=100)
-    client_id, ws = await connect(server)
-    other = {
-        "x": {"class_type": "ExecConst", "inputs": {"value": 99}},
-        "y": {"class_type": "ExecShow", "inputs": {"value": ["x", 0]}},
-    }
-    await run(server, ws, client_id, graph())
-    await run(server, ws, client_id, other)
-    again = await run(server, ws, client_id, graph())
-    assert sorted(cached_nodes(again)) == ["1", "2", "3", "4", "5", "6"]
+    again = await cached_after_another_prompt(server)
+    assert sorted(again) == ["1", "2", "3", "4", "5", "6"]
 
 
 async def test_lru_evicts_beyond_its_size(comfy_server):
     server = await start(comfy_server, cache_lru=2)
-    client_id, ws = await connect(server)
-    other = {
-        "x": {"class_type": "ExecConst", "inputs": {"value": 99}},
-        "y": {"class_type": "ExecShow", "inputs": {"value": ["x", 0]}},
-    }
-    await run(server, ws, client_id, graph())
-    await run(server, ws, client_id, other)
-    again = await run(server, ws, client_id, graph())
-    assert cached_nodes(again) == []
+    again = await cached_after_another_prompt(server)
+    assert again == []
 
 
 async def test_is_changed_nan_always_reruns(comfy_server):
@@ -184,15 +179,11 @@ async def test_ram_pressure_evicts_older_prompts(comfy_server):
     # A headroom larger than any machine's RAM: always "under pressure".
     server = await start(comfy_server, cache_ram=10.0**9)
     client_id, ws = await connect(server)
-    other = {
-        "x": {"class_type": "ExecConst", "inputs": {"value": 99}},
-        "y": {"class_type": "ExecShow", "inputs": {"value": ["x", 0]}},
-    }
     await run(server, ws, client_id, graph())
     # An identical resubmit still hits: entries the running prompt uses are never evicted.
     again = await run(server, ws, client_id, graph())
     assert sorted(cached_nodes(again)) == ["1", "2", "3", "4", "5", "6"]
-    await run(server, ws, client_id, other)
+    await run(server, ws, client_id, other_graph())
     third = await run(server, ws, client_id, graph())
     assert cached_nodes(third) == []
 
