@@ -35,6 +35,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_to_exit(
+    base: Path, *flags: str, plugins: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`comfykernel run` that is expected to exit by itself (a usage or startup error)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kernel.cli",
+            "run",
+            *flags,
+            "--plugins",
+            plugins,
+            "--base-directory",
+            str(base),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
 def wait_for(url: str, timeout: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -85,12 +108,7 @@ def test_run_serves_and_shuts_down_cleanly(tmp_path: Path, sig: signal.Signals):
 
 
 def test_unknown_plugin_is_a_startup_error(tmp_path: Path):
-    out = subprocess.run(
-        [sys.executable, "-m", "kernel.cli", "run", "--plugins", "nope", "--base-directory", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_to_exit(tmp_path, plugins="nope")
     assert out.returncode == 2
     assert "unknown plugin(s): nope" in out.stderr and "available plugins" in out.stderr
 
@@ -100,23 +118,7 @@ def test_port_in_use_exits_1(tmp_path: Path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "kernel.cli",
-                "run",
-                "--port",
-                str(port),
-                "--plugins",
-                "",
-                "--base-directory",
-                str(tmp_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = run_to_exit(tmp_path, "--port", str(port))
     assert out.returncode == 1
 
 
@@ -132,22 +134,7 @@ def test_port_in_use_exits_1(tmp_path: Path):
 def test_out_of_range_flags_are_usage_errors(tmp_path: Path, flags: list[str], message: str):
     # --port 99999 used to end in an OverflowError traceback from bind(); a non-positive
     # --max-upload-size started a server that answered 413 to every request body.
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kernel.cli",
-            "run",
-            *flags,
-            "--plugins",
-            "",
-            "--base-directory",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_to_exit(tmp_path, *flags)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
 
@@ -180,12 +167,6 @@ def test_env_value_for_a_repeatable_flag_is_one_item(monkeypatch: pytest.MonkeyP
 
 @pytest.mark.parametrize("env", [{"COMFYKERNEL_PORT": "abc"}, {"COMFYKERNEL_PORT": "99999"}])
 def test_bad_env_value_is_a_usage_error(tmp_path: Path, env: dict[str, str]):
-    out = subprocess.run(
-        [sys.executable, "-m", "kernel.cli", "run", "--plugins", "", "--base-directory", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **env},
-    )
+    out = run_to_exit(tmp_path, env={**os.environ, **env})
     assert out.returncode == 2
     assert "COMFYKERNEL_PORT" in out.stderr and "Traceback" not in out.stderr
