@@ -141,38 +141,37 @@ def test_euler_matches_euler_discrete_scheduler(setup: dict[str, Any]) -> None:
     _assert_close([*ours[:-1], fmt.process_in(out)], theirs)
 
 
-def test_dpmpp_2m_matches_dpm_solver_multistep(setup: dict[str, Any]) -> None:
+def _dpmpp_2m_scheduler() -> Any:
+    """diffusers' DPM-Solver++ (2M), on the same schedule as ours."""
     from diffusers import DPMSolverMultistepScheduler
 
-    ours, sigmas = _ours(setup, "dpmpp_2m")
-    scheduler = DPMSolverMultistepScheduler(
+    return DPMSolverMultistepScheduler(
         **SCHEDULE,
         algorithm_type="dpmsolver++",
         solver_order=2,
         timestep_spacing="trailing",
         final_sigmas_type="zero",
     )
+
+
+def _variance_preserving(ours: list[torch.Tensor], sigmas: torch.Tensor) -> list[torch.Tensor]:
     # diffusers' DPM-Solver state is the variance-preserving latent x / sqrt(1 + sigma^2).
-    vp = [x / (1 + s**2) ** 0.5 for x, s in zip(ours, sigmas, strict=True)]
-    theirs, their_sigmas = _theirs(setup, scheduler, vp[0])
+    return [x / (1 + s**2) ** 0.5 for x, s in zip(ours, sigmas, strict=True)]
+
+
+def test_dpmpp_2m_matches_dpm_solver_multistep(setup: dict[str, Any]) -> None:
+    ours, sigmas = _ours(setup, "dpmpp_2m")
+    vp = _variance_preserving(ours, sigmas)
+    theirs, their_sigmas = _theirs(setup, _dpmpp_2m_scheduler(), vp[0])
     torch.testing.assert_close(sigmas, their_sigmas.float(), rtol=1e-5, atol=0)
     _assert_close(vp, theirs)
 
 
 def test_the_comparison_can_fail(setup: dict[str, Any]) -> None:
     """Euler's trajectory is not DPM-Solver's: the tolerance separates samplers."""
-    from diffusers import DPMSolverMultistepScheduler
-
     ours, sigmas = _ours(setup, "euler")
-    scheduler = DPMSolverMultistepScheduler(
-        **SCHEDULE,
-        algorithm_type="dpmsolver++",
-        solver_order=2,
-        timestep_spacing="trailing",
-        final_sigmas_type="zero",
-    )
-    vp = [x / (1 + s**2) ** 0.5 for x, s in zip(ours, sigmas, strict=True)]
-    theirs, _ = _theirs(setup, scheduler, vp[0])
+    vp = _variance_preserving(ours, sigmas)
+    theirs, _ = _theirs(setup, _dpmpp_2m_scheduler(), vp[0])
     with pytest.raises(AssertionError, match="relative error"):
         _assert_close(vp, theirs)
 
