@@ -101,6 +101,18 @@ class Listener:
             self.closed_early = True
 
 
+async def start_listeners(session: aiohttp.ClientSession, url: str, count: int) -> list[Listener]:
+    """``count`` connected listeners, each past its first status frame (at most 60 s for all)."""
+    listeners = [Listener(uuid.uuid4().hex) for _ in range(count)]
+    readies = []
+    for listener in listeners:
+        ready = asyncio.Event()
+        readies.append(ready)
+        listener.task = asyncio.create_task(listener.run(session, url, ready))
+    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+    return listeners
+
+
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
@@ -114,13 +126,7 @@ async def run(args: argparse.Namespace) -> int:
     async with aiohttp.ClientSession(connector=connector) as session:
         try:
             await server.wait_ready(session)
-            listeners = [Listener(uuid.uuid4().hex) for _ in range(args.listeners)]
-            readies = []
-            for listener in listeners:
-                ready = asyncio.Event()
-                readies.append(ready)
-                listener.task = asyncio.create_task(listener.run(session, server.url, ready))
-            await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+            listeners = await start_listeners(session, server.url, args.listeners)
 
             latencies: list[float] = []
             errors: list[str] = []

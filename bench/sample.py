@@ -36,24 +36,12 @@ from plugins.core_nodes.models.checkpoint import ModelFamily  # noqa: E402
 from plugins.core_nodes.models.clip import CLIP_L, ClipTextModel  # noqa: E402
 from plugins.core_nodes.models.text_encoder import ClipEncoder, TextEncoderStack  # noqa: E402
 from plugins.core_nodes.models.tokenizer import END_TOKEN, make_tokenizers  # noqa: E402
-from plugins.core_nodes.models.unet import UNetConfig, UNetModel  # noqa: E402
+from plugins.core_nodes.models.unet import UNetModel  # noqa: E402
 from plugins.core_nodes.models.vae import VAE, AutoencoderKL, VAEConfig  # noqa: E402
+from tests.plugins.core_nodes.tiny_sd import SD15_UNET  # noqa: E402
 
 POSITIVE = "beautiful scenery nature glass bottle landscape, , purple galaxy bottle,"
 NEGATIVE = "text, watermark"
-SD15_UNET = UNetConfig(
-    in_channels=4,
-    out_channels=4,
-    model_channels=320,
-    channel_mult=(1, 2, 4, 4),
-    num_res_blocks=(2, 2, 2, 2),
-    transformer_depth=(1, 1, 1, 0),
-    transformer_depth_output=(0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1),
-    transformer_depth_middle=1,
-    context_dim=768,
-    use_linear_in_transformer=False,
-    num_heads=8,
-)
 
 
 class StepClock:

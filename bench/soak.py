@@ -26,7 +26,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import Listener, ServerProcess, prompt  # noqa: E402
+from load import ServerProcess, prompt, start_listeners  # noqa: E402
 
 MB = 1024 * 1024
 
@@ -71,13 +71,7 @@ async def run(args: argparse.Namespace) -> int:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         try:
             await server.wait_ready(session)
-            listeners = [Listener(uuid.uuid4().hex) for _ in range(args.listeners)]
-            readies = []
-            for listener in listeners:
-                ready = asyncio.Event()
-                readies.append(ready)
-                listener.task = asyncio.create_task(listener.run(session, server.url, ready))
-            await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+            listeners = await start_listeners(session, server.url, args.listeners)
             stalled_id = f"stalled-{uuid.uuid4().hex}"
             stalled_reader, stalled_writer = await stalled_socket(server.url, stalled_id)
 

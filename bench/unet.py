@@ -24,48 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from plugins.core_nodes.models.unet import ADM_SCALAR_DIM, UNetConfig, UNetModel, sdxl_adm  # noqa: E402
-from tests.plugins.core_nodes.tiny_sd import diffusers_config  # noqa: E402
-
-TINY_SD1 = UNetConfig(
-    in_channels=4,
-    out_channels=4,
-    model_channels=32,
-    channel_mult=(1, 2),
-    num_res_blocks=(2, 2),
-    transformer_depth=(1, 0),
-    transformer_depth_output=(0, 0, 0, 1, 1, 1),
-    transformer_depth_middle=1,
-    context_dim=48,
-    use_linear_in_transformer=False,
-    num_heads=8,
-)
-TINY_SDXL = UNetConfig(
-    in_channels=4,
-    out_channels=4,
-    model_channels=32,
-    channel_mult=(1, 2),
-    num_res_blocks=(2, 2),
-    transformer_depth=(0, 2),
-    transformer_depth_output=(2, 2, 2, 0, 0, 0),
-    transformer_depth_middle=2,
-    context_dim=64,
-    use_linear_in_transformer=True,
-    num_head_channels=64,
-    adm_in_channels=32 + 6 * ADM_SCALAR_DIM,
-)
-SD15 = UNetConfig(
-    in_channels=4,
-    out_channels=4,
-    model_channels=320,
-    channel_mult=(1, 2, 4, 4),
-    num_res_blocks=(2, 2, 2, 2),
-    transformer_depth=(1, 1, 1, 0),
-    transformer_depth_output=(0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1),
-    transformer_depth_middle=1,
-    context_dim=768,
-    use_linear_in_transformer=False,
-    num_heads=8,
-)
+from tests.plugins.core_nodes.tiny_sd import SD15_UNET, UNET_CONFIGS, diffusers_config  # noqa: E402
 
 
 def timed_pair(ours: Any, ref: Any, steps: int, device: torch.device) -> tuple[float, float]:
@@ -138,10 +97,10 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {device}, {args.dtype}, {torch.get_num_threads()} threads, best of {args.steps}"
     )
-    bench("tiny SD1 (32/64 ch)", TINY_SD1, 2, 32, max(args.steps, 10), device, dtype)
-    bench("tiny SDXL (32/64 ch)", TINY_SDXL, 2, 32, max(args.steps, 10), device, dtype)
+    bench("tiny SD1 (32/64 ch)", UNET_CONFIGS["sd1"], 2, 32, max(args.steps, 10), device, dtype)
+    bench("tiny SDXL (32/64 ch)", UNET_CONFIGS["sdxl"], 2, 32, max(args.steps, 10), device, dtype)
     if not args.no_real:
-        bench("SD1.5 (random weights)", SD15, 2, 64, args.steps, device, dtype)
+        bench("SD1.5 (random weights)", SD15_UNET, 2, 64, args.steps, device, dtype)
 
 
 if __name__ == "__main__":

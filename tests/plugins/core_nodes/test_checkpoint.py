@@ -199,19 +199,7 @@ def test_loading_checks_for_interrupts_between_tensors(tmp_path: Path) -> None:
 
 
 def _real_size(name: str) -> UNetConfig:
-    sd1 = UNetConfig(
-        in_channels=4,
-        out_channels=4,
-        model_channels=320,
-        channel_mult=(1, 2, 4, 4),
-        num_res_blocks=(2, 2, 2, 2),
-        transformer_depth=(1, 1, 1, 0),
-        transformer_depth_output=(0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1),
-        transformer_depth_middle=1,
-        context_dim=768,
-        use_linear_in_transformer=False,
-        num_heads=8,
-    )
+    sd1 = tiny_sd.SD15_UNET
     linear = {"use_linear_in_transformer": True, "num_heads": None, "num_head_channels": 64}
     if name == "sd1":
         return sd1

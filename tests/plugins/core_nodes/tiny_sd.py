@@ -69,6 +69,22 @@ UNET_CONFIGS["sdxl_refiner"] = replace(
     UNET_CONFIGS["sdxl"], context_dim=POOLED_SDXL, adm_in_channels=POOLED_SDXL + 5 * ADM_SCALAR_DIM
 )
 
+# Not tiny: the real SD1.5 UNet (860M parameters), for the detection tests (built on the meta
+# device) and the benchmarks (random weights). The other real-size families derive from it.
+SD15_UNET = UNetConfig(
+    in_channels=4,
+    out_channels=4,
+    model_channels=320,
+    channel_mult=(1, 2, 4, 4),
+    num_res_blocks=(2, 2, 2, 2),
+    transformer_depth=(1, 1, 1, 0),
+    transformer_depth_output=(0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+    transformer_depth_middle=1,
+    context_dim=768,
+    use_linear_in_transformer=False,
+    num_heads=8,
+)
+
 VAE_CONFIG = VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, in_channels=3, out_ch=3)
 
 
