@@ -89,10 +89,23 @@ def _load_safetensors(path: Path, check: CheckInterrupt) -> tuple[dict[str, torc
             metadata = dict(f.metadata() or {})
             for key in f.keys():
                 check()
-                out[key] = f.get_tensor(key)
+                out[key] = _aligned(f.get_tensor(key))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"Could not read {path.name}: not a valid safetensors file ({e})") from None
     return out, metadata
+
+
+# CPU kernels pick their vector paths by the address of the weights: a tensor that is a slice of
+# the file's mapping starts wherever the file put it, so the same weights read from two files
+# (a checkpoint and its extracted UNet) could round differently. Torch allocates at this boundary.
+_ALIGNMENT = 64
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` itself when its data starts on a 64-byte boundary, else an aligned copy."""
+    if tensor.data_ptr() % _ALIGNMENT:
+        return tensor.clone()
+    return tensor
 
 
 def _load_pickle(path: Path, check: CheckInterrupt) -> dict[str, torch.Tensor]:
@@ -114,7 +127,7 @@ def _load_pickle(path: Path, check: CheckInterrupt) -> dict[str, torch.Tensor]:
     if not isinstance(data, dict):
         raise CheckpointError(f"Could not read {path.name}: it does not hold a dictionary of tensors")
     check()
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return {k: _aligned(v) for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
