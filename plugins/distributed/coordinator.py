@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("comfykernel.distributed")
 
 RESULTS_PREFETCH = 64
+SHUTDOWN_FLUSH_SECONDS = 5.0
 
 
 class Coordinator:
@@ -87,6 +88,9 @@ class Coordinator:
         ]
 
     async def stop(self) -> None:
+        # A prompt accepted just before shutdown may still sit in the outbox: send it first, so
+        # an accepted prompt reaches the broker (bounded, in case the broker is gone).
+        await self._flush(SHUTDOWN_FLUSH_SECONDS)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -112,6 +116,20 @@ class Coordinator:
 
     def control(self, message: Control) -> None:
         self._send("control", "", encode(message))
+
+    async def _flush(self, timeout: float) -> None:
+        if not self._tasks or self._wake is None:
+            return
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._outbox_lock:
+                if not self._outbox:
+                    return
+            await asyncio.sleep(0.01)
+        with self._outbox_lock:
+            left = len(self._outbox)
+        log.warning("distributed: %d message(s) not sent to the broker before shutdown", left)
 
     async def _send_loop(self) -> None:
         assert self._wake is not None

@@ -300,3 +300,30 @@ async def test_mismatched_queue_settings_are_a_clear_startup_error(
         await comfy_server(
             plugins=["distributed"], base_directory=tmp_path / "other", extra=broker_extra(prefix)
         )
+
+
+async def test_a_prompt_accepted_just_before_shutdown_reaches_the_broker(
+    prefix: str, comfy_server: Any, tmp_path: Path
+) -> None:
+    """Shutdown sends what the outbox still holds before closing the broker connection."""
+    import aio_pika
+
+    from kernel.queue import QueueItem
+    from tests.plugins.distributed.helpers import BROKER_URL
+
+    server = await api_server(comfy_server, tmp_path, prefix)
+    prompt_id = str(uuid.uuid4())
+    # Put and stop without yielding in between: the send loop has not run when shutdown begins.
+    server.kernel.queue.put(
+        QueueItem(number=0, prompt_id=prompt_id, prompt=work_prompt("late", tmp_path / "x"))
+    )
+    await server.stop()
+
+    connection = await aio_pika.connect(BROKER_URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(f"{prefix}.prompts", ensure=True)
+        message = await queue.get(fail=False, timeout=5)
+        assert message is not None, "the prompt accepted before shutdown never reached the broker"
+        assert message.message_id == prompt_id
+        await message.reject(requeue=False)
