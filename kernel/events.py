@@ -58,6 +58,15 @@ class PromptsRemoved(Event):
     prompt_ids: list[str]
 
 
+class ClientDisconnected(Event):
+    """The WebSocket of client ``sid`` closed (or was dropped), and no newer socket holds that id.
+
+    Published on the event loop, so per-client state (log subscriptions, say) can be let go.
+    """
+
+    sid: str
+
+
 class PromptStarted(Event):
     """The executor took the prompt off the queue and is about to run it (executor thread)."""
 

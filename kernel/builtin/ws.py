@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 
 from kernel import hookimpl
 from kernel.app import KERNEL_KEY
-from kernel.events import QueueChanged, ServerMessage
+from kernel.events import ClientDisconnected, QueueChanged, ServerMessage
 from kernel.stash import StashKey
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ class SocketHub:
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.clients: dict[str, Client] = {}
+        # Close tasks of dropped clients, held until done (the loop keeps only weak references).
+        self._closing: set[asyncio.Task[Any]] = set()
 
     def _targets(self, sid: str | None) -> Iterable[Client]:
         if sid is None:
@@ -68,12 +70,19 @@ class SocketHub:
     def send_json(self, sid: str | None, type_: str, data: Any) -> None:
         self.send(sid, json.dumps({"type": type_, "data": data}))
 
-    def drop(self, client: Client) -> None:
-        if self.clients.get(client.sid) is client:
-            del self.clients[client.sid]
+    def forget(self, client: Client) -> None:
+        """Stop sending to ``client``; tell the bus when it was the current socket of its sid."""
         if client.sender is not None:
             client.sender.cancel()
-        asyncio.ensure_future(client.ws.close())
+        if self.clients.get(client.sid) is client:
+            del self.clients[client.sid]
+            self.kernel.bus.publish(ClientDisconnected(sid=client.sid))
+
+    def drop(self, client: Client) -> None:
+        self.forget(client)
+        task = asyncio.ensure_future(client.ws.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def on_bus(self, event: Any) -> None:
         if isinstance(event, ServerMessage):
@@ -157,10 +166,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             elif msg.type == WSMsgType.ERROR:
                 log.debug("WebSocket %s closed with %s", sid, ws.exception())
     finally:
-        if hub.clients.get(sid) is client:
-            del hub.clients[sid]
-        if client.sender is not None:
-            client.sender.cancel()
+        hub.forget(client)
     return ws
 
 

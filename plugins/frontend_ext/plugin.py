@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from kernel import hookimpl
+from kernel.events import ClientDisconnected
 from plugins.frontend_ext import logs, routes, webroot
 from plugins.frontend_ext.packs import PACKS, NodePackRegistry
 from plugins.frontend_ext.replacements import REPLACEMENTS, NodeReplacementRegistry
@@ -52,6 +53,12 @@ def startup(kernel: Kernel, app: web.Application) -> None:
 @hookimpl
 def shutdown(kernel: Kernel) -> None:
     logs.uninstall(kernel)
+
+
+@hookimpl
+def on_event(kernel: Kernel, event: Any) -> None:
+    if isinstance(event, ClientDisconnected):
+        kernel.stash[logs.LOG_BUFFER].subscribe(event.sid, False)
 
 
 @hookimpl

@@ -110,3 +110,33 @@ async def test_non_string_client_id_reaches_nobody(comfy_server, caplog):
     assert (await ws.receive_json(timeout=5))["type"] == "for_obs"
     assert not [r for r in caplog.records if "subscriber" in r.getMessage()]
     await ws.close()
+
+
+async def test_client_disconnected_is_published_once_the_id_is_free(comfy_server):
+    """A closed socket announces ``ClientDisconnected``; one replaced by a reconnect with the same
+    clientId does not (the id is still connected)."""
+    import asyncio
+
+    from kernel.events import ClientDisconnected
+
+    server = await comfy_server(plugins=[])
+    gone: list[str] = []
+    server.kernel.bus.subscribe(lambda e: gone.append(e.sid) if isinstance(e, ClientDisconnected) else None)
+
+    async def settle() -> None:
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+
+    first = await server.ws("same")
+    await first.receive_json(timeout=5)
+    second = await server.ws("same")
+    await second.receive_json(timeout=5)
+    await first.close()
+    await settle()
+    assert gone == []
+    await second.close()
+    for _ in range(100):
+        if gone:
+            break
+        await asyncio.sleep(0.02)
+    assert gone == ["same"]

@@ -100,3 +100,26 @@ async def test_subscribe_rejects_bad_bodies(comfy_server):
     async with server.request("PATCH", "/internal/logs/subscribe", data=b"{not json") as r:
         assert r.status == 400
         assert "error" in await r.json()
+
+
+async def test_a_closed_socket_loses_its_log_subscription(comfy_server):
+    """Subscriptions of clients that went away are let go, not kept (and streamed to) forever."""
+    server = await comfy_server(plugins=["frontend_ext"])
+    buffer = server.kernel.stash[LOG_BUFFER]
+    ws = await server.ws("leaver")
+    stays = await server.ws("stayer")
+    for client_id in ("leaver", "stayer"):
+        body = {"clientId": client_id, "enabled": True}
+        async with server.request("PATCH", "/internal/logs/subscribe", json=body) as r:
+            assert r.status == 200
+    assert buffer.subscribers == {"leaver", "stayer"}
+    await ws.close()
+    for _ in range(100):
+        if "leaver" not in buffer.subscribers:
+            break
+        await asyncio.sleep(0.02)
+    assert buffer.subscribers == {"stayer"}
+    log.warning("after the leaver left")
+    data = await _next_logs(stays)
+    assert "after the leaver left" in data["entries"][0]["m"]
+    await stays.close()
