@@ -75,11 +75,13 @@ def _manager() -> ModelManager | None:
     return get_manager(kernel) if kernel is not None else None
 
 
-def _load(kind: str, path: Path, loader: Callable[[Path, Callable[[], None]], T]) -> T:
+def _load(
+    kind: str, path: Path, loader: Callable[[Path, Callable[[], None]], T], also: Sequence[Path] = ()
+) -> T:
     manager = _manager()
     if manager is None:
         return loader(Path(path), throw_if_interrupted)
-    return manager.load(kind, Path(path), loader)
+    return manager.load(kind, Path(path), loader, also=also)
 
 
 def _compute_dtype(manager: ModelManager | None) -> torch.dtype | None:
@@ -186,6 +188,8 @@ class DiffusionModel:
         self.latent_format = latent_format_for(family.name)
         self.concat_channels = max(0, unet.config.in_channels - unet.config.out_channels)
         self.weights = PatchedWeights(unet, patches)
+        if manager is not None and self.weights.patches:
+            manager.track_derived(unet, self.weights)
 
     @property
     def patches(self) -> Patches:
@@ -271,6 +275,10 @@ class TextEncoder:
             name: PatchedWeights(encoder.model, self.patches.get(name))
             for name, encoder in stack.encoders.items()
         }
+        if manager is not None:
+            for weights in self._weights.values():
+                if weights.patches:
+                    manager.track_derived(weights.module, weights)
 
     @property
     def models(self) -> dict[str, nn.Module]:
@@ -422,9 +430,10 @@ def load_clip(
             ) from None
         return LoadedText(stack, _cast_stack(stack, dtype))
 
-    # The cache key is the first file; the kind names the whole set so another pair reloads.
+    # The cache key is the first file; the kind names the whole set so another pair reloads,
+    # and a change to any file of the set reloads it.
     kind = "clip:" + clip_type + ":" + "|".join(str(p.resolve()) for p in paths)
-    loaded: LoadedText = _load(kind, paths[0], loader)
+    loaded: LoadedText = _load(kind, paths[0], loader, also=paths[1:])
     return TextEncoder(loaded.stack, manager)
 
 

@@ -320,6 +320,11 @@ class PatchedWeights:
                 self._merged, self._key = merged, key
             return self._merged
 
+    def release(self) -> None:
+        """Let go of the merged tensors (the manager moved or dropped the base module)."""
+        with self._lock:
+            self._merged, self._key = None, None
+
     def call(self, *args: Any, **kwargs: Any) -> Any:
         if not self.patches:
             return self.module(*args, **kwargs)

@@ -15,7 +15,8 @@ import dataclasses
 import gc
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,8 +77,8 @@ def module_device(module: nn.Module) -> torch.device:
 class _Entry:
     kind: str
     path: str
-    mtime_ns: int
-    size: int
+    # (mtime_ns, size) of the file and of every other file the value was built from.
+    stamp: tuple[tuple[int, int], ...]
     value: Any
     modules: list[nn.Module]
     last_used: int = 0
@@ -112,6 +113,11 @@ class ModelManager:
         self._memory = memory
         self._check_interrupt = check_interrupt
         self._entries: dict[tuple[str, str], _Entry] = {}
+        # Holders of tensors derived from a cached module (LoRA-merged weights) on its device:
+        # released whenever the module moves or is dropped, so they never outlive its place.
+        self._derived: weakref.WeakKeyDictionary[nn.Module, weakref.WeakSet[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._clock = itertools.count(1)
         self._lock = threading.RLock()
         self._pending_lock = threading.Lock()
@@ -122,30 +128,52 @@ class ModelManager:
     # -- loading -----------------------------------------------------------------------------
 
     def load(
-        self, kind: str, path: Path, loader: Loader[T], check_interrupt: CheckInterrupt | None = None
+        self,
+        kind: str,
+        path: Path,
+        loader: Loader[T],
+        check_interrupt: CheckInterrupt | None = None,
+        also: Sequence[Path] = (),
     ) -> T:
         """The model at ``path`` as ``loader`` builds it, from the cache when the file is unchanged.
 
-        ``loader(path, check_interrupt)`` must call ``check_interrupt`` now and then; it raises to
-        abandon the load (an interrupted load leaves nothing cached).
+        ``also`` names the other files the model is built from (a text-encoder pair): a change to
+        any of them reloads it too. ``loader(path, check_interrupt)`` must call
+        ``check_interrupt`` now and then; it raises to abandon the load (an interrupted load
+        leaves nothing cached).
         """
         resolved = path.resolve()
-        stat = resolved.stat()
+        stats = [p.stat() for p in (resolved, *(Path(p).resolve() for p in also))]
+        stamp = tuple((st.st_mtime_ns, st.st_size) for st in stats)
         key = (kind, str(resolved))
         check = check_interrupt or self._check_interrupt or _default_check
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and (entry.mtime_ns, entry.size) == (stat.st_mtime_ns, stat.st_size):
+            if entry is not None and entry.stamp == stamp:
                 entry.last_used = next(self._clock)
                 return entry.value
             if entry is not None:
                 self._drop(key)
-            self._make_room(self.offload_device, stat.st_size, keep=())
+            self._make_room(self.offload_device, sum(st.st_size for st in stats), keep=())
             value = loader(resolved, check)
-            entry = _Entry(kind, str(resolved), stat.st_mtime_ns, stat.st_size, value, modules_of(value))
+            entry = _Entry(kind, str(resolved), stamp, value, modules_of(value))
             entry.last_used = next(self._clock)
             self._entries[key] = entry
             return value
+
+    def track_derived(self, module: nn.Module, holder: Any) -> None:
+        """``holder.release()`` is called whenever ``module`` is moved or dropped; the manager
+        keeps only a weak reference to ``holder``."""
+        with self._lock:
+            self._derived.setdefault(module, weakref.WeakSet()).add(holder)
+
+    def _move(self, module: nn.Module, device: torch.device) -> None:
+        self._release_derived(module)
+        module.to(device)
+
+    def _release_derived(self, module: nn.Module) -> None:
+        for holder in list(self._derived.get(module, ())):
+            holder.release()
 
     # -- devices -----------------------------------------------------------------------------
 
@@ -167,7 +195,7 @@ class ModelManager:
                 self._make_room(self.compute_device, missing, keep=modules)
             for m in modules:
                 if module_device(m) != self.compute_device:
-                    m.to(self.compute_device)
+                    self._move(m, self.compute_device)
         yield self.compute_device
 
     def _make_room(self, device: torch.device, needed: int, keep: Any) -> None:
@@ -186,12 +214,14 @@ class ModelManager:
                 self._drop(key)
             else:
                 for m in self._entries[key].modules:
-                    m.to(self.offload_device)
+                    self._move(m, self.offload_device)
                 _empty_cache(device)
 
     def _drop(self, key: tuple[str, str]) -> None:
         entry = self._entries.pop(key)
         device = self.compute_device
+        for m in entry.modules:
+            self._release_derived(m)
         entry.modules.clear()
         entry.value = None
         gc.collect()
@@ -251,7 +281,7 @@ class ModelManager:
         with self._lock:
             for entry in self._entries.values():
                 for m in entry.modules:
-                    m.to(self.offload_device)
+                    self._move(m, self.offload_device)
             gc.collect()
             _empty_cache(self.compute_device)
 

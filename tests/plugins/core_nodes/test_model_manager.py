@@ -56,6 +56,23 @@ def test_load_once_and_reload_when_the_file_changes(tmp_path: Path) -> None:
     assert [m.path for m in manager.loaded()] == [str(path.resolve())]
 
 
+def test_a_change_to_any_file_of_a_set_reloads_it(tmp_path: Path) -> None:
+    """A model built from two files (a text-encoder pair) is cached under the first; a change to
+    the second reloads it too, and the stale copy is not kept beside the new one."""
+    first_file = _vae_file(tmp_path, "a.safetensors")
+    second_file = _vae_file(tmp_path, "b.safetensors")
+    manager = ModelManager(compute_device="cpu")
+    loader = CountingLoader()
+    first = manager.load("pair", first_file, loader, also=[second_file])
+    assert manager.load("pair", first_file, loader, also=[second_file]) is first
+    stat = second_file.stat()
+    os.utime(second_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    second = manager.load("pair", first_file, loader, also=[second_file])
+    assert loader.calls == 2
+    assert second is not first
+    assert len(manager.loaded()) == 1
+
+
 def test_interrupted_load_caches_nothing(tmp_path: Path) -> None:
     path = _vae_file(tmp_path)
 
@@ -187,3 +204,28 @@ def test_unload_moves_models_off_the_compute_device(tmp_path: Path) -> None:
     manager.apply_pending()
     assert manager.loaded() == []
     assert module_device(vae.model).type == "meta"
+
+
+def test_lora_merged_weights_are_released_when_the_base_moves_or_goes(tmp_path: Path) -> None:
+    """Merged LoRA tensors live on the base module's device; /free (offload or unload) and LRU
+    offloading let them go too, instead of leaving them on the compute device untracked."""
+    from torch import nn
+
+    from plugins.core_nodes.models.lora import Delta, PatchedWeights
+
+    marker = tmp_path / "linear.bin"
+    marker.write_bytes(b"x")
+    manager = ModelManager(compute_device="cpu")
+    base = manager.load("linear", marker, lambda path, check: nn.Linear(3, 2))
+    delta = Delta("lora", (torch.ones(2, 1), torch.ones(1, 3)), 1.0)
+    weights = PatchedWeights(base, {"weight": [(0.5, delta)]})
+    manager.track_derived(base, weights)
+
+    merged = weights.merged()["weight"]
+    assert torch.allclose(merged, base.weight + 0.5)
+    assert weights.merged()["weight"] is merged  # kept while the base stays put
+    manager.offload_all()
+    assert weights._merged is None
+    assert torch.allclose(weights.merged()["weight"], base.weight + 0.5)
+    manager.unload_all()
+    assert weights._merged is None
