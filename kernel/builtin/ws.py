@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("comfykernel.ws")
 
 SEND_QUEUE_LIMIT = 2048
+# Queue-size ``status`` broadcasts are coalesced per socket: under load every queued, started and
+# finished prompt changes the count, and each change would cost one frame on every socket. A
+# socket gets the latest count before its next other message (so its order of messages is the
+# reference's, with consecutive statuses merged) or after this delay, whichever comes first.
+STATUS_COALESCE_SECONDS = 0.02
 
 
 @dataclass
@@ -37,6 +42,8 @@ class Client:
     queue: asyncio.Queue[str | bytes | None] = field(default_factory=lambda: asyncio.Queue(SEND_QUEUE_LIMIT))
     feature_flags: dict[str, Any] = field(default_factory=dict)
     sender: asyncio.Task[None] | None = None
+    # The hub's status version this socket has been sent (see SocketHub._queue_changed).
+    status_seen: int = 0
 
 
 class SocketHub:
@@ -47,6 +54,9 @@ class SocketHub:
         self.clients: dict[str, Client] = {}
         # Close tasks of dropped clients, held until done (the loop keeps only weak references).
         self._closing: set[asyncio.Task[Any]] = set()
+        self.status_version = 0
+        self._status_frame = ""
+        self._status_timer: asyncio.TimerHandle | None = None
 
     def _targets(self, sid: str | None) -> Iterable[Client]:
         if sid is None:
@@ -56,12 +66,25 @@ class SocketHub:
         client = self.clients.get(sid) if isinstance(sid, str) else None
         return [client] if client is not None else []
 
-    def _put(self, client: Client, frame: str | bytes) -> None:
+    def _enqueue(self, client: Client, frame: str | bytes) -> bool:
         try:
             client.queue.put_nowait(frame)
         except asyncio.QueueFull:
             log.warning("dropping WebSocket client %s: it stopped reading", client.sid)
             self.drop(client)
+            return False
+        return True
+
+    def _catch_up(self, client: Client) -> bool:
+        """Send ``client`` the latest queue status if it has not had it; False when dropped."""
+        if client.status_seen == self.status_version:
+            return True
+        client.status_seen = self.status_version
+        return self._enqueue(client, self._status_frame)
+
+    def _put(self, client: Client, frame: str | bytes) -> None:
+        if self._catch_up(client):
+            self._enqueue(client, frame)
 
     def send(self, sid: str | None, frame: str | bytes) -> None:
         for client in self._targets(sid):
@@ -84,6 +107,28 @@ class SocketHub:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    def flush_status(self) -> None:
+        """Send the latest queue status now to every socket that has not had it."""
+        if self._status_timer is not None:
+            self._status_timer.cancel()
+            self._status_timer = None
+        for client in list(self.clients.values()):
+            self._catch_up(client)
+
+    def _queue_changed(self, remaining: int) -> None:
+        self.status_version += 1
+        self._status_frame = json.dumps(
+            {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}}
+        )
+        if self._status_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # published outside a running server: nothing to batch with
+            self.flush_status()
+            return
+        self._status_timer = loop.call_later(STATUS_COALESCE_SECONDS, self.flush_status)
+
     def on_bus(self, event: Any) -> None:
         if isinstance(event, ServerMessage):
             if event.sid is None and not event.broadcast:
@@ -100,11 +145,12 @@ class SocketHub:
                 frame = json.dumps({"type": event.type, "data": event.data})
             self.send(event.sid, frame)
         elif isinstance(event, QueueChanged):
-            self.send_json(
-                None, "status", {"status": {"exec_info": {"queue_remaining": event.queue_remaining}}}
-            )
+            self._queue_changed(event.queue_remaining)
 
     async def close_all(self) -> None:
+        if self._status_timer is not None:
+            self._status_timer.cancel()
+            self._status_timer = None
         for client in list(self.clients.values()):
             self.drop(client)
             await client.ws.close()
@@ -140,7 +186,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         previous.queue.put_nowait(None) if not previous.queue.full() else None
         if previous.sender is not None:
             previous.sender.cancel()
-    client = Client(sid, ws)
+    # Its first message carries the current count: nothing pending is owed to it.
+    client = Client(sid, ws, status_seen=hub.status_version)
     hub.clients[sid] = client
     client.sender = asyncio.create_task(_drain(client))
     hub.send_json(
