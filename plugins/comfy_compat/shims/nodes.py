@@ -2,6 +2,7 @@
 
 ``from nodes import KSampler`` gives the registered class of that name (core nodes included);
 ``NODE_CLASS_MAPPINGS`` is a read-only view of every registered node, always current.
+``common_ksampler`` is the reference's sampling helper over the core KSampler's own plumbing.
 """
 
 from __future__ import annotations
@@ -52,6 +53,62 @@ def __getattr__(name: str) -> Any:
     if entry is None:
         raise AttributeError(f"module 'nodes' has no attribute {name!r}")
     return entry.cls
+
+
+def _preview_options() -> Any:
+    """Previews as the core KSampler sends them: per ``--preview-method`` / ``--preview-interval``."""
+    from plugins.core_nodes.ksampler import PreviewOptions
+    from plugins.core_nodes.options import preview_interval
+
+    kernel = _kernel()
+    enabled = kernel.settings.preview_method != "none"
+    return PreviewOptions(enabled=enabled, min_interval=preview_interval(kernel))
+
+
+def common_ksampler(
+    model: Any,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: list[Any],
+    negative: list[Any],
+    latent: dict[str, Any],
+    denoise: float = 1.0,
+    disable_noise: bool = False,
+    start_step: int | None = None,
+    last_step: int | None = None,
+    force_full_denoise: bool = False,
+) -> tuple[dict[str, Any]]:
+    """Sample the LATENT ``latent`` as the core KSampler / KSamplerAdvanced do: ``(new LATENT,)``,
+    with the same noise, progress, interruption and latent previews."""
+    from comfy.sample import fix_empty_latent_channels
+
+    from plugins.core_nodes.ksampler import run_ksampler
+
+    latent = dict(latent)
+    latent["samples"] = fix_empty_latent_channels(
+        model, latent["samples"], latent.get("downscale_ratio_spacial")
+    )
+    out = run_ksampler(
+        model,
+        seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        positive,
+        negative,
+        latent,
+        denoise=denoise,
+        disable_noise=disable_noise,
+        start_step=start_step,
+        last_step=last_step,
+        force_full_denoise=force_full_denoise,
+        preview=_preview_options(),
+    )
+    return (out,)
 
 
 def interrupt_processing(value: bool = True) -> None:

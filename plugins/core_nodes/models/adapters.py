@@ -464,28 +464,40 @@ def apply_lora(
         sd = load_state_dict_file(path)
     except ValueError as e:
         raise LoraError(str(e)) from None
+    return apply_lora_state_dict(model, clip, sd, strength_model, strength_clip, name=path.name)
+
+
+def apply_lora_state_dict(
+    model: DiffusionModel | None,
+    clip: TextEncoder | None,
+    sd: Mapping[str, torch.Tensor],
+    strength_model: float,
+    strength_clip: float,
+    name: str = "the LoRA",
+) -> tuple[DiffusionModel | None, TextEncoder | None]:
+    """:func:`apply_lora` on LoRA weights already read (``name`` is what errors call them)."""
     deltas = read_deltas(sd)
     if not deltas:
-        raise LoraError(f"{path.name} holds no LoRA weights this server knows")
+        raise LoraError(f"{name} holds no LoRA weights this server knows")
     unet = model.unet if isinstance(model, DiffusionModel) else None
     encoders = clip.models if isinstance(clip, TextEncoder) else {}
     found = resolve(deltas, unet, encoders)
     if found.unmatched:
         log.warning(
             "LoRA %s: %d keys fit no layer of this model, e.g. %s",
-            path.name,
+            name,
             len(found.unmatched),
             found.unmatched[0],
         )
     if not found.unet and not any(found.text.values()):
-        raise LoraError(f"{path.name} does not fit this model: none of its {len(deltas)} LoRA keys match")
+        raise LoraError(f"{name} does not fit this model: none of its {len(deltas)} LoRA keys match")
     new_model, new_clip = model, clip
     if isinstance(model, DiffusionModel) and found.unet and strength_model != 0:
         new_model = model.with_patches(add_patches(model.patches, found.unet, strength_model))
     if isinstance(clip, TextEncoder) and any(found.text.values()) and strength_clip != 0:
         patches = {
-            name: add_patches(clip.patches.get(name, {}), found.text.get(name, {}), strength_clip)
-            for name in clip.models
+            encoder: add_patches(clip.patches.get(encoder, {}), found.text.get(encoder, {}), strength_clip)
+            for encoder in clip.models
         }
         new_clip = clip.with_patches(patches)
     return new_model, new_clip
@@ -497,6 +509,7 @@ __all__ = [
     "LoadedCheckpoint",
     "TextEncoder",
     "apply_lora",
+    "apply_lora_state_dict",
     "latent_format_for",
     "load_checkpoint",
     "load_clip",

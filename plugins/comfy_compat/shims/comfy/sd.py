@@ -1,16 +1,172 @@
-"""``comfy.sd``: only what is cheap to offer; the model classes live in the core nodes.
+"""``comfy.sd``: ComfyUI's model-loading functions over the core nodes' model stack.
 
-Packs that call into ComfyUI's model loading (``load_checkpoint_guess_config`` and friends) are
-not supported by the compatibility layer; use the core loader nodes through the graph instead.
+Everything here hands back the very objects the core loader nodes do (``plugins.core_nodes.models
+.adapters``): a pack's MODEL / CLIP / VAE can go into any core node and the other way round, and
+files are cached by the server's model manager like the loader nodes' are.
+
+* ``load_checkpoint_guess_config(ckpt_path, output_vae, output_clip, output_clipvision,
+  embedding_directory, output_model, model_options, te_model_options)`` -> ``(model, clip, vae,
+  None)``; an ``output_*`` flag that is False gives None in its place. No checkpoint this server
+  reads holds a CLIP vision model, so the fourth item is always None.
+* ``load_lora_for_models(model, clip, lora, strength_model, strength_clip)`` -> ``(model, clip)``
+  for ``lora`` a state dict (what ``comfy.utils.load_torch_file`` returns).
+* ``load_diffusion_model(unet_path, model_options)`` (and the older ``load_unet(unet_path,
+  dtype)``) -> MODEL.
+* ``load_clip(ckpt_paths, embedding_directory, clip_type, model_options)`` -> CLIP, for
+  ``CLIPType.STABLE_DIFFUSION`` only: one file (SD1's CLIP-L or SD2's OpenCLIP-H) or two (SDXL's
+  pair, in either order). ``CLIPType.SDXL`` is another name for it, for packs that look a type up
+  by the DualCLIPLoader's ``"sdxl"``.
+* ``load_torch_file`` (from ``comfy.utils``).
+
+``model_options`` / ``te_model_options`` are accepted and not used: weights load at the server's
+compute dtype on its devices. ``embedding_directory`` is not used either: textual inversions come
+from the server's ``embeddings`` folders. A missing file is a ``FileNotFoundError`` naming it; a
+file this server cannot read is the core loaders' ``CheckpointError`` / ``LoraError``. Anything
+else of the reference's module (``VAE``, ``CLIP``, ``load_state_dict_guess_config``...) is an
+``AttributeError`` saying the compatibility layer does not provide it.
 """
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from comfy.utils import load_torch_file
 
-__all__ = ["load_torch_file"]
+
+class CLIPType(enum.Enum):
+    """The reference's text-encoder types (its numbering); only STABLE_DIFFUSION loads here."""
+
+    STABLE_DIFFUSION = 1
+    # Not a type of its own in the reference: its DualCLIPLoader loads "sdxl" as STABLE_DIFFUSION.
+    SDXL = 1
+    STABLE_CASCADE = 2
+    SD3 = 3
+    STABLE_AUDIO = 4
+    HUNYUAN_DIT = 5
+    FLUX = 6
+    MOCHI = 7
+    LTXV = 8
+    HUNYUAN_VIDEO = 9
+    PIXART = 10
+    COSMOS = 11
+    LUMINA2 = 12
+    WAN = 13
+    HIDREAM = 14
+    CHROMA = 15
+    ACE = 16
+    OMNIGEN2 = 17
+    QWEN_IMAGE = 18
+    HUNYUAN_IMAGE = 19
+    HUNYUAN_VIDEO_15 = 20
+    OVIS = 21
+    KANDINSKY5 = 22
+    KANDINSKY5_IMAGE = 23
+    NEWBIE = 24
+    FLUX2 = 25
+
+
+# Number of files -> the core CLIPLoader / DualCLIPLoader type that loads them.
+_SD_CLIP_TYPES = {1: "stable_diffusion", 2: "sdxl"}
+
+__all__ = [
+    "CLIPType",
+    "load_checkpoint_guess_config",
+    "load_clip",
+    "load_diffusion_model",
+    "load_lora_for_models",
+    "load_torch_file",
+    "load_unet",
+]
+
+
+def _adapters() -> Any:
+    # Imported on first use: it pulls in torch, which a pack importing comfy.sd must not pay for.
+    from plugins.core_nodes.models import adapters
+
+    return adapters
+
+
+def _model_file(path: str | Path, caller: str) -> Path:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"comfy.sd.{caller}: no model file at {str(file)!r}")
+    return file
+
+
+def load_checkpoint_guess_config(
+    ckpt_path: str | Path,
+    output_vae: bool = True,
+    output_clip: bool = True,
+    output_clipvision: bool = False,
+    embedding_directory: str | None = None,
+    output_model: bool = True,
+    model_options: Mapping[str, Any] | None = None,
+    te_model_options: Mapping[str, Any] | None = None,
+) -> tuple[Any, Any, Any, None]:
+    """``(MODEL, CLIP, VAE, CLIP vision)`` of a single-file checkpoint, None where not asked for."""
+    path = _model_file(ckpt_path, "load_checkpoint_guess_config")
+    model, clip, vae = _adapters().load_checkpoint(path)
+    return (
+        model if output_model else None,
+        clip if output_clip else None,
+        vae if output_vae else None,
+        None,
+    )
+
+
+def load_lora_for_models(
+    model: Any, clip: Any, lora: Mapping[str, Any], strength_model: float, strength_clip: float
+) -> tuple[Any, Any]:
+    """New MODEL / CLIP with the LoRA state dict ``lora`` applied; the inputs stay unchanged."""
+    if not isinstance(lora, Mapping):
+        raise TypeError(
+            "comfy.sd.load_lora_for_models takes the LoRA's state dict "
+            f"(comfy.utils.load_torch_file(path)), not {type(lora).__name__}"
+        )
+    return _adapters().apply_lora_state_dict(model, clip, lora, strength_model, strength_clip)
+
+
+def load_diffusion_model(unet_path: str | Path, model_options: Mapping[str, Any] | None = None) -> Any:
+    """MODEL from a standalone UNet file (``diffusion_models/``)."""
+    return _adapters().load_unet(_model_file(unet_path, "load_diffusion_model"))
+
+
+def load_unet(unet_path: str | Path, dtype: Any = None) -> Any:
+    """The reference's older name for :func:`load_diffusion_model`."""
+    return _adapters().load_unet(_model_file(unet_path, "load_unet"))
+
+
+def _core_clip_type(clip_type: Any, count: int) -> str:
+    try:
+        member = CLIPType(clip_type.value if isinstance(clip_type, enum.Enum) else clip_type)
+    except ValueError:
+        raise ValueError(f"comfy.sd.load_clip: {clip_type!r} is not a CLIPType") from None
+    if member is not CLIPType.STABLE_DIFFUSION:
+        raise ValueError(
+            f"comfy.sd.load_clip: CLIPType.{member.name} text encoders are not supported by "
+            "comfykernel; only CLIPType.STABLE_DIFFUSION (one SD1/SD2 file or SDXL's two files)"
+        )
+    core = _SD_CLIP_TYPES.get(count)
+    if core is None:
+        raise ValueError(f"comfy.sd.load_clip: CLIPType.STABLE_DIFFUSION takes one or two files, not {count}")
+    return core
+
+
+def load_clip(
+    ckpt_paths: Sequence[str | Path],
+    embedding_directory: str | None = None,
+    clip_type: CLIPType = CLIPType.STABLE_DIFFUSION,
+    model_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """CLIP from standalone text-encoder files (``text_encoders/``)."""
+    if isinstance(ckpt_paths, str | Path):
+        ckpt_paths = [ckpt_paths]
+    core_type = _core_clip_type(clip_type, len(ckpt_paths))
+    paths = [_model_file(p, "load_clip") for p in ckpt_paths]
+    return _adapters().load_clip(paths, core_type)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,321 @@
+"""``comfy.sd``, ``comfy.sample`` and ``nodes.common_ksampler`` over the core nodes' model stack.
+
+The end-to-end test runs ``packs/model_pack`` (a one-node checkpoint + LoRA + sampling that calls
+ComfyUI's helpers) through a real server and compares its latent bit for bit with the graph the
+core nodes build for the same work (CheckpointLoaderSimple + LoraLoader + KSampler). The other
+tests call the shims directly, as a pack's code would, on tiny random-weight checkpoints.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from plugins.core_nodes.models import adapters
+from plugins.core_nodes.models.lora import LoraError
+from plugins.core_nodes.models.manager import get_manager
+from plugins.core_nodes.sampling import noise as core_noise
+from tests.compat.helpers import PACKS
+from tests.plugins.core_nodes import tiny_pipeline
+from tests.plugins.core_nodes.node_helpers import messages, run_prompt
+
+SIZE = 64  # pixels; 8 x 8 latents
+STEPS = 3
+PLUGINS = ["comfy_compat", "models", "core_nodes"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    # Two shared cores: OpenMP workers spinning against other processes make tiny convolutions
+    # far slower, so these small models run single-threaded.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_pipeline.write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_sd1.safetensors", "sd1")
+
+
+@pytest.fixture(scope="module")
+def lora_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kohya LoRA on one UNet attention layer and one CLIP-L projection of the tiny SD1 model."""
+    g = torch.Generator().manual_seed(5)
+    key_unet = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k"
+    key_te = "lora_te_text_model_encoder_layers_1_mlp_fc2"
+    sd = {
+        f"{key_unet}.lora_down.weight": torch.randn(4, tiny_pipeline.CLIP_WIDTH, generator=g),
+        f"{key_unet}.lora_up.weight": torch.randn(32, 4, generator=g),
+        f"{key_unet}.alpha": torch.tensor(4.0),
+        f"{key_te}.lora_down.weight": torch.randn(2, 128, generator=g) * 0.3,
+        f"{key_te}.lora_up.weight": torch.randn(64, 2, generator=g) * 0.3,
+    }
+    path = tmp_path_factory.mktemp("loras") / "tiny_lora.safetensors"
+    save_file(sd, str(path))
+    return path
+
+
+@pytest.fixture
+async def shims(comfy_server: Any) -> Any:
+    """A server with the shims installed; calls made outside a node load uncached on the CPU."""
+    return await comfy_server(plugins=PLUGINS, custom_nodes_dir=[str(PACKS)])
+
+
+def _shim(name: str) -> Any:
+    return importlib.import_module(name)
+
+
+# --- end to end: the pack against the core nodes' graph ---------------------------------------
+
+
+async def _model_server(comfy_server: Any, tmp_path: Path, files: dict[str, Path]) -> Any:
+    """``files`` maps a models/ folder to a file linked into it."""
+    for folder, path in files.items():
+        (tmp_path / "models" / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "models" / folder / path.name).symlink_to(path)
+    return await comfy_server(plugins=PLUGINS, custom_nodes_dir=[str(PACKS)], preview_method="latent2rgb")
+
+
+def _sampling(seed: int = 11) -> dict[str, Any]:
+    return {"seed": seed, "steps": STEPS, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal"}
+
+
+def pack_prompt(ckpt: str, lora: str, strength: float, prefix: str) -> dict[str, Any]:
+    return {
+        "1": {
+            "class_type": "ModelPackTxt2Latent",
+            "inputs": {
+                "ckpt_name": ckpt,
+                "lora_name": lora,
+                "strength_model": strength,
+                "strength_clip": strength,
+                "positive": "a glass bottle on a beach",
+                "negative": "text, watermark",
+                "width": SIZE,
+                "height": SIZE,
+                **_sampling(),
+            },
+        },
+        "2": {
+            "class_type": "ModelPackSaveLatent",
+            "inputs": {"samples": ["1", 0], "filename_prefix": prefix},
+        },
+    }
+
+
+def core_prompt(ckpt: str, lora: str, strength: float, prefix: str) -> dict[str, Any]:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "lora_name": lora,
+                "strength_model": strength,
+                "strength_clip": strength,
+            },
+        },
+        "3": {
+            "class_type": "CLIPTextEncode",
+            "inputs": {"text": "a glass bottle on a beach", "clip": ["2", 1]},
+        },
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "text, watermark", "clip": ["2", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+        "6": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["2", 0],
+                "positive": ["3", 0],
+                "negative": ["4", 0],
+                "latent_image": ["5", 0],
+                "denoise": 1.0,
+                **_sampling(),
+            },
+        },
+        "7": {
+            "class_type": "ModelPackSaveLatent",
+            "inputs": {"samples": ["6", 0], "filename_prefix": prefix},
+        },
+    }
+
+
+async def _run(server: Any, prompt: dict[str, Any]) -> tuple[torch.Tensor, list[bytes]]:
+    """The saved latent of ``prompt`` and the preview frames its run sent."""
+    frames = await run_prompt(server, prompt)
+    errors = messages(frames, "execution_error")
+    assert not errors, errors[0].get("exception_message")
+    saver = next(n for n, node in prompt.items() if node["class_type"] == "ModelPackSaveLatent")
+    (output,) = [d["output"] for d in messages(frames, "executed") if d["node"] == saver]
+    (saved,) = output["latents"]
+    path = Path(server.kernel.settings.output_path) / saved["subfolder"] / saved["filename"]
+    return load_file(str(path))["samples"], [f for f in frames if isinstance(f, bytes)]
+
+
+async def test_pack_sampling_through_comfy_helpers_equals_the_core_graph(
+    comfy_server: Any, tmp_path: Path, checkpoint: Path, lora_file: Path
+) -> None:
+    server = await _model_server(comfy_server, tmp_path, {"checkpoints": checkpoint, "loras": lora_file})
+    ckpt, lora = checkpoint.name, lora_file.name
+
+    from_pack, pack_previews = await _run(server, pack_prompt(ckpt, lora, 1.0, "pack"))
+    from_core, core_previews = await _run(server, core_prompt(ckpt, lora, 1.0, "core"))
+    assert from_pack.shape == (1, 4, SIZE // 8, SIZE // 8)
+    assert torch.equal(from_pack, from_core)
+    # Both loaded the checkpoint through the server's model manager: one cached copy, shared.
+    assert [m.kind for m in get_manager(server.kernel).loaded()] == ["checkpoint"]
+    # Previews as the core KSampler sends them: one JPEG frame per step.
+    assert len(pack_previews) == len(core_previews) == STEPS
+    assert all(frame[:8] == b"\x00\x00\x00\x01\x00\x00\x00\x01" for frame in pack_previews)
+
+    # The LoRA really took part: without it (strength 0) both give another latent, again equal.
+    plain_pack, _ = await _run(server, pack_prompt(ckpt, lora, 0.0, "pack_plain"))
+    plain_core, _ = await _run(server, core_prompt(ckpt, lora, 0.0, "core_plain"))
+    assert torch.equal(plain_pack, plain_core)
+    assert not torch.equal(plain_pack, from_pack)
+
+
+async def test_a_broken_checkpoint_in_a_pack_is_an_execution_error(
+    comfy_server: Any, tmp_path: Path, lora_file: Path
+) -> None:
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a model at all")
+    server = await _model_server(comfy_server, tmp_path, {"checkpoints": broken, "loras": lora_file})
+    frames = await run_prompt(server, pack_prompt(broken.name, lora_file.name, 1.0, "broken"))
+    (error,) = messages(frames, "execution_error")
+    assert error["node_id"] == "1"
+    assert "broken.safetensors" in error["exception_message"]
+
+
+# --- comfy.sd, called as a pack calls it ------------------------------------------------------
+
+
+async def test_load_checkpoint_guess_config_honours_the_output_flags(shims: Any, checkpoint: Path) -> None:
+    sd = _shim("comfy.sd")
+    model, clip, vae, clipvision = sd.load_checkpoint_guess_config(str(checkpoint))
+    assert isinstance(model, adapters.DiffusionModel)
+    assert isinstance(clip, adapters.TextEncoder)
+    assert isinstance(vae, adapters.Autoencoder)
+    assert clipvision is None
+    only_model = sd.load_checkpoint_guess_config(
+        str(checkpoint), output_vae=False, output_clip=False, output_clipvision=True
+    )
+    assert isinstance(only_model[0], adapters.DiffusionModel) and only_model[1:] == (None, None, None)
+    no_model = sd.load_checkpoint_guess_config(checkpoint, output_model=False, model_options={})
+    assert no_model[0] is None and isinstance(no_model[1], adapters.TextEncoder)
+    assert isinstance(no_model[2], adapters.Autoencoder)
+
+
+async def test_missing_files_are_clear_errors(shims: Any, tmp_path: Path) -> None:
+    sd = _shim("comfy.sd")
+    missing = tmp_path / "nowhere.safetensors"
+    with pytest.raises(FileNotFoundError, match=r"load_checkpoint_guess_config.*nowhere\.safetensors"):
+        sd.load_checkpoint_guess_config(str(missing))
+    with pytest.raises(FileNotFoundError, match=r"load_diffusion_model.*nowhere\.safetensors"):
+        sd.load_diffusion_model(str(missing))
+    with pytest.raises(FileNotFoundError, match=r"load_clip.*nowhere\.safetensors"):
+        sd.load_clip([str(missing)])
+    with pytest.raises(AttributeError, match="comfy.sd.VAE is not provided"):
+        sd.VAE  # noqa: B018
+
+
+async def test_load_lora_for_models_takes_a_state_dict(shims: Any, checkpoint: Path, lora_file: Path) -> None:
+    sd, utils = _shim("comfy.sd"), _shim("comfy.utils")
+    model, clip, _, _ = sd.load_checkpoint_guess_config(str(checkpoint))
+    lora = utils.load_torch_file(str(lora_file))
+    new_model, new_clip = sd.load_lora_for_models(model, clip, lora, 0.5, 1.0)
+    by_path = adapters.apply_lora(model, clip, lora_file, 0.5, 1.0)
+    # The same patches as the LoraLoader's (path) route, on new objects; the inputs are unchanged.
+    assert new_model is not model and new_clip is not clip and not model.patches
+    assert new_model.patches.keys() == by_path[0].patches.keys() != set()
+    assert torch.equal(new_clip.encode("a cat")[0], by_path[1].encode("a cat")[0])
+    assert not torch.equal(new_clip.encode("a cat")[0], clip.encode("a cat")[0])
+    with pytest.raises(TypeError, match="state dict"):
+        sd.load_lora_for_models(model, clip, str(lora_file), 1.0, 1.0)
+    with pytest.raises(LoraError, match="holds no LoRA weights"):
+        sd.load_lora_for_models(model, clip, {"unrelated": torch.zeros(2)}, 1.0, 1.0)
+
+
+async def test_load_diffusion_model_reads_a_standalone_unet(
+    shims: Any, checkpoint: Path, tmp_path: Path
+) -> None:
+    sd = _shim("comfy.sd")
+    prefix = "model.diffusion_model."
+    unet_file = tmp_path / "unet.safetensors"
+    weights = load_file(str(checkpoint))
+    save_file({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, str(unet_file))
+    from_checkpoint = sd.load_checkpoint_guess_config(str(checkpoint))[0].unet.state_dict()
+    for model in (sd.load_diffusion_model(str(unet_file)), sd.load_unet(str(unet_file))):
+        assert isinstance(model, adapters.DiffusionModel) and model.family.name == "sd1"
+        loaded = model.unet.state_dict()
+        assert loaded.keys() == from_checkpoint.keys()
+        assert all(torch.equal(loaded[k], from_checkpoint[k]) for k in loaded)
+
+
+async def test_load_clip_types(shims: Any, checkpoint: Path, tmp_path: Path) -> None:
+    sd = _shim("comfy.sd")
+    weights = load_file(str(checkpoint))
+    prefix = "cond_stage_model.transformer."
+    clip_l = tmp_path / "clip_l.safetensors"
+    save_file({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, str(clip_l))
+    standalone = sd.load_clip([str(clip_l)], clip_type=sd.CLIPType.STABLE_DIFFUSION)
+    _, from_checkpoint, _, _ = sd.load_checkpoint_guess_config(str(checkpoint))
+    assert torch.equal(standalone.encode("a cat")[0], from_checkpoint.encode("a cat")[0])
+
+    # SDXL's pair: CLIPType.SDXL is STABLE_DIFFUSION with two files, as the reference loads it.
+    xl = tiny_pipeline.checkpoint_dict("sdxl")
+    l_prefix, g_prefix = "conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."
+    pair = [tmp_path / "xl_l.safetensors", tmp_path / "xl_g.safetensors"]
+    save_file({k[len(l_prefix) :]: v for k, v in xl.items() if k.startswith(l_prefix)}, str(pair[0]))
+    save_file({k[len(g_prefix) :]: v for k, v in xl.items() if k.startswith(g_prefix)}, str(pair[1]))
+    assert sd.CLIPType.SDXL is sd.CLIPType.STABLE_DIFFUSION
+    for clip_type in (sd.CLIPType.SDXL, sd.CLIPType.STABLE_DIFFUSION):
+        dual = sd.load_clip([str(p) for p in pair], clip_type=clip_type)
+        assert sorted(dual.models) == ["g", "l"]
+
+    with pytest.raises(ValueError, match=r"CLIPType\.FLUX text encoders are not supported"):
+        sd.load_clip([str(clip_l)], clip_type=sd.CLIPType.FLUX)
+    with pytest.raises(ValueError, match="one or two files, not 3"):
+        sd.load_clip([str(clip_l)] * 3)
+    with pytest.raises(ValueError, match="is not a CLIPType"):
+        sd.load_clip([str(clip_l)], clip_type=999)
+
+
+# --- comfy.sample -----------------------------------------------------------------------------
+
+
+async def test_prepare_noise_is_the_core_noise(shims: Any) -> None:
+    sample = _shim("comfy.sample")
+    latent = torch.zeros(3, 4, 8, 8)
+    assert torch.equal(sample.prepare_noise(latent, 42), core_noise.prepare_noise(latent, 42))
+    sliced = torch.zeros(2, 4, 8, 8)
+    inds = [2, 0]
+    got = sample.prepare_noise(sliced, 42, inds)
+    assert torch.equal(got, core_noise.prepare_noise(sliced, 42, inds))
+    # Batch index k gets item k of the draws for the whole batch, one item at a time.
+    g = torch.Generator().manual_seed(42)
+    draws = [torch.randn(1, 4, 8, 8, generator=g) for _ in range(3)]
+    assert torch.equal(got, torch.cat([draws[2], draws[0]]))
+    assert not torch.equal(got, sample.prepare_noise(sliced, 43, inds))
+
+
+async def test_fix_empty_latent_channels(shims: Any, checkpoint: Path) -> None:
+    sample, sd = _shim("comfy.sample"), _shim("comfy.sd")
+    model = sd.load_checkpoint_guess_config(str(checkpoint), output_vae=False, output_clip=False)[0]
+    empty = torch.zeros(2, 4, 8, 8)
+    assert sample.fix_empty_latent_channels(model, empty) is empty
+    wide = sample.fix_empty_latent_channels(model, torch.zeros(2, 16, 8, 8))
+    assert wide.shape == (2, 4, 8, 8) and not wide.any()
+    # A latent made for a VAE with 16x downscale becomes the 8x model's size.
+    assert sample.fix_empty_latent_channels(model, empty, 16).shape == (2, 4, 16, 16)
+    busy = torch.ones(2, 16, 8, 8)
+    assert sample.fix_empty_latent_channels(model, busy) is busy
+    with pytest.raises(TypeError, match="not a MODEL"):
+        sample.fix_empty_latent_channels(object(), empty)
