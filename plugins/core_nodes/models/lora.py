@@ -1,8 +1,8 @@
 """LoRA files: reading kohya / diffusers / PEFT / LyCORIS keys, and weights patched without mutation.
 
-A LoRA file holds low-rank changes to some weights of the UNet and the text encoders. Reading one
-gives, per target (``unet``, or a text encoder name ``l`` / ``h`` / ``g``), a mapping from our
-parameter names to :class:`Delta` objects. Applying never touches the loaded model: a
+A LoRA file holds (mostly low-rank) changes to some weights of the UNet and the text encoders.
+Reading one gives, per target (``unet``, or a text encoder name ``l`` / ``h`` / ``g``), a mapping
+from our parameter names to :class:`Delta` objects. Applying never touches the loaded model: a
 :class:`PatchedWeights` keeps the base module and a list of ``(strength, delta)`` per parameter,
 merges them lazily into fresh tensors (on the device the base weights sit on) and runs the module
 with those tensors swapped in for the duration of one call (``torch.func.functional_call``).
@@ -17,9 +17,20 @@ Key formats understood:
 * diffusers / PEFT: ``unet.<diffusers path>.lora_A.weight`` / ``lora_B.weight`` (or
   ``.lora.down.weight`` / ``.lora.up.weight``, or the older ``processor.to_q_lora.down.weight``),
   ``text_encoder.`` / ``text_encoder_2.`` likewise; an optional ``.alpha`` per module.
-* LyCORIS: LoCon (the kohya names on convolutions) and LoHa (``hada_w1_a`` ... ``hada_w2_b``).
+* LyCORIS, on the kohya module names:
 
-The scale of a low-rank pair is ``alpha / rank`` (1 without an alpha), as every trainer writes it.
+  - LoCon: the kohya names on convolutions, optionally with a Tucker core ``.lora_mid.weight``;
+  - LoHa: ``hada_w1_a`` ... ``hada_w2_b``, optionally with Tucker cores ``hada_t1`` / ``hada_t2``;
+  - LoKr: ``lokr_w1`` (or ``lokr_w1_a`` / ``lokr_w1_b``) and ``lokr_w2`` (or ``lokr_w2_a`` /
+    ``lokr_w2_b``, optionally with a Tucker core ``lokr_t2``), the change being their Kronecker
+    product;
+  - full differences: ``.diff`` for the weight and ``.diff_b`` for the bias, added as written;
+  - DoRA: a ``.dora_scale`` beside any of the above rescales the merged weight per output (or
+    input) channel to the trained magnitudes.
+
+The scale of a low-rank change is ``alpha / rank`` (1 without an alpha), as every trainer writes
+it; the rank is the inner size of the ``down`` / ``w1_b`` factor (for LoKr, of the decomposed
+side's ``_b``, the right one's when both are; scale 1 when neither is).
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -49,11 +60,23 @@ _PARTS: tuple[tuple[str, str], ...] = (
     (".lora_linear_layer.up.weight", "up"),
     ("_lora.down.weight", "down"),
     ("_lora.up.weight", "up"),
+    (".lora_mid.weight", "mid"),
     (".hada_w1_a", "w1a"),
     (".hada_w1_b", "w1b"),
     (".hada_w2_a", "w2a"),
     (".hada_w2_b", "w2b"),
-    (".lora_mid.weight", "mid"),
+    (".hada_t1", "t1"),
+    (".hada_t2", "t2"),
+    (".lokr_w1", "k1"),
+    (".lokr_w1_a", "k1a"),
+    (".lokr_w1_b", "k1b"),
+    (".lokr_w2", "k2"),
+    (".lokr_w2_a", "k2a"),
+    (".lokr_w2_b", "k2b"),
+    (".lokr_t2", "k2t"),
+    (".diff", "diff"),
+    (".diff_b", "diff_b"),
+    (".dora_scale", "dora"),
     (".alpha", "alpha"),
 )
 # The older diffusers attention-processor names: ``attn1.processor.to_q_lora`` means ``attn1.to_q``.
@@ -66,26 +89,121 @@ class LoraError(ValueError):
 
 @dataclass(frozen=True)
 class Delta:
-    """One module's change: ``up @ down * scale`` (low rank) or the LoHa Hadamard product."""
+    """One parameter's change, kept factored until it is merged; ``kind`` says how ``tensors`` make it.
+
+    * ``lora``: ``(up, down)``, the product ``up @ down`` (a LoCon kernel lives in ``down``).
+    * ``lora_tucker``: ``(up, mid, down)``, LoCon with a Tucker core: ``up`` and ``down`` are 1x1,
+      ``mid`` is ``rank x rank x k x k``.
+    * ``loha``: ``(w1a, w1b, w2a, w2b)``, the Hadamard product ``(w1a @ w1b) * (w2a @ w2b)``;
+      ``loha_tucker``: ``(t1, w1a, w1b, t2, w2a, w2b)``, each side a Tucker product (see :func:`_tucker`).
+    * ``lokr``: the first ``split`` tensors make the left Kronecker factor, the rest the right one;
+      each factor is one tensor, a product ``a @ b`` or a Tucker product ``(core, a, b)``.
+    * ``diff``: ``(change,)``, a full difference as written.
+
+    ``param`` is the parameter of the module it changes; with a ``dora_scale`` the change is DoRA's
+    (see :meth:`apply`).
+    """
 
     kind: str
     tensors: tuple[torch.Tensor, ...]
     scale: float
+    param: str = "weight"
+    split: int = 0
+    dora_scale: torch.Tensor | None = None
 
     def weight(self, shape: torch.Size) -> torch.Tensor:
         """The change to add to a weight of ``shape``, in float32 on the tensors' device."""
-        if self.kind == "lora":
-            up, down = (t.float() for t in self.tensors)
-            # Linear, 1x1 and (LoCon) k x k convolutions alike: the kernel lives in ``down``.
-            delta = up.flatten(1) @ down.flatten(1)
-        else:
-            w1a, w1b, w2a, w2b = (t.float() for t in self.tensors)
-            delta = (w1a @ w1b) * (w2a @ w2b)
+        delta = self._change()
         if delta.numel() != torch.Size(shape).numel():
             raise ValueError(
                 f"a change of shape {tuple(delta.shape)} does not fit a weight of {tuple(shape)}"
             )
         return delta.reshape(shape) * self.scale
+
+    def apply(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
+        """``weight`` (float32) with this change added at ``strength``, as a new tensor.
+
+        DoRA merges at full strength, rescales the merged weight to ``dora_scale`` (see
+        :func:`_decompose`) and then moves ``strength`` of the way from ``weight`` to that, so
+        strength 0 is the weight as it was and the result is linear in the strength.
+        """
+        change = self.weight(weight.shape).to(weight.device)
+        if self.dora_scale is None:
+            return weight + strength * change
+        target = _decompose(weight + change, self.dora_scale.to(weight.device))
+        return weight + strength * (target - weight)
+
+    def _change(self) -> torch.Tensor:
+        tensors = tuple(t.float() for t in self.tensors)
+        if self.kind == "lora":
+            up, down = tensors
+            # Linear, 1x1 and (LoCon) k x k convolutions alike: the kernel lives in ``down``.
+            return up.flatten(1) @ down.flatten(1)
+        if self.kind == "lora_tucker":
+            up, mid, down = tensors
+            # x -> down (1x1) -> mid (k x k) -> up (1x1): one k x k kernel.
+            return torch.einsum("om,mn...,ni->oi...", up.flatten(1), mid, down.flatten(1))
+        if self.kind == "loha":
+            w1a, w1b, w2a, w2b = tensors
+            return (w1a @ w1b) * (w2a @ w2b)
+        if self.kind == "loha_tucker":
+            return _factor(tensors[:3]) * _factor(tensors[3:])
+        if self.kind == "lokr":
+            return _kron(_factor(tensors[: self.split]), _factor(tensors[self.split :]))
+        if self.kind == "diff":
+            return tensors[0]
+        raise ValueError(f"unknown kind of change {self.kind!r}")
+
+
+def _tucker(core: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """LyCORIS' Tucker product: ``core`` is ``rank x rank x k x k``, ``a`` is ``rank x out`` and
+    ``b`` is ``rank x in`` (both stored transposed from the plain ``a @ b`` layout)."""
+    return torch.einsum("ij...,ip,jr->pr...", core, a.flatten(1), b.flatten(1))
+
+
+def _factor(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """One factor of a LoHa / LoKr change: a whole tensor, ``a @ b``, or ``(core, a, b)``."""
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return parts[0].flatten(1) @ parts[1].flatten(1)
+    return _tucker(*parts)
+
+
+def _kron(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    # A convolution's right factor carries the kernel; the left one is a plain matrix and takes
+    # trailing unit dimensions, so the product is (out, in, k, k) in the weight's own layout.
+    if right.dim() > left.dim():
+        left = left.reshape(*left.shape, *[1] * (right.dim() - left.dim()))
+    # torch.kron views its inputs, which fails on the strided result of a Tucker einsum.
+    return torch.kron(left.contiguous(), right.contiguous())
+
+
+def _decompose(merged: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """DoRA: ``merged`` rescaled so that each output row (or input column) has the norm ``magnitude``.
+
+    The axis follows the magnitude's shape as trainers write it: ``(out, 1, ...)`` or ``(out,)`` per
+    output channel, ``(1, in, ...)`` per input channel (LyCORIS' default). Both axes normalise
+    the merged weight, as DoRA and LyCORIS define it (ComfyUI divides by the base weight's norms on
+    the output axis, which keeps a different magnitude than the one trained).
+    """
+    if merged.dim() < 2:
+        raise ValueError(f"a DoRA scale needs a matrix or kernel, not a weight of {tuple(merged.shape)}")
+    out_features, in_features = merged.shape[:2]
+    ones = [1] * (merged.dim() - 2)
+    magnitude = magnitude.float()
+    if magnitude.shape[0] == out_features and magnitude.numel() == out_features:
+        shape = (out_features, 1, *ones)
+        norm = merged.flatten(1).norm(dim=1).reshape(shape)
+    elif magnitude.numel() == in_features:
+        shape = (1, in_features, *ones)
+        norm = merged.transpose(0, 1).flatten(1).norm(dim=1).reshape(shape)
+    else:
+        raise ValueError(
+            f"a DoRA scale of shape {tuple(magnitude.shape)} fits no axis of a weight of {tuple(merged.shape)}"
+        )
+    # The trainers' epsilon, so that a zero row stays zero instead of becoming NaN.
+    return merged * (magnitude.reshape(shape) / (norm + torch.finfo(torch.float32).eps))
 
 
 def _split(key: str) -> tuple[str, str] | None:
@@ -100,8 +218,75 @@ def _split(key: str) -> tuple[str, str] | None:
     return None
 
 
+def _scale(alpha: torch.Tensor | None, rank: int) -> float:
+    return float(alpha) / rank if alpha is not None else 1.0
+
+
+def _low_rank(parts: Mapping[str, torch.Tensor]) -> Delta | None:
+    if "up" not in parts or "down" not in parts:
+        return None
+    scale = _scale(parts.get("alpha"), parts["down"].shape[0])
+    if "mid" in parts:
+        return Delta("lora_tucker", (parts["up"], parts["mid"], parts["down"]), scale)
+    return Delta("lora", (parts["up"], parts["down"]), scale)
+
+
+def _loha(parts: Mapping[str, torch.Tensor]) -> Delta | None:
+    if not all(p in parts for p in ("w1a", "w1b", "w2a", "w2b")):
+        return None
+    scale = _scale(parts.get("alpha"), parts["w1b"].shape[0])
+    if "t1" in parts and "t2" in parts:
+        tensors = (parts["t1"], parts["w1a"], parts["w1b"], parts["t2"], parts["w2a"], parts["w2b"])
+        return Delta("loha_tucker", tensors, scale)
+    w1b = parts["w1b"].flatten(1)
+    w2b = parts["w2b"].flatten(1)
+    return Delta("loha", (parts["w1a"], w1b, parts["w2a"], w2b), scale)
+
+
+def _lokr_factor(parts: Mapping[str, torch.Tensor], name: str) -> tuple[torch.Tensor, ...] | None:
+    """One side of a LoKr change: ``k1`` / ``k2`` whole, or its ``a`` / ``b`` (and Tucker core)."""
+    if name in parts:
+        return (parts[name],)
+    if name + "a" not in parts or name + "b" not in parts:
+        return None
+    core = parts.get(name + "t")
+    pair = (parts[name + "a"], parts[name + "b"])
+    return pair if core is None else (core, *pair)
+
+
+def _lokr(parts: Mapping[str, torch.Tensor]) -> Delta | None:
+    left, right = _lokr_factor(parts, "k1"), _lokr_factor(parts, "k2")
+    if left is None or right is None:
+        return None
+    # The rank is the decomposed side's (the right one's when both are): alpha / rank scales the
+    # whole product. With both sides whole there is no rank and the product is used as is.
+    if len(right) > 1:
+        scale = _scale(parts.get("alpha"), parts["k2b"].shape[0])
+    elif len(left) > 1:
+        scale = _scale(parts.get("alpha"), parts["k1b"].shape[0])
+    else:
+        scale = 1.0
+    return Delta("lokr", (*left, *right), scale, split=len(left))
+
+
+def _weight_delta(parts: Mapping[str, torch.Tensor]) -> Delta | None:
+    for build in (_low_rank, _loha, _lokr):
+        delta = build(parts)
+        if delta is not None:
+            break
+    else:
+        delta = Delta("diff", (parts["diff"],), 1.0) if "diff" in parts else None
+    if delta is not None and "dora" in parts:
+        delta = replace(delta, dora_scale=parts["dora"])
+    return delta
+
+
 def read_deltas(sd: Mapping[str, torch.Tensor]) -> dict[str, Delta]:
-    """The file's changes by module key as written (prefix included), each one complete."""
+    """The file's changes by module key as written (prefix included), each one complete.
+
+    A change to a parameter other than the module's weight (``.diff_b``: its bias) is keyed
+    ``<module key>.<param>``.
+    """
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in sd.items():
         split = _split(key)
@@ -109,17 +294,11 @@ def read_deltas(sd: Mapping[str, torch.Tensor]) -> dict[str, Delta]:
             groups.setdefault(split[0], {})[split[1]] = value
     out: dict[str, Delta] = {}
     for module, parts in groups.items():
-        alpha = parts.get("alpha")
-        if "up" in parts and "down" in parts and "mid" not in parts:
-            rank = parts["down"].shape[0]
-            scale = float(alpha) / rank if alpha is not None else 1.0
-            out[module] = Delta("lora", (parts["up"], parts["down"]), scale)
-        elif all(p in parts for p in ("w1a", "w1b", "w2a", "w2b")):
-            rank = parts["w1b"].shape[0]
-            scale = float(alpha) / rank if alpha is not None else 1.0
-            w1b = parts["w1b"].flatten(1)
-            w2b = parts["w2b"].flatten(1)
-            out[module] = Delta("loha", (parts["w1a"], w1b, parts["w2a"], w2b), scale)
+        delta = _weight_delta(parts)
+        if delta is not None:
+            out[module] = delta
+        if "diff_b" in parts:
+            out[module + ".bias"] = Delta("diff", (parts["diff_b"],), 1.0, param="bias")
     return out
 
 
@@ -257,16 +436,24 @@ class LoraFile:
 def resolve(
     deltas: Mapping[str, Delta], unet: nn.Module | None, encoders: Mapping[str, nn.Module]
 ) -> LoraFile:
-    """Place each change on our module names (``<module>.weight``); unknown keys are listed."""
+    """Place each change on our parameter names (``<module>.<param>``); unknown keys are listed.
+
+    A change to a parameter the module lacks (a bias difference for a layer without a bias) is
+    listed as unknown too.
+    """
     unet_keys = unet_key_map(unet) if unet is not None else {}
     text_keys = text_key_map(encoders) if encoders else {}
+    unet_params = {name for name, _ in unet.named_parameters()} if unet is not None else set()
+    text_params = {enc: {name for name, _ in m.named_parameters()} for enc, m in encoders.items()}
     out = LoraFile(unet={}, text={name: {} for name in encoders}, unmatched=[])
     for key, delta in deltas.items():
-        if key in unet_keys:
-            out.unet[unet_keys[key] + ".weight"] = delta
-        elif key in text_keys:
-            enc_name, module = text_keys[key]
-            out.text[enc_name][module + ".weight"] = delta
+        module_key = key if delta.param == "weight" else key.removesuffix("." + delta.param)
+        in_unet = unet_keys.get(module_key)
+        in_text = text_keys.get(module_key)
+        if in_unet is not None and f"{in_unet}.{delta.param}" in unet_params:
+            out.unet[f"{in_unet}.{delta.param}"] = delta
+        elif in_text is not None and f"{in_text[1]}.{delta.param}" in text_params[in_text[0]]:
+            out.text[in_text[0]][f"{in_text[1]}.{delta.param}"] = delta
         else:
             out.unmatched.append(key)
     return out
@@ -315,7 +502,7 @@ class PatchedWeights:
                         weight = params[name]
                         total = weight.float()
                         for strength, delta in changes:
-                            total = total + strength * delta.weight(weight.shape).to(weight.device)
+                            total = delta.apply(total, strength)
                         merged[name] = total.to(weight.dtype)
                 self._merged, self._key = merged, key
             return self._merged
