@@ -20,6 +20,7 @@ from plugins.core_nodes.sampling.samplers import sample
 from plugins.core_nodes.sampling.schedules import ksampler_sigmas
 
 if TYPE_CHECKING:
+    from kernel import Kernel
     from plugins.core_nodes.contracts import DiffusionModel
 
 
@@ -29,6 +30,16 @@ class PreviewOptions:
 
     enabled: bool = False
     min_interval: float = 0.0
+
+
+def preview_options(kernel: Kernel | None) -> PreviewOptions:
+    """Previews per ``--preview-method`` / ``--preview-interval`` (none without a kernel)."""
+    from plugins.core_nodes.options import preview_interval
+
+    if kernel is None:
+        return PreviewOptions()
+    enabled = kernel.settings.preview_method != "none"
+    return PreviewOptions(enabled=enabled, min_interval=preview_interval(kernel))
 
 
 def prepare_mask(noise_mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:

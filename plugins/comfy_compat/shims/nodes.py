@@ -55,16 +55,6 @@ def __getattr__(name: str) -> Any:
     return entry.cls
 
 
-def _preview_options() -> Any:
-    """Previews as the core KSampler sends them: per ``--preview-method`` / ``--preview-interval``."""
-    from plugins.core_nodes.ksampler import PreviewOptions
-    from plugins.core_nodes.options import preview_interval
-
-    kernel = _kernel()
-    enabled = kernel.settings.preview_method != "none"
-    return PreviewOptions(enabled=enabled, min_interval=preview_interval(kernel))
-
-
 def common_ksampler(
     model: Any,
     seed: int,
@@ -85,7 +75,7 @@ def common_ksampler(
     with the same noise, progress, interruption and latent previews."""
     from comfy.sample import fix_empty_latent_channels
 
-    from plugins.core_nodes.ksampler import run_ksampler
+    from plugins.core_nodes.ksampler import preview_options, run_ksampler
 
     latent = dict(latent)
     latent["samples"] = fix_empty_latent_channels(
@@ -106,7 +96,7 @@ def common_ksampler(
         start_step=start_step,
         last_step=last_step,
         force_full_denoise=force_full_denoise,
-        preview=_preview_options(),
+        preview=preview_options(_kernel()),
     )
     return (out,)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from plugins.core_nodes.nodes.common import MAX_SEED, KernelNode
-from plugins.core_nodes.options import preview_interval
 from plugins.core_nodes.sampling.names import SAMPLER_NAMES, SCHEDULER_NAMES  # torch-free
 
 
@@ -33,13 +32,9 @@ class _Sampler(KernelNode):
 
     @classmethod
     def _preview(cls) -> Any:
-        from plugins.core_nodes.ksampler import PreviewOptions
+        from plugins.core_nodes.ksampler import preview_options
 
-        kernel = cls.KERNEL
-        if kernel is None:
-            return PreviewOptions()
-        enabled = kernel.settings.preview_method != "none"
-        return PreviewOptions(enabled=enabled, min_interval=preview_interval(kernel))
+        return preview_options(cls.KERNEL)
 
 
 class KSampler(_Sampler):
