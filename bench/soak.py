@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
@@ -48,6 +49,14 @@ async def stalled_socket(url: str, client_id: str) -> tuple[asyncio.StreamReader
     )
     await writer.drain()
     return reader, writer
+
+
+def stalled_prompt(n: int) -> dict[str, Any]:
+    text = f"{n:08d}" * 512  # 4 KiB, different per prompt so nothing is cached
+    return {
+        "1": {"class_type": "TestString", "inputs": {"text": text}},
+        "2": {"class_type": "TestAnySink", "inputs": {"value": ["1", 0]}},
+    }
 
 
 async def was_closed_by_server(reader: asyncio.StreamReader, timeout: float = 10.0) -> bool:
@@ -87,9 +96,13 @@ async def run(args: argparse.Namespace) -> int:
             async def client() -> None:
                 nonlocal accepted, errors
                 for n in next_id:
-                    # Every fifth prompt is the stalled tab's, so its execution messages pile up.
-                    client_id = stalled_id if n % 5 == 0 else listeners[n % len(listeners)].client_id
-                    body = {"prompt": prompt(n), "client_id": client_id}
+                    # Every fifth prompt is the stalled tab's, so its execution messages pile up;
+                    # they carry a 4 KiB text, so what piles up outgrows the OS socket buffers
+                    # (up to 4 MiB on loopback) and reaches the kernel's bounded send queue.
+                    if n % 5 == 0:
+                        body = {"prompt": stalled_prompt(n), "client_id": stalled_id}
+                    else:
+                        body = {"prompt": prompt(n), "client_id": listeners[n % len(listeners)].client_id}
                     async with session.post(server.url + "/prompt", json=body) as resp:
                         await resp.read()
                         if resp.status == 200:
