@@ -1,3 +1,20 @@
 """Shared test helpers: the fixtures themselves come from kernel.testing (pytest11 entry point)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch single-threaded for the test: on two shared cores, OpenMP workers spinning against
+    other processes make tiny convolutions up to 100x slower. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch  # here, not at import: most tests never load torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -29,14 +29,7 @@ STEPS = 3
 PLUGINS = ["comfy_compat", "models", "core_nodes"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    # Two shared cores: OpenMP workers spinning against other processes make tiny convolutions
-    # far slower, so these small models run single-threaded.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,10 @@ from . import test_lora, test_workflows_e2e
 from .test_lora import _loaded, _probe
 from .test_workflows_e2e import _pixels, _run, _saved, _server, txt2img
 
-# The shared tiny checkpoints and the single-threaded torch of the LoRA and workflow tests.
+# The shared tiny checkpoints of the LoRA and workflow tests.
 bases = test_lora.bases
-one_thread = test_lora.one_thread
 checkpoints = test_workflows_e2e.checkpoints
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TOL = {"atol": 1e-6, "rtol": 0.0}
 UNET = "model.diffusion_model."

@@ -34,14 +34,7 @@ SIZE = 64  # pixels; 8 x 8 latents
 WORKFLOW = {"nodes": [], "links": [], "version": 0.4, "extra": {"note": "saved by the e2e test"}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    # Two shared cores: OpenMP workers spinning against other processes make tiny convolutions
-    # 100x slower, so these small models run single-threaded.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
