@@ -7,6 +7,15 @@ import re
 from kernel.events import ServerMessage
 
 
+async def assert_silent(ws, seconds: float = 0.3) -> None:
+    """Nothing more arrives on ``ws`` for ``seconds``."""
+    try:
+        extra = await ws.receive(timeout=seconds)
+    except TimeoutError:
+        return
+    raise AssertionError(f"unexpected frame {extra}")
+
+
 async def test_first_message_is_status_with_minted_sid(comfy_server):
     server = await comfy_server(plugins=[])
     ws = await server.ws()
@@ -50,11 +59,7 @@ async def test_feature_flag_handshake(comfy_server):
     assert hub_client.feature_flags == {"supports_preview_metadata": True}
     # Only the first message is inspected.
     await ws.send_json({"type": "feature_flags", "data": {}})
-    try:
-        extra = await ws.receive_json(timeout=0.3)
-        raise AssertionError(f"unexpected reply {extra}")
-    except TimeoutError:
-        pass
+    await assert_silent(ws)
     await ws.close()
 
 
@@ -126,11 +131,7 @@ async def test_consecutive_status_changes_reach_each_socket_as_one(comfy_server)
     # The other socket saw no message in between: only the latest count, once.
     assert await idle.receive_json(timeout=5) == _status(4)
     for ws in (watch, idle):
-        try:
-            extra = await ws.receive(timeout=0.3)
-            raise AssertionError(f"unexpected extra frame {extra}")
-        except TimeoutError:
-            pass
+        await assert_silent(ws)
         await ws.close()
 
 
