@@ -28,10 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("comfykernel.ws")
 
 SEND_QUEUE_LIMIT = 2048
-# Queue-size ``status`` broadcasts are coalesced per socket: under load every queued, started and
-# finished prompt changes the count, and each change would cost one frame on every socket. A
-# socket gets the latest count before its next other message (so its order of messages is the
-# reference's, with consecutive statuses merged) or after this delay, whichever comes first.
+# Queue-size ``status`` broadcasts are throttled: under load every queued, started and finished
+# prompt changes the count, and each change would cost one frame on every socket. A change goes
+# out at once when none went out in the last window; changes inside the window are merged and go
+# out at its end, or earlier to a socket that is about to get another message (so each socket's
+# order of messages stays the reference's, with consecutive statuses merged into the latest).
 STATUS_COALESCE_SECONDS = 0.02
 
 
@@ -57,6 +58,7 @@ class SocketHub:
         self.status_version = 0
         self._status_frame = ""
         self._status_timer: asyncio.TimerHandle | None = None
+        self._status_sent_at = float("-inf")  # loop time of the last broadcast
 
     def _targets(self, sid: str | None) -> Iterable[Client]:
         if sid is None:
@@ -112,6 +114,10 @@ class SocketHub:
         if self._status_timer is not None:
             self._status_timer.cancel()
             self._status_timer = None
+        try:
+            self._status_sent_at = asyncio.get_running_loop().time()
+        except RuntimeError:
+            pass
         for client in list(self.clients.values()):
             self._catch_up(client)
 
@@ -121,13 +127,17 @@ class SocketHub:
             {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}}
         )
         if self._status_timer is not None:
-            return
+            return  # the window's merged broadcast is already due
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # published outside a running server: nothing to batch with
             self.flush_status()
             return
-        self._status_timer = loop.call_later(STATUS_COALESCE_SECONDS, self.flush_status)
+        wait = self._status_sent_at + STATUS_COALESCE_SECONDS - loop.time()
+        if wait <= 0:
+            self.flush_status()
+        else:
+            self._status_timer = loop.call_later(wait, self.flush_status)
 
     def on_bus(self, event: Any) -> None:
         if isinstance(event, ServerMessage):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from kernel.events import ServerMessage
@@ -99,8 +100,7 @@ async def test_queue_change_broadcasts_status(comfy_server):
     await ws.receive_json(timeout=5)
     server.kernel.queue.put(QueueItem(number=0, prompt_id="p1", prompt={}))
     msg = await ws.receive_json(timeout=5)
-    assert msg["type"] == "status"
-    assert msg["data"]["status"]["exec_info"]["queue_remaining"] in (0, 1)
+    assert msg == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 1}}}}
     await ws.close()
 
 
@@ -108,10 +108,11 @@ def _status(n: int) -> dict:
     return {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": n}}}}
 
 
-async def test_consecutive_status_changes_reach_each_socket_as_one(comfy_server):
-    """Under load every queue change is a broadcast; a socket gets the latest count once, before
-    its next other message or after a short delay, so per-socket order stays the reference's."""
-
+async def test_status_changes_within_a_window_are_merged_per_socket(comfy_server):
+    """Under load every queue change is a broadcast. The first change goes out at once; further
+    changes within the window reach a socket as one (the latest count), before that socket's next
+    other message or at the window's end, so per-socket order stays the reference's."""
+    from kernel.builtin.ws import HUB, STATUS_COALESCE_SECONDS
     from kernel.events import QueueChanged
 
     server = await comfy_server(plugins=[])
@@ -124,14 +125,26 @@ async def test_consecutive_status_changes_reach_each_socket_as_one(comfy_server)
         bus.publish(QueueChanged(queue_remaining=n))
     bus.publish(ServerMessage(type="hello", data={}, sid="watch"))
     bus.publish(QueueChanged(queue_remaining=4))
-    # The addressed socket: the merged count first, then its message, then the newer count.
+    # The addressed socket: the first count at once, the merged one before its message, then
+    # the newer count at the window's end.
+    assert await watch.receive_json(timeout=5) == _status(1)
     assert await watch.receive_json(timeout=5) == _status(3)
     assert await watch.receive_json(timeout=5) == {"type": "hello", "data": {}}
     assert await watch.receive_json(timeout=5) == _status(4)
-    # The other socket saw no message in between: only the latest count, once.
+    # The other socket saw no message in between: the first count, then only the latest.
+    assert await idle.receive_json(timeout=5) == _status(1)
     assert await idle.receive_json(timeout=5) == _status(4)
     for ws in (watch, idle):
         await assert_silent(ws)
+    # After a quiet window, a change goes out at once again: queued for every socket before
+    # publish returns, no timer left waiting.
+    await asyncio.sleep(STATUS_COALESCE_SECONDS * 2)
+    bus.publish(QueueChanged(queue_remaining=0))
+    hub = server.kernel.stash[HUB]
+    assert hub._status_timer is None
+    assert all(client.status_seen == hub.status_version for client in hub.clients.values())
+    for ws in (watch, idle):
+        assert await ws.receive_json(timeout=5) == _status(0)
         await ws.close()
 
 
