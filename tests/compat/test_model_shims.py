@@ -1,9 +1,11 @@
 """``comfy.sd``, ``comfy.sample`` and ``nodes.common_ksampler`` over the core nodes' model stack.
 
-The end-to-end test runs ``packs/model_pack`` (a one-node checkpoint + LoRA + sampling that calls
-ComfyUI's helpers) through a real server and compares its latent bit for bit with the graph the
-core nodes build for the same work (CheckpointLoaderSimple + LoraLoader + KSampler). The other
-tests call the shims directly, as a pack's code would, on tiny random-weight checkpoints.
+The end-to-end tests run ``packs/model_pack`` through a real server and compare its tensors bit for
+bit with the graph the core nodes build for the same work: a one-node checkpoint + LoRA + sampling
+that calls ComfyUI's helpers (against CheckpointLoaderSimple + LoraLoader + KSampler), and nodes
+that use the CLIP object's ``tokenize`` / ``encode_from_tokens(_scheduled)`` / ``clone`` /
+``clip_layer`` (against CLIPTextEncode and CLIPSetLastLayer). The other tests call the shims
+directly, as a pack's code would, on tiny random-weight checkpoints.
 """
 
 from __future__ import annotations
@@ -185,6 +187,75 @@ async def test_a_broken_checkpoint_in_a_pack_is_an_execution_error(
     (error,) = messages(frames, "execution_error")
     assert error["node_id"] == "1"
     assert "broken.safetensors" in error["exception_message"]
+
+
+def _encode_prompt(ckpt: str, text: str) -> dict[str, Any]:
+    """Every way to encode ``text``: the core nodes and the pack's CLIP-API nodes, each saved."""
+
+    def saved(source: str) -> dict[str, Any]:
+        return {
+            "class_type": "ModelPackSaveConditioning",
+            "inputs": {"conditioning": [source, 0], "filename_prefix": f"cond_{source}"},
+        }
+
+    clip = ["ckpt", 1]
+    nodes = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "core": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": clip}},
+        "skip": {"class_type": "CLIPSetLastLayer", "inputs": {"clip": clip, "stop_at_clip_layer": -2}},
+        "core_skip": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["skip", 0]}},
+        "pack_skip": {
+            "class_type": "ModelPackClipSkipEncode",
+            "inputs": {"clip": clip, "text": text, "stop_at_clip_layer": -2},
+        },
+    }
+    for factor in (1.0, 1.5):
+        nodes[f"pack_x{factor}"] = {
+            "class_type": "ModelPackWeightedEncode",
+            "inputs": {"clip": clip, "text": text, "factor": factor},
+        }
+    encoders = [name for name in nodes if name not in ("ckpt", "skip")]
+    return {**nodes, **{f"save_{name}": saved(name) for name in encoders}}
+
+
+async def _conditionings(server: Any, prompt: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+    """The tensors each ``save_<name>`` node of ``prompt`` wrote, by ``<name>``."""
+    frames = await run_prompt(server, prompt)
+    errors = messages(frames, "execution_error")
+    assert not errors, errors[0].get("exception_message")
+    out = {}
+    for data in messages(frames, "executed"):
+        (saved,) = data["output"]["latents"]
+        path = Path(server.kernel.settings.output_path) / saved["subfolder"] / saved["filename"]
+        out[data["node"].removeprefix("save_")] = load_file(str(path))
+    return out
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    assert a.keys() == b.keys() == {"cond", "pooled_output"}
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+async def test_pack_clip_api_equals_the_core_text_nodes(
+    comfy_server: Any, tmp_path: Path, checkpoint: Path
+) -> None:
+    server = await _model_server(comfy_server, tmp_path, {"checkpoints": checkpoint})
+    got = await _conditionings(server, _encode_prompt(checkpoint.name, "a (glass:1.2) bottle on a beach"))
+    assert sorted(got) == ["core", "core_skip", "pack_skip", "pack_x1.0", "pack_x1.5"]
+    assert got["core"]["cond"].shape == (1, 77, tiny_pipeline.CLIP_WIDTH)
+    # tokenize -> weights x1 -> encode_from_tokens is CLIPTextEncode, bit for bit; x1.5 is not.
+    assert _same(got["pack_x1.0"], got["core"])
+    assert not torch.equal(got["pack_x1.5"]["cond"], got["core"]["cond"])
+    # clone().clip_layer(-2) + encode_from_tokens_scheduled is CLIPSetLastLayer + CLIPTextEncode.
+    assert _same(got["pack_skip"], got["core_skip"])
+    assert not torch.equal(got["core_skip"]["cond"], got["core"]["cond"])
+
+    # The pack's clip_layer changed its clone only: the cached loader's CLIP (the same object the
+    # pack got) still encodes at the default layer, so a new text differs with and without skip.
+    again = await _conditionings(server, _encode_prompt(checkpoint.name, "a red fox"))
+    assert not torch.equal(again["core"]["cond"], again["core_skip"]["cond"])
+    assert _same(again["pack_x1.0"], again["core"]) and _same(again["pack_skip"], again["core_skip"])
+    assert [m.kind for m in get_manager(server.kernel).loaded()] == ["checkpoint"]
 
 
 # --- comfy.sd, called as a pack calls it ------------------------------------------------------

@@ -14,11 +14,18 @@ device when used, released on ``/free``); the manager is found through the kerne
 executing (:mod:`plugins.core_nodes.serving`). Outside a node (tests, benchmarks) files load
 uncached on the CPU. LoRA (:func:`apply_lora`) returns new adapters over the same cached modules
 with patched weights overlaid per call, so the cached model is never changed.
+
+Custom-node packs (``comfy_compat``) call the reference's object API on these values, so each
+adapter also carries the commonly used, cheap part of it: ``ModelPatcher``'s ``clone``,
+``model_options``, ``get_model_object``, ``model_dtype`` and ``.model``; ``CLIP``'s ``tokenize``,
+``encode_from_tokens(_scheduled)``, ``clone`` and ``clip_layer``; ``VAE``'s ratios, crop and the
+keyword form of the tiled calls. Those methods give the same numbers as the core nodes' paths.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,6 +49,7 @@ from plugins.core_nodes.models.lora import (
 )
 from plugins.core_nodes.models.manager import ModelManager, get_manager
 from plugins.core_nodes.models.text_encoder import (
+    Chunks,
     ClipEncoder,
     TextEncoderStack,
     load_state_dict_file,
@@ -171,8 +179,46 @@ def _read_checkpoint(dtype: torch.dtype | None, embeddings: EmbeddingLookup | No
 # --- MODEL ------------------------------------------------------------------------------------
 
 
+def _copy_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``model_options`` for a clone: nested dicts and lists copied, everything else shared.
+
+    The reference's clone rule, so a pack that adds an entry to a clone's ``transformer_options``
+    (the usual ``to["patches"][name].append(...)`` dance) leaves the original's untouched.
+    """
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, Mapping):
+            out[key] = _copy_options(value)
+        elif isinstance(value, list):
+            out[key] = list(value)
+        else:
+            out[key] = value
+    return out
+
+
+class BaseModelView:
+    """What a pack reaches as ``model.model`` (the reference's ``BaseModel``): read-only parts."""
+
+    def __init__(self, unet: UNetModel, model_sampling: ModelSamplingDiscrete, fmt: LatentFormat) -> None:
+        self.diffusion_model = unet
+        self.model_sampling = model_sampling
+        self.latent_format = fmt
+
+    def get_dtype(self) -> torch.dtype:
+        return next(self.diffusion_model.parameters()).dtype
+
+
 class DiffusionModel:
-    """A UNet as the denoiser KSampler drives (``contracts.DiffusionModel``)."""
+    """A UNet as the denoiser KSampler drives (``contracts.DiffusionModel``).
+
+    The reference ``ModelPatcher`` API packs use: :meth:`clone`, ``model_options`` (a dict, the
+    reference's ``{"transformer_options": {}}`` to start with; clones get their own copy),
+    :meth:`get_model_object`, :meth:`model_dtype` and ``model`` (:class:`BaseModelView`).
+    The sampler never reads ``model_options``: patches and wrappers a pack puts there (cfg
+    functions, attention patches...) are kept and ignored. ``add_patches`` is not offered: the
+    reference's patches are keyed by its own state-dict names in ``comfy.lora``'s formats, which
+    this server does not produce; LoRA goes through ``comfy.sd.load_lora_for_models``.
+    """
 
     def __init__(
         self,
@@ -190,13 +236,40 @@ class DiffusionModel:
         self.weights = PatchedWeights(unet, patches)
         if manager is not None and self.weights.patches:
             manager.track_derived(unet, self.weights)
+        self.model_options: dict[str, Any] = {"transformer_options": {}}
+        self.model = BaseModelView(unet, self.model_sampling, self.latent_format)
 
     @property
     def patches(self) -> Patches:
         return self.weights.patches
 
     def with_patches(self, patches: Patches) -> DiffusionModel:
-        return DiffusionModel(self.unet, self.family, self.manager, patches)
+        new = DiffusionModel(self.unet, self.family, self.manager, patches)
+        new.model_options = _copy_options(self.model_options)
+        return new
+
+    def clone(self) -> DiffusionModel:
+        """A new MODEL over the same UNet and patches; its ``model_options`` are its own copy."""
+        twin = copy.copy(self)
+        twin.model_options = _copy_options(self.model_options)
+        return twin
+
+    def get_model_object(self, name: str) -> Any:
+        """``model_sampling``, ``latent_format``, ``diffusion_model`` (dotted paths go inside it)."""
+        found: Any = self.model
+        for part in name.split("."):
+            try:
+                found = getattr(found, part)
+            except AttributeError:
+                raise AttributeError(
+                    f"MODEL has no object {name!r}; this server provides model_sampling, "
+                    "latent_format and diffusion_model"
+                ) from None
+        return found
+
+    def model_dtype(self) -> torch.dtype:
+        """The dtype the UNet's weights are stored in (float32 on the CPU)."""
+        return self.model.get_dtype()
 
     def adm(self, cond: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor | None:
         """SDXL's ADM vector for ``cond`` on latents ``x`` (None for models without one)."""
@@ -258,7 +331,15 @@ class _PatchedClip:
 
 
 class TextEncoder:
-    """Tokenizer + encoders (``contracts.TextEncoder``); never changes the cached stack."""
+    """Tokenizer + encoders (``contracts.TextEncoder``); never changes the cached stack.
+
+    The reference ``CLIP`` API packs use: :meth:`tokenize` gives the reference's tokens (by
+    encoder name ``l`` / ``h`` / ``g``, lists of 77-long chunks of ``(token, weight)`` or, with
+    ``return_word_ids``, ``(token, weight, word_id)``); :meth:`encode_from_tokens` and
+    :meth:`encode_from_tokens_scheduled` encode them (edited or not) at this adapter's clip-skip
+    layer and LoRA patches, exactly as :meth:`encode` does text; :meth:`clone` and
+    :meth:`clip_layer` are the reference's copy-then-mutate pair.
+    """
 
     def __init__(
         self,
@@ -295,10 +376,92 @@ class TextEncoder:
             encoders[name] = view
         return TextEncoderStack(self.stack.family, self.stack.tokenizers, encoders)
 
-    def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode_tokens(
+        self, tokens: Mapping[str, Chunks], unprojected: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # Like the reference, each encoder reads its own key and other keys are ignored.
+        missing = [name for name in self.stack.encoders if not tokens.get(name)]
+        if missing:
+            raise ValueError(
+                f"tokens for this CLIP need chunks under {sorted(self.stack.encoders)}; "
+                f"missing or empty: {missing}"
+            )
+        if unprojected:
+            self._check_unprojected()
+        picked = {name: tokens[name] for name in self.stack.encoders}
         with _using(self.manager, list(self.models.values())):
-            cond, pooled = self._view().encode(text)
+            cond, pooled = self._view().encode_tokens(picked)
         return cond.float().cpu(), None if pooled is None else pooled.float().cpu()
+
+    def _check_unprojected(self) -> None:
+        """The unprojected pooled output is the pooled one when its encoder has no projection."""
+        encoders = self.stack.encoders
+        pooling = encoders["g"] if "g" in encoders else next(iter(encoders.values()))
+        if pooling.model.text_projection is not None:
+            raise NotImplementedError(
+                "the unprojected pooled output of a projected text encoder (OpenCLIP-H / -G) "
+                "is not supported by this server"
+            )
+
+    def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._encode_tokens(self.stack.tokenize(text))
+
+    # The reference's CLIP object API.
+
+    @property
+    def layer_idx(self) -> int | None:
+        """The reference's name for the clip-skip layer (None: the family's default)."""
+        return self.layer
+
+    @layer_idx.setter
+    def layer_idx(self, layer_idx: int | None) -> None:
+        self.layer = layer_idx
+
+    def tokenize(self, text: str, return_word_ids: bool = False, **kwargs: Any) -> dict[str, Chunks]:
+        """The reference's tokens for ``text``. Newer references' extra options (``min_length``,
+        ``tokenizer_options``...) are accepted and not used: chunks are always 77 tokens."""
+        return {
+            name: tokenizer.tokenize_with_weights(text, return_word_ids)
+            for name, tokenizer in self.stack.tokenizers.items()
+        }
+
+    def encode_from_tokens(
+        self, tokens: Mapping[str, Chunks], return_pooled: bool | str = False, return_dict: bool = False
+    ) -> Any:
+        """``cond``; ``(cond, pooled)`` with ``return_pooled``; ``{"cond", "pooled_output"}`` with
+        ``return_dict``. ``return_pooled="unprojected"`` is only served where nothing is projected."""
+        cond, pooled = self._encode_tokens(tokens, unprojected=return_pooled == "unprojected")
+        if return_dict:
+            return {"cond": cond, "pooled_output": pooled}
+        if return_pooled:
+            return cond, pooled
+        return cond
+
+    def encode_from_tokens_scheduled(
+        self,
+        tokens: Mapping[str, Chunks],
+        unprojected: bool = False,
+        add_dict: Mapping[str, Any] | None = None,
+        show_pbar: bool = True,
+    ) -> list[list[Any]]:
+        """A CONDITIONING, as CLIPTextEncode gives: ``[[cond, {"pooled_output": pooled, **add_dict}]]``
+        (this server has no hook schedules, so there is always one entry)."""
+        cond, pooled = self._encode_tokens(tokens, unprojected=unprojected)
+        return [[cond, {"pooled_output": pooled, **(add_dict or {})}]]
+
+    def clone(self) -> TextEncoder:
+        """A new CLIP over the same models, layer and patches; :meth:`clip_layer` on it leaves this one."""
+        twin = copy.copy(self)
+        twin.patches = dict(self.patches)
+        return twin
+
+    def clip_layer(self, layer_idx: int | None) -> None:
+        """Clip skip in place, as the reference's (packs call it on a clone): -1 last, -2 ..."""
+        self.layer = layer_idx
+
+    def load_model(self) -> TextEncoder:
+        """Nothing to do: the model manager moves the encoders to the device when they run."""
+        return self
 
     def with_last_layer(self, layer: int) -> TextEncoder:
         return TextEncoder(self.stack, self.manager, layer, self.patches)
@@ -311,7 +474,16 @@ class TextEncoder:
 
 
 class Autoencoder:
-    """``contracts.ImageAutoencoder`` over :class:`~plugins.core_nodes.models.vae.VAE`."""
+    """``contracts.ImageAutoencoder`` over :class:`~plugins.core_nodes.models.vae.VAE`.
+
+    The reference ``VAE`` layouts: ``encode`` takes IMAGE pixels ``[B, H, W, C]`` in 0..1 (cropped,
+    centred, to multiples of ``downscale_ratio``; channels past 3 are ignored) and gives latents
+    ``[B, C, h, w]``; ``decode`` the reverse. The tiled calls take the core nodes' positional
+    ``(tile_size, overlap)`` in pixels, or the reference's keywords: ``encode_tiled(pixels,
+    tile_x=512, tile_y=512, overlap=64)`` in pixels, ``decode_tiled(latent, tile_x=64, tile_y=64,
+    overlap=16)`` in latent pixels. Tiles are square here: unequal ``tile_x`` / ``tile_y`` use the
+    smaller; ``tile_t`` / ``overlap_t`` (video VAEs) are accepted and not used.
+    """
 
     def __init__(
         self, vae: VAE, latent_format: LatentFormat = SD15, manager: ModelManager | None = None
@@ -320,13 +492,32 @@ class Autoencoder:
         self.manager = manager
         self.latent_format = latent_format
         self.downscale_ratio = int(vae.downscale)
+        self.upscale_ratio = self.downscale_ratio
+        self.latent_channels = int(vae.latent_channels)
 
     def _use(self) -> contextlib.AbstractContextManager[torch.device]:
         return _using(self.manager, [self.vae.model])
 
+    def spacial_compression_decode(self) -> int:
+        return self.upscale_ratio
+
+    def spacial_compression_encode(self) -> int:
+        return self.downscale_ratio
+
+    def temporal_compression_decode(self) -> None:
+        """None: an image VAE (the reference's tiled nodes ask before using the temporal inputs)."""
+        return None
+
+    def vae_encode_crop_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, H, W, C]`` cut, centred, to multiples of the downscale ratio (a view)."""
+        d = self.downscale_ratio
+        h, w = pixels.shape[1] // d * d, pixels.shape[2] // d * d
+        y0, x0 = (pixels.shape[1] % d) // 2, (pixels.shape[2] % d) // 2
+        return pixels[:, y0 : y0 + h, x0 : x0 + w, :]
+
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         with self._use():
-            return self.vae.encode(pixels)
+            return self.vae.encode(self.vae_encode_crop_pixels(pixels))
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         with self._use():
@@ -337,14 +528,52 @@ class Autoencoder:
         tile = max(d, tile_size // d * d)
         return tile, min(overlap // d * d, tile - d)
 
-    def encode_tiled(self, pixels: torch.Tensor, tile_size: int, overlap: int) -> torch.Tensor:
-        tile, over = self._pixel_tiles(tile_size, overlap)
-        with self._use():
-            return self.vae.encode_tiled(pixels, tile, over)
+    @staticmethod
+    def _keyword_tiles(
+        call: str, tile_size: int | None, tile_x: int | None, tile_y: int | None, default: int
+    ) -> int:
+        """The square tile of either calling form, in the units of the form."""
+        if tile_size is not None:
+            if tile_x is not None or tile_y is not None:
+                raise TypeError(f"{call}: give tile_size (pixels) or tile_x / tile_y, not both")
+            return int(tile_size)
+        return int(min(default if tile_x is None else tile_x, default if tile_y is None else tile_y))
 
-    def decode_tiled(self, latent: torch.Tensor, tile_size: int, overlap: int) -> torch.Tensor:
-        tile, over = self._pixel_tiles(tile_size, overlap)
+    def encode_tiled(
+        self,
+        pixels: torch.Tensor,
+        tile_size: int | None = None,
+        overlap: int | None = None,
+        *,
+        tile_x: int | None = None,
+        tile_y: int | None = None,
+        tile_t: int | None = None,
+        overlap_t: int | None = None,
+    ) -> torch.Tensor:
+        size = self._keyword_tiles("encode_tiled", tile_size, tile_x, tile_y, 512)
+        tile, over = self._pixel_tiles(size, 64 if overlap is None else int(overlap))
+        with self._use():
+            return self.vae.encode_tiled(self.vae_encode_crop_pixels(pixels), tile, over)
+
+    def decode_tiled(
+        self,
+        latent: torch.Tensor,
+        tile_size: int | None = None,
+        overlap: int | None = None,
+        *,
+        tile_x: int | None = None,
+        tile_y: int | None = None,
+        tile_t: int | None = None,
+        overlap_t: int | None = None,
+    ) -> torch.Tensor:
         d = self.downscale_ratio
+        if tile_size is None:  # the reference's form counts latent pixels
+            size = self._keyword_tiles("decode_tiled", None, tile_x, tile_y, 64) * d
+            pixels_overlap = (16 if overlap is None else int(overlap)) * d
+        else:
+            size = self._keyword_tiles("decode_tiled", tile_size, tile_x, tile_y, 64)
+            pixels_overlap = 64 if overlap is None else int(overlap)
+        tile, over = self._pixel_tiles(size, pixels_overlap)
         with self._use():
             return self.vae.decode_tiled(latent, tile // d, over // d)
 

@@ -4,6 +4,12 @@
 ``ModelPackTxt2Latent`` is a one-node text-to-latent (checkpoint + LoRA + prompts + sampling);
 ``ModelPackSaveLatent`` writes a LATENT's samples to the output folder, so a test can compare
 the tensors bit for bit with what the core nodes' graph gives.
+
+The CLIP object's API: ``ModelPackWeightedEncode`` tokenizes, multiplies every token weight by a
+factor and encodes the tokens (``encode_from_tokens(return_pooled=True)``);
+``ModelPackClipSkipEncode`` encodes with ``clip.clone().clip_layer(n)`` and
+``encode_from_tokens_scheduled``; ``ModelPackSaveConditioning`` writes a CONDITIONING's first
+tensor and pooled output for the comparison.
 """
 
 import os
@@ -89,7 +95,82 @@ class ModelPackSaveLatent:
         return {"ui": {"latents": [{"filename": filename, "subfolder": subfolder, "type": "output"}]}}
 
 
+class ModelPackWeightedEncode:
+    CATEGORY = "compat/models"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip": ("CLIP",),
+                "text": ("STRING", {"multiline": True}),
+                "factor": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+            }
+        }
+
+    def encode(self, clip, text, factor):
+        tokens = clip.tokenize(text)
+        weighted = {
+            name: [[(token, weight * factor) for token, weight in chunk] for chunk in chunks]
+            for name, chunks in tokens.items()
+        }
+        cond, pooled = clip.encode_from_tokens(weighted, return_pooled=True)
+        return ([[cond, {"pooled_output": pooled}]],)
+
+
+class ModelPackClipSkipEncode:
+    CATEGORY = "compat/models"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip": ("CLIP",),
+                "text": ("STRING", {"multiline": True}),
+                "stop_at_clip_layer": ("INT", {"default": -1, "min": -24, "max": -1, "step": 1}),
+            }
+        }
+
+    def encode(self, clip, text, stop_at_clip_layer):
+        clip = clip.clone()
+        clip.clip_layer(stop_at_clip_layer)
+        return (clip.encode_from_tokens_scheduled(clip.tokenize(text)),)
+
+
+class ModelPackSaveConditioning:
+    CATEGORY = "compat/models"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "conditioning": ("CONDITIONING",),
+                "filename_prefix": ("STRING", {"default": "conditioning"}),
+            }
+        }
+
+    def save(self, conditioning, filename_prefix):
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory()
+        )
+        filename = f"{name}_{counter:05}_.safetensors"
+        cond, options = conditioning[0]
+        tensors = {"cond": cond.contiguous(), "pooled_output": options["pooled_output"].contiguous()}
+        comfy.utils.save_torch_file(tensors, os.path.join(folder, filename))
+        return {"ui": {"latents": [{"filename": filename, "subfolder": subfolder, "type": "output"}]}}
+
+
 NODE_CLASS_MAPPINGS = {
     "ModelPackTxt2Latent": ModelPackTxt2Latent,
     "ModelPackSaveLatent": ModelPackSaveLatent,
+    "ModelPackWeightedEncode": ModelPackWeightedEncode,
+    "ModelPackClipSkipEncode": ModelPackClipSkipEncode,
+    "ModelPackSaveConditioning": ModelPackSaveConditioning,
 }
