@@ -89,23 +89,28 @@ def _load_safetensors(path: Path, check: CheckInterrupt) -> tuple[dict[str, torc
             metadata = dict(f.metadata() or {})
             for key in f.keys():
                 check()
-                out[key] = _aligned(f.get_tensor(key))
+                out[key] = f.get_tensor(key)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"Could not read {path.name}: not a valid safetensors file ({e})") from None
     return out, metadata
 
 
-# CPU kernels pick their vector paths by the address of the weights: a tensor that is a slice of
-# the file's mapping starts wherever the file put it, so the same weights read from two files
-# (a checkpoint and its extracted UNet) could round differently. Torch allocates at this boundary.
+# CPU kernels pick their vector paths by the address of the weights. A model built with
+# ``assign=True`` keeps tensors that are slices of the file's mapping wherever the file put them
+# (safetensors packs them after an 8-byte-aligned header), so the same weights read from two
+# files (a checkpoint and its extracted UNet) could round differently. Torch allocates at 64.
 _ALIGNMENT = 64
 
 
-def _aligned(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` itself when its data starts on a 64-byte boundary, else an aligned copy."""
-    if tensor.data_ptr() % _ALIGNMENT:
-        return tensor.clone()
-    return tensor
+def _realign(module: Any) -> Any:
+    """Copy, one tensor at a time, the parameters and buffers of ``module`` that do not start on
+    a 64-byte boundary; those a dtype cast already copied are left as they are."""
+    if isinstance(module, torch.nn.Module):
+        with torch.no_grad():
+            for tensor in (*module.parameters(), *module.buffers()):
+                if tensor.data_ptr() % _ALIGNMENT:
+                    tensor.data = tensor.data.clone()
+    return module
 
 
 def _load_pickle(path: Path, check: CheckInterrupt) -> dict[str, torch.Tensor]:
@@ -127,7 +132,7 @@ def _load_pickle(path: Path, check: CheckInterrupt) -> dict[str, torch.Tensor]:
     if not isinstance(data, dict):
         raise CheckpointError(f"Could not read {path.name}: it does not hold a dictionary of tensors")
     check()
-    return {k: _aligned(v) for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -209,7 +214,7 @@ def detect_family(
 
 def _build(name: str, builder: Callable[[], Any]) -> Any:
     try:
-        return builder()
+        return _realign(builder())
     except (RuntimeError, KeyError, ValueError, IndexError) as e:
         # load_state_dict lists missing/unexpected keys and shape mismatches; keep it short.
         detail = str(e).splitlines()[0][:300]

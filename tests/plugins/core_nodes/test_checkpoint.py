@@ -270,22 +270,23 @@ def test_mixed_precision_file_loads_as_one_dtype(tmp_path: Path) -> None:
     assert latent.dtype == torch.float32 and torch.isfinite(latent).all()
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
-def test_weights_are_read_into_aligned_memory(tmp_path: Path, suffix: str) -> None:
-    """Odd-sized tensors leave the next one off a 64-byte boundary in the file; read back, every
-    tensor starts on one, so the same weights from two files run the same CPU kernels (a UNet
-    extracted from a checkpoint once gave a picture one level off in one pixel)."""
-    sd = {f"t{i}": torch.arange(i * 10, i * 10 + 3 + i, dtype=torch.float32) for i in range(6)}
-    path = tmp_path / f"odd{suffix}"
-    if suffix == ".safetensors":
-        save_file(sd, str(path))
-    else:
-        # Views into one storage: the pickle keeps them as offsets into a shared buffer.
-        flat = torch.arange(64, dtype=torch.float32)
-        sd = {f"t{i}": flat[i * 5 + 1 : i * 5 + 4] for i in range(6)}
-        torch.save(sd, path)
-    loaded, _ = load_state_dict(path)
-    assert set(loaded) == set(sd)
-    for key, tensor in loaded.items():
-        assert torch.equal(tensor, sd[key])
-        assert tensor.data_ptr() % 64 == 0, key
+def test_built_models_hold_their_weights_in_aligned_memory(tmp_path: Path) -> None:
+    """Tensors packed back to back in a file sit off a 64-byte boundary; the built UNet and VAE
+    hold every weight on one (with the file's values), so the same weights from two files run the
+    same CPU kernels (a UNet extracted from a checkpoint once gave a picture one level off)."""
+    sd = tiny_sd.checkpoint_dict("sd1")
+    path = tmp_path / "sd1.safetensors"
+    save_file(sd, str(path))
+    raw, _ = load_state_dict(path)
+    assert any(t.data_ptr() % 64 for t in raw.values()), "the file no longer tests misalignment"
+    ckpt = load_checkpoint(path)
+    assert ckpt.vae is not None
+    unet_file = tmp_path / "unet.safetensors"
+    save_file({k: v for k, v in sd.items() if k.startswith("model.diffusion_model.")}, str(unet_file))
+    _, unet = load_diffusion_model(unet_file)
+    for prefix, model in (("model.diffusion_model.", ckpt.unet), ("model.diffusion_model.", unet)):
+        for name, tensor in model.state_dict().items():
+            assert tensor.data_ptr() % 64 == 0, name
+            assert torch.equal(tensor, sd[prefix + name])
+    for name, tensor in ckpt.vae.model.state_dict().items():
+        assert tensor.data_ptr() % 64 == 0, name
