@@ -114,10 +114,9 @@ class SocketHub:
         if self._status_timer is not None:
             self._status_timer.cancel()
             self._status_timer = None
-        try:
-            self._status_sent_at = asyncio.get_running_loop().time()
-        except RuntimeError:
-            pass
+        loop = self.kernel.loop
+        if loop is not None:
+            self._status_sent_at = loop.time()
         for client in list(self.clients.values()):
             self._catch_up(client)
 
@@ -128,9 +127,13 @@ class SocketHub:
         )
         if self._status_timer is not None:
             return  # the window's merged broadcast is already due
+        loop = self.kernel.loop
         try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # published outside a running server: nothing to batch with
+            on_server_loop = loop is not None and asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_server_loop = False
+        if loop is None or not on_server_loop:
+            # Published outside the running server's loop: no timer to batch with there.
             self.flush_status()
             return
         wait = self._status_sent_at + STATUS_COALESCE_SECONDS - loop.time()
@@ -192,10 +195,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     sid = request.query.get("clientId") or uuid.uuid4().hex
     previous = hub.clients.pop(sid, None)
     if previous is not None:
-        # A reconnect with the same clientId takes over the id; the old socket gets nothing more.
-        previous.queue.put_nowait(None) if not previous.queue.full() else None
-        if previous.sender is not None:
-            previous.sender.cancel()
+        # A reconnect with the same clientId takes over the id and the old socket is closed (a
+        # duplicated tab would otherwise stay connected, silently getting nothing).
+        hub.drop(previous)
     # Its first message carries the current count: nothing pending is owed to it.
     client = Client(sid, ws, status_seen=hub.status_version)
     hub.clients[sid] = client
