@@ -11,10 +11,12 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Container
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from kernel import StashKey
+from kernel.builtin.ws import HUB
 from kernel.events import ServerMessage
 
 if TYPE_CHECKING:
@@ -61,10 +63,20 @@ class LogBuffer(logging.Handler):
             self._streaming.active = True
             try:
                 data = {"entries": [entry], "size": terminal_size()}
+                connected = self._connected()
                 for sid in list(self.subscribers):
+                    if connected is not None and sid not in connected:
+                        # No socket by that id (a made-up one, or a subscribe that raced the
+                        # close): let it go, as the reference does at the next line.
+                        self.subscribers.discard(sid)
+                        continue
                     self.kernel.bus.publish_threadsafe(ServerMessage(type="logs", data=data, sid=sid))
             finally:
                 self._streaming.active = False
+
+    def _connected(self) -> Container[str] | None:
+        hub = self.kernel.stash.get(HUB, None)
+        return hub.clients if hub is not None else None
 
     def snapshot(self) -> list[dict[str, str]]:
         with self._entries_lock:

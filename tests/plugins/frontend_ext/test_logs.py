@@ -123,3 +123,16 @@ async def test_a_closed_socket_loses_its_log_subscription(comfy_server):
     data = await _next_logs(stays)
     assert "after the leaver left" in data["entries"][0]["m"]
     await stays.close()
+
+
+async def test_subscription_of_a_client_with_no_socket_is_let_go(comfy_server):
+    """A subscription whose clientId has no socket (made up, or racing its close) is dropped at
+    the next log line, as the reference does, instead of being streamed to nobody forever."""
+    server = await comfy_server(plugins=["frontend_ext"])
+    buffer = server.kernel.stash[LOG_BUFFER]
+    body = {"clientId": "ghost", "enabled": True}
+    async with server.request("PATCH", "/internal/logs/subscribe", json=body) as r:
+        assert r.status == 200
+    assert "ghost" in buffer.subscribers
+    log.warning("a line after the ghost subscribed")
+    assert "ghost" not in buffer.subscribers
