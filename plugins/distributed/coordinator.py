@@ -91,9 +91,14 @@ class Coordinator:
         # A prompt accepted just before shutdown may still sit in the outbox: send it first, so
         # an accepted prompt reaches the broker (bounded, in case the broker is gone).
         await self._flush(SHUTDOWN_FLUSH_SECONDS)
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with self._outbox_lock:
+            left = len(self._outbox)
+        if left:
+            log.warning("distributed: %d message(s) not sent to the broker before shutdown", left)
         if self.connection is not None:
             await self.connection.close()
 
@@ -127,9 +132,6 @@ class Coordinator:
                 if not self._outbox:
                     return
             await asyncio.sleep(0.01)
-        with self._outbox_lock:
-            left = len(self._outbox)
-        log.warning("distributed: %d message(s) not sent to the broker before shutdown", left)
 
     async def _send_loop(self) -> None:
         assert self._wake is not None
