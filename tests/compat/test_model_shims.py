@@ -286,8 +286,28 @@ async def test_missing_files_are_clear_errors(shims: Any, tmp_path: Path) -> Non
         sd.load_diffusion_model(str(missing))
     with pytest.raises(FileNotFoundError, match=r"load_clip.*nowhere\.safetensors"):
         sd.load_clip([str(missing)])
-    with pytest.raises(AttributeError, match="comfy.sd.VAE is not provided"):
-        sd.VAE  # noqa: B018
+    with pytest.raises(AttributeError, match="comfy.sd.CLIP is not provided"):
+        sd.CLIP  # noqa: B018
+
+
+async def test_vae_from_a_state_dict_decodes_as_the_checkpoints_vae(shims: Any, checkpoint: Path) -> None:
+    """``comfy.sd.VAE(sd=...)`` with the checkpoint's prefixed keys or a bare VAE file's keys
+    decodes exactly as the checkpoint's own VAE; anything else is a clear error."""
+    sd, utils = _shim("comfy.sd"), _shim("comfy.utils")
+    _, _, ckpt_vae, _ = sd.load_checkpoint_guess_config(str(checkpoint))
+    weights = utils.load_torch_file(str(checkpoint))
+    prefixed = {k: v for k, v in weights.items() if k.startswith("first_stage_model.")}
+    bare = {k[len("first_stage_model.") :]: v for k, v in prefixed.items()}
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    expected = ckpt_vae.decode(latent)
+    for state in (prefixed, bare):
+        vae = sd.VAE(sd=state)
+        assert isinstance(vae, adapters.Autoencoder)
+        assert torch.equal(vae.decode(latent), expected)
+    with pytest.raises(TypeError, match="state dict"):
+        sd.VAE()
+    with pytest.raises(Exception, match="not a VAE this server knows"):
+        sd.VAE(sd={"unrelated": torch.zeros(2)})
 
 
 async def test_load_lora_for_models_takes_a_state_dict(shims: Any, checkpoint: Path, lora_file: Path) -> None:

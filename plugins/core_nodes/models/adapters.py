@@ -602,6 +602,12 @@ def load_vae(path: Path) -> Autoencoder:
     return Autoencoder(vae, SD15, manager)
 
 
+def vae_from_state_dict(sd: Mapping[str, torch.Tensor], name: str = "the VAE weights") -> Autoencoder:
+    """An autoencoder from weights already read (not cached: there is no file to key it by)."""
+    manager = _manager()
+    return Autoencoder(ckpt.vae_from_state_dict(sd, name, _compute_dtype(manager)), SD15, manager)
+
+
 def load_unet(path: Path, weight_dtype: str = "default") -> DiffusionModel:
     """UNETLoader. The fp8 choices load at the compute dtype: fp8 storage is not supported yet."""
     manager = _manager()
@@ -744,4 +750,5 @@ __all__ = [
     "load_clip",
     "load_unet",
     "load_vae",
+    "vae_from_state_dict",
 ]

@@ -258,10 +258,16 @@ def load_vae(
 ) -> VAE:
     """A standalone VAE file (``vae/``) in the single-file or the diffusers layout."""
     sd, _ = load_state_dict(path, check_interrupt)
+    return vae_from_state_dict(sd, path.name, dtype)
+
+
+def vae_from_state_dict(sd: Mapping[str, torch.Tensor], name: str, dtype: torch.dtype | None = None) -> VAE:
+    """A VAE from its weights (a checkpoint's ``first_stage_model.`` prefix or none, either
+    layout); ``name`` is what errors call them."""
     for prefix in VAE_PREFIXES:
         if any(k.startswith(prefix) for k in sd):
             sd = strip_prefix(sd, prefix)
             break
     if "encoder.conv_in.weight" not in sd or "post_quant_conv.weight" not in sd:
-        raise CheckpointError(f"{path.name} is not a VAE this server knows: no autoencoder weights found")
-    return VAE(_build(path.name, lambda: build_vae(sd, dtype)))
+        raise CheckpointError(f"{name} is not a VAE this server knows: no autoencoder weights found")
+    return VAE(_build(name, lambda: build_vae(sd, dtype)))

@@ -16,13 +16,14 @@ files are cached by the server's model manager like the loader nodes' are.
   ``CLIPType.STABLE_DIFFUSION`` only: one file (SD1's CLIP-L or SD2's OpenCLIP-H) or two (SDXL's
   pair, in either order). ``CLIPType.SDXL`` is another name for it, for packs that look a type up
   by the DualCLIPLoader's ``"sdxl"``.
+* ``VAE(sd=...)`` -> VAE from a state dict (``load_torch_file``'s result); not cached.
 * ``load_torch_file`` (from ``comfy.utils``).
 
 ``model_options`` / ``te_model_options`` are accepted and not used: weights load at the server's
 compute dtype on its devices. ``embedding_directory`` is not used either: textual inversions come
 from the server's ``embeddings`` folders. A missing file is a ``FileNotFoundError`` naming it; a
 file this server cannot read is the core loaders' ``CheckpointError`` / ``LoraError``. Anything
-else of the reference's module (``VAE``, ``CLIP``, ``load_state_dict_guess_config``...) is an
+else of the reference's module (``CLIP``, ``load_state_dict_guess_config``...) is an
 ``AttributeError`` saying the compatibility layer does not provide it.
 """
 
@@ -72,6 +73,7 @@ class CLIPType(enum.Enum):
 _SD_CLIP_TYPES = {1: "stable_diffusion", 2: "sdxl"}
 
 __all__ = [
+    "VAE",
     "CLIPType",
     "load_checkpoint_guess_config",
     "load_clip",
@@ -167,6 +169,20 @@ def load_clip(
     core_type = _core_clip_type(clip_type, len(ckpt_paths))
     paths = [_model_file(p, "load_clip") for p in ckpt_paths]
     return _adapters().load_clip(paths, core_type)
+
+
+def VAE(  # noqa: N802 - the reference's class name; packs call it to build a VAE
+    sd: Mapping[str, Any] | None = None,
+    device: Any = None,
+    config: Any = None,
+    dtype: Any = None,
+    metadata: Any = None,
+) -> Any:
+    """The reference's ``VAE(sd=...)``: a VAE from a state dict (``load_torch_file``'s result), in
+    the single-file or the diffusers layout, with or without the checkpoint's prefix."""
+    if not isinstance(sd, Mapping):
+        raise TypeError("comfy.sd.VAE needs the VAE's state dict: comfy.sd.VAE(sd=load_torch_file(path))")
+    return _adapters().vae_from_state_dict(sd, "comfy.sd.VAE(sd=...)")
 
 
 def __getattr__(name: str) -> Any:
