@@ -41,6 +41,27 @@ class LatentFormat:
     rgb_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
     downscale_ratio: int = 8
 
+    # The reference's attribute names, for node packs that read them.
+    @property
+    def latent_channels(self) -> int:
+        return self.channels
+
+    @property
+    def latent_dimensions(self) -> int:
+        return 2
+
+    @property
+    def spacial_downscale_ratio(self) -> int:
+        return self.downscale_ratio
+
+    @property
+    def latent_rgb_factors(self) -> list[list[float]]:
+        return [list(row) for row in self.rgb_factors]
+
+    @property
+    def latent_rgb_factors_bias(self) -> list[float]:
+        return list(self.rgb_bias)
+
     def process_in(self, latent: torch.Tensor) -> torch.Tensor:
         """VAE latent -> diffusion-model latent."""
         return latent * self.scale_factor
@@ -134,8 +155,9 @@ class ImageAutoencoder(Protocol):
     """A VAE value. Pixels are IMAGE tensors ``[B, H, W, 3]`` in 0..1; latents are VAE-space
     (not scaled by the latent format) ``[B, 4, H/8, W/8]``.
 
-    ``encode_tiled`` / ``decode_tiled`` take tile sizes and overlaps in *pixels* and must give
-    results close to the plain calls (seams blended) while using bounded memory.
+    ``encode_tiled`` / ``decode_tiled`` have the reference's signatures: ``tile_x`` / ``tile_y`` /
+    ``overlap`` in pixels for encoding and in *latent* pixels for decoding; they must give results
+    close to the plain calls (seams blended) while using bounded memory.
     """
 
     downscale_ratio: int
@@ -145,9 +167,9 @@ class ImageAutoencoder(Protocol):
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor: ...
 
-    def encode_tiled(self, pixels: torch.Tensor, tile_size: int, overlap: int) -> torch.Tensor: ...
+    def encode_tiled(self, pixels: torch.Tensor, tile_x: int, tile_y: int, overlap: int) -> torch.Tensor: ...
 
-    def decode_tiled(self, latent: torch.Tensor, tile_size: int, overlap: int) -> torch.Tensor: ...
+    def decode_tiled(self, latent: torch.Tensor, tile_x: int, tile_y: int, overlap: int) -> torch.Tensor: ...
 
 
 __all__ = [

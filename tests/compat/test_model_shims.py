@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from plugins.core_nodes.models import adapters
-from plugins.core_nodes.models.lora import LoraError
 from plugins.core_nodes.models.manager import get_manager
 from plugins.core_nodes.sampling import noise as core_noise
 from tests.compat.helpers import PACKS
@@ -323,8 +322,29 @@ async def test_load_lora_for_models_takes_a_state_dict(shims: Any, checkpoint: P
     assert not torch.equal(new_clip.encode("a cat")[0], clip.encode("a cat")[0])
     with pytest.raises(TypeError, match="state dict"):
         sd.load_lora_for_models(model, clip, str(lora_file), 1.0, 1.0)
-    with pytest.raises(LoraError, match="holds no LoRA weights"):
-        sd.load_lora_for_models(model, clip, {"unrelated": torch.zeros(2)}, 1.0, 1.0)
+
+
+async def test_load_lora_for_models_always_gives_new_objects(
+    shims: Any, checkpoint: Path, lora_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As the reference: where the LoRA changes nothing (no text-encoder keys, strength 0, keys
+    that fit nothing) the results are clones, so a pack's clip_layer / model_options on them
+    never reach the cached loader's objects; a LoRA that fits nothing is a warning."""
+    sd, utils = _shim("comfy.sd"), _shim("comfy.utils")
+    model, clip, _, _ = sd.load_checkpoint_guess_config(str(checkpoint))
+    lora = utils.load_torch_file(str(lora_file))
+    unet_only = {k: v for k, v in lora.items() if k.startswith("lora_unet_")}
+    before = clip.encode("a cat")[0]
+    for weights, strengths in ((unet_only, (1.0, 1.0)), (lora, (0.0, 0.0)), ({"x": torch.zeros(2)}, (1, 1))):
+        new_model, new_clip = sd.load_lora_for_models(model, clip, weights, *strengths)
+        assert new_model is not model and new_clip is not clip
+        new_clip.clip_layer(-2)
+        new_model.model_options["transformer_options"]["mark"] = True
+        assert clip.layer_idx is None and "mark" not in model.model_options["transformer_options"]
+        assert torch.equal(clip.encode("a cat")[0], before)
+    assert "nothing was applied" in caplog.text
+    clip_only = sd.load_lora_for_models(None, clip, unet_only, 0.0, 1.0)
+    assert clip_only[0] is None and clip_only[1] is not clip
 
 
 async def test_load_diffusion_model_reads_a_standalone_unet(

@@ -478,11 +478,11 @@ class Autoencoder:
 
     The reference ``VAE`` layouts: ``encode`` takes IMAGE pixels ``[B, H, W, C]`` in 0..1 (cropped,
     centred, to multiples of ``downscale_ratio``; channels past 3 are ignored) and gives latents
-    ``[B, C, h, w]``; ``decode`` the reverse. The tiled calls take the core nodes' positional
-    ``(tile_size, overlap)`` in pixels, or the reference's keywords: ``encode_tiled(pixels,
-    tile_x=512, tile_y=512, overlap=64)`` in pixels, ``decode_tiled(latent, tile_x=64, tile_y=64,
-    overlap=16)`` in latent pixels. Tiles are square here: unequal ``tile_x`` / ``tile_y`` use the
-    smaller; ``tile_t`` / ``overlap_t`` (video VAEs) are accepted and not used.
+    ``[B, C, h, w]``; ``decode`` the reverse. The tiled calls have the reference's signatures:
+    ``encode_tiled(pixels, tile_x=512, tile_y=512, overlap=64)`` in pixels,
+    ``decode_tiled(latent, tile_x=64, tile_y=64, overlap=16)`` in latent pixels. Tiles are square
+    here: unequal ``tile_x`` / ``tile_y`` use the smaller; ``tile_t`` / ``overlap_t`` (video VAEs)
+    are accepted and not used.
     """
 
     def __init__(
@@ -528,29 +528,17 @@ class Autoencoder:
         tile = max(d, tile_size // d * d)
         return tile, min(overlap // d * d, tile - d)
 
-    @staticmethod
-    def _keyword_tiles(
-        call: str, tile_size: int | None, tile_x: int | None, tile_y: int | None, default: int
-    ) -> int:
-        """The square tile of either calling form, in the units of the form."""
-        if tile_size is not None:
-            if tile_x is not None or tile_y is not None:
-                raise TypeError(f"{call}: give tile_size (pixels) or tile_x / tile_y, not both")
-            return int(tile_size)
-        return int(min(default if tile_x is None else tile_x, default if tile_y is None else tile_y))
-
     def encode_tiled(
         self,
         pixels: torch.Tensor,
-        tile_size: int | None = None,
-        overlap: int | None = None,
-        *,
         tile_x: int | None = None,
         tile_y: int | None = None,
+        overlap: int | None = None,
         tile_t: int | None = None,
         overlap_t: int | None = None,
     ) -> torch.Tensor:
-        size = self._keyword_tiles("encode_tiled", tile_size, tile_x, tile_y, 512)
+        """The reference's signature: tiles and overlap in pixels (512, 512, 64 by default)."""
+        size = min(512 if tile_x is None else int(tile_x), 512 if tile_y is None else int(tile_y))
         tile, over = self._pixel_tiles(size, 64 if overlap is None else int(overlap))
         with self._use():
             return self.vae.encode_tiled(self.vae_encode_crop_pixels(pixels), tile, over)
@@ -558,22 +546,16 @@ class Autoencoder:
     def decode_tiled(
         self,
         latent: torch.Tensor,
-        tile_size: int | None = None,
-        overlap: int | None = None,
-        *,
         tile_x: int | None = None,
         tile_y: int | None = None,
+        overlap: int | None = None,
         tile_t: int | None = None,
         overlap_t: int | None = None,
     ) -> torch.Tensor:
+        """The reference's signature: tiles and overlap in latent pixels (64, 64, 16 by default)."""
         d = self.downscale_ratio
-        if tile_size is None:  # the reference's form counts latent pixels
-            size = self._keyword_tiles("decode_tiled", None, tile_x, tile_y, 64) * d
-            pixels_overlap = (16 if overlap is None else int(overlap)) * d
-        else:
-            size = self._keyword_tiles("decode_tiled", tile_size, tile_x, tile_y, 64)
-            pixels_overlap = 64 if overlap is None else int(overlap)
-        tile, over = self._pixel_tiles(size, pixels_overlap)
+        size = min(64 if tile_x is None else int(tile_x), 64 if tile_y is None else int(tile_y))
+        tile, over = self._pixel_tiles(size * d, (16 if overlap is None else int(overlap)) * d)
         with self._use():
             return self.vae.decode_tiled(latent, tile // d, over // d)
 
@@ -708,7 +690,7 @@ def apply_lora_state_dict(
     sd: Mapping[str, torch.Tensor],
     strength_model: float,
     strength_clip: float,
-    name: str = "the LoRA",
+    name: str = "(state dict)",
 ) -> tuple[DiffusionModel | None, TextEncoder | None]:
     """:func:`apply_lora` on LoRA weights already read (``name`` is what errors call them)."""
     deltas = read_deltas(sd)

@@ -117,7 +117,9 @@ class VAEDecodeTiled(CoreNode):
         # The temporal inputs only matter to video VAEs, which this stack does not have.
         if tile_size < overlap * 4:
             overlap = tile_size // 4
-        return (vae.decode_tiled(samples["samples"], tile_size, overlap),)
+        d = int(getattr(vae, "downscale_ratio", 8))
+        tile = tile_size // d
+        return (vae.decode_tiled(samples["samples"], tile_x=tile, tile_y=tile, overlap=overlap // d),)
 
 
 class VAEEncode(_Latent):
@@ -151,7 +153,8 @@ class VAEEncodeTiled(_Latent):
         temporal_size: int = 64, temporal_overlap: int = 8,
     ) -> tuple[Latent]:  # fmt: skip
         pixels = crop_to_multiple(pixels, int(getattr(vae, "downscale_ratio", 8)))
-        return ({"samples": vae.encode_tiled(pixels[..., :3], tile_size, overlap)},)
+        tiled = vae.encode_tiled(pixels[..., :3], tile_x=tile_size, tile_y=tile_size, overlap=overlap)
+        return ({"samples": tiled},)
 
 
 class VAEEncodeForInpaint(_Latent):

@@ -253,6 +253,11 @@ def test_get_model_object_and_dtype(loaded: dict[str, Any]) -> None:
         assert ms.percent_to_sigma(0.0) > ms.percent_to_sigma(0.5) > ms.percent_to_sigma(1.0)
         with pytest.raises(AttributeError, match="no object 'clip_vision'.*model_sampling"):
             model.get_model_object("clip_vision")
+        # The latent format under the reference's attribute names too.
+        assert (fmt.latent_channels, fmt.latent_dimensions, fmt.spacial_downscale_ratio) == (4, 2, 8)
+        assert fmt.latent_rgb_factors == [list(row) for row in fmt.rgb_factors]
+        assert len(fmt.latent_rgb_factors) == 4 and all(len(row) == 3 for row in fmt.latent_rgb_factors)
+        assert fmt.latent_rgb_factors_bias == list(fmt.rgb_bias)
 
 
 # --- VAE -----------------------------------------------------------------------------------------
@@ -276,28 +281,27 @@ def test_vae_layouts_and_ratios(loaded: dict[str, Any]) -> None:
     wide = _image(70, 51, channels=4)
     assert vae.vae_encode_crop_pixels(wide).shape == (1, 64, 48, 4)
     assert torch.equal(vae.encode(wide), vae.encode(wide[:, 3:67, 1:49, :3].contiguous()))
-    assert torch.equal(vae.encode_tiled(wide, 32, 8), vae.encode_tiled(wide[:, 3:67, 1:49, :3], 32, 8))
+    cropped = wide[:, 3:67, 1:49, :3]
+    assert torch.equal(vae.encode_tiled(wide, 32, 32, 8), vae.encode_tiled(cropped, 32, 32, 8))
 
 
-def test_tiled_keyword_forms_count_the_references_units(loaded: dict[str, Any]) -> None:
+def test_tiled_calls_take_the_references_arguments_and_units(loaded: dict[str, Any]) -> None:
+    """``(tile_x, tile_y, overlap)`` positionally or by keyword, as the reference's VAE takes
+    them: pixels for encode_tiled, latent pixels for decode_tiled."""
     vae = loaded["sd1"][2]
     pixels = _image(64, 64)
     latent = vae.encode(pixels)
-    # decode_tiled's keywords count latent pixels: 4 latent = 32 pixels, overlap 1 = 8 pixels.
-    by_pixels = vae.decode_tiled(latent, 32, 8)
-    assert torch.equal(vae.decode_tiled(latent, tile_x=4, tile_y=4, overlap=1), by_pixels)
-    assert torch.equal(vae.decode_tiled(latent, tile_x=4, tile_y=6, overlap=1), by_pixels)
-    assert not torch.equal(by_pixels, vae.decode(latent))  # it really tiled
+    # 4 latent pixels = 32 pixels, overlap 1 = 8 pixels.
+    tiled = vae.decode_tiled(latent, 4, 4, 1)
+    assert torch.equal(vae.decode_tiled(latent, tile_x=4, tile_y=4, overlap=1), tiled)
+    assert torch.equal(vae.decode_tiled(latent, tile_x=4, tile_y=6, overlap=1), tiled)
+    assert not torch.equal(tiled, vae.decode(latent))  # it really tiled
     # The reference's defaults (64 latent, overlap 16) cover this image with one tile.
-    assert torch.equal(vae.decode_tiled(latent), vae.decode_tiled(latent, 512, 128))
     assert torch.equal(vae.decode_tiled(latent), vae.decode(latent))
-    # encode_tiled's keywords count pixels, as the core nodes' form does.
-    by_pixels = vae.encode_tiled(pixels, 32, 8)
-    assert torch.equal(vae.encode_tiled(pixels, tile_x=32, tile_y=32, overlap=8), by_pixels)
-    assert torch.equal(vae.encode_tiled(pixels, tile_x=48, tile_y=32, overlap=8, tile_t=64), by_pixels)
-    assert not torch.equal(by_pixels, latent)
-    assert torch.equal(vae.encode_tiled(pixels), vae.encode_tiled(pixels, 512, 64))
-    with pytest.raises(TypeError, match="not both"):
-        vae.decode_tiled(latent, 32, 8, tile_x=4)
-    with pytest.raises(TypeError, match="not both"):
-        vae.encode_tiled(pixels, 32, tile_y=32)
+    tiled = vae.encode_tiled(pixels, 32, 32, 8)
+    assert torch.equal(vae.encode_tiled(pixels, tile_x=32, tile_y=32, overlap=8), tiled)
+    assert torch.equal(vae.encode_tiled(pixels, tile_x=48, tile_y=32, overlap=8, tile_t=64), tiled)
+    assert not torch.equal(tiled, latent)
+    assert torch.equal(vae.encode_tiled(pixels), vae.encode_tiled(pixels, 512, 512, 64))
+    # A pack's usual positional call is a sane tiling, not a 512-pixel overlap.
+    assert torch.equal(vae.encode_tiled(pixels, 512, 512), vae.encode_tiled(pixels))

@@ -58,10 +58,10 @@ class ToyVAE:
         big = torch.nn.functional.interpolate(latent[:, :3], scale_factor=8, mode="nearest")
         return big.clamp(0, 1).movedim(1, -1)
 
-    def encode_tiled(self, pixels: torch.Tensor, tile_size: int, overlap: int) -> torch.Tensor:
+    def encode_tiled(self, pixels: torch.Tensor, tile_x: int, tile_y: int, overlap: int) -> torch.Tensor:
         return self.encode(pixels)
 
-    def decode_tiled(self, latent: torch.Tensor, tile_size: int, overlap: int) -> torch.Tensor:
+    def decode_tiled(self, latent: torch.Tensor, tile_x: int, tile_y: int, overlap: int) -> torch.Tensor:
         return self.decode(latent)
 
 

@@ -30,11 +30,14 @@ else of the reference's module (``CLIP``, ``load_state_dict_guess_config``...) i
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from comfy.utils import load_torch_file
+
+log = logging.getLogger("comfykernel.compat")
 
 
 class CLIPType(enum.Enum):
@@ -122,13 +125,33 @@ def load_checkpoint_guess_config(
 def load_lora_for_models(
     model: Any, clip: Any, lora: Mapping[str, Any], strength_model: float, strength_clip: float
 ) -> tuple[Any, Any]:
-    """New MODEL / CLIP with the LoRA state dict ``lora`` applied; the inputs stay unchanged."""
+    """New MODEL / CLIP with the LoRA state dict ``lora`` applied; the inputs stay unchanged.
+
+    Like the reference, the results are always new objects (clones where the LoRA changes
+    nothing, so a pack may set ``clip_layer`` or ``model_options`` on them without touching its
+    inputs), and a LoRA that fits nothing is logged, not an error.
+    """
     if not isinstance(lora, Mapping):
         raise TypeError(
             "comfy.sd.load_lora_for_models takes the LoRA's state dict "
             f"(comfy.utils.load_torch_file(path)), not {type(lora).__name__}"
         )
-    return _adapters().apply_lora_state_dict(model, clip, lora, strength_model, strength_clip)
+    from plugins.core_nodes.models.lora import LoraError
+
+    try:
+        new_model, new_clip = _adapters().apply_lora_state_dict(
+            model, clip, lora, strength_model, strength_clip, name="given to load_lora_for_models"
+        )
+    except LoraError as e:
+        log.warning("comfy.sd.load_lora_for_models: %s; nothing was applied", e)
+        new_model, new_clip = model, clip
+    return _fresh(new_model, model), _fresh(new_clip, clip)
+
+
+def _fresh(result: Any, given: Any) -> Any:
+    if result is given and hasattr(given, "clone"):
+        return given.clone()
+    return result
 
 
 def load_diffusion_model(unet_path: str | Path, model_options: Mapping[str, Any] | None = None) -> Any:
