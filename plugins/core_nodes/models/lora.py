@@ -28,6 +28,11 @@ Key formats understood:
   - DoRA: a ``.dora_scale`` beside any of the above rescales the merged weight per output (or
     input) channel to the trained magnitudes.
 
+What cannot apply is listed by :func:`resolve` (with why) and the rest applies, as the reference
+does: keys naming no layer of the model, modules whose tensors are incomplete (a LoHa without
+``hada_w2_b``), and changes whose size does not fit their weight (an SD1 text-encoder LoRA on SD2's
+wider encoder); a full difference must have its weight's shape, low-rank changes only its size.
+
 The scale of a low-rank change is ``alpha / rank`` (1 without an alpha), as every trainer writes
 it; the rank is the inner size of the ``down`` / ``w1_b`` factor (for LoKr, of the decomposed
 side's ``_b``, the right one's when both are; scale 1 when neither is).
@@ -35,10 +40,11 @@ side's ``_b``, the right one's when both are; scale 1 when neither is).
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -111,9 +117,38 @@ class Delta:
     split: int = 0
     dora_scale: torch.Tensor | None = None
 
-    def weight(self, shape: torch.Size) -> torch.Tensor:
-        """The change to add to a weight of ``shape``, in float32 on the tensors' device."""
-        delta = self._change()
+    def shape(self) -> torch.Size:
+        """The shape the change is computed in, from the factors' shapes alone (nothing is multiplied).
+
+        A low-rank change is reshaped to its weight's shape when merged, so only its element count
+        (:meth:`numel`) has to agree with the weight; a ``diff`` is added as written. Raises
+        ``ValueError`` when the factors do not fit each other.
+        """
+        shapes = tuple(t.shape for t in self.tensors)
+        if self.kind == "lora":
+            return _product_shape(*shapes)
+        if self.kind == "lora_tucker":
+            up, mid, down = shapes
+            inner = _product_shape(up, mid[:2])
+            return torch.Size([inner[0], _product_shape(mid[:2], down)[1], *mid[2:]])
+        if self.kind == "loha":
+            return _broadcast(_factor_shape(shapes[:2]), _factor_shape(shapes[2:]))
+        if self.kind == "loha_tucker":
+            return _broadcast(_factor_shape(shapes[:3]), _factor_shape(shapes[3:]))
+        if self.kind == "lokr":
+            return _kron_shape(_factor_shape(shapes[: self.split]), _factor_shape(shapes[self.split :]))
+        if self.kind == "diff":
+            return shapes[0]
+        raise ValueError(f"unknown kind of change {self.kind!r}")
+
+    def numel(self) -> int:
+        """How many elements the change has (see :meth:`shape`)."""
+        return self.shape().numel()
+
+    def weight(self, shape: torch.Size, device: torch.device | None = None) -> torch.Tensor:
+        """The change to add to a weight of ``shape``, in float32, computed on ``device`` (by
+        default the tensors' own)."""
+        delta = self._change(device)
         if delta.numel() != torch.Size(shape).numel():
             raise ValueError(
                 f"a change of shape {tuple(delta.shape)} does not fit a weight of {tuple(shape)}"
@@ -123,18 +158,21 @@ class Delta:
     def apply(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
         """``weight`` (float32) with this change added at ``strength``, as a new tensor.
 
-        DoRA merges at full strength, rescales the merged weight to ``dora_scale`` (see
-        :func:`_decompose`) and then moves ``strength`` of the way from ``weight`` to that, so
-        strength 0 is the weight as it was and the result is linear in the strength.
+        The factors move to the weight's device first, so that the products run there (on a GPU,
+        not on the CPU the file was read to). DoRA merges at full strength, rescales the merged
+        weight to ``dora_scale`` (see :func:`_decompose`) and then moves ``strength`` of the way
+        from ``weight`` to that, so strength 0 is the weight as it was and the result is linear in
+        the strength.
         """
-        change = self.weight(weight.shape).to(weight.device)
+        change = self.weight(weight.shape, weight.device)
         if self.dora_scale is None:
             return weight + strength * change
-        target = _decompose(weight + change, self.dora_scale.to(weight.device))
+        target = _decompose(weight + change, _to(self.dora_scale, weight.device))
         return weight + strength * (target - weight)
 
-    def _change(self) -> torch.Tensor:
-        tensors = tuple(t.float() for t in self.tensors)
+    def _change(self, device: torch.device | None = None) -> torch.Tensor:
+        # Moved before the conversion: a half-precision factor crosses to the GPU at half the size.
+        tensors = tuple(_to(t, device).float() for t in self.tensors)
         if self.kind == "lora":
             up, down = tensors
             # Linear, 1x1 and (LoCon) k x k convolutions alike: the kernel lives in ``down``.
@@ -144,8 +182,7 @@ class Delta:
             # x -> down (1x1) -> mid (k x k) -> up (1x1): one k x k kernel.
             return torch.einsum("om,mn...,ni->oi...", up.flatten(1), mid, down.flatten(1))
         if self.kind == "loha":
-            w1a, w1b, w2a, w2b = tensors
-            return (w1a @ w1b) * (w2a @ w2b)
+            return _factor(tensors[:2]) * _factor(tensors[2:])
         if self.kind == "loha_tucker":
             return _factor(tensors[:3]) * _factor(tensors[3:])
         if self.kind == "lokr":
@@ -153,6 +190,52 @@ class Delta:
         if self.kind == "diff":
             return tensors[0]
         raise ValueError(f"unknown kind of change {self.kind!r}")
+
+
+def _to(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    if device is None or tensor.device == device:
+        return tensor
+    # Asynchronous only towards an accelerator: a copy back to the CPU could be read unfinished.
+    return tensor.to(device, non_blocking=device.type != "cpu")
+
+
+# --- the shapes of the products, from the factors' shapes -------------------------------------
+
+
+def _product_shape(a: torch.Size, b: torch.Size) -> torch.Size:
+    """The shape of ``a.flatten(1) @ b.flatten(1)``."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"factors of shapes {tuple(a)} and {tuple(b)} are not matrices")
+    if math.prod(a[1:]) != b[0]:
+        raise ValueError(f"factors of shapes {tuple(a)} and {tuple(b)} do not multiply")
+    return torch.Size([a[0], math.prod(b[1:])])
+
+
+def _factor_shape(parts: tuple[torch.Size, ...]) -> torch.Size:
+    """The shape of :func:`_factor` of tensors of these shapes."""
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return _product_shape(*parts)
+    core, a, b = parts
+    if len(core) < 2 or len(a) < 2 or len(b) < 2 or core[0] != a[0] or core[1] != b[0]:
+        raise ValueError(f"a Tucker core of shape {tuple(core)} does not fit factors {tuple(a)}, {tuple(b)}")
+    return torch.Size([math.prod(a[1:]), math.prod(b[1:]), *core[2:]])
+
+
+def _broadcast(left: torch.Size, right: torch.Size) -> torch.Size:
+    try:
+        return torch.broadcast_shapes(left, right)
+    except RuntimeError:
+        raise ValueError(f"Hadamard factors of shapes {tuple(left)} and {tuple(right)} differ") from None
+
+
+def _kron_shape(left: torch.Size, right: torch.Size) -> torch.Size:
+    """The shape of :func:`_kron`: the left factor takes trailing unit dimensions, the right one
+    (as ``torch.kron`` does) leading ones."""
+    left_dims = [*left, *[1] * (len(right) - len(left))]
+    right_dims = [*[1] * (len(left) - len(right)), *right]
+    return torch.Size([a * b for a, b in zip(left_dims, right_dims, strict=True)])
 
 
 def _tucker(core: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -187,23 +270,28 @@ def _decompose(merged: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     the merged weight, as DoRA and LyCORIS define it (ComfyUI divides by the base weight's norms on
     the output axis, which keeps a different magnitude than the one trained).
     """
-    if merged.dim() < 2:
-        raise ValueError(f"a DoRA scale needs a matrix or kernel, not a weight of {tuple(merged.shape)}")
-    out_features, in_features = merged.shape[:2]
-    ones = [1] * (merged.dim() - 2)
-    magnitude = magnitude.float()
-    if magnitude.shape[0] == out_features and magnitude.numel() == out_features:
-        shape = (out_features, 1, *ones)
-        norm = merged.flatten(1).norm(dim=1).reshape(shape)
-    elif magnitude.numel() == in_features:
-        shape = (1, in_features, *ones)
-        norm = merged.transpose(0, 1).flatten(1).norm(dim=1).reshape(shape)
-    else:
+    axis = _dora_axis(merged.shape, magnitude.shape)
+    if axis is None:
         raise ValueError(
             f"a DoRA scale of shape {tuple(magnitude.shape)} fits no axis of a weight of {tuple(merged.shape)}"
         )
+    shape = [1] * merged.dim()
+    shape[axis] = merged.shape[axis]
+    norm = merged.transpose(0, axis).flatten(1).norm(dim=1).reshape(shape)
+    magnitude = magnitude.float()
     # The trainers' epsilon, so that a zero row stays zero instead of becoming NaN.
     return merged * (magnitude.reshape(shape) / (norm + torch.finfo(torch.float32).eps))
+
+
+def _dora_axis(weight: torch.Size, magnitude: torch.Size) -> int | None:
+    """The axis a DoRA magnitude of this shape scales: 0 (per output), 1 (per input) or none."""
+    if len(weight) < 2:
+        return None
+    if magnitude and magnitude[0] == weight[0] and magnitude.numel() == weight[0]:
+        return 0
+    if magnitude.numel() == weight[1]:
+        return 1
+    return None
 
 
 def _split(key: str) -> tuple[str, str] | None:
@@ -281,8 +369,41 @@ def _weight_delta(parts: Mapping[str, torch.Tensor]) -> Delta | None:
     return delta
 
 
-def read_deltas(sd: Mapping[str, torch.Tensor]) -> dict[str, Delta]:
-    """The file's changes by module key as written (prefix included), each one complete.
+class Deltas(dict[str, Delta]):
+    """What :func:`read_deltas` found: the complete changes by key, and in ``incomplete`` the module
+    keys whose tensors make no change (a LoHa without ``hada_w2_b``, an ``up`` without its
+    ``down``), each with why, so that :func:`resolve` lists them with the keys that fit nothing."""
+
+    def __init__(
+        self, changes: Mapping[str, Delta] | None = None, incomplete: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(changes or {})
+        self.incomplete: dict[str, str] = dict(incomplete or {})
+
+
+_LOHA = (("w1a", "hada_w1_a"), ("w1b", "hada_w1_b"), ("w2a", "hada_w2_a"), ("w2b", "hada_w2_b"))
+
+
+def _incomplete(parts: Mapping[str, torch.Tensor]) -> str | None:
+    """Why a module's tensors make no weight change; None when they never meant to (a bias only)."""
+    present = set(parts) - {"diff_b"}
+    if not present:
+        return None
+    if present & {"up", "down", "mid"}:
+        missing = " and ".join(p for p in ("up", "down") if p not in parts)
+        return f"a LoRA without its {missing} weight"
+    if present & {"w1a", "w1b", "w2a", "w2b", "t1", "t2"}:
+        return "a LoHa without " + ", ".join(name for part, name in _LOHA if part not in parts)
+    if any(p.startswith("k") for p in present):
+        sides = [s for s in ("1", "2") if _lokr_factor(parts, "k" + s) is None]
+        return "a LoKr without " + " and ".join(f"lokr_w{s} (or lokr_w{s}_a and _b)" for s in sides)
+    names = {"alpha": "alpha", "dora": "dora_scale"}
+    return "no change beside its " + " and ".join(sorted(names.get(p, p) for p in present))
+
+
+def read_deltas(sd: Mapping[str, torch.Tensor]) -> Deltas:
+    """The file's changes by module key as written (prefix included), each one complete; the
+    modules whose tensors are not are in the answer's ``incomplete``.
 
     A change to a parameter other than the module's weight (``.diff_b``: its bias) is keyed
     ``<module key>.<param>``.
@@ -292,11 +413,15 @@ def read_deltas(sd: Mapping[str, torch.Tensor]) -> dict[str, Delta]:
         split = _split(key)
         if split is not None:
             groups.setdefault(split[0], {})[split[1]] = value
-    out: dict[str, Delta] = {}
+    out = Deltas()
     for module, parts in groups.items():
         delta = _weight_delta(parts)
         if delta is not None:
             out[module] = delta
+        else:
+            why = _incomplete(parts)
+            if why is not None:
+                out.incomplete[module] = why
         if "diff_b" in parts:
             out[module + ".bias"] = Delta("diff", (parts["diff_b"],), 1.0, param="bias")
     return out
@@ -426,36 +551,76 @@ def text_key_map(encoders: Mapping[str, nn.Module]) -> dict[str, tuple[str, str]
 
 @dataclass
 class LoraFile:
-    """A LoRA file's changes, resolved onto our modules."""
+    """A LoRA file's changes, resolved onto our modules; ``unmatched`` lists the keys left out
+    (in the file's order, then the incomplete ones) and ``reasons`` says why, by key."""
 
     unet: dict[str, Delta]
     text: dict[str, dict[str, Delta]]
     unmatched: list[str]
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def leave_out(self, key: str, why: str) -> None:
+        """List ``key`` as not applied, because ``why``."""
+        self.unmatched.append(key)
+        self.reasons[key] = why
+
+
+def misfit(delta: Delta, param: torch.Tensor) -> str | None:
+    """Why ``delta`` cannot change ``param`` (checked from shapes alone), or None when it fits.
+
+    A low-rank change is reshaped to the parameter, so its element count must agree; a ``diff`` is
+    added as written, so its shape must; a DoRA scale must fit one of the parameter's axes.
+    """
+    try:
+        shape = delta.shape()
+    except ValueError as e:
+        return str(e)
+    if delta.kind == "diff" and shape != param.shape:
+        return f"a difference of shape {tuple(shape)} for a {delta.param} of shape {tuple(param.shape)}"
+    if shape.numel() != param.numel():
+        return f"a change of {shape.numel()} elements for a {delta.param} of shape {tuple(param.shape)}"
+    if delta.dora_scale is not None and _dora_axis(param.shape, delta.dora_scale.shape) is None:
+        return f"a DoRA scale of shape {tuple(delta.dora_scale.shape)} for a {delta.param} of shape {tuple(param.shape)}"
+    return None
 
 
 def resolve(
     deltas: Mapping[str, Delta], unet: nn.Module | None, encoders: Mapping[str, nn.Module]
 ) -> LoraFile:
-    """Place each change on our parameter names (``<module>.<param>``); unknown keys are listed.
+    """Place each change on our parameter names (``<module>.<param>``); the others are listed.
 
-    A change to a parameter the module lacks (a bias difference for a layer without a bias) is
-    listed as unknown too.
+    Listed are: keys that name no module of ours, changes to a parameter the module lacks (a bias
+    difference for a layer without a bias), changes whose size does not fit the parameter (an SD1
+    text-encoder LoRA on SD2's wider encoder: see :func:`misfit`) and, when ``deltas`` comes from
+    :func:`read_deltas`, its incomplete modules. The reference too skips these and applies the rest.
     """
     unet_keys = unet_key_map(unet) if unet is not None else {}
     text_keys = text_key_map(encoders) if encoders else {}
-    unet_params = {name for name, _ in unet.named_parameters()} if unet is not None else set()
-    text_params = {enc: {name for name, _ in m.named_parameters()} for enc, m in encoders.items()}
+    unet_params = dict(unet.named_parameters()) if unet is not None else {}
+    text_params = {enc: dict(m.named_parameters()) for enc, m in encoders.items()}
     out = LoraFile(unet={}, text={name: {} for name in encoders}, unmatched=[])
     for key, delta in deltas.items():
         module_key = key if delta.param == "weight" else key.removesuffix("." + delta.param)
         in_unet = unet_keys.get(module_key)
         in_text = text_keys.get(module_key)
         if in_unet is not None and f"{in_unet}.{delta.param}" in unet_params:
-            out.unet[f"{in_unet}.{delta.param}"] = delta
+            name, target, params = f"{in_unet}.{delta.param}", out.unet, unet_params
         elif in_text is not None and f"{in_text[1]}.{delta.param}" in text_params[in_text[0]]:
-            out.text[in_text[0]][f"{in_text[1]}.{delta.param}"] = delta
+            name, target, params = (
+                f"{in_text[1]}.{delta.param}",
+                out.text[in_text[0]],
+                text_params[in_text[0]],
+            )
         else:
-            out.unmatched.append(key)
+            out.leave_out(key, "fits no layer of this model")
+            continue
+        why = misfit(delta, params[name])
+        if why is None:
+            target[name] = delta
+        else:
+            out.leave_out(key, why)
+    for key, why in (deltas.incomplete if isinstance(deltas, Deltas) else {}).items():
+        out.leave_out(key, why)
     return out
 
 
@@ -520,11 +685,13 @@ class PatchedWeights:
 
 __all__ = [
     "Delta",
+    "Deltas",
     "LoraError",
     "LoraFile",
     "PatchedWeights",
     "Patches",
     "add_patches",
+    "misfit",
     "read_deltas",
     "resolve",
     "text_key_map",

@@ -10,6 +10,7 @@ The end-to-end test runs LoraLoader + KSampler in a real server on a LoKr file.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from plugins.core_nodes.models import adapters
 from plugins.core_nodes.models.lora import PatchedWeights, read_deltas, resolve
@@ -355,3 +357,156 @@ def test_a_dora_scale_that_fits_no_axis_is_an_error(shape: tuple[int, int]) -> N
     weights = PatchedWeights(torch.nn.Linear(3, 4), {"weight": ((1.0, deltas["m"]),)})
     with pytest.raises(ValueError, match="DoRA scale of shape"):
         weights.merged()
+
+
+def test_changes_that_do_not_fit_their_layer_are_left_out_and_named(
+    bases: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Keys whose module matches but whose change has another size (an SD1 text-encoder LoRA on
+    SD2's wider encoder) are listed, not placed: the rest applies and no prompt fails later."""
+    path, sd = bases["sd1"]
+    r = _Random(8)
+    misfits = {
+        # Factors of a 96-wide encoder on the 64-wide one: 9216 elements for a (64, 64) weight.
+        TE_Q: {"lora_up.weight": r(96, 4), "lora_down.weight": r(4, 96)},
+        # A kernel with 16 input channels for a (32, 32, 3, 3) convolution.
+        CONV: {"lora_up.weight": r(32, 4, 1, 1), "lora_down.weight": r(4, 16, 3, 3)},
+        # As many elements as the (32, 32, 1, 1) weight, but a full difference is added as written.
+        PROJ_IN: {"diff": r(32, 32)},
+        # LoKr factors whose inner sizes disagree (2 and 3).
+        TO_Q: {"lokr_w1": r(4, 4), "lokr_w2_a": r(8, 2), "lokr_w2_b": r(3, 8)},
+        # A DoRA scale for 7 channels on a (32, 64) weight.
+        TO_K: {"lora_up.weight": r(32, 4), "lora_down.weight": r(4, 64), "dora_scale": r(1, 7).abs()},
+    }
+    fitting = {
+        CONV2: {"lora_up.weight": r(32, 4, 1, 1), "lora_down.weight": r(4, 32, 3, 3)},
+        # The flat layout of a kernel: a low-rank change is reshaped to its weight.
+        CONV_OUT: {"lora_up.weight": r(32, 4), "lora_down.weight": r(4, 288), "alpha": torch.tensor(2.0)},
+    }
+    lora = {
+        f"{m}.{part}": t
+        for group in (misfits, fitting)
+        for m, parts in group.items()
+        for part, t in parts.items()
+    }
+    lora_path = _write(tmp_path, "misfits.safetensors", lora)
+
+    with caplog.at_level(logging.WARNING):
+        merged = _patched(path, lora_path, 0.6, 1.0)
+    c2, co = fitting[CONV2], fitting[CONV_OUT]
+    changes = {
+        PARAMS[CONV2] + ".weight": 0.6
+        * (c2["lora_up.weight"].flatten(1) @ c2["lora_down.weight"].flatten(1)).reshape(32, 32, 3, 3),
+        PARAMS[CONV_OUT] + ".weight": 0.6
+        * (2.0 / 4)
+        * (co["lora_up.weight"] @ co["lora_down.weight"]).reshape(32, 32, 3, 3),
+    }
+    _check(merged, sd, changes)
+    assert "5 keys fit no layer" in caplog.text and TE_Q in caplog.text
+
+    model, clip = _loaded(path)
+    found = resolve(read_deltas(lora), model.unet, clip.models)
+    assert found.unmatched == list(misfits)
+    assert found.reasons == {
+        TE_Q: "a change of 9216 elements for a weight of shape (64, 64)",
+        CONV: "a change of 4608 elements for a weight of shape (32, 32, 3, 3)",
+        PROJ_IN: "a difference of shape (32, 32) for a weight of shape (32, 32, 1, 1)",
+        TO_Q: "factors of shapes (8, 2) and (3, 8) do not multiply",
+        TO_K: "a DoRA scale of shape (1, 7) for a weight of shape (32, 64)",
+    }
+
+
+def test_incomplete_modules_are_reported(
+    bases: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, sd = bases["sd1"]
+    r = _Random(9)
+    lora = {
+        f"{CONV}.hada_w1_a": r(32, 2),
+        f"{CONV}.hada_w1_b": r(2, 288),
+        f"{CONV}.hada_w2_a": r(32, 2),
+        f"{TO_Q}.lokr_w1": r(4, 4),
+        f"{TO_Q}.lokr_w2_a": r(8, 2),
+        f"{TO_Q}.alpha": torch.tensor(1.0),
+        f"{TE_Q}.lora_up.weight": r(64, 4),
+        f"{PROJ_IN}.dora_scale": r(32, 1, 1, 1),
+        f"{TO_K}.lora_up.weight": r(32, 4),
+        f"{TO_K}.lora_down.weight": r(4, 64),
+    }
+    deltas = read_deltas(lora)
+    # Still the mapping of the complete changes its callers read...
+    assert list(deltas) == [TO_K]
+    # ...with the others beside it, each with what it lacks.
+    assert deltas.incomplete == {
+        CONV: "a LoHa without hada_w2_b",
+        TO_Q: "a LoKr without lokr_w2 (or lokr_w2_a and _b)",
+        TE_Q: "a LoRA without its down weight",
+        PROJ_IN: "no change beside its dora_scale",
+    }
+    model, clip = _loaded(path)
+    found = resolve(deltas, model.unet, clip.models)
+    assert found.unmatched == [CONV, TO_Q, TE_Q, PROJ_IN]
+    assert found.reasons[CONV] == "a LoHa without hada_w2_b"
+
+    # LoraLoader's warning counts and names them; the complete change still applies.
+    with caplog.at_level(logging.WARNING):
+        merged = _patched(path, _write(tmp_path, "incomplete.safetensors", lora), 1.0, 1.0)
+    # (safetensors keeps keys sorted, so the file's first incomplete module is the text encoder's)
+    assert f"4 keys fit no layer of this model, e.g. {TE_Q}" in caplog.text
+    k = PARAMS[TO_K] + ".weight"
+    _check(merged, sd, {k: lora[f"{TO_K}.lora_up.weight"] @ lora[f"{TO_K}.lora_down.weight"]})
+
+
+class _Devices(TorchDispatchMode):
+    """Records the device of every tensor each torch operation makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: set[tuple[str, str]] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        self.made |= {(str(func), t.device.type) for t in outs if isinstance(t, torch.Tensor)}
+        return out
+
+
+def test_changes_are_computed_on_the_weights_device() -> None:
+    """The factors (read to the CPU) move to the weights' device before they are multiplied; the
+    meta device stands in for a GPU: every operation of the merge makes a tensor there."""
+    r = _Random(10)
+    parts = {
+        "lora": {"lora_up.weight": r(32, 4), "lora_down.weight": r(4, 64), "dora_scale": r(1, 64).abs()},
+        "tucker": {
+            "lora_up.weight": r(32, 4, 1, 1),
+            "lora_mid.weight": r(4, 4, 3, 3),
+            "lora_down.weight": r(4, 16, 1, 1),
+        },
+        "loha": {"hada_w1_a": r(32, 2), "hada_w1_b": r(2, 64), "hada_w2_a": r(32, 2), "hada_w2_b": r(2, 64)},
+        "lokr": {
+            "lokr_w1": r(2, 2),
+            "lokr_w2_a": r(3, 16),
+            "lokr_w2_b": r(3, 8),
+            "lokr_t2": r(3, 3, 3, 3).half(),
+        },
+        "diff": {"diff": r(32, 16, 3, 3).half(), "diff_b": r(32)},
+    }
+    deltas = read_deltas({f"{m}.{p}": t for m, group in parts.items() for p, t in group.items()})
+    with torch.device("meta"):
+        module = torch.nn.ModuleDict(
+            {
+                "lora": torch.nn.Linear(64, 32),
+                "tucker": torch.nn.Conv2d(16, 32, 3),
+                "loha": torch.nn.Linear(64, 32),
+                "lokr": torch.nn.Conv2d(16, 32, 3),
+                "diff": torch.nn.Conv2d(16, 32, 3),
+            }
+        )
+    patches = {f"{name}.{d.param}": ((0.5, d),) for name, d in deltas.items()}
+    patches["diff.bias"] = patches.pop("diff.bias.bias")
+    weights = PatchedWeights(module, patches)
+    with _Devices() as devices:
+        merged = weights.merged()
+    assert set(merged) == set(patches) and all(t.device.type == "meta" for t in merged.values())
+    assert {"aten.mm.default", "aten.bmm.default"} <= {op for op, _ in devices.made}
+    assert {device for _, device in devices.made} == {"meta"}
