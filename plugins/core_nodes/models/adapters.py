@@ -700,11 +700,14 @@ def apply_lora_state_dict(
     encoders = clip.models if isinstance(clip, TextEncoder) else {}
     found = resolve(deltas, unet, encoders)
     if found.unmatched:
+        first = found.unmatched[0]
+        reason = found.reasons.get(first)
         log.warning(
-            "LoRA %s: %d keys fit no layer of this model, e.g. %s",
+            "LoRA %s: %d keys fit no layer of this model, e.g. %s%s",
             name,
             len(found.unmatched),
-            found.unmatched[0],
+            first,
+            f" ({reason})" if reason else "",
         )
     if not found.unet and not any(found.text.values()):
         raise LoraError(f"{name} does not fit this model: none of its {len(deltas)} LoRA keys match")

@@ -452,7 +452,8 @@ def test_incomplete_modules_are_reported(
     with caplog.at_level(logging.WARNING):
         merged = _patched(path, _write(tmp_path, "incomplete.safetensors", lora), 1.0, 1.0)
     # (safetensors keeps keys sorted, so the file's first incomplete module is the text encoder's)
-    assert f"4 keys fit no layer of this model, e.g. {TE_Q}" in caplog.text
+    assert f"4 keys fit no layer of this model, e.g. {TE_Q} (" in caplog.text
+    assert f"e.g. {TE_Q} ({found.reasons[TE_Q]})" in caplog.text  # the warning says why
     k = PARAMS[TO_K] + ".weight"
     _check(merged, sd, {k: lora[f"{TO_K}.lora_up.weight"] @ lora[f"{TO_K}.lora_down.weight"]})
 
