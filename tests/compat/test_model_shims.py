@@ -22,7 +22,7 @@ from plugins.core_nodes.models import adapters
 from plugins.core_nodes.models.manager import get_manager
 from plugins.core_nodes.sampling import noise as core_noise
 from tests.compat.helpers import PACKS
-from tests.plugins.core_nodes import tiny_pipeline
+from tests.plugins.core_nodes import test_workflows_e2e, tiny_pipeline
 from tests.plugins.core_nodes.node_helpers import messages, run_prompt
 
 SIZE = 64  # pixels; 8 x 8 latents
@@ -38,22 +38,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_pipeline.write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_sd1.safetensors", "sd1")
 
 
-@pytest.fixture(scope="module")
-def lora_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A kohya LoRA on one UNet attention layer and one CLIP-L projection of the tiny SD1 model."""
-    g = torch.Generator().manual_seed(5)
-    key_unet = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k"
-    key_te = "lora_te_text_model_encoder_layers_1_mlp_fc2"
-    sd = {
-        f"{key_unet}.lora_down.weight": torch.randn(4, tiny_pipeline.CLIP_WIDTH, generator=g),
-        f"{key_unet}.lora_up.weight": torch.randn(32, 4, generator=g),
-        f"{key_unet}.alpha": torch.tensor(4.0),
-        f"{key_te}.lora_down.weight": torch.randn(2, 128, generator=g) * 0.3,
-        f"{key_te}.lora_up.weight": torch.randn(64, 2, generator=g) * 0.3,
-    }
-    path = tmp_path_factory.mktemp("loras") / "tiny_lora.safetensors"
-    save_file(sd, str(path))
-    return path
+# The tiny SD1 LoRA of the core end-to-end tests (one UNet attention layer, one CLIP-L layer).
+lora_file = test_workflows_e2e.lora_file
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from plugins.core_nodes.models.lora import PatchedWeights, read_deltas, resolve
 
 from . import test_lora, test_workflows_e2e
 from .test_lora import _loaded, _probe
-from .test_workflows_e2e import _pixels, _run, _saved, _server, txt2img
+from .test_workflows_e2e import _pixels, _run, _saved, _server, txt2img, with_lora_loader
 
 # The shared tiny checkpoints of the LoRA and workflow tests.
 bases = test_lora.bases
@@ -325,22 +325,7 @@ async def test_lokr_through_lora_loader_and_ksampler(
     plain = _pixels(_saved(server, (await _run(server, base))["9"])[0])
 
     def with_lokr(strength: float, prefix: str) -> dict[str, Any]:
-        prompt = {**base}
-        prompt["10"] = {
-            "class_type": "LoraLoader",
-            "inputs": {
-                "model": ["4", 0],
-                "clip": ["4", 1],
-                "lora_name": lora_path.name,
-                "strength_model": strength,
-                "strength_clip": strength,
-            },
-        }
-        for node in ("6", "7"):
-            prompt[node] = {**base[node], "inputs": {**base[node]["inputs"], "clip": ["10", 1]}}
-        prompt["3"] = {**base["3"], "inputs": {**base["3"]["inputs"], "model": ["10", 0]}}
-        prompt["9"] = {**base["9"], "inputs": {**base["9"]["inputs"], "filename_prefix": prefix}}
-        return prompt
+        return with_lora_loader(base, lora_path.name, strength, strength, prefix)
 
     changed = _pixels(_saved(server, (await _run(server, with_lokr(1.0, "lokr")))["9"])[0])
     assert np.abs(changed - plain).mean() > 0.5

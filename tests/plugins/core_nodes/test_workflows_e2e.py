@@ -112,6 +112,28 @@ def txt2img(ckpt: str, seed: int = 1, steps: int = 3, prefix: str = "ComfyUI") -
     }
 
 
+def with_lora_loader(
+    base: dict[str, Any], lora_name: str, strength_model: float, strength_clip: float, prefix: str
+) -> dict[str, Any]:
+    """:func:`txt2img` with a LoraLoader (node "10") between the checkpoint and its users."""
+    p = {**base}
+    p["10"] = {
+        "class_type": "LoraLoader",
+        "inputs": {
+            "model": ["4", 0],
+            "clip": ["4", 1],
+            "lora_name": lora_name,
+            "strength_model": strength_model,
+            "strength_clip": strength_clip,
+        },
+    }
+    for node in ("6", "7"):
+        p[node] = {**base[node], "inputs": {**base[node]["inputs"], "clip": ["10", 1]}}
+    p["3"] = {**base["3"], "inputs": {**base["3"]["inputs"], "model": ["10", 0]}}
+    p["9"] = {**base["9"], "inputs": {**base["9"]["inputs"], "filename_prefix": prefix}}
+    return p
+
+
 async def _run(server: Any, prompt: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """Run ``prompt``; return the ``executed`` outputs by node, failing on any execution error."""
     frames = await run_prompt(server, prompt, **extra)
@@ -239,22 +261,7 @@ async def test_lora_upscale_and_area_workflows(
     plain = _pixels(_saved(server, (await _run(server, base))["9"])[0])
 
     def with_lora(strength_model: float, strength_clip: float, prefix: str) -> dict[str, Any]:
-        p = {**base}
-        p["10"] = {
-            "class_type": "LoraLoader",
-            "inputs": {
-                "model": ["4", 0],
-                "clip": ["4", 1],
-                "lora_name": lora_file.name,
-                "strength_model": strength_model,
-                "strength_clip": strength_clip,
-            },
-        }
-        p["6"] = {**base["6"], "inputs": {**base["6"]["inputs"], "clip": ["10", 1]}}
-        p["7"] = {**base["7"], "inputs": {**base["7"]["inputs"], "clip": ["10", 1]}}
-        p["3"] = {**base["3"], "inputs": {**base["3"]["inputs"], "model": ["10", 0]}}
-        p["9"] = {**base["9"], "inputs": {**base["9"]["inputs"], "filename_prefix": prefix}}
-        return p
+        return with_lora_loader(base, lora_file.name, strength_model, strength_clip, prefix)
 
     lora = _pixels(_saved(server, (await _run(server, with_lora(1.0, 1.0, "lora")))["9"])[0])
     assert np.abs(lora - plain).mean() > 0.5
