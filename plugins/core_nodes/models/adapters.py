@@ -538,7 +538,7 @@ class Autoencoder:
         overlap_t: int | None = None,
     ) -> torch.Tensor:
         """The reference's signature: tiles and overlap in pixels (512, 512, 64 by default)."""
-        size = min(512 if tile_x is None else int(tile_x), 512 if tile_y is None else int(tile_y))
+        size = _square_tile(tile_x, tile_y, 512)
         tile, over = self._pixel_tiles(size, 64 if overlap is None else int(overlap))
         with self._use():
             return self.vae.encode_tiled(self.vae_encode_crop_pixels(pixels), tile, over)
@@ -554,10 +554,15 @@ class Autoencoder:
     ) -> torch.Tensor:
         """The reference's signature: tiles and overlap in latent pixels (64, 64, 16 by default)."""
         d = self.downscale_ratio
-        size = min(64 if tile_x is None else int(tile_x), 64 if tile_y is None else int(tile_y))
+        size = _square_tile(tile_x, tile_y, 64)
         tile, over = self._pixel_tiles(size * d, (16 if overlap is None else int(overlap)) * d)
         with self._use():
             return self.vae.decode_tiled(latent, tile // d, over // d)
+
+
+def _square_tile(tile_x: int | None, tile_y: int | None, default: int) -> int:
+    """Our tiles are square: the smaller of the reference's two sizes (``default`` when unset)."""
+    return min(default if tile_x is None else int(tile_x), default if tile_y is None else int(tile_y))
 
 
 # --- the functions the loader nodes call ------------------------------------------------------
