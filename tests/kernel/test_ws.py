@@ -187,3 +187,24 @@ async def test_client_disconnected_is_published_once_the_id_is_free(comfy_server
             break
         await asyncio.sleep(0.02)
     assert gone == ["same"]
+
+
+def test_status_published_off_the_server_loop_is_not_left_on_a_timer(make_kernel):
+    """A queue change published from another running loop (the executor's per-prompt loop while
+    the bus is unbound) is sent at once: a timer there might never fire, leaving every later
+    status waiting for some other message."""
+    import asyncio
+
+    from kernel.builtin.ws import HUB
+    from kernel.events import QueueChanged
+
+    kernel = make_kernel(plugins=[])
+    hub = kernel.stash[HUB]
+
+    async def publish_twice() -> None:
+        kernel.bus.publish(QueueChanged(queue_remaining=1))
+        kernel.bus.publish(QueueChanged(queue_remaining=2))
+
+    asyncio.run(publish_twice())
+    assert hub._status_timer is None
+    assert hub.status_version == 2
