@@ -32,6 +32,10 @@ SHIM_MODULES = (
     "comfy_api",
     "node_helpers",
     "latent_preview",
+    "execution",
+    "comfy_extras",
+    "app",
+    "comfyui_version",
 )
 # Packs are imported as submodules of this synthetic package (``custom_nodes.<pack>``).
 PACKS_PACKAGE = "custom_nodes"

@@ -1,0 +1,1 @@
+"""`app`: the reference's package of that name, for custom-node packs."""

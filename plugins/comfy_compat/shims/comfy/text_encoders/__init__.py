@@ -1,0 +1,1 @@
+"""`comfy.text_encoders`: the reference's package of that name, for custom-node packs."""

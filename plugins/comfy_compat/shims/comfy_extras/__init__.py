@@ -1,0 +1,1 @@
+"""`comfy_extras`: the reference's package of that name, for custom-node packs."""
