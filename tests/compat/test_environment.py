@@ -1,0 +1,157 @@
+"""The environment packs assume: torchvision (beside our CPU torch), transformers and the reference's
+runtime requirements import and work, in a fresh process and in a real server running a pack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.compat.helpers import ROOT, LauncherServer, executed, of_type, run_prompt
+
+try:
+    import pytest_asyncio
+
+    module_fixture = pytest_asyncio.fixture(scope="module", loop_scope="module")
+except (ImportError, TypeError):  # pragma: no cover
+    raise
+
+ENV_PACKS = Path(__file__).resolve().parent / "env_packs"
+
+# Runs in a fresh interpreter that has done only what our server does first: import comfy_compat.
+# Every expected value in the tests below is worked out by hand from these inputs.
+PROBE = r"""
+import json
+import plugins.comfy_compat  # noqa: F401 - our setup, as in the server
+import torch
+import torchvision
+import torchvision.transforms.functional as TF
+from torchvision.ops import nms, roi_align, roi_pool
+from transformers import CLIPTextModel
+
+boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10]], dtype=torch.float32)
+scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
+grid = torch.arange(16.0).reshape(1, 1, 4, 4)  # value = 4 * y + x
+rois = lambda *box: [torch.tensor([box], dtype=torch.float32)]
+
+pooled_input = grid.clone().requires_grad_()
+pooled = roi_pool(pooled_input, rois(0, 0, 3, 3), output_size=2)
+pooled.sum().backward()
+aligned_input = grid.clone().requires_grad_()
+roi_align(aligned_input, rois(0, 0, 2, 2), output_size=1, spatial_scale=1.0, sampling_ratio=1).sum().backward()
+
+print(json.dumps({
+    "nms_05": nms(boxes, scores, 0.5).tolist(),
+    "nms_07": nms(boxes, scores, 0.7).tolist(),
+    "nms_empty": nms(torch.zeros(0, 4), torch.zeros(0), 0.5).tolist(),
+    "align_center": roi_align(grid, rois(0, 0, 2, 2), output_size=1, spatial_scale=1.0, sampling_ratio=1).tolist(),
+    "align_aligned": roi_align(grid, rois(0, 0, 2, 2), output_size=2, spatial_scale=1.0, sampling_ratio=1,
+                               aligned=True).tolist(),
+    "align_scaled": roi_align(grid, torch.tensor([[0.0, 1, 1, 5, 5]]), output_size=1, spatial_scale=0.5,
+                              sampling_ratio=2).tolist(),
+    "align_grad": aligned_input.grad.tolist(),
+    "pool": pooled.tolist(),
+    "pool_grad": pooled_input.grad.tolist(),
+    "hflip": TF.hflip(grid)[0, 0, 0].tolist(),
+    "resized": list(TF.resize(grid, [2, 2], antialias=False).shape),
+    "clip": CLIPTextModel.__name__,
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def probe() -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_nms_keeps_the_best_box_of_each_overlapping_group(probe: dict[str, Any]) -> None:
+    # Box 3 (0.95) equals box 0 (IoU 1) and overlaps box 1 by 81 / 119 = 0.68; box 2 is apart.
+    assert probe["nms_05"] == [3, 2]
+    # At 0.7 the 0.68 overlap survives: kept in descending score order.
+    assert probe["nms_07"] == [3, 1, 2]
+    assert probe["nms_empty"] == []
+
+
+def test_roi_align_samples_bilinearly(probe: dict[str, Any]) -> None:
+    # One sample at the centre (1, 1) of the 2x2 box.
+    assert probe["align_center"] == [[[[5.0]]]]
+    # aligned=True shifts by half a pixel: the 2x2 bins sample the pixel centres 0, 1, 4, 5.
+    assert probe["align_aligned"] == [[[[0.0, 1.0], [4.0, 5.0]]]]
+    # Box (1, 1, 5, 5) at scale 0.5 is (0.5, 0.5, 2.5, 2.5): 2x2 samples at y, x in {1, 2} of
+    # 4y + x average to 7.5.
+    assert probe["align_scaled"] == [[[[7.5]]]]
+    # The one sample sits exactly on pixel (1, 1): all the gradient goes there.
+    assert probe["align_grad"] == [[[[0.0] * 4, [0.0, 1.0, 0.0, 0.0], [0.0] * 4, [0.0] * 4]]]
+
+
+def test_roi_pool_takes_the_max_of_each_bin(probe: dict[str, Any]) -> None:
+    assert probe["pool"] == [[[[5.0, 7.0], [13.0, 15.0]]]]
+    # The gradient of each bin goes to its maximum: pixels (1, 1), (1, 3), (3, 1), (3, 3).
+    assert probe["pool_grad"] == [[[[0.0] * 4, [0.0, 1.0, 0.0, 1.0], [0.0] * 4, [0.0, 1.0, 0.0, 1.0]]]]
+
+
+def test_transforms_and_transformers_import(probe: dict[str, Any]) -> None:
+    assert probe["hflip"] == [3.0, 2.0, 1.0, 0.0]
+    assert probe["resized"] == [1, 1, 2, 2]
+    assert probe["clip"] == "CLIPTextModel"
+
+
+def test_unsupported_operator_names_itself() -> None:
+    """In this (test) process conftest installed the hook: the ops we do not compute say so."""
+    import torch
+    import torchvision  # noqa: F401 - registers the operators
+
+    from plugins.comfy_compat.torchvision_ops import ensure_torchvision_ops, substitutes_active
+
+    if not substitutes_active():
+        pytest.skip("torchvision's compiled operators load here; no substitutes in use")
+    assert ensure_torchvision_ops() is True  # idempotent: a second call changes nothing
+    with pytest.raises(NotImplementedError, match="torchvision::ps_roi_align"):
+        torch.ops.torchvision.ps_roi_align(torch.zeros(1, 4, 4, 4), torch.zeros(1, 5), 1.0, 2, 2, 1)
+
+
+@module_fixture
+async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LauncherServer]:
+    base = tmp_path_factory.mktemp("environment")
+    args = ["--base-directory", str(base / "home"), "--custom-nodes-dir", str(ENV_PACKS), "--cpu"]
+    srv = LauncherServer(args, base / "server.log")
+    try:
+        await srv.wait_ready(timeout=180)
+        yield srv
+    finally:
+        await srv.stop()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_pack_importing_the_reference_requirements_loads_and_runs(server: LauncherServer) -> None:
+    assert "(IMPORT FAILED)" not in server.log, server.log
+    status, info = await server.json("GET", "/object_info/EnvProbe")
+    assert status == 200
+    assert info["EnvProbe"]["python_module"] == "custom_nodes.env_pack"
+
+    client_id, ws = await server.ws()
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "EnvProbe", "inputs": {"image": ["1", 0]}},
+    }
+    messages = await run_prompt(server, ws, client_id, prompt, timeout=120)
+    await ws.close()
+    assert of_type(messages, "execution_success"), messages
+    facts = executed(messages)["2"]["facts"][0]
+    # Boxes 0 and 1 overlap by 15.6 / 16 > 0.5; box 2 stands alone.
+    assert facts["kept"] == [0, 2]
+    assert facts["brownian_shape"] == [1, 1]
+    assert facts["steps"] == 3
+    assert facts["cpus"] is True and facts["spandrel"] is True
+    assert facts["torchvision"].count(".") == 2
