@@ -142,6 +142,18 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY[=VALUE]",
         help="add or override a server feature flag (repeatable)",
     )
+    add("--enable-manager", action="store_true", help="run ComfyUI-Manager (pip install comfyui_manager)")
+    manager_ui = parser.add_mutually_exclusive_group()
+    manager_ui.add_argument(
+        "--disable-manager-ui",
+        action="store_true",
+        help="keep ComfyUI-Manager's background work but serve none of its routes",
+    )
+    manager_ui.add_argument(
+        "--enable-manager-legacy-ui",
+        action="store_true",
+        help="ComfyUI-Manager's legacy web UI (implies --enable-manager)",
+    )
     add(
         "--verbose",
         nargs="?",
@@ -286,6 +298,9 @@ _SETTINGS_DESTS = frozenset(
         "default_hashing_function",
         "feature_flag",
         "verbose",
+        "enable_manager",
+        "disable_manager_ui",
+        "enable_manager_legacy_ui",
     }
 )
 

@@ -50,6 +50,10 @@ class Settings(msgspec.Struct, kw_only=True):
     default_hashing_function: str = "sha256"
     feature_flags: dict[str, Any] = msgspec.field(default_factory=dict)
     verbose: str = "INFO"
+    # ComfyUI-Manager (the PyPI ``comfyui_manager`` package), run by the comfy_compat plugin.
+    enable_manager: bool = False
+    disable_manager_ui: bool = False
+    enable_manager_legacy_ui: bool = False
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
 
     # --- derived directories (absolute; the CLI flags override the base-relative defaults) ---
@@ -190,4 +194,7 @@ def settings_from_namespace(ns: argparse.Namespace, known: set[str]) -> Settings
                 data[key] = value
         else:
             data["extra"][key] = value
+    if data.get("enable_manager_legacy_ui"):
+        # As on the reference, the legacy UI flag implies the manager itself.
+        data["enable_manager"] = True
     return msgspec.convert(data, Settings)

@@ -67,9 +67,6 @@ _IGNORED_SWITCHES = (
     "--supports-fp8-compute",
     "--disable-mmap",
     "--mmap-torch-files",
-    "--enable-manager",
-    "--disable-manager-ui",
-    "--enable-manager-legacy-ui",
 )
 # Reference flags that take one value and change nothing here.
 _IGNORED_WITH_VALUE = (
@@ -114,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--disable-all-custom-nodes", action="store_true")
     add("--whitelist-custom-nodes", nargs="+", default=None)
     add("--multi-user", action="store_true")
+    add("--enable-manager", action="store_true")
+    manager_ui = parser.add_mutually_exclusive_group()
+    manager_ui.add_argument("--disable-manager-ui", action="store_true")
+    manager_ui.add_argument("--enable-manager-legacy-ui", action="store_true")
     add("--verbose", nargs="?", const="DEBUG", default=None)
     add("--fast", nargs="*", default=None)
     for flag in _IGNORED_SWITCHES:
@@ -164,6 +165,9 @@ def translate(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         "disable_metadata",
         "disable_all_custom_nodes",
         "multi_user",
+        "enable_manager",
+        "disable_manager_ui",
+        "enable_manager_legacy_ui",
     ):
         if values[flag]:
             out.append(f"--{flag.replace('_', '-')}")

@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from kernel.plugins import DiscoveredPlugin
+from plugins.comfy_compat import manager
 from plugins.comfy_compat.packs import LegacyPackPlugin
 from plugins.comfy_compat.shimming import PACKS_PACKAGE
 from plugins.comfy_compat.state import CompatState, LoadedPack
@@ -225,14 +226,30 @@ def log_report(packs: list[LoadedPack]) -> None:
     log.info("Import times for custom nodes:\n%s", "\n".join(lines))
 
 
+def _allowed_by_manager(kernel: Kernel, sources: list[PackSource]) -> list[PackSource]:
+    kept = []
+    for src in sources:
+        if src.source == "legacy" and manager.blocks(kernel, src.path):
+            # The reference's words; such a pack is neither prestarted nor imported nor listed.
+            log.info("Blocked by policy: %s", src.path)
+            continue
+        kept.append(src)
+    return kept
+
+
 def discover(kernel: Kernel, state: CompatState) -> list[DiscoveredPlugin]:
+    # ComfyUI-Manager's prestartup comes before every pack's, even with all packs off.
+    manager.prestartup(kernel)
     if kernel.settings.disable_all_custom_nodes:
         log.info("Skipping loading of custom nodes (--disable-all-custom-nodes)")
+        manager.start(kernel)
         return []
     disabled = set(kernel.settings.disabled)
-    sources = find_packs(custom_node_folders(kernel))
+    sources = _allowed_by_manager(kernel, find_packs(custom_node_folders(kernel)))
     wanted = [s for s in sources if f"legacy:{s.name}" not in disabled]
     run_prestartup_scripts(wanted)
+    # The reference starts the Manager (its routes) after the prestartup scripts, before imports.
+    manager.start(kernel)
     found: list[DiscoveredPlugin] = []
     for src in sources:
         name = f"legacy:{src.name}"

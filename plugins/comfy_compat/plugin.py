@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from kernel import hookimpl
-from plugins.comfy_compat import loader, shimming
+from plugins.comfy_compat import loader, manager, shimming
 from plugins.comfy_compat.state import STATE, CompatState
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ log = logging.getLogger("comfykernel.compat")
 def configure(kernel: Kernel) -> None:
     state = kernel.stash[STATE] = CompatState()
     shimming.install(kernel, state)
+    # ComfyUI-Manager is imported now (it needs the shims); it starts while packs are discovered.
+    manager.configure(kernel)
 
 
 @hookimpl
@@ -37,12 +40,24 @@ def register_routes(kernel: Kernel) -> Iterable[web.AbstractRouteDef]:
 
 
 @hookimpl
+def register_middlewares(kernel: Kernel) -> Iterable[Any]:
+    return manager.middlewares(kernel)
+
+
+@hookimpl
+def register_feature_flags(kernel: Kernel) -> Mapping[str, Any]:
+    # Asked after discovery: the flags packs (ComfyUI-Manager among them) wrote while importing.
+    return importlib.import_module("comfy_api.feature_flags").get_server_features()
+
+
+@hookimpl
 def startup(kernel: Kernel, app: web.Application) -> None:
     kernel.stash[STATE].prompt_server.app = app
 
 
 @hookimpl
 def shutdown(kernel: Kernel) -> None:
+    manager.shutdown(kernel)
     shimming.uninstall(kernel.stash[STATE])
 
 
