@@ -68,13 +68,14 @@ class Kernel:
         backend = self.hooks.provide_queue_backend(self)
         if backend is not None:
             self.queue = backend
+        # Before discovery: legacy packs read folder_paths (model folder kinds) while importing.
+        self.hooks.register_model_folders(self, self.model_folders.register_for)
         self.hooks.register_nodes(self, self.nodes.register_for)
         # Discovered after the installed plugins registered their nodes, so theirs win clashes.
         discovered = register_discovered(
             self.pm, self.plugin_records, self.hooks.discover_plugins(self), self.settings.disabled
         )
         self.hooks.register_nodes_of(self, self.nodes.register_for, discovered)
-        self.hooks.register_model_folders(self, self.model_folders.register_for)
         self.hooks.register_web_extensions(self, self.web_extensions.register_for)
         self.hooks.register_translations(self, self.translations.register_for)
         self.feature_flags: dict[str, Any] = self.hooks.register_feature_flags(self)
