@@ -1,50 +1,531 @@
-"""``comfy.utils``: progress bars, tensor resizing and checkpoint loading for node packs."""
+"""``comfy.utils``: checkpoint files, state-dict surgery, resizing, tiling and progress bars.
+
+The functions keep the reference's names, signatures, defaults and return shapes, because packs
+call them positionally and rely on details such as ``state_dict_prefix_replace`` mutating its
+argument unless ``filter_keys`` is set, or ``tiled_scale`` feathering tile borders linearly.
+
+Two module attributes are process globals because ComfyUI's module API makes them so: packs
+assign ``comfy.utils.PROGRESS_BAR_ENABLED`` (it only switches the samplers' console bar, as in the
+reference) and install a hook with ``set_progress_bar_global_hook``. Both are read at call time.
+"""
 
 from __future__ import annotations
 
+import itertools
+import logging
+import math
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
+
+import torch
+import torch.nn.functional as F
 
 from kernel.progress import ProgressBar as _KernelProgressBar
 
+log = logging.getLogger("comfykernel.compat")
+
+# Packs write this (UltimateSDUpscale turns it off per tile) and samplers read it at call time to
+# decide whether to draw a console bar; the websocket progress does not depend on it.
 PROGRESS_BAR_ENABLED = True
+# None: bars report to the executing prompt's client. A pack may install its own receiver,
+# called as ``hook(value, total, preview, node_id=...)`` by bars created afterwards.
+PROGRESS_BAR_HOOK: Callable[..., Any] | None = None
+
+
+def set_progress_bar_enabled(enabled: bool) -> None:
+    global PROGRESS_BAR_ENABLED
+    PROGRESS_BAR_ENABLED = enabled
+
+
+def set_progress_bar_global_hook(function: Callable[..., Any] | None) -> None:
+    global PROGRESS_BAR_HOOK
+    PROGRESS_BAR_HOOK = function
 
 
 class ProgressBar(_KernelProgressBar):
-    """``ProgressBar(total, node_id=None)``: ``update(n)``, ``update_absolute(value, total, preview)``."""
+    """``ProgressBar(total, node_id=None)`` with ``update(n)`` and ``update_absolute(value, total, preview)``.
+
+    Reports to the prompt's client (and raises the interruption) through the kernel, unless a hook
+    was installed with :func:`set_progress_bar_global_hook` before the bar was made.
+    """
+
+    def __init__(self, total: float, node_id: str | None = None) -> None:
+        super().__init__(total, node_id)
+        self.hook = PROGRESS_BAR_HOOK
+
+    def update_absolute(self, value: float, total: float | None = None, preview: Any = None) -> None:
+        if self.hook is None:
+            super().update_absolute(value, total, preview)
+            return
+        if total is not None:
+            self.total = total
+        self.current = min(value, self.total)
+        self.hook(self.current, self.total, preview, node_id=self.node_id)
+
+
+# --- checkpoint files ----------------------------------------------------------------------
 
 
 def load_torch_file(
     ckpt: str, safe_load: bool = False, device: Any = None, return_metadata: bool = False
 ) -> Any:
-    import torch
+    """The state dict in ``ckpt`` (``(sd, metadata)`` with ``return_metadata``).
 
-    device = device or torch.device("cpu")
+    ``.safetensors`` / ``.sft`` files are read with safetensors; anything else with
+    ``torch.load(weights_only=True)`` whatever ``safe_load`` says, as the reference does now: a
+    pickle a pack downloaded must not run code. A lone ``state_dict`` entry (or a single
+    dict-valued entry) is unwrapped the way the reference unwraps Lightning checkpoints.
+    """
+    device = torch.device("cpu") if device is None else torch.device(device)
     metadata = None
     if str(ckpt).lower().endswith((".safetensors", ".sft")):
         from safetensors import safe_open
 
-        sd = {}
-        with safe_open(ckpt, framework="pt", device=str(device)) as f:
-            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                sd[key] = f.get_tensor(key)
-            metadata = f.metadata()
+        try:
+            with safe_open(str(ckpt), framework="pt", device=device.type) as f:
+                sd = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - not a mapping
+                if return_metadata:
+                    metadata = f.metadata()
+        except Exception as e:
+            message = str(e.args[0]) if e.args else ""
+            squashed = message.lower().replace(" ", "")
+            if "headertoolarge" in squashed or "metadataincompletebuffer" in squashed:
+                raise ValueError(
+                    f"{message}\n\nFile path: {ckpt}\n\nThe safetensors file is corrupt, incomplete "
+                    "or not a safetensors file at all."
+                ) from e
+            raise
     else:
-        # Only plain tensors: a pickle from a node pack's download must not run code.
-        loaded = torch.load(ckpt, map_location=device, weights_only=True)
-        sd = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
+        loaded = torch.load(str(ckpt), map_location=device, weights_only=True)
+        sd = _unwrap_checkpoint(loaded)
     return (sd, metadata) if return_metadata else sd
 
 
-def save_torch_file(sd: dict[str, Any], ckpt: str, metadata: dict[str, str] | None = None) -> None:
+def _unwrap_checkpoint(loaded: Any) -> Any:
+    if not isinstance(loaded, dict):
+        return loaded
+    if "state_dict" in loaded:
+        return loaded["state_dict"]
+    if len(loaded) == 1:
+        only = next(iter(loaded.values()))
+        if isinstance(only, dict):
+            return only
+    return loaded
+
+
+def save_torch_file(sd: Mapping[str, torch.Tensor], ckpt: str, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    save_file(sd, ckpt, metadata=metadata)
+    save_file(dict(sd), str(ckpt), metadata=metadata)
 
 
-def common_upscale(samples: Any, width: int, height: int, upscale_method: str, crop: str) -> Any:
-    """Resize an ``[B, C, H, W]`` tensor; ``crop="center"`` first crops to the target's aspect."""
-    import torch.nn.functional as F
+def safetensors_header(safetensors_path: str, max_size: int = 100 * 1024 * 1024) -> bytes | None:
+    """The raw JSON header of a safetensors file, or None when it claims to be over ``max_size``."""
+    with open(safetensors_path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > max_size:
+            return None
+        return f.read(length)
 
+
+# --- state dicts ---------------------------------------------------------------------------
+
+
+def calculate_parameters(sd: Mapping[str, torch.Tensor], prefix: str = "") -> int:
+    """Number of elements in the tensors whose key starts with ``prefix``."""
+    return sum(tensor.nelement() for key, tensor in sd.items() if key.startswith(prefix))
+
+
+def weight_dtype(sd: Mapping[str, torch.Tensor], prefix: str = "") -> torch.dtype | None:
+    """The dtype holding the most elements under ``prefix`` (None when nothing matches)."""
+    counts: dict[torch.dtype, int] = {}
+    for key, tensor in sd.items():
+        if key.startswith(prefix):
+            counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
+def state_dict_key_replace(
+    state_dict: MutableMapping[str, Any], keys_to_replace: Mapping[str, str]
+) -> MutableMapping[str, Any]:
+    """Rename keys in place (``old -> new`` for the ones present); returns the same dict."""
+    for old, new in keys_to_replace.items():
+        if old in state_dict:
+            state_dict[new] = state_dict.pop(old)
+    return state_dict
+
+
+def state_dict_prefix_replace(
+    state_dict: MutableMapping[str, Any], replace_prefix: Mapping[str, str], filter_keys: bool = False
+) -> MutableMapping[str, Any]:
+    """Swap key prefixes (``old_prefix -> new_prefix``).
+
+    Without ``filter_keys`` the renaming happens in ``state_dict`` itself and it is returned; with
+    it, the renamed entries are moved out of ``state_dict`` into a new dict, which is returned.
+    """
+    out: MutableMapping[str, Any] = {} if filter_keys else state_dict
+    for old, new in replace_prefix.items():
+        for key in [k for k in state_dict if k.startswith(old)]:
+            out[new + key[len(old) :]] = state_dict.pop(key)
+    return out
+
+
+def convert_sd_to(state_dict: MutableMapping[str, torch.Tensor], dtype: torch.dtype) -> MutableMapping[str, torch.Tensor]:
+    for key in list(state_dict):
+        state_dict[key] = state_dict[key].to(dtype)
+    return state_dict
+
+
+def transformers_convert(sd: MutableMapping[str, Any], prefix_from: str, prefix_to: str, number: int) -> MutableMapping[str, Any]:
+    """Rename an OpenCLIP text tower's keys (``transformer.resblocks.N``) to the transformers
+    layout (``encoder.layers.N``), splitting the fused ``in_proj`` into q/k/v; in place."""
+    renames = {
+        "positional_embedding": "embeddings.position_embedding.weight",
+        "token_embedding.weight": "embeddings.token_embedding.weight",
+        "ln_final.weight": "final_layer_norm.weight",
+        "ln_final.bias": "final_layer_norm.bias",
+    }
+    for old, new in renames.items():
+        if prefix_from + old in sd:
+            sd[prefix_to + new] = sd.pop(prefix_from + old)
+    block_renames = {
+        "ln_1": "layer_norm1",
+        "ln_2": "layer_norm2",
+        "mlp.c_fc": "mlp.fc1",
+        "mlp.c_proj": "mlp.fc2",
+        "attn.out_proj": "self_attn.out_proj",
+    }
+    for block in range(number):
+        src = f"{prefix_from}transformer.resblocks.{block}."
+        dst = f"{prefix_to}encoder.layers.{block}."
+        for old, new in block_renames.items():
+            for kind in ("weight", "bias"):
+                if f"{src}{old}.{kind}" in sd:
+                    sd[f"{dst}{new}.{kind}"] = sd.pop(f"{src}{old}.{kind}")
+        for kind in ("weight", "bias"):
+            fused = f"{src}attn.in_proj_{kind}"
+            if fused in sd:
+                q, k, v = sd.pop(fused).chunk(3, dim=0)
+                for name, part in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
+                    sd[f"{dst}self_attn.{name}.{kind}"] = part
+    return sd
+
+
+def clip_text_transformers_convert(sd: MutableMapping[str, Any], prefix_from: str, prefix_to: str) -> MutableMapping[str, Any]:
+    """:func:`transformers_convert` for a 32-block text tower under ``text_model.``, plus its projection."""
+    sd = transformers_convert(sd, prefix_from, f"{prefix_to}text_model.", 32)
+    if f"{prefix_from}text_projection.weight" in sd:
+        sd[f"{prefix_to}text_projection.weight"] = sd.pop(f"{prefix_from}text_projection.weight")
+    if f"{prefix_from}text_projection" in sd:
+        # OpenCLIP stores the projection as x @ P; a Linear's weight is P transposed.
+        sd[f"{prefix_to}text_projection.weight"] = sd.pop(f"{prefix_from}text_projection").transpose(0, 1).contiguous()
+    return sd
+
+
+# --- the UNet's diffusers <-> ldm key map --------------------------------------------------
+
+UNET_MAP_ATTENTIONS = {
+    "proj_in.weight",
+    "proj_in.bias",
+    "proj_out.weight",
+    "proj_out.bias",
+    "norm.weight",
+    "norm.bias",
+}
+
+TRANSFORMER_BLOCKS = {
+    f"{layer}.{kind}" for layer in ("norm1", "norm2", "norm3") for kind in ("weight", "bias")
+} | {
+    f"{attn}.{part}"
+    for attn in ("attn1", "attn2")
+    for part in ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias")
+} | {"ff.net.0.proj.weight", "ff.net.0.proj.bias", "ff.net.2.weight", "ff.net.2.bias"}
+
+# ldm ResBlock key -> diffusers resnet key.
+UNET_MAP_RESNET = {
+    "in_layers.2.weight": "conv1.weight",
+    "in_layers.2.bias": "conv1.bias",
+    "emb_layers.1.weight": "time_emb_proj.weight",
+    "emb_layers.1.bias": "time_emb_proj.bias",
+    "out_layers.3.weight": "conv2.weight",
+    "out_layers.3.bias": "conv2.bias",
+    "skip_connection.weight": "conv_shortcut.weight",
+    "skip_connection.bias": "conv_shortcut.bias",
+    "in_layers.0.weight": "norm1.weight",
+    "in_layers.0.bias": "norm1.bias",
+    "out_layers.0.weight": "norm2.weight",
+    "out_layers.0.bias": "norm2.bias",
+}
+
+# (ldm key, diffusers key) pairs outside the blocks; a set of tuples, as packs iterate it so.
+UNET_MAP_BASIC = {
+    ("label_emb.0.0.weight", "class_embedding.linear_1.weight"),
+    ("label_emb.0.0.bias", "class_embedding.linear_1.bias"),
+    ("label_emb.0.2.weight", "class_embedding.linear_2.weight"),
+    ("label_emb.0.2.bias", "class_embedding.linear_2.bias"),
+    ("label_emb.0.0.weight", "add_embedding.linear_1.weight"),
+    ("label_emb.0.0.bias", "add_embedding.linear_1.bias"),
+    ("label_emb.0.2.weight", "add_embedding.linear_2.weight"),
+    ("label_emb.0.2.bias", "add_embedding.linear_2.bias"),
+    ("input_blocks.0.0.weight", "conv_in.weight"),
+    ("input_blocks.0.0.bias", "conv_in.bias"),
+    ("out.0.weight", "conv_norm_out.weight"),
+    ("out.0.bias", "conv_norm_out.bias"),
+    ("out.2.weight", "conv_out.weight"),
+    ("out.2.bias", "conv_out.bias"),
+    ("time_embed.0.weight", "time_embedding.linear_1.weight"),
+    ("time_embed.0.bias", "time_embedding.linear_1.bias"),
+    ("time_embed.2.weight", "time_embedding.linear_2.weight"),
+    ("time_embed.2.bias", "time_embedding.linear_2.bias"),
+}
+
+
+def _add_transformer(out: dict[str, str], diffusers: str, ldm: str, depth: int) -> None:
+    for key in UNET_MAP_ATTENTIONS:
+        out[f"{diffusers}.{key}"] = f"{ldm}.{key}"
+    for t in range(depth):
+        for key in TRANSFORMER_BLOCKS:
+            out[f"{diffusers}.transformer_blocks.{t}.{key}"] = f"{ldm}.transformer_blocks.{t}.{key}"
+
+
+def unet_to_diffusers(unet_config: Mapping[str, Any]) -> dict[str, str]:
+    """diffusers UNet key -> ldm (``input_blocks...``) key, for a UNet config as
+    :mod:`comfy.model_detection` gives it; ``{}`` when the config has no ``num_res_blocks``."""
+    if "num_res_blocks" not in unet_config:
+        return {}
+    res_blocks = list(unet_config["num_res_blocks"])
+    levels = len(unet_config["channel_mult"])
+    depth_in = list(unet_config["transformer_depth"])
+    depth_out = list(unet_config["transformer_depth_output"])
+    depth_mid = unet_config.get("transformer_depth_middle")
+    out: dict[str, str] = {}
+
+    for level in range(levels):
+        block = 1 + (res_blocks[level] + 1) * level
+        for i in range(res_blocks[level]):
+            for ldm, diff in UNET_MAP_RESNET.items():
+                out[f"down_blocks.{level}.resnets.{i}.{diff}"] = f"input_blocks.{block}.0.{ldm}"
+            depth = depth_in.pop(0)
+            if depth > 0:
+                _add_transformer(out, f"down_blocks.{level}.attentions.{i}", f"input_blocks.{block}.1", depth)
+            block += 1
+        for kind in ("weight", "bias"):
+            out[f"down_blocks.{level}.downsamplers.0.conv.{kind}"] = f"input_blocks.{block}.0.op.{kind}"
+
+    # The mid attention's own layers are mapped even when it has no transformer blocks.
+    _add_transformer(out, "mid_block.attentions.0", "middle_block.1", depth_mid or 0)
+    for i, n in enumerate((0, 2)):
+        for ldm, diff in UNET_MAP_RESNET.items():
+            out[f"mid_block.resnets.{i}.{diff}"] = f"middle_block.{n}.{ldm}"
+
+    reversed_blocks = list(reversed(res_blocks))
+    for level in range(levels):
+        per_level = reversed_blocks[level] + 1
+        block = per_level * level
+        for i in range(per_level):
+            for ldm, diff in UNET_MAP_RESNET.items():
+                out[f"up_blocks.{level}.resnets.{i}.{diff}"] = f"output_blocks.{block}.0.{ldm}"
+            upsampler_index = 1
+            depth = depth_out.pop()
+            if depth > 0:
+                upsampler_index = 2
+                _add_transformer(out, f"up_blocks.{level}.attentions.{i}", f"output_blocks.{block}.1", depth)
+            if i == per_level - 1:
+                for kind in ("weight", "bias"):
+                    out[f"up_blocks.{level}.upsamplers.0.conv.{kind}"] = (
+                        f"output_blocks.{block}.{upsampler_index}.conv.{kind}"
+                    )
+            block += 1
+
+    for ldm, diff in UNET_MAP_BASIC:
+        out[diff] = ldm
+    return out
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+def repeat_to_batch_size(tensor: torch.Tensor, batch_size: int, dim: int = 0) -> torch.Tensor:
+    """Cut ``tensor`` to ``batch_size`` along ``dim``, or tile it up to that size."""
+    size = tensor.shape[dim]
+    if size > batch_size:
+        return tensor.narrow(dim, 0, batch_size)
+    if size < batch_size:
+        reps = [1] * tensor.ndim
+        reps[dim] = math.ceil(batch_size / size)
+        return tensor.repeat(reps).narrow(dim, 0, batch_size)
+    return tensor
+
+
+def _resampled_indices(count: int, batch_size: int) -> list[int]:
+    # Shrinking keeps the first and last items and spreads the rest evenly; growing repeats each
+    # item for an equal share of the output (nearest-neighbour over item centres).
+    if batch_size < count:
+        step = (count - 1) / (batch_size - 1)
+        return [min(round(i * step), count - 1) for i in range(batch_size)]
+    step = count / batch_size
+    return [min(math.floor((i + 0.5) * step), count - 1) for i in range(batch_size)]
+
+
+def resize_to_batch_size(tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Resample the batch to ``batch_size`` items by picking evenly spaced ones."""
+    count = tensor.shape[0]
+    if count == batch_size:
+        return tensor
+    if batch_size <= 1:
+        return tensor[:batch_size]
+    return tensor[_resampled_indices(count, batch_size)]
+
+
+def resize_list_to_batch_size(items: list[Any], batch_size: int) -> list[Any]:
+    """:func:`resize_to_batch_size` for a list."""
+    count = len(items)
+    if count in (batch_size, 0):
+        return items
+    if batch_size <= 1:
+        return items[:batch_size]
+    return [items[i] for i in _resampled_indices(count, batch_size)]
+
+
+# --- attributes ----------------------------------------------------------------------------
+
+# Marks "no such attribute" for set_attr: setting it back deletes the attribute.
+ATTR_UNSET: dict[str, Any] = {}
+
+
+def resolve_attr(obj: Any, attr: str) -> tuple[Any, str]:
+    *path, name = attr.split(".")
+    for part in path:
+        obj = getattr(obj, part)
+    return obj, name
+
+
+def get_attr(obj: Any, attr: str) -> Any:
+    """``get_attr(model, "a.b.weight")`` is ``model.a.b.weight``."""
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def set_attr(obj: Any, attr: str, value: Any) -> Any:
+    """Set a dotted attribute and return its previous value (``ATTR_UNSET`` if there was none)."""
+    owner, name = resolve_attr(obj, attr)
+    previous = getattr(owner, name, ATTR_UNSET)
+    if value is ATTR_UNSET:
+        delattr(owner, name)
+    else:
+        setattr(owner, name, value)
+    return previous
+
+
+def set_attr_param(obj: Any, attr: str, value: torch.Tensor) -> Any:
+    """:func:`set_attr` with ``value`` wrapped in a frozen ``nn.Parameter``."""
+    if not torch.is_inference_mode_enabled() and value.is_inference():
+        # An inference-mode tensor cannot become a Parameter outside inference mode.
+        value = value.clone()
+    return set_attr(obj, attr, torch.nn.Parameter(value, requires_grad=False))
+
+
+def set_attr_buffer(obj: Any, attr: str, value: torch.Tensor) -> Any:
+    owner, name = resolve_attr(obj, attr)
+    previous = getattr(owner, name, ATTR_UNSET)
+    persistent = name not in getattr(owner, "_non_persistent_buffers_set", set())
+    owner.register_buffer(name, value, persistent=persistent)
+    return previous
+
+
+def copy_to_param(obj: Any, attr: str, value: torch.Tensor) -> None:
+    """Copy ``value`` into the existing tensor at ``attr`` (the tensor object stays the same)."""
+    owner, name = resolve_attr(obj, attr)
+    getattr(owner, name).data.copy_(value)
+
+
+# --- resizing ------------------------------------------------------------------------------
+
+
+def _slerp(b1: torch.Tensor, b2: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between rows of ``b1`` and ``b2`` ([N, C]) at ratios ``r`` ([N, 1]);
+    the magnitude is interpolated linearly."""
+    n1 = torch.norm(b1, dim=-1, keepdim=True)
+    n2 = torch.norm(b2, dim=-1, keepdim=True)
+    u1 = torch.where(n1 == 0, torch.zeros_like(b1), b1 / n1)
+    u2 = torch.where(n2 == 0, torch.zeros_like(b2), b2 / n2)
+    dot = (u1 * u2).sum(1)
+    omega = torch.acos(dot)
+    sin_omega = torch.sin(omega)
+    ratio = r.squeeze(1)
+    res = (torch.sin((1.0 - ratio) * omega) / sin_omega).unsqueeze(1) * u1 + (
+        torch.sin(ratio * omega) / sin_omega
+    ).unsqueeze(1) * u2
+    res = res * (n1 * (1.0 - r) + n2 * r)
+    # Nearly parallel: keep the first row; nearly opposite: fall back to a straight lerp.
+    same = dot > 1 - 1e-5
+    res[same] = b1[same]
+    opposite = dot < 1e-5 - 1
+    res[opposite] = (b1 * (1.0 - r) + b2 * r)[opposite]
+    return res
+
+
+def _bilinear_sources(old: int, new: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each of ``new`` output positions: the ratio towards the next source, and both sources."""
+    coords = torch.arange(old, dtype=torch.float32, device=device).reshape(1, 1, 1, -1)
+    first = F.interpolate(coords, size=(1, new), mode="bilinear")
+    ratios = first - first.floor()
+    nxt = coords + 1
+    nxt[..., -1] -= 1
+    second = F.interpolate(nxt, size=(1, new), mode="bilinear")
+    return ratios, first.to(torch.int64), second.to(torch.int64)
+
+
+def bislerp(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Resize ``[N, C, H, W]`` latents by slerping channel vectors, first along W then along H."""
+    dtype = samples.dtype
+    x = samples.float()
+    n, c, h, w = x.shape
+
+    ratios, src1, src2 = _bilinear_sources(w, width, x.device)
+    a = x.gather(-1, src1.expand(n, c, h, -1)).movedim(1, -1).reshape(-1, c)
+    b = x.gather(-1, src2.expand(n, c, h, -1)).movedim(1, -1).reshape(-1, c)
+    r = ratios.expand(n, 1, h, -1).movedim(1, -1).reshape(-1, 1)
+    x = _slerp(a, b, r).reshape(n, h, width, c).movedim(-1, 1)
+
+    ratios, src1, src2 = _bilinear_sources(h, height, x.device)
+    a = x.gather(-2, src1.reshape(1, 1, -1, 1).expand(n, c, -1, width)).movedim(1, -1).reshape(-1, c)
+    b = x.gather(-2, src2.reshape(1, 1, -1, 1).expand(n, c, -1, width)).movedim(1, -1).reshape(-1, c)
+    r = ratios.reshape(1, 1, -1, 1).expand(n, 1, -1, width).movedim(1, -1).reshape(-1, 1)
+    x = _slerp(a, b, r).reshape(n, height, width, c).movedim(-1, 1)
+    return x.to(dtype)
+
+
+def lanczos(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Resize ``[N, C, H, W]`` images in 0..1 with PIL's Lanczos filter, one 8-bit image at a time."""
+    import numpy as np
+    from PIL import Image
+
+    # PIL wants H x W (grey) or H x W x C.
+    images = samples.squeeze(1) if samples.shape[1] == 1 else samples.movedim(1, -1)
+    out = []
+    for image in images:
+        pixels = np.clip(255.0 * image.detach().cpu().float().numpy(), 0, 255).astype(np.uint8)
+        resized = Image.fromarray(pixels).resize((width, height), resample=Image.Resampling.LANCZOS)
+        array = torch.from_numpy(np.array(resized).astype(np.float32) / 255.0)
+        out.append(array.movedim(-1, 0) if array.ndim == 3 else array)
+    return torch.stack(out).to(samples.device, samples.dtype)
+
+
+def common_upscale(samples: torch.Tensor, width: int, height: int, upscale_method: str, crop: str) -> torch.Tensor:
+    """Resize ``[B, C, ..., H, W]`` to ``height x width``.
+
+    ``upscale_method`` is a ``torch.nn.functional.interpolate`` mode, ``"bislerp"`` or
+    ``"lanczos"``; ``crop="center"`` first trims the input to the target's aspect ratio. Extra
+    dimensions between C and H (video frames) are resized frame by frame.
+    """
+    shape = tuple(samples.shape)
+    if len(shape) > 4:
+        frames = samples.reshape(shape[0], shape[1], -1, shape[-2], shape[-1]).movedim(2, 1)
+        samples = frames.reshape(-1, shape[1], shape[-2], shape[-1])
     if crop == "center":
         old_w, old_h = samples.shape[-1], samples.shape[-2]
         old_aspect, new_aspect = old_w / old_h, width / height
@@ -54,16 +535,191 @@ def common_upscale(samples: Any, width: int, height: int, upscale_method: str, c
         elif old_aspect < new_aspect:
             y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
         samples = samples.narrow(-2, y, old_h - y * 2).narrow(-1, x, old_w - x * 2)
-    mode = {"lanczos": "bicubic", "bislerp": "bilinear"}.get(upscale_method, upscale_method)
-    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    return F.interpolate(samples, size=(height, width), mode=mode, **kwargs)
+    if upscale_method == "bislerp":
+        out = bislerp(samples, width, height)
+    elif upscale_method == "lanczos":
+        out = lanczos(samples, width, height)
+    else:
+        out = F.interpolate(samples, size=(height, width), mode=upscale_method)
+    if len(shape) == 4:
+        return out
+    out = out.reshape((shape[0], -1, shape[1], height, width)).movedim(2, 1)
+    return out.reshape(shape[:-2] + (height, width))
 
 
-def repeat_to_batch_size(tensor: Any, batch_size: int, dim: int = 0) -> Any:
-    if tensor.shape[dim] > batch_size:
-        return tensor.narrow(dim, 0, batch_size)
-    if tensor.shape[dim] < batch_size:
-        reps = [1] * tensor.ndim
-        reps[dim] = -(-batch_size // tensor.shape[dim])
-        return tensor.repeat(reps).narrow(dim, 0, batch_size)
-    return tensor
+def reshape_mask(input_mask: torch.Tensor, output_shape: Sequence[int]) -> torch.Tensor:
+    """Scale a mask to ``output_shape`` (``[B, C, *spatial]``), repeating channels and batch."""
+    dims = len(output_shape) - 2
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]
+    if dims == 2:
+        input_mask = input_mask.reshape(-1, 1, input_mask.shape[-2], input_mask.shape[-1])
+    elif dims == 3 and input_mask.ndim < 5:
+        input_mask = input_mask.reshape(1, 1, -1, input_mask.shape[-2], input_mask.shape[-1])
+    mask = F.interpolate(input_mask, size=tuple(output_shape[2:]), mode=mode)
+    if mask.shape[1] < output_shape[1]:
+        mask = mask.repeat((1, output_shape[1]) + (1,) * dims)[:, : output_shape[1]]
+    return repeat_to_batch_size(mask, output_shape[0])
+
+
+# --- tiling --------------------------------------------------------------------------------
+
+
+def get_tiled_scale_steps(width: int, height: int, tile_x: int, tile_y: int, overlap: int) -> int:
+    """How many tiles :func:`tiled_scale` runs for one image (for sizing a progress bar)."""
+    rows = 1 if height <= tile_y else math.ceil((height - overlap) / (tile_y - overlap))
+    cols = 1 if width <= tile_x else math.ceil((width - overlap) / (tile_x - overlap))
+    return rows * cols
+
+
+def _per_dim(value: Any, dims: int) -> list[Any]:
+    return list(value) if isinstance(value, tuple | list) else [value] * dims
+
+
+@torch.inference_mode()
+def tiled_scale_multidim(
+    samples: torch.Tensor,
+    function: Callable[[torch.Tensor], torch.Tensor],
+    tile: Sequence[int] = (64, 64),
+    overlap: int | Sequence[int] = 8,
+    upscale_amount: Any = 4,
+    out_channels: int = 3,
+    output_device: Any = "cpu",
+    downscale: bool = False,
+    index_formulas: Any = None,
+    pbar: Any = None,
+) -> torch.Tensor:
+    """Run ``function`` over overlapping tiles of ``samples`` and blend the results.
+
+    Each tile's output is weighted by a mask that ramps linearly over the (scaled) overlap at
+    every edge, and the sum is divided by the summed weights. ``upscale_amount`` (number or
+    callable per dimension) maps input sizes to output sizes; ``index_formulas`` does the same for
+    tile positions (default: ``upscale_amount``); ``downscale`` divides instead of multiplying.
+    ``pbar.update(1)`` is called per tile.
+    """
+    dims = len(tile)
+    amounts = _per_dim(upscale_amount, dims)
+    overlaps = _per_dim(overlap, dims)
+    formulas = _per_dim(amounts if index_formulas is None else index_formulas, dims)
+
+    def scaled(table: list[Any], d: int, value: float) -> float:
+        factor = table[d]
+        if callable(factor):
+            return factor(value)
+        return value / factor if downscale else value * factor
+
+    def out_size(sizes: Sequence[int]) -> list[int]:
+        return [round(scaled(amounts, d, size)) for d, size in enumerate(sizes)]
+
+    spatial = list(samples.shape[2:])
+    output = torch.empty([samples.shape[0], out_channels, *out_size(spatial)], device=output_device)
+    for b in range(samples.shape[0]):
+        item = samples[b : b + 1]
+        if all(spatial[d] <= tile[d] for d in range(dims)):
+            output[b : b + 1] = function(item).to(output_device)
+            if pbar is not None:
+                pbar.update(1)
+            continue
+        acc = output[b : b + 1].zero_()
+        weight = torch.zeros([1, 1, *out_size(spatial)], device=output_device)
+        starts = [
+            range(0, spatial[d] - overlaps[d], tile[d] - overlaps[d]) if spatial[d] > tile[d] else [0]
+            for d in range(dims)
+        ]
+        for corner in itertools.product(*starts):
+            piece = item
+            origin = []
+            for d in range(dims):
+                start = max(0, min(spatial[d] - overlaps[d], corner[d]))
+                piece = piece.narrow(d + 2, start, min(tile[d], spatial[d] - start))
+                origin.append(round(scaled(formulas, d, start)))
+            result = function(piece).to(output_device)
+            mask = _feather_mask(result.shape[2:], [round(scaled(amounts, d, overlaps[d])) for d in range(dims)], output_device)
+            target, target_weight = acc, weight
+            for d in range(dims):
+                length = min(result.shape[d + 2], target.shape[d + 2] - origin[d])
+                target = target.narrow(d + 2, origin[d], length)
+                target_weight = target_weight.narrow(d + 2, origin[d], length)
+                result = result.narrow(d + 2, 0, length)
+                mask = mask.narrow(d + 2, 0, length)
+            target.add_(result * mask)
+            target_weight.add_(mask)
+            if pbar is not None:
+                pbar.update(1)
+        acc.div_(weight)
+    return output
+
+
+def _feather_mask(shape: Sequence[int], feathers: Sequence[int], device: Any) -> torch.Tensor:
+    """Ones, ramping to ``1/feather`` over ``feather`` cells at both ends of each dimension."""
+    mask = torch.ones([1, 1, *shape], device=device)
+    for d, feather in enumerate(feathers, start=2):
+        if feather >= mask.shape[d]:
+            continue
+        for t in range(feather):
+            ramp = (t + 1) / feather
+            mask.narrow(d, t, 1).mul_(ramp)
+            mask.narrow(d, mask.shape[d] - 1 - t, 1).mul_(ramp)
+    return mask
+
+
+def tiled_scale(
+    samples: torch.Tensor,
+    function: Callable[[torch.Tensor], torch.Tensor],
+    tile_x: int = 64,
+    tile_y: int = 64,
+    overlap: int = 8,
+    upscale_amount: Any = 4,
+    out_channels: int = 3,
+    output_device: Any = "cpu",
+    pbar: Any = None,
+) -> torch.Tensor:
+    """:func:`tiled_scale_multidim` over ``[B, C, H, W]`` with ``tile_y x tile_x`` tiles."""
+    return tiled_scale_multidim(
+        samples,
+        function,
+        (tile_y, tile_x),
+        overlap=overlap,
+        upscale_amount=upscale_amount,
+        out_channels=out_channels,
+        output_device=output_device,
+        pbar=pbar,
+    )
+
+
+# --- misc ----------------------------------------------------------------------------------
+
+
+def string_to_seed(data: str | bytes | Iterable[int]) -> int:
+    """CRC-32 of ``data`` (characters count by code point), the reference's seed from a string."""
+    codes = [ord(x) if isinstance(x, str) else int(x) for x in data]
+    if all(code < 256 for code in codes):
+        return zlib.crc32(bytes(codes))
+    crc = 0xFFFFFFFF
+    for code in codes:
+        crc ^= code
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xEDB88320 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+
+
+def deepcopy_list_dict(obj: Any, memo: dict[int, Any] | None = None) -> Any:
+    """Copy nested lists and dicts (shared sub-objects stay shared); anything else is kept as is."""
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, dict):
+        result: Any = {deepcopy_list_dict(k, memo): deepcopy_list_dict(v, memo) for k, v in obj.items()}
+    elif isinstance(obj, list):
+        result = [deepcopy_list_dict(item, memo) for item in obj]
+    else:
+        result = obj
+    memo[id(obj)] = result
+    return result
+
+
+def bit_reverse_range(index: int, bits: int) -> int:
+    result = 0
+    for _ in range(bits):
+        result = (result << 1) | (index & 1)
+        index >>= 1
+    return result
