@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from kernel.nodes.v3 import (
     AnyType,
     Boolean,
@@ -38,8 +40,19 @@ ClipVision = Custom("CLIP_VISION")
 ClipVisionOutput = Custom("CLIP_VISION_OUTPUT")
 ControlNet = Custom("CONTROL_NET")
 UpscaleModel = Custom("UPSCALE_MODEL")
+StyleModel = Custom("STYLE_MODEL")
+LatentUpscaleModel = Custom("LATENT_UPSCALE_MODEL")
+Gligen = Custom("GLIGEN")
 Audio = Custom("AUDIO")
 Video = Custom("VIDEO")
+
+
+class NumberDisplay(StrEnum):
+    """How the frontend draws an Int/Float widget (``display=``)."""
+
+    number = "number"
+    slider = "slider"
+
 
 __all__ = [
     "AnyType",
@@ -60,19 +73,23 @@ __all__ = [
     "Float",
     "Guider",
     "Hidden",
+    "Gligen",
     "Image",
     "InputSpec",
     "Int",
     "Latent",
+    "LatentUpscaleModel",
     "Mask",
     "Model",
     "NodeOutput",
     "Noise",
+    "NumberDisplay",
     "OutputSpec",
     "Sampler",
     "Schema",
     "Sigmas",
     "String",
+    "StyleModel",
     "UpscaleModel",
     "Vae",
     "Video",
