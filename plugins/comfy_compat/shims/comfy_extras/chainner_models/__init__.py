@@ -1,0 +1,1 @@
+"""`comfy_extras.chainner_models`: the reference's deprecated upscale-model package."""
