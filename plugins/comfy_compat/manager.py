@@ -78,6 +78,10 @@ def _import_package() -> ModuleType | None:
         return None
     try:
         module = importlib.import_module(PACKAGE)
+    except ModuleNotFoundError as exc:
+        if exc.name != PACKAGE:
+            log.exception("importing %s failed", PACKAGE)
+        return None
     except Exception:
         # The reference would crash here; a broken install should not take the server down.
         log.exception("importing %s failed", PACKAGE)
