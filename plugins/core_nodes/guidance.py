@@ -7,17 +7,27 @@ by ``strength`` times the mask (times ``mask_strength``) and a linear ramp along
 lie inside the image; the predictions are averaged by those weights. Positive and negative are
 resolved the same way and combined as ``uncond + cfg * (cond - uncond)``; with ``cfg == 1`` the
 negative pass is skipped, as in the reference.
+
+Every model evaluation goes through the reference-signature functions of
+:mod:`plugins.core_nodes.cfg`, looked up through :mod:`plugins.core_nodes.patchpoints` at call time
+so a pack's replacement of ``comfy.samplers.sampling_function`` is honoured, with the MODEL's
+``model_options`` (cfg / pre- / post-cfg functions, model function wrapper...).
+:class:`CFGGuider` is the reference's guider API; :class:`Guider` is the same with its conds and
+latent fixed at construction (what the KSampler plumbing and the tests use).
 """
 
 from __future__ import annotations
 
-import math
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from kernel.progress import throw_if_interrupted
+from plugins.core_nodes.cfg import ModelView, sampling_function, with_post_cfg_function
+from plugins.core_nodes.patchpoints import lookup
 
 if TYPE_CHECKING:
     from plugins.core_nodes.contracts import DiffusionModel
@@ -42,9 +52,34 @@ class ResolvedCond:
     extra: dict[str, Any] = field(default_factory=dict)
     concat_latent: torch.Tensor | None = None
     concat_mask: torch.Tensor | None = None
+    # The inpainting model's (mask, masked latent) over the whole latent, set by the guider.
+    concat: tuple[torch.Tensor, torch.Tensor] | None = None
+    concat_channels: int = 0
+    # The reference gives every cond entry a uuid; patches read it from transformer_options.
+    uuid: uuid.UUID = field(default_factory=uuid.uuid4)
 
     def active(self, sigma: float) -> bool:
         return self.sigma_end <= sigma <= self.sigma_start
+
+    def model_inputs(self, x: torch.Tensor, region: tuple[slice, ...]) -> dict[str, Any]:
+        """The keyword inputs of ``apply_model`` for this entry on ``x`` (the whole latent)."""
+        batch = x.shape[0]
+        cross_attn = self.cross_attn.to(x)
+        inputs: dict[str, Any] = {
+            "c_crossattn": cross_attn.expand(batch, -1, -1) if self.cross_attn.shape[0] == 1 else cross_attn,
+            **self.extra,
+        }
+        if self.pooled is not None:
+            pooled = self.pooled.to(x)
+            inputs["pooled_output"] = pooled.expand(batch, -1) if pooled.shape[0] == 1 else pooled
+        if self.concat is not None:
+            mask, masked = self.concat
+            mask = mask.to(x).expand(batch, -1, -1, -1)
+            masked = masked.to(x)
+            if masked.shape[0] != batch:
+                masked = masked[:1].expand(batch, -1, -1, -1)
+            inputs["c_concat"] = torch.cat([mask, masked], dim=1)[:, : self.concat_channels][region]
+        return inputs
 
 
 def _mask_bounds(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
@@ -115,7 +150,7 @@ def resolve(conditioning: list[list[Any]], latent: torch.Tensor, model: Diffusio
     return resolved
 
 
-def _weights(cond: ResolvedCond, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def cond_weights(cond: ResolvedCond, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     h, w, y, x0 = cond.area
     mult = torch.full((x.shape[0], 1, h, w), cond.strength, dtype=x.dtype, device=x.device)
     if cond.mask is not None:
@@ -134,12 +169,158 @@ def _weights(cond: ResolvedCond, x: torch.Tensor, height: int, width: int) -> to
     return mult
 
 
-class Guider:
-    """The Denoiser the samplers call: conditioning applied, CFG combined.
+def copy_model_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with nested dicts and lists copied (the reference's model-options clone), so
+    what one sampling run adds (``sample_sigmas``) never reaches the MODEL's own dict."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, Mapping):
+            out[key] = copy_model_options(value)
+        elif isinstance(value, list):
+            out[key] = list(value)
+        else:
+            out[key] = value
+    return out
 
-    ``latent_image`` (model space) and ``denoise_mask`` feed the ``c_concat`` input of inpainting
-    models when the conditioning carries no ``concat_latent_image`` / ``concat_mask`` of its own.
+
+class CFGGuider:
+    """The reference's ``comfy.samplers.CFGGuider``: conditioning + CFG around one MODEL.
+
+    ``set_conds(positive, negative)`` and ``set_cfg(cfg)`` configure it; ``sample(noise,
+    latent_image, sampler, sigmas, ...)`` runs a ``KSAMPLER``-like ``sampler`` over it (latents
+    in VAE space in and out). As a denoiser, ``guider(x, sigma, model_options=..., seed=...)``
+    predicts the guided x0 through ``comfy.samplers.sampling_function`` (the pack's version
+    when one replaced it). ``conds`` holds the resolved entries (:class:`ResolvedCond`) once
+    :meth:`prepare` placed them on a latent.
     """
+
+    def __init__(self, model_patcher: DiffusionModel) -> None:
+        self.model_patcher = model_patcher
+        options = getattr(model_patcher, "model_options", None)
+        self.model_options: dict[str, Any] = options if options is not None else {"transformer_options": {}}
+        self.inner_model = ModelView(model_patcher)
+        self.original_conds: dict[str, list[list[Any]]] = {}
+        self.conds: dict[str, list[ResolvedCond]] = {}
+        self.cfg = 1.0
+
+    def set_conds(self, positive: list[list[Any]], negative: list[list[Any]]) -> None:
+        self.inner_set_conds({"positive": positive, "negative": negative})
+
+    def inner_set_conds(self, conds: Mapping[str, list[list[Any]]]) -> None:
+        self.original_conds = {name: list(entries) for name, entries in conds.items()}
+
+    def set_cfg(self, cfg: float) -> None:
+        self.cfg = float(cfg)
+
+    def prepare(self, latent_image: torch.Tensor, denoise_mask: torch.Tensor | None = None) -> None:
+        """Place the conds on ``latent_image`` (model space); ``denoise_mask`` (1 = repaint, at
+        latent size) and the latent feed inpainting models' ``c_concat``."""
+        self.conds = {}
+        for name, entries in self.original_conds.items():
+            resolved = resolve(entries, latent_image, self.model_patcher)
+            for cond in resolved:
+                self._attach_concat(cond, latent_image, denoise_mask)
+            self.conds[name] = resolved
+
+    def _attach_concat(
+        self, cond: ResolvedCond, latent_image: torch.Tensor, denoise_mask: torch.Tensor | None
+    ) -> None:
+        channels = int(getattr(self.model_patcher, "concat_channels", 0) or 0)
+        if channels <= 0:
+            return
+        height, width = latent_image.shape[-2:]
+        if cond.concat_mask is not None:
+            mask = cond.concat_mask.float().reshape(-1, 1, *cond.concat_mask.shape[-2:])
+            mask = torch.nn.functional.interpolate(mask, size=(height, width), mode="bilinear")
+        elif denoise_mask is not None:
+            mask = denoise_mask[:, :1]
+        else:
+            mask = torch.ones(1, 1, height, width)
+        if cond.concat_latent is not None:
+            masked = self.inner_model.latent_format.process_in(cond.concat_latent.float())
+        else:
+            masked = latent_image
+        cond.concat = (mask, masked)
+        cond.concat_channels = channels
+
+    def predict_noise(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        model_options: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """The guided x0 prediction (the reference's name; it returns denoised latents)."""
+        function = lookup("comfy.samplers", "sampling_function", sampling_function)
+        options = self.model_options if model_options is None else model_options
+        negative, positive = self.conds.get("negative"), self.conds.get("positive")
+        return function(
+            self.inner_model, x, timestep, negative, positive, self.cfg, model_options=options, seed=seed
+        )
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        model_options: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        throw_if_interrupted()
+        return self.predict_noise(x, sigma, model_options, seed)
+
+    def denoise_with_uncond(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        model_options: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guided prediction and the unconditional one (for the CFG++ samplers), captured
+        by a post-CFG function as the reference's CFG++ samplers do."""
+        captured: list[torch.Tensor] = []
+
+        def capture(args: dict[str, Any]) -> torch.Tensor:
+            captured.append(args["uncond_denoised"])
+            return args["denoised"]
+
+        base = self.model_options if model_options is None else model_options
+        out = self(x, sigma, with_post_cfg_function(base, capture, disable_cfg1=True), seed)
+        return out, captured[-1]
+
+    def sample(
+        self,
+        noise: torch.Tensor,
+        latent_image: torch.Tensor,
+        sampler: Any,
+        sigmas: torch.Tensor,
+        denoise_mask: torch.Tensor | None = None,
+        callback: Any = None,
+        disable_pbar: bool = False,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Sample from ``noise`` over ``sigmas`` with ``sampler`` (a ``KSAMPLER``); VAE-space
+        ``latent_image`` in (img2img / inpainting source) and the VAE-space result out."""
+        from plugins.core_nodes.sampling.masks import prepare_mask
+
+        if sigmas.shape[-1] == 0:
+            return latent_image
+        fmt = self.inner_model.latent_format
+        if denoise_mask is not None:
+            denoise_mask = prepare_mask(denoise_mask, noise.shape)
+        model_latent = fmt.process_in(latent_image.float())
+        self.prepare(model_latent, denoise_mask)
+        options = copy_model_options(self.model_options)
+        options.setdefault("transformer_options", {})["sample_sigmas"] = sigmas
+        extra_args: dict[str, Any] = {"model_options": options, "seed": seed}
+        samples = sampler.sample(
+            self, sigmas, extra_args, callback, noise, model_latent, denoise_mask, disable_pbar
+        )
+        return fmt.process_out(samples.to(torch.float32))
+
+
+class Guider(CFGGuider):
+    """A :class:`CFGGuider` with its conds, cfg and latent (model space) fixed at construction:
+    ``guider(x, sigma)`` is the plain denoiser the samplers call."""
 
     def __init__(
         self,
@@ -150,77 +331,32 @@ class Guider:
         latent_image: torch.Tensor,
         denoise_mask: torch.Tensor | None = None,
     ) -> None:
-        self.model = model
-        self.cfg = float(cfg)
-        self.positive = resolve(positive, latent_image, model)
-        self.negative = resolve(negative, latent_image, model)
+        super().__init__(model)
+        self.set_conds(positive, negative)
+        self.set_cfg(cfg)
         self.latent_image = latent_image
         self.denoise_mask = denoise_mask
+        self.prepare(latent_image, denoise_mask)
 
-    def _concat(self, cond: ResolvedCond, x: torch.Tensor) -> torch.Tensor | None:
-        channels = int(getattr(self.model, "concat_channels", 0) or 0)
-        if channels <= 0:
-            return None
-        height, width = x.shape[-2:]
-        if cond.concat_mask is not None:
-            mask = cond.concat_mask.float().reshape(-1, 1, *cond.concat_mask.shape[-2:])
-            mask = torch.nn.functional.interpolate(mask, size=(height, width), mode="bilinear")
-        elif self.denoise_mask is not None:
-            mask = self.denoise_mask[:, :1]
-        else:
-            mask = torch.ones(1, 1, height, width)
-        if cond.concat_latent is not None:
-            masked = self.model.latent_format.process_in(cond.concat_latent.float())
-        else:
-            masked = self.latent_image
-        mask = mask.to(x).expand(x.shape[0], -1, -1, -1)
-        masked = masked.to(x)
-        if masked.shape[0] != x.shape[0]:
-            masked = masked[:1].expand(x.shape[0], -1, -1, -1)
-        return torch.cat([mask, masked], dim=1)[:, :channels]
+    @property
+    def model(self) -> DiffusionModel:
+        return self.model_patcher
 
-    def predict(self, conds: list[ResolvedCond], x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The weighted average of every active entry's prediction (zero where none applies)."""
-        batch, _, height, width = x.shape
-        out = torch.zeros_like(x)
-        count = torch.full_like(x, 1e-37)
-        level = float(sigma.reshape(-1)[0])
-        for cond in conds:
-            if not cond.active(level):
-                continue
-            h, w, y, x0 = cond.area
-            region = (slice(None), slice(None), slice(y, y + h), slice(x0, x0 + w))
-            inputs: dict[str, Any] = {
-                "c_crossattn": cond.cross_attn.to(x).expand(batch, -1, -1)
-                if cond.cross_attn.shape[0] == 1
-                else cond.cross_attn.to(x),
-                **cond.extra,
-            }
-            if cond.pooled is not None:
-                pooled = cond.pooled.to(x)
-                inputs["pooled_output"] = pooled.expand(batch, -1) if pooled.shape[0] == 1 else pooled
-            concat = self._concat(cond, x)
-            if concat is not None:
-                inputs["c_concat"] = concat[region]
-            prediction = self.model(x[region], sigma, inputs)
-            mult = _weights(cond, x, height, width)
-            out[region] += prediction * mult
-            count[region] += mult
-        return out / count
+    @property
+    def positive(self) -> list[ResolvedCond]:
+        return self.conds["positive"]
 
-    def denoise_with_uncond(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        throw_if_interrupted()
-        cond = self.predict(self.positive, x, sigma)
-        uncond = self.predict(self.negative, x, sigma)
-        return uncond + (cond - uncond) * self.cfg, uncond
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        throw_if_interrupted()
-        cond = self.predict(self.positive, x, sigma)
-        if math.isclose(self.cfg, 1.0):
-            return cond
-        uncond = self.predict(self.negative, x, sigma)
-        return uncond + (cond - uncond) * self.cfg
+    @property
+    def negative(self) -> list[ResolvedCond]:
+        return self.conds["negative"]
 
 
-__all__ = ["AREA_FEATHER", "Guider", "ResolvedCond", "resolve"]
+__all__ = [
+    "AREA_FEATHER",
+    "CFGGuider",
+    "Guider",
+    "ResolvedCond",
+    "cond_weights",
+    "copy_model_options",
+    "resolve",
+]

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kernel.progress import ProgressBar
-from plugins.core_nodes.guidance import Guider
+from plugins.core_nodes.patchpoints import lookup
+from plugins.core_nodes.sampler_objects import sample_latents
+from plugins.core_nodes.sampling.masks import prepare_mask
 from plugins.core_nodes.sampling.noise import prepare_noise
-from plugins.core_nodes.sampling.samplers import sample
 from plugins.core_nodes.sampling.schedules import ksampler_sigmas
 
 if TYPE_CHECKING:
@@ -40,18 +41,6 @@ def preview_options(kernel: Kernel | None) -> PreviewOptions:
         return PreviewOptions()
     enabled = kernel.settings.preview_method != "none"
     return PreviewOptions(enabled=enabled, min_interval=preview_interval(kernel))
-
-
-def prepare_mask(noise_mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """A LATENT's ``noise_mask`` (``[H, W]``, ``[B, H, W]`` or ``[B, 1, H, W]``) at latent size,
-    one channel per latent channel and one item per batch item."""
-    mask = noise_mask.float().reshape(-1, 1, noise_mask.shape[-2], noise_mask.shape[-1])
-    mask = torch.nn.functional.interpolate(mask, size=(shape[2], shape[3]), mode="bilinear")
-    mask = mask.expand(-1, shape[1], -1, -1)
-    if mask.shape[0] < shape[0]:
-        repeats = -(-shape[0] // mask.shape[0])
-        mask = mask.repeat(repeats, 1, 1, 1)
-    return mask[: shape[0]]
 
 
 def select_sigmas(
@@ -113,29 +102,20 @@ def run_ksampler(
     force_full_denoise: bool = False,
     preview: PreviewOptions | None = None,
 ) -> dict[str, Any]:
-    """Sample ``latent`` and return the new LATENT dict (other keys of ``latent`` kept)."""
+    """Sample ``latent`` and return the new LATENT dict (other keys of ``latent`` kept).
+
+    The noise is drawn here; the sampling itself goes through ``comfy.sample.sample`` (a
+    pack's replacement when the compatibility layer is loaded and one was installed, else
+    :func:`plugins.core_nodes.sampler_objects.sample_latents`), as the reference's node does.
+    """
     latent_image = latent["samples"]
     if disable_noise:
         noise = torch.zeros_like(latent_image, device="cpu")
     else:
         noise = prepare_noise(latent_image, int(seed), latent.get("batch_index"))
-    noise_mask = latent.get("noise_mask")
-    denoise_mask = prepare_mask(noise_mask, latent_image.shape) if noise_mask is not None else None
-
-    sigmas = select_sigmas(
-        model, scheduler, sampler_name, steps, denoise, start_step, last_step, force_full_denoise
-    )
-    out = dict(latent)
-    if sigmas is None:
-        out["samples"] = latent_image
-        return out
-
     fmt = model.latent_format
-    model_latent = fmt.process_in(latent_image.float())
-    guider = Guider(model, positive, negative, cfg, model_latent, denoise_mask)
-    total = len(sigmas) - 1
-    bar = ProgressBar(total)
-    terminal = _TerminalBar(total)
+    bar = ProgressBar(steps)
+    terminal: list[_TerminalBar] = []
     options = preview or PreviewOptions()
     last_preview = [float("-inf")]
 
@@ -145,23 +125,34 @@ def run_ksampler(
         if options.enabled and (now - last_preview[0] >= options.min_interval or step + 1 >= total_steps):
             image = fmt.preview_image(denoised)
             last_preview[0] = now
-        terminal.update(step + 1)
+        if not terminal:
+            terminal.append(_TerminalBar(total_steps))
+        terminal[0].update(step + 1)
         # Also the per-step interrupt check: update raises Interrupted once /interrupt was called.
         bar.update_absolute(step + 1, total_steps, preview=image)
 
-    samples = sample(
-        guider,
+    run = lookup("comfy.sample", "sample", sample_latents)
+    samples = run(
+        model,
         noise,
-        sigmas,
+        steps,
+        cfg,
         sampler_name,
-        int(seed),
-        model_latent,
-        denoise_mask=denoise_mask,
-        callback=callback,
+        scheduler,
+        positive,
+        negative,
+        latent_image,
+        denoise=denoise,
         disable_noise=disable_noise,
-        model_sampling=model.model_sampling,
+        start_step=start_step,
+        last_step=last_step,
+        force_full_denoise=force_full_denoise,
+        noise_mask=latent.get("noise_mask"),
+        callback=callback,
+        seed=int(seed),
     )
-    out["samples"] = fmt.process_out(samples)
+    out = dict(latent)
+    out["samples"] = samples
     out.pop("downscale_ratio_spacial", None)
     return out
 

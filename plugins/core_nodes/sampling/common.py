@@ -31,6 +31,9 @@ class SamplerContext:
     model_sampling: ModelSamplingDiscrete
     callback: StepCallback | None = None
     uncond_model: CFGDenoiser | None = None
+    # A caller's own noise sampler (the k-diffusion ``noise_sampler=`` argument) replaces the
+    # default and Brownian-tree ones.
+    noise_sampler_override: NoiseSampler | None = None
 
     def denoise_cfg(
         self, x: torch.Tensor, sigma: torch.Tensor, name: str
@@ -48,7 +51,14 @@ class SamplerContext:
             self.callback(i, denoised, x)
 
     def noise_sampler(self, x: torch.Tensor) -> NoiseSampler:
-        return default_noise_sampler(x, self.seed)
+        """The per-step noise: the caller's, else ``comfy.k_diffusion.sampling.default_noise_sampler``
+        as it is now (packs replace it), else our own."""
+        if self.noise_sampler_override is not None:
+            return self.noise_sampler_override
+        from plugins.core_nodes.patchpoints import lookup
+
+        make = lookup("comfy.k_diffusion.sampling", "default_noise_sampler", default_noise_sampler)
+        return make(x, seed=self.seed)
 
 
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:

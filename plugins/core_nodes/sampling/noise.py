@@ -44,7 +44,7 @@ def prepare_noise(latent: torch.Tensor, seed: int, batch_inds: Sequence[int] | N
     return torch.cat([drawn[int(i)] for i in batch_inds], dim=0)
 
 
-def default_noise_sampler(x: torch.Tensor, seed: int | None) -> NoiseSampler:
+def default_noise_sampler(x: torch.Tensor, seed: int | None = None) -> NoiseSampler:
     """Fresh standard-normal noise like ``x`` on every call, from one generator.
 
     The reference offsets the seed by one on CPU, so the per-step noise never repeats the initial

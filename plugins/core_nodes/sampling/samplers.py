@@ -16,7 +16,7 @@ from .schedules import ModelSamplingDiscrete
 SamplerFn = Callable[[SamplerContext, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-__all__ = ["SAMPLER_NAMES", "SamplerUnavailable", "sample"]
+__all__ = ["SAMPLER_NAMES", "SamplerUnavailable", "core_sampler", "sample"]
 
 # The reference's order, which is also the order of the KSampler "sampler_name" dropdown.
 _SAMPLERS: dict[str, SamplerFn] = {
@@ -73,6 +73,14 @@ if tuple(_SAMPLERS) != SAMPLER_NAMES:  # pragma: no cover - a programming error,
 # The *_gpu names differ from their plain twins only in drawing the Brownian tree with generators
 # on the latent's device instead of the CPU; for CPU latents they give the same numbers.
 _RANDOM_INPAINT_NOISE = frozenset({"ddim"})
+
+
+def core_sampler(name: str) -> SamplerFn:
+    """The implementation behind a KSampler sampler name (``ddim`` is Euler)."""
+    try:
+        return _SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}") from None
 
 
 def _max_denoise(model_sampling: ModelSamplingDiscrete, sigmas: torch.Tensor) -> bool:

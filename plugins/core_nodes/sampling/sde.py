@@ -13,6 +13,8 @@ from .noise import NoiseSampler
 
 
 def _brownian(ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, cpu: bool) -> NoiseSampler:
+    if ctx.noise_sampler_override is not None:
+        return ctx.noise_sampler_override
     sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
     return BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=ctx.seed, cpu=cpu)
 
