@@ -49,6 +49,17 @@ class ClassInfo:
         return {k: (v[0] if isinstance(v, list | tuple) else v) for k, v in hidden.items()}
 
     @cached_property
+    def hidden_literal(self) -> frozenset[str]:
+        """Hidden names whose prompt value (literal or link) reaches the function, as in the reference.
+
+        A V1 hidden entry that is not a special token (``"remaining": ("INT",)``) is an ordinary
+        input the frontend does not show; self-cloning loop nodes pass their counter this way.
+        Special tokens are filled in afterwards and so win over any value the prompt gave.
+        V3 hidden entries are always special tokens.
+        """
+        return frozenset() if self.spec.is_v3 else frozenset(self.hidden)
+
+    @cached_property
     def identity_bound(self) -> bool:
         return self.spec.not_idempotent or "UNIQUE_ID" in self.hidden.values()
 
@@ -88,7 +99,7 @@ def gather_inputs(
                 data[name] = [None]
             else:
                 data[name] = entry.outputs[index]
-        elif declared is not None:
+        elif declared is not None or name in info.hidden_literal:
             data[name] = [value]
         # Undeclared literals are dropped (undeclared links above are kept, for **kwargs nodes).
     for name, token in info.hidden.items():

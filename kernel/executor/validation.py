@@ -44,7 +44,29 @@ class ValidationResult(NamedTuple):
 def make_error(
     type_: str, message: str, details: str = "", extra_info: dict[str, Any] | None = None
 ) -> Error:
-    return {"type": type_, "message": message, "details": details, "extra_info": extra_info or {}}
+    """An error object of the reference's shape, made of plain JSON values only (see :func:`plain`)."""
+    return {"type": type_, "message": message, "details": details, "extra_info": plain(extra_info or {})}
+
+
+def plain(value: Any) -> Any:
+    """``value`` with only JSON types left, so an error body can always be encoded.
+
+    Error details quote node type declarations, and packs declare types as ``str`` subclasses
+    (``class AnyType(str)`` overriding ``__ne__``) or put arbitrary objects in input options.
+    Such a ``str`` becomes its plain text (``"*"``), tuples become lists, and any other
+    non-JSON leaf becomes its ``str()``: a strange declaration must never turn a 400 into a 500.
+    """
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {plain(k) if isinstance(k, str) else str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return str(value)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -297,7 +319,7 @@ class _Walker:
         source_spec = self.specs.get(self.prompt[source]["class_type"])
         if source_spec is None:
             raise KeyError(self.prompt[source]["class_type"])
-        received_type = source_spec.return_types[link[1]]
+        received_type = source_spec.return_type_at(link[1])
         f.received_types[name] = received_type
         if "input_types" not in f.validator_args and not validate_node_input(received_type, input_type):
             f.errors.append(
@@ -429,7 +451,8 @@ class _Walker:
             if isinstance(value, list):
                 raw = info is not None and info.options.get("rawLink", False)
                 data[name] = [value] if raw else [None]
-            elif info is not None and info.category != "hidden":
+            elif info is not None and (info.category != "hidden" or not f.spec.is_v3):
+                # A V1 hidden literal is an ordinary input here too; special tokens are set below.
                 data[name] = [value]
             elif f.spec.accept_all_inputs:
                 data[name] = [value]

@@ -123,6 +123,17 @@ class NodeSpec:
             return tuple(o.io_type for o in self.schema.outputs)
         return tuple(getattr(self.cls, "RETURN_TYPES", ()))
 
+    def return_type_at(self, index: Any) -> Any:
+        """The type of output ``index`` as validation sees it.
+
+        V1 classes are indexed through their own ``RETURN_TYPES`` object, like the reference:
+        packs' tuple subclasses (``ByPassTypeTuple``) answer any index with a type that matches
+        everything, which their dynamic outputs rely on. Raises for an index out of range.
+        """
+        if self.schema is not None:
+            return self.return_types[index]
+        return getattr(self.cls, "RETURN_TYPES", ())[index]
+
     @cached_property
     def return_names(self) -> tuple[str, ...]:
         if self.schema is not None:

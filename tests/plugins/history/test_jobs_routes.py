@@ -197,8 +197,8 @@ async def test_job_detail_for_history_and_queue(comfy_server):
 async def test_job_detail_errors(comfy_server):
     server = await start_quiet(comfy_server)
     assert await server.json("GET", f"/api/jobs/{uuid.uuid4()}") == (404, {"error": "Job not found"})
-    status, body = await server.json("GET", "/api/jobs/not-a-uuid")
-    assert status == 400 and "UUID" in body["error"]
+    # No UUID format check: any unknown id, however it looks, is simply not found.
+    assert await server.json("GET", "/api/jobs/not-a-uuid") == (404, {"error": "Job not found"})
 
 
 async def test_cancel_pending_job(comfy_server):
