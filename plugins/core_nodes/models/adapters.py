@@ -39,6 +39,12 @@ from torch import nn
 from kernel.progress import throw_if_interrupted
 from plugins.core_nodes.contracts import SD15, SDXL, LatentFormat
 from plugins.core_nodes.models import checkpoint as ckpt
+from plugins.core_nodes.models.extension import (
+    WrapperExecutor,
+    WrappersMP,
+    get_all_wrappers,
+    merge_nested_dicts,
+)
 from plugins.core_nodes.models.lora import (
     LoraError,
     PatchedWeights,
@@ -48,6 +54,13 @@ from plugins.core_nodes.models.lora import (
     resolve,
 )
 from plugins.core_nodes.models.manager import ModelManager, get_manager
+from plugins.core_nodes.models.model_base import build_base_model
+from plugins.core_nodes.models.patcher import (
+    ModelPatcher,
+    create_model_options_clone,
+    get_attr,
+    object_view,
+)
 from plugins.core_nodes.models.text_encoder import (
     Chunks,
     ClipEncoder,
@@ -58,16 +71,13 @@ from plugins.core_nodes.models.text_encoder import (
     stack_from_state_dict,
 )
 from plugins.core_nodes.models.tokenizer import EmbeddingLookup
-from plugins.core_nodes.models.unet import ADM_SCALAR_DIM, UNetModel, sdxl_adm
+from plugins.core_nodes.models.unet import UNetModel
 from plugins.core_nodes.models.vae import VAE
-from plugins.core_nodes.sampling.schedules import ModelSamplingDiscrete
+from plugins.core_nodes.models.weight_patches import calculate_weight
 from plugins.core_nodes.serving import current_kernel
 
 T = TypeVar("T")
 log = logging.getLogger("comfykernel.core_nodes")
-# The reference sizes SDXL's default size conditioning by 8 pixels per latent pixel whatever
-# the VAE, so this is not the VAE's downscale ratio.
-_ADM_PIXELS_PER_LATENT = 8
 _EMBEDDING_SUFFIXES = ("", ".safetensors", ".pt", ".bin", ".pth")
 
 
@@ -185,39 +195,23 @@ def _copy_options(options: Mapping[str, Any]) -> dict[str, Any]:
     The reference's clone rule, so a pack that adds an entry to a clone's ``transformer_options``
     (the usual ``to["patches"][name].append(...)`` dance) leaves the original's untouched.
     """
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        if isinstance(value, Mapping):
-            out[key] = _copy_options(value)
-        elif isinstance(value, list):
-            out[key] = list(value)
-        else:
-            out[key] = value
-    return out
+    return create_model_options_clone(options)
 
 
-class BaseModelView:
-    """What a pack reaches as ``model.model`` (the reference's ``BaseModel``): read-only parts."""
-
-    def __init__(self, unet: UNetModel, model_sampling: ModelSamplingDiscrete, fmt: LatentFormat) -> None:
-        self.diffusion_model = unet
-        self.model_sampling = model_sampling
-        self.latent_format = fmt
-
-    def get_dtype(self) -> torch.dtype:
-        return next(self.diffusion_model.parameters()).dtype
+_UNET_PREFIX = "diffusion_model."
 
 
-class DiffusionModel:
-    """A UNet as the denoiser KSampler drives (``contracts.DiffusionModel``).
+class DiffusionModel(ModelPatcher):
+    """A UNet as the denoiser KSampler drives (``contracts.DiffusionModel``), with the reference's
+    ``ModelPatcher`` API (:class:`~plugins.core_nodes.models.patcher.ModelPatcher`).
 
-    The reference ``ModelPatcher`` API packs use: :meth:`clone`, ``model_options`` (a dict, the
-    reference's ``{"transformer_options": {}}`` to start with; clones get their own copy),
-    :meth:`get_model_object`, :meth:`model_dtype` and ``model`` (:class:`BaseModelView`).
-    The sampler never reads ``model_options``: patches and wrappers a pack puts there (cfg
-    functions, attention patches...) are kept and ignored. ``add_patches`` is not offered: the
-    reference's patches are keyed by its own state-dict names in ``comfy.lora``'s formats, which
-    this server does not produce; LoRA goes through ``comfy.sd.load_lora_for_models``.
+    ``model`` is the family's reference class (``model_base.BaseModel`` / ``SDXL`` /
+    ``SDXLRefiner``) around the cached UNet. Everything a pack asks for applies per call and never
+    changes the cached network: ``model_options["transformer_options"]`` patches run inside the
+    UNet, ``object_patches`` under ``diffusion_model.`` run on a copy of the module tree with
+    those attributes replaced (``model_sampling`` and the other top-level names are read through
+    :meth:`get_model_object`), and ``patches`` (``add_patches``, LoRA) are merged into fresh
+    tensors swapped in for the call. ``patch_model`` / ``unpatch_model`` write nothing.
     """
 
     def __init__(
@@ -230,88 +224,158 @@ class DiffusionModel:
         self.unet = unet
         self.family = family
         self.manager = manager
-        self.model_sampling = ModelSamplingDiscrete(prediction=family.prediction)
         self.latent_format = latent_format_for(family.name)
-        self.concat_channels = max(0, unet.config.in_channels - unet.config.out_channels)
-        self.weights = PatchedWeights(unet, patches)
-        if manager is not None and self.weights.patches:
-            manager.track_derived(unet, self.weights)
-        self.model_options: dict[str, Any] = {"transformer_options": {}}
-        self.model = BaseModelView(unet, self.model_sampling, self.latent_format)
+        base = build_base_model(family.name, family.prediction, unet, self.latent_format)
+        device = manager.compute_device if manager is not None else torch.device("cpu")
+        super().__init__(base, device, torch.device("cpu"))
+        self._weights: PatchedWeights | None = None
+        self._weights_for: tuple[Any, ...] | None = None
+        self._view: nn.Module | None = None
+        self._view_for: tuple[Any, ...] | None = None
+        for name, changes in (patches or {}).items():
+            for strength, delta in changes:
+                self.add_patches({_UNET_PREFIX + name: delta}, strength)
+
+    # -- what the samplers read ------------------------------------------------------------------
 
     @property
-    def patches(self) -> Patches:
-        return self.weights.patches
+    def model_sampling(self) -> Any:
+        """The noise schedule, a pack's replacement (``add_object_patch("model_sampling", ...)``) first."""
+        return self.get_model_object("model_sampling")
 
-    def with_patches(self, patches: Patches) -> DiffusionModel:
-        new = DiffusionModel(self.unet, self.family, self.manager, patches)
-        new.model_options = _copy_options(self.model_options)
-        return new
+    @property
+    def concat_channels(self) -> int:
+        return self.model.concat_channels()
+
+    @property
+    def weights(self) -> PatchedWeights:
+        """The UNet (or its object-patched copy) seen through this MODEL's weight patches."""
+        unet = self._unet_view()
+        key = (self.patches_uuid, id(unet), tuple((k, len(v)) for k, v in self.patches.items()))
+        if self._weights is None or self._weights_for != key:
+            by_param = {
+                k[len(_UNET_PREFIX) :]: tuple(v) for k, v in self.patches.items() if k.startswith(_UNET_PREFIX)
+            }
+            weights = PatchedWeights(unet, by_param, merge=_merge_entries)
+            if self.manager is not None and by_param:
+                self.manager.track_derived(self.unet, weights)
+            self._weights, self._weights_for = weights, key
+        return self._weights
+
+    def _unet_view(self) -> nn.Module:
+        """The cached UNet, or a copy of its module tree with this MODEL's object patches in."""
+        mine = {k[len(_UNET_PREFIX) :]: v for k, v in self.object_patches.items() if k.startswith(_UNET_PREFIX)}
+        whole = self.object_patches.get("diffusion_model")
+        root = whole if isinstance(whole, nn.Module) else self.unet
+        if not mine:
+            return root
+        key = (id(root), tuple((k, id(v)) for k, v in mine.items()))
+        if self._view is None or self._view_for != key:
+            self._view, self._view_for = object_view(root, mine), key
+        return self._view
 
     def clone(self) -> DiffusionModel:
-        """A new MODEL over the same UNet and patches; its ``model_options`` are its own copy."""
-        twin = copy.copy(self)
-        twin.model_options = _copy_options(self.model_options)
+        """A new MODEL over the same model and patches; its options and patch lists are its own."""
+        twin = super().clone()
+        assert isinstance(twin, DiffusionModel)
         return twin
 
+    def with_patches(self, patches: Patches) -> DiffusionModel:
+        """A clone with these LoRA changes (our parameter names, ``(strength, Delta)`` pairs) added."""
+        twin = self.clone()
+        for name, changes in patches.items():
+            for strength, delta in changes:
+                twin.add_patches({_UNET_PREFIX + name: delta}, strength)
+        return twin
+
+    def _state_keys(self) -> set[str]:
+        return {_UNET_PREFIX + name for name, _ in self.unet.named_parameters()}
+
     def get_model_object(self, name: str) -> Any:
-        """``model_sampling``, ``latent_format``, ``diffusion_model`` (dotted paths go inside it)."""
-        found: Any = self.model
-        for part in name.split("."):
-            try:
-                found = getattr(found, part)
-            except AttributeError:
-                raise AttributeError(
-                    f"MODEL has no object {name!r}; this server provides model_sampling, "
-                    "latent_format and diffusion_model"
-                ) from None
-        return found
+        """``model_sampling``, ``latent_format``, ``diffusion_model`` (dotted paths go inside it),
+        this MODEL's object patches first."""
+        if name in self.object_patches:
+            return self.object_patches[name]
+        if name.startswith(_UNET_PREFIX) or name == "diffusion_model":
+            found: Any = self._unet_view() if name.startswith(_UNET_PREFIX) else self.unet
+            rest = name[len(_UNET_PREFIX) :] if name.startswith(_UNET_PREFIX) else ""
+            return get_attr(found, rest) if rest else found
+        try:
+            return get_attr(self.model, name)
+        except AttributeError:
+            raise AttributeError(
+                f"MODEL has no object {name!r}; this server provides model_sampling, "
+                "latent_format and diffusion_model"
+            ) from None
 
-    def model_dtype(self) -> torch.dtype:
-        """The dtype the UNet's weights are stored in (float32 on the CPU)."""
-        return self.model.get_dtype()
+    def model_state_dict(self, filter_prefix: str | None = None) -> dict[str, torch.Tensor]:
+        """The model's weights without this MODEL's patches (they are only merged per call)."""
+        return super().model_state_dict(filter_prefix)
 
-    def adm(self, cond: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor | None:
-        """SDXL's ADM vector for ``cond`` on latents ``x`` (None for models without one)."""
-        config = self.unet.config
-        if config.adm_in_channels is None:
-            return None
-        refiner = self.family.name == "sdxl_refiner"
-        pooled_width = config.adm_in_channels - (5 if refiner else 6) * ADM_SCALAR_DIM
-        pooled = cond.get("pooled_output")
-        if pooled is None:
-            pooled = torch.zeros(x.shape[0], pooled_width)
-        pooled = pooled.to(device=x.device, dtype=torch.float32)
-        if pooled.shape[0] != x.shape[0]:
-            pooled = pooled[:1].expand(x.shape[0], -1)
-        width = float(cond.get("width", x.shape[-1] * _ADM_PIXELS_PER_LATENT))
-        height = float(cond.get("height", x.shape[-2] * _ADM_PIXELS_PER_LATENT))
-        crop_w, crop_h = float(cond.get("crop_w", 0)), float(cond.get("crop_h", 0))
-        if refiner:
-            score = float(cond.get("aesthetic_score", 6.0))
-            return sdxl_adm(pooled, height, width, crop_h, crop_w, aesthetic_score=score)
-        target_w = float(cond.get("target_width", width))
-        target_h = float(cond.get("target_height", height))
-        return sdxl_adm(pooled, height, width, crop_h, crop_w, target_h, target_w)
+    def patch_model(
+        self, device_to: Any = None, lowvram_model_memory: int = 0, load_weights: bool = True,
+        force_patch_weights: bool = False,
+    ) -> Any:  # fmt: skip
+        """The model, unchanged: patches apply per call (the cached network is shared)."""
+        self.inject_model()
+        return self.model
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
-        ms = self.model_sampling
-        sigma = sigma.reshape(-1).float().cpu()
-        if sigma.numel() == 1 and x.shape[0] > 1:
-            sigma = sigma.expand(x.shape[0])
-        with _using(self.manager, [self.unet]) as device:
-            xd = x.to(device)
-            inputs = ms.calculate_input(sigma.to(device), xd)
-            concat = cond.get("c_concat")
-            if concat is not None and self.concat_channels:
-                inputs = torch.cat([inputs, concat.to(inputs)], dim=1)
-            timesteps = ms.timestep(sigma).float().to(device)
-            context = cond["c_crossattn"].to(device)
-            y = self.adm(cond, xd)
-            output = self.weights.call(inputs, timesteps, context, y)
-            denoised = ms.calculate_denoised(sigma.to(device), output.float(), xd.float())
-        return denoised.to(x.device, x.dtype)
+    def unpatch_model(self, device_to: Any = None, unpatch_weights: bool = True) -> None:
+        self.eject_model()
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def _options(self, transformer_options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """One call's ``transformer_options``: the MODEL's own under the caller's, plus its wrappers."""
+        own = self.model_options.get("transformer_options", {})
+        options = {**own, **(transformer_options or {})}
+        if self.wrappers:
+            options["wrappers"] = merge_nested_dicts(options.get("wrappers", {}), self.wrappers)
+        return options
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: dict[str, Any],
+        transformer_options: Mapping[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """The denoised latent for ``x`` at ``sigma`` (``cond``: ``c_crossattn``, optional
+        ``c_concat``, ``pooled_output`` and SDXL's size conditioning, or ``y`` itself)."""
+        options = self._options(transformer_options)
+        wrappers = get_all_wrappers(WrappersMP.APPLY_MODEL, options)
+        if not wrappers:
+            return self.run_model(x, sigma, cond, options)
+
+        def apply(x: torch.Tensor, t: torch.Tensor, c_concat: Any = None, c_crossattn: Any = None,
+                  control: Any = None, transformer_options: Any = None, **kwargs: Any) -> torch.Tensor:  # fmt: skip
+            inner = {"c_crossattn": c_crossattn, **kwargs}
+            if c_concat is not None:
+                inner["c_concat"] = c_concat
+            if control is not None:
+                inner["control"] = control
+            return self.run_model(x, t, inner, transformer_options or {})
+
+        rest = {k: v for k, v in cond.items() if k not in ("c_concat", "c_crossattn", "control")}
+        executor = WrapperExecutor.new_class_executor(apply, self.model, wrappers)
+        return executor.execute(
+            x, sigma, cond.get("c_concat"), cond.get("c_crossattn"), cond.get("control"), options, **rest
+        )
+
+    def run_model(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: Mapping[str, Any], transformer_options: dict[str, Any]
+    ) -> torch.Tensor:
+        """The network with every patch of this MODEL, on the compute device."""
+        weights = self.weights
+        extra = [m for m in self.model_patches_models() if isinstance(m, nn.Module)]
+        with _using(self.manager, [self.unet, *extra]) as device:
+            return self.model.denoise(
+                x, sigma, cond, transformer_options, weights.call, self.model_sampling, device
+            )
+
+
+def _merge_entries(name: str, weight: torch.Tensor, entries: Any) -> torch.Tensor:
+    return calculate_weight(entries, weight, _UNET_PREFIX + name)
 
 
 # --- CLIP -------------------------------------------------------------------------------------
@@ -718,7 +782,7 @@ def apply_lora_state_dict(
         raise LoraError(f"{name} does not fit this model: none of its {len(deltas)} LoRA keys match")
     new_model, new_clip = model, clip
     if isinstance(model, DiffusionModel) and found.unet and strength_model != 0:
-        new_model = model.with_patches(add_patches(model.patches, found.unet, strength_model))
+        new_model = model.with_patches({name: ((strength_model, delta),) for name, delta in found.unet.items()})
     if isinstance(clip, TextEncoder) and any(found.text.values()) and strength_clip != 0:
         patches = {
             encoder: add_patches(clip.patches.get(encoder, {}), found.text.get(encoder, {}), strength_clip)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -634,6 +634,12 @@ def add_patches(base: Patches, deltas: Mapping[str, Delta], strength: float) -> 
     return out
 
 
+def _merge_deltas(name: str, weight: torch.Tensor, changes: Any) -> torch.Tensor:
+    for strength, delta in changes:
+        weight = delta.apply(weight, strength)
+    return weight
+
+
 class PatchedWeights:
     """A base module seen through LoRA patches. The base module's tensors are never written.
 
@@ -642,9 +648,17 @@ class PatchedWeights:
     module's own call, so outputs equal the base model's bit for bit.
     """
 
-    def __init__(self, module: nn.Module, patches: Patches | None = None) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        patches: Mapping[str, Any] | None = None,
+        merge: Callable[[str, torch.Tensor, Any], torch.Tensor] | None = None,
+    ) -> None:
         self.module = module
         self.patches: Patches = dict(patches or {})
+        # How one parameter's changes fold into its float32 weight: by default the ``(strength,
+        # Delta)`` pairs of a LoRA; a MODEL passes the reference's patch entries' merge.
+        self._merge = merge or _merge_deltas
         self._merged: dict[str, torch.Tensor] | None = None
         self._key: tuple[Any, ...] | None = None
         self._lock = threading.Lock()
@@ -665,10 +679,7 @@ class PatchedWeights:
                 with torch.no_grad():
                     for name, changes in self.patches.items():
                         weight = params[name]
-                        total = weight.float()
-                        for strength, delta in changes:
-                            total = delta.apply(total, strength)
-                        merged[name] = total.to(weight.dtype)
+                        merged[name] = self._merge(name, weight.float(), changes).to(weight.dtype)
                 self._merged, self._key = merged, key
             return self._merged
 

@@ -9,14 +9,24 @@ tiny test model of the same architecture is understood like a real one.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from plugins.core_nodes import patchpoints
+from plugins.core_nodes.models import attention
+from plugins.core_nodes.models.extension import WrapperExecutor, WrappersMP, get_all_wrappers
+
+log = logging.getLogger("comfykernel.core_nodes")
+# The compatibility module whose ``forward_timestep_embed`` packs replace.
+OPENAIMODEL_MODULE = "comfy.ldm.modules.diffusionmodules.openaimodel"
 
 # Each SDXL size / crop / aesthetic scalar becomes a sinusoidal vector of this width before it is
 # concatenated with the pooled text embedding into the ADM ("label") input.
@@ -52,11 +62,18 @@ class UNetConfig:
         return heads, channels // heads
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, cosines first, in float32."""
+def timestep_embedding(
+    timesteps: torch.Tensor, dim: int, max_period: float = 10000.0, repeat_only: bool = False
+) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, cosines first, in float32.
+
+    ``repeat_only`` gives each timestep repeated ``dim`` times instead (the reference's option).
+    """
+    if repeat_only:
+        return timesteps[:, None].expand(-1, dim)
     half = dim // 2
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-    args = t.float()[:, None] * exponent.exp()[None]
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    args = timesteps.float()[:, None] * exponent.exp()[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))
@@ -94,7 +111,17 @@ def _norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
     return nn.GroupNorm(32 if channels % 32 == 0 else math.gcd(32, channels), channels, eps=eps)
 
 
-class ResBlock(nn.Module):
+Options = dict[str, Any]
+
+
+class TimestepBlock(nn.Module):
+    """A layer that also takes the timestep embedding (the reference's marker class)."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class ResBlock(TimestepBlock):
     def __init__(self, channels: int, emb_channels: int, out_channels: int) -> None:
         super().__init__()
         self.in_layers = nn.Sequential(
@@ -118,25 +145,37 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
+    """Multi-head attention (the reference's ``CrossAttention``): ``to_q`` / ``to_k`` / ``to_v`` /
+    ``to_out``; the attention itself is :func:`attention.current`, looked up on every call."""
+
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None) -> None:
         super().__init__()
         inner = heads * head_dim
         kv_dim = dim if context_dim is None else context_dim
         self.heads = heads
+        self.dim_head = head_dim
+        self.attn_precision: torch.dtype | None = None
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_k = nn.Linear(kv_dim, inner, bias=False)
         self.to_v = nn.Linear(kv_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(0.0))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        transformer_options: Options | None = None,
+    ) -> torch.Tensor:
         ctx = x if context is None else context
-        b = x.shape[0]
-        q, k, v = (
-            t.reshape(b, -1, self.heads, t.shape[-1] // self.heads).transpose(1, 2)
-            for t in (self.to_q(x), self.to_k(ctx), self.to_v(ctx))
-        )
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.to_out(out.transpose(1, 2).reshape(b, -1, out.shape[1] * out.shape[3]))
+        q, k = self.to_q(x), self.to_k(ctx)
+        v = self.to_v(ctx if value is None else value)
+        if mask is None:
+            out = attention.current()(q, k, v, self.heads)
+        else:
+            out = attention.current_masked()(q, k, v, self.heads, mask)
+        return self.to_out(out)
 
 
 class GEGLU(nn.Module):
@@ -158,7 +197,26 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
+def _extra_options(options: Options, block: TransformerBlock) -> Options:
+    """What attention patches receive: the run's options without the patch tables, plus the layer's shape."""
+    extra = {k: v for k, v in options.items() if k not in ("patches", "patches_replace")}
+    extra["n_heads"] = block.n_heads
+    extra["dim_head"] = block.d_head
+    extra["attn_precision"] = block.attn1.attn_precision
+    return extra
+
+
 class TransformerBlock(nn.Module):
+    """Self-attention, cross-attention and feed-forward (the reference's ``BasicTransformerBlock``).
+
+    With ``transformer_options`` it applies the reference's patches: ``attn1_patch`` /
+    ``attn2_patch`` ``(n, context, value, extra_options) -> (n, context, value)`` on the normed
+    input before attention; ``patches_replace["attn1" | "attn2"]`` keyed ``(block_name, number,
+    transformer_index)`` (or ``(block_name, number)``), ``(q, k, v, extra_options) -> out`` in place
+    of the attention itself (projections in, ``to_out`` after); ``attn1_output_patch`` /
+    ``attn2_output_patch`` ``(out, extra_options) -> out``; ``middle_patch`` ``(x, extra_options)``.
+    """
+
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None) -> None:
         super().__init__()
         self.attn1 = Attention(dim, heads, head_dim)
@@ -167,11 +225,60 @@ class TransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
+        self.n_heads = heads
+        self.d_head = head_dim
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context) + x
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, transformer_options: Options | None = None
+    ) -> torch.Tensor:
+        options = transformer_options or {}
+        patches: Mapping[str, list[Any]] = options.get("patches", {})
+        replace: Mapping[str, Mapping[Any, Any]] = options.get("patches_replace", {})
+        if not patches and not replace:
+            x = self.attn1(self.norm1(x)) + x
+            x = self.attn2(self.norm2(x), context) + x
+            return self.ff(self.norm3(x)) + x
+
+        extra = _extra_options(options, self)
+        block = options.get("block")
+        key = (block[0], block[1], options.get("block_index", 0)) if block is not None else None
+        x = self._attend(self.attn1, "attn1", self.norm1(x), None, patches, replace, key, block, extra) + x
+        for patch in patches.get("middle_patch", ()):
+            x = patch(x, extra)
+        x = self._attend(self.attn2, "attn2", self.norm2(x), context, patches, replace, key, block, extra) + x
         return self.ff(self.norm3(x)) + x
+
+    @staticmethod
+    def _attend(
+        attn: Attention,
+        name: str,
+        n: torch.Tensor,
+        context: torch.Tensor | None,
+        patches: Mapping[str, list[Any]],
+        replace: Mapping[str, Mapping[Any, Any]],
+        key: tuple[Any, ...] | None,
+        block: Any,
+        extra: Options,
+    ) -> torch.Tensor:
+        value = None
+        if patches.get(name + "_patch"):
+            # Self-attention patches see the normed input as their context, as in the reference.
+            context = n if context is None else context
+            value = context
+            for patch in patches[name + "_patch"]:
+                n, context, value = patch(n, context, value, extra)
+        table = replace.get(name, {})
+        chosen = key if key in table else (tuple(block) if block is not None else None)
+        if chosen is not None and chosen in table:
+            context = n if context is None else context
+            value = context if value is None else value
+            out = table[chosen](attn.to_q(n), attn.to_k(context), attn.to_v(value), extra)
+            out = attn.to_out(out)
+        else:
+            out = attn(n, context=context, value=value)
+        for patch in patches.get(name + "_output_patch", ()):
+            out = patch(out, extra)
+        return out
 
 
 class SpatialTransformer(nn.Module):
@@ -181,6 +288,7 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         inner = heads * head_dim
         self.linear = linear
+        self.in_channels = channels
         self.norm = _norm(channels, eps=1e-6)
         self.proj_in: nn.Module = nn.Linear(channels, inner) if linear else nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
@@ -188,8 +296,16 @@ class SpatialTransformer(nn.Module):
         )
         self.proj_out: nn.Module = nn.Linear(inner, channels) if linear else nn.Conv2d(inner, channels, 1)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | list[torch.Tensor | None] | None = None,
+        transformer_options: Options | None = None,
+    ) -> torch.Tensor:
+        contexts = context if isinstance(context, list) else [context] * len(self.transformer_blocks)
         b, c, h, w = x.shape
+        if transformer_options is not None:
+            transformer_options["activations_shape"] = list(x.shape)
         residual = x
         x = self.norm(x)
         if not self.linear:
@@ -198,8 +314,10 @@ class SpatialTransformer(nn.Module):
         x = x.reshape(b, x.shape[1], h * w).transpose(1, 2).contiguous()
         if self.linear:
             x = self.proj_in(x)
-        for block in self.transformer_blocks:
-            x = block(x, context)
+        for i, block in enumerate(self.transformer_blocks):
+            if transformer_options is not None:
+                transformer_options["block_index"] = i
+            x = block(x, contexts[i], transformer_options)
         if self.linear:
             x = self.proj_out(x)
         x = x.transpose(1, 2).reshape(b, -1, h, w).contiguous()
@@ -211,6 +329,7 @@ class SpatialTransformer(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
+        self.channels = channels
         self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,37 +339,81 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
+        self.channels = channels
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, output_shape: Sequence[int] | None = None) -> torch.Tensor:
         # Upsampling to the skip's size (not just x2) keeps odd latent sizes working.
-        if size is None:
+        if output_shape is None:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         else:
-            x = F.interpolate(x, size=tuple(size), mode="nearest")
+            x = F.interpolate(x, size=tuple(output_shape[-2:]), mode="nearest")
         return self.conv(x)
 
 
+def forward_timestep_embed(
+    ts: Iterable[nn.Module],
+    x: torch.Tensor,
+    emb: torch.Tensor,
+    context: torch.Tensor | None = None,
+    transformer_options: Options | None = None,
+    output_shape: Sequence[int] | None = None,
+    *args: Any,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Run the layers of one numbered block in order, each with the inputs it takes (the
+    reference's function of this name: packs replace it to put their own layers in between)."""
+    options = {} if transformer_options is None else transformer_options
+    for layer in ts:
+        if isinstance(layer, TimestepBlock):
+            x = layer(x, emb)
+        elif isinstance(layer, SpatialTransformer):
+            x = layer(x, context, options)
+            if "transformer_index" in options:
+                options["transformer_index"] += 1
+        elif isinstance(layer, Upsample):
+            x = layer(x, output_shape=output_shape)
+        else:
+            x = layer(x)
+    return x
+
+
 class Block(nn.ModuleList):
-    """One numbered entry of ``input_blocks`` / ``output_blocks``: layers applied in order."""
+    """One numbered entry of ``input_blocks`` / ``output_blocks``: layers applied in order
+    (the reference's ``TimestepEmbedSequential``)."""
 
     def forward(  # type: ignore[override]
         self,
         x: torch.Tensor,
         emb: torch.Tensor,
-        context: torch.Tensor | None,
-        up_size: Sequence[int] | None = None,
+        context: torch.Tensor | None = None,
+        transformer_options: Options | None = None,
+        output_shape: Sequence[int] | None = None,
+        *args: Any,
+        **kwargs: Any,
     ) -> torch.Tensor:
-        for layer in self:
-            if isinstance(layer, ResBlock):
-                x = layer(x, emb)
-            elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context)
-            elif isinstance(layer, Upsample):
-                x = layer(x, up_size)
-            else:
-                x = layer(x)
-        return x
+        return _forward_timestep_embed()(self, x, emb, context, transformer_options, output_shape)
+
+
+def _forward_timestep_embed() -> Callable[..., torch.Tensor]:
+    # Looked up on every call so that a pack's replacement (assigned to the compatibility module's
+    # attribute) runs our blocks from then on.
+    return patchpoints.lookup(OPENAIMODEL_MODULE, "forward_timestep_embed", forward_timestep_embed)
+
+
+def apply_control(h: torch.Tensor, control: Mapping[str, list[Any]] | None, name: str) -> torch.Tensor:
+    """``h`` plus the next ControlNet residual for ``name`` (``input`` / ``middle`` / ``output``),
+    taken off the end of ``control[name]`` as the reference does; a residual of another shape is skipped."""
+    if control is None or not control.get(name):
+        return h
+    residual = control[name].pop()
+    if residual is None:
+        return h
+    if residual.shape != h.shape:
+        log.warning("ControlNet residual of shape %s does not fit %s; skipped", tuple(residual.shape), tuple(h.shape))
+        return h
+    return h + residual.to(h)
+
 
 
 class UNetModel(nn.Module):
@@ -319,16 +482,55 @@ class UNetModel(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        timesteps: torch.Tensor,
+        timesteps: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
         y: torch.Tensor | None = None,
+        control: Mapping[str, list[Any]] | None = None,
+        transformer_options: Options | None = None,
+        **kwargs: Any,
     ) -> torch.Tensor:
-        """Predict noise (or v) for latents ``x`` at ``timesteps`` given text ``context`` / ADM ``y``."""
+        """Predict noise (or v) for latents ``x`` at ``timesteps`` given text ``context`` / ADM ``y``.
+
+        ``transformer_options`` carries the reference's patches (see :class:`TransformerBlock` and
+        :meth:`_forward`) and ``wrappers``: ``WrappersMP.DIFFUSION_MODEL`` wrappers surround the
+        whole call as ``wrapper(executor, x, timesteps, context, y, control, transformer_options)``.
+        """
+        options: Options = {} if transformer_options is None else transformer_options
+        wrappers = get_all_wrappers(WrappersMP.DIFFUSION_MODEL, options)
+        if not wrappers:
+            return self._forward(x, timesteps, context, y, control, options, **kwargs)
+        executor = WrapperExecutor.new_class_executor(self._forward, self, wrappers)
+        return executor.execute(x, timesteps, context, y, control, options, **kwargs)
+
+    def _forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor | None,
+        context: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        control: Mapping[str, list[Any]] | None = None,
+        transformer_options: Options | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """The network itself. Block patches from ``transformer_options["patches"]``, as the reference
+        applies them: ``emb_patch`` ``(emb, model_channels, options) -> emb``; ``input_block_patch``
+        ``(h, options) -> h`` after each input block, ``input_block_patch_after_skip`` after its skip
+        is kept; ``middle_block_patch`` ``(h, options) -> h``; ``output_block_patch``
+        ``(h, hsp, options) -> (h, hsp)`` before each output block. ``options["block"]`` is
+        ``("input" | "middle" | "output", number)`` while a block runs."""
+        if timesteps is None:
+            raise ValueError("the UNet needs timesteps")
+        options: Options = {} if transformer_options is None else transformer_options
+        options["original_shape"] = list(x.shape)
+        options["transformer_index"] = 0
+        patches: Mapping[str, list[Any]] = options.get("patches", {})
         dtype = self.dtype
         out_dtype = x.dtype
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
+        for patch in patches.get("emb_patch", ()):
+            emb = patch(emb, self.config.model_channels, options)
         if self.config.adm_in_channels is not None:
             if y is None:
                 raise ValueError("this UNet needs the ADM vector y (SDXL size / crop conditioning)")
@@ -336,15 +538,35 @@ class UNetModel(nn.Module):
         ctx = None if context is None else context.to(dtype)
         h = x.to(dtype)
         skips: list[torch.Tensor] = []
-        for block in self.input_blocks:
-            h = block(h, emb, ctx)
+        for number, block in enumerate(self.input_blocks):
+            options["block"] = ("input", number)
+            h = block(h, emb, ctx, options)
+            h = apply_control(h, control, "input")
+            for patch in patches.get("input_block_patch", ()):
+                h = patch(h, options)
             skips.append(h)
-        h = self.middle_block(h, emb, ctx)
-        for block in self.output_blocks:
-            h = torch.cat([h, skips.pop()], dim=1)
-            up_size = skips[-1].shape[-2:] if skips else None
-            h = block(h, emb, ctx, up_size)
+            for patch in patches.get("input_block_patch_after_skip", ()):
+                h = patch(h, options)
+        options["block"] = ("middle", 0)
+        h = self.middle_block(h, emb, ctx, options)
+        h = apply_control(h, control, "middle")
+        for patch in patches.get("middle_block_patch", ()):
+            h = patch(h, options)
+        for number, block in enumerate(self.output_blocks):
+            options["block"] = ("output", number)
+            skip = apply_control(skips.pop(), control, "output")
+            for patch in patches.get("output_block_patch", ()):
+                h, skip = patch(h, skip, options)
+            h = torch.cat([h, skip], dim=1)
+            output_shape = skips[-1].shape if skips else None
+            h = block(h, emb, ctx, options, output_shape)
         return self.out(h).to(out_dtype)
+
+
+# The reference's names for the same layers, for code that walks the network by class.
+CrossAttention = Attention
+BasicTransformerBlock = TransformerBlock
+TimestepEmbedSequential = Block
 
 
 _INPUT_RE = re.compile(r"^input_blocks\.(\d+)\.")

@@ -217,13 +217,13 @@ def test_model_clone_shares_the_unet_and_patches_but_not_options(
         assert twin is not model and twin.unet is model.unet and twin.patches == model.patches
         assert torch.equal(_denoise(twin), _denoise(model))
         options = twin.model_options["transformer_options"]
-        options.setdefault("patches", {}).setdefault("attn1_patch", []).append(print)
+        options.setdefault("patches", {}).setdefault("marker_patch", []).append(print)
         twin.model_options["sampler_cfg_function"] = print
         assert model.model_options == {"transformer_options": {}}
         # A clone of the clone gets its own copies of the nested dicts and lists too.
         third = twin.clone()
-        third.model_options["transformer_options"]["patches"]["attn1_patch"].append(len)
-        assert twin.model_options["transformer_options"]["patches"]["attn1_patch"] == [print]
+        third.model_options["transformer_options"]["patches"]["marker_patch"].append(len)
+        assert twin.model_options["transformer_options"]["patches"]["marker_patch"] == [print]
         assert third.model_options["sampler_cfg_function"] is print
         # Unknown options are kept and ignored: the outputs do not change.
         assert torch.equal(_denoise(third), _denoise(model))
