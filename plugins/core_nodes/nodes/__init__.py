@@ -7,13 +7,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from plugins.core_nodes.nodes import conditioning, image, io, latent, loaders, mask, primitives, sampling
+from plugins.core_nodes.nodes import (
+    conditioning,
+    image,
+    io,
+    latent,
+    loaders,
+    mask,
+    preview,
+    primitives,
+    sampling,
+    upscale,
+)
 from plugins.core_nodes.nodes.common import KernelNode, bind
 
 if TYPE_CHECKING:
     from kernel import Kernel
 
-FAMILIES = (loaders, sampling, conditioning, latent, image, mask, io, primitives)
+FAMILIES = (loaders, sampling, conditioning, latent, image, mask, io, primitives, preview, upscale)
 
 
 def node_classes(kernel: Kernel) -> dict[str, tuple[type, str | None]]:

@@ -133,6 +133,11 @@ class VAEEncode(_Latent):
         pixels = crop_to_multiple(pixels, int(getattr(vae, "downscale_ratio", 8)))
         return ({"samples": vae.encode(pixels[..., :3])},)
 
+    @staticmethod
+    def vae_encode_crop_pixels(pixels: Any) -> Any:
+        """The reference's name for the centred crop to multiples of 8 (packs call it on the class)."""
+        return crop_to_multiple(pixels, 8)
+
 
 class VAEEncodeTiled(_Latent):
     FUNCTION = "encode"

@@ -1,0 +1,5 @@
+"""``comfy_extras.nodes_model_merging_model_specific``: the reference's classes of this module, as the kernel registered them."""
+
+from comfy_extras._exports import module_attributes
+
+__getattr__, __dir__ = module_attributes(__name__)
