@@ -285,7 +285,12 @@ async def measure(
             if dump_info is not None:  # for writing smoke workflows: the packs' node interfaces
                 mine = {k: v for k, v in info.items() if pack_of_module(str(v.get("python_module", "")))}
                 dump_info.write_text(json.dumps(mine, indent=1))
-            module_key = {r.name.replace(".", "_x_"): r.name for r in results.values()}
+            module_key = {}
+            for name in results:
+                # python_module names a single-file pack by its stem; a dot in a folder name is escaped.
+                module_key[name.removesuffix(".py") if name.endswith(".py") else name.replace(".", "_x_")] = (
+                    name
+                )
             for node in info.values():
                 pack = pack_of_module(str(node.get("python_module", "")))
                 if pack in module_key:

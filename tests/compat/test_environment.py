@@ -155,3 +155,62 @@ async def test_pack_importing_the_reference_requirements_loads_and_runs(server: 
     assert facts["steps"] == 3
     assert facts["cpus"] is True and facts["spandrel"] is True
     assert facts["torchvision"].count(".") == 2
+
+
+def test_pack_bench_reports_imports_classes_js_and_smoke(tmp_path: Path) -> None:
+    """bench/packs.py against the repository's own test packs, through a real server."""
+    smoke = {
+        "_comment": "ignored",
+        "basic_pack": {
+            "1": {"class_type": "BasicDouble", "inputs": {"value": 5}},
+            "2": {"class_type": "BasicShow", "inputs": {"value": ["1", 0]}},
+        },
+        # Missing the required input "a": the server rejects it, and the bench says which node.
+        "single_file_pack.py": {
+            "1": {"class_type": "SingleAsyncAdd", "inputs": {"b": 1}},
+            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+        },
+        "broken_import.py": {"1": {"class_type": "BasicDouble", "inputs": {"value": 1}}},
+    }
+    (tmp_path / "smoke.json").write_text(json.dumps(smoke))
+    only = ["basic_pack", "broken_import.py", "broken_syntax", "single_file_pack.py"]
+    command = [sys.executable, str(ROOT / "bench" / "packs.py"), str(ROOT / "tests" / "compat" / "packs")]
+    command += [
+        "--only",
+        *only,
+        "--smoke",
+        str(tmp_path / "smoke.json"),
+        "--json",
+        str(tmp_path / "out.json"),
+    ]
+    command += ["--markdown", "--timeout", "60", "--startup-timeout", "180"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr
+    results = {r["name"]: r for r in json.loads((tmp_path / "out.json").read_text())}
+    assert sorted(results) == sorted(only)
+
+    basic = results["basic_pack"]
+    assert basic["imported"] and basic["classes"] >= 5
+    assert (basic["js_listed"], basic["js_served"]) == (1, 1)
+    assert (basic["smoke_ok"], basic["smoke"]) == (True, "ok")
+
+    broken = results["broken_import.py"]
+    assert not broken["imported"]
+    assert broken["error"] == "ModuleNotFoundError: No module named 'this_module_does_not_exist_anywhere'"
+    assert broken["smoke"] == "not run (pack did not import)"
+    assert results["broken_syntax"]["error"].startswith("SyntaxError")
+    assert results["broken_syntax"]["smoke"] == "no workflow"
+
+    single = results["single_file_pack.py"]
+    assert single["imported"] and single["classes"] == 1
+    assert (
+        not single["smoke_ok"]
+        and single["smoke"].startswith("rejected:")
+        and "SingleAsyncAdd" in single["smoke"]
+    )
+
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("| pack | commit | loads |")
+    assert any(line.startswith("| basic_pack |") and line.endswith("| ok |") for line in lines)
+    assert lines[-1] == "2/4 packs imported, 1/3 smoke workflows ran"
