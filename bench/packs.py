@@ -79,10 +79,16 @@ def pack_entries(directory: Path, only: set[str]) -> list[Path]:
 def short_commit(path: Path) -> str:
     if not path.is_dir():
         return ""
-    done = subprocess.run(
-        ["git", "-C", str(path), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
-    )
-    return done.stdout.strip() if done.returncode == 0 else ""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    # Only a pack that is its own checkout has a commit (not a folder inside some other repository).
+    top = git("rev-parse", "--show-toplevel")
+    if not top or Path(top).resolve() != path.resolve():
+        return ""
+    return git("rev-parse", "--short=12", "HEAD")
 
 
 def server_env() -> dict[str, str]:
@@ -242,9 +248,8 @@ def describe_rejection(body: Any) -> str:
         parts.append(first_line(f"{error.get('message', '')} {error.get('details', '')}"))
     for node_id, node_error in (body.get("node_errors") or {}).items():
         for err in node_error.get("errors", [])[:1]:
-            parts.append(
-                f"node {node_id} ({node_error.get('class_type')}): {err.get('details') or err.get('message')}"
-            )
+            detail = ": ".join(str(x) for x in (err.get("message"), err.get("details")) if x)
+            parts.append(f"node {node_id} ({node_error.get('class_type')}): {detail}")
     return "; ".join(p for p in parts if p) or "rejected"
 
 
