@@ -275,3 +275,49 @@ async def test_web_ui_end_to_end(comfy_server, chromium_path, tmp_path, monkeypa
 
     assert page_errors == []
     assert console_errors == [], "\n".join(console_errors)
+
+
+async def test_manager_dialog_opens(chromium_path, tmp_path):
+    """``--enable-manager``: the UI shows its extensions button and the Manager dialog opens on it.
+
+    The frontend decides from ``--enable-manager`` in ``/system_stats`` argv and the
+    ``extension.manager`` feature flags, so the server is a real ``python -m comfykernel`` process.
+    """
+    from tests.compat.helpers import LauncherServer
+
+    server = LauncherServer(
+        ["--enable-manager", "--base-directory", str(tmp_path / "comfy")], tmp_path / "server.log"
+    )
+    manager_answers: list[tuple[str, int]] = []
+    try:
+        await server.wait_ready()
+        status, _ = await server.json("POST", "/settings", json=OFFLINE_SETTINGS)
+        assert status == 200
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1400, "height": 900})
+
+                def record(response) -> None:  # noqa: ANN001 - playwright's Response
+                    if "/v2/" in response.url:
+                        manager_answers.append((urlsplit(response.url).path, response.status))
+
+                page.on("response", record)
+                ui = Browser(page, server.url)
+                await ui.block_the_world()
+                await ui.boot()
+                # The top bar's button is there only when the frontend sees the manager enabled.
+                await page.get_by_role("button", name="Extensions", exact=True).click(timeout=30_000)
+                dialog = page.locator(".manager-dialog")
+                await dialog.wait_for(state="visible", timeout=30_000)
+                await dialog.get_by_text("Nodes Manager").wait_for(timeout=15_000)
+                ARTIFACTS.mkdir(exist_ok=True)
+                await page.screenshot(path=str(ARTIFACTS / "manager_dialog.png"))
+                page_errors = list(ui.page_errors)
+            finally:
+                await browser.close()
+    finally:
+        await server.stop()
+    assert page_errors == []
+    # The dialog (and the UI's manager store) talked to the Manager's own routes, which answered.
+    assert any(status == 200 for _, status in manager_answers), manager_answers
