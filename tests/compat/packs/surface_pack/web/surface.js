@@ -1,0 +1,1 @@
+// Served from nodes.EXTENSION_WEB_DIRS["surface_extra_web"] (surface_pack).

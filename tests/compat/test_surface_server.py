@@ -1,0 +1,180 @@
+"""The ComfyUI symbols packs use most, called by a real pack (``packs/surface_pack``) in a real server.
+
+Each test runs the pack's node (or its import-time registrations) and checks what a user of the
+server would observe: the HTTP answers, the WebSocket messages and the values the node reports in
+its UI output. Symbols from modules other areas own (``comfy.model_patcher``, ``comfy.samplers``...)
+fail here until those modules land.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.compat.helpers import PACKS
+from tests.kernel.exec_helpers import collect, connect, executed_ui, of_type, submit
+from tests.plugins.core_nodes import tiny_pipeline
+
+PLUGINS = ["comfy_compat", "models", "core_nodes", "frontend_ext"]
+CHECKPOINT = "tiny_sd1.safetensors"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_pipeline.write_checkpoint(tmp_path_factory.mktemp("ckpt") / CHECKPOINT, "sd1")
+
+
+@pytest.fixture
+async def server(comfy_server: Any, tmp_path: Path, checkpoint: Path) -> Any:
+    """Only surface_pack in custom_nodes, a checkpoint, and the files of its two folder kinds."""
+    (tmp_path / "custom_nodes").mkdir()
+    (tmp_path / "custom_nodes" / "surface_pack").symlink_to(PACKS / "surface_pack")
+    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "models" / "checkpoints" / CHECKPOINT).symlink_to(checkpoint)
+    for folder, names in (("surface_models", ("a.bin", "b.txt", "c.pt")), ("surface_extra", ("e.ckpt",))):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            (tmp_path / folder / name).write_bytes(b"x")
+    return await comfy_server(plugins=PLUGINS)
+
+
+async def _run(server: Any, prompt: dict[str, Any]) -> tuple[str, str, list[Any]]:
+    client_id, ws = await connect(server, uuid.uuid4().hex)
+    try:
+        prompt_id = await submit(server, prompt, client_id)
+        frames = [f for f in await collect(ws, prompt_id, timeout=120) if isinstance(f, dict)]
+    finally:
+        await ws.close()
+    errors = of_type(frames, "execution_error")
+    assert not errors, errors[0].get("exception_message")
+    return client_id, prompt_id, frames
+
+
+def _facts(frames: list[Any], node: str) -> dict[str, Any]:
+    return json.loads(executed_ui(frames)[node]["facts"][0])
+
+
+async def test_routes_and_max_resolution(server: Any) -> None:
+    status, body = await server.json("GET", "/surface_pack/ping")
+    assert (status, body) == (200, {"pong": True, "max_resolution": 16384})
+    status, info = await server.json("GET", "/object_info/SurfaceProgress")
+    assert info["SurfaceProgress"]["input"]["required"]["steps"][1]["max"] == 16384
+
+
+async def test_folder_kinds_added_at_import_are_served(server: Any) -> None:
+    assert await server.json("GET", "/models/surface_kind") == (200, ["a.bin", "c.pt"])
+    assert await server.json("GET", "/models/surface_kind_fn") == (200, ["e.ckpt"])
+    status, kinds = await server.json("GET", "/models")
+    assert {"surface_kind", "surface_kind_fn"} <= set(kinds)
+
+
+async def test_extension_web_dirs_written_by_a_pack_are_served(server: Any) -> None:
+    status, urls = await server.json("GET", "/extensions")
+    assert "/extensions/surface_extra_web/surface.js" in urls
+    async with server.get("/extensions/surface_extra_web/surface.js") as resp:
+        assert resp.status == 200
+        assert "EXTENSION_WEB_DIRS" in await resp.text()
+
+
+async def test_a_node_written_into_node_class_mappings_runs(server: Any) -> None:
+    status, info = await server.json("GET", "/object_info/SurfaceLate")
+    assert status == 200 and info["SurfaceLate"]["category"] == "surface"
+    prompt = {
+        "1": {"class_type": "SurfaceLate", "inputs": {"value": 3}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+    }
+    _, _, frames = await _run(server, prompt)
+    assert executed_ui(frames)["2"] == {"text": ["30"]}
+
+
+async def test_folder_paths_from_a_node(server: Any) -> None:
+    _, _, frames = await _run(
+        server, {"1": {"class_type": "SurfaceFolderPaths", "inputs": {"ckpt_name": CHECKPOINT}}}
+    )
+    facts = _facts(frames, "1")
+    settings = server.kernel.settings
+    checkpoints = settings.models_path / "checkpoints"
+    assert facts["models_dir"] == str(settings.models_path)
+    assert (facts["output"], facts["temp"], facts["input"]) == tuple(
+        str(p) for p in (settings.output_path, settings.temp_path, settings.input_path)
+    )
+    assert facts["checkpoint_folders"][0] == str(checkpoints)
+    assert facts["checkpoints"] == [CHECKPOINT]
+    assert facts["full_path"] == str(checkpoints / CHECKPOINT)
+    assert facts["missing"] is None
+    assert facts["annotated"] == str(settings.output_path / "x.png")
+    assert ".safetensors" in facts["pt"]
+    assert {"checkpoints", "loras", "surface_kind", "surface_kind_fn"} <= set(facts["kinds"])
+    assert facts["surface_kind"] == ["a.bin", "c.pt"]
+    assert facts["surface_kind_fn"] == ["e.ckpt"]
+    assert facts["save"] == ["shot", 1, "surface"]
+
+
+async def test_progress_bar_send_sync_and_the_running_queue(server: Any) -> None:
+    client_id, prompt_id, frames = await _run(
+        server, {"7": {"class_type": "SurfaceProgress", "inputs": {"steps": 4}}}
+    )
+    progress = [(m["value"], m["max"]) for m in of_type(frames, "progress") if m["node"] == "7"]
+    # The server may coalesce updates that come faster than it sends; the count still climbs to 4/4.
+    assert progress[-1] == (4, 4) and progress == sorted(progress)
+    assert of_type(frames, "surface.event") == [{"client_id": client_id, "node": "7"}]
+    assert _facts(frames, "7")["running"] == [prompt_id]
+
+
+async def test_on_prompt_handler_rewrites_the_prompt(server: Any) -> None:
+    _, _, frames = await _run(server, {"1": {"class_type": "SurfaceEcho", "inputs": {"text": "__handler__"}}})
+    assert _facts(frames, "1")["text"] == "rewritten by the on_prompt handler"
+
+
+async def test_common_upscale_from_a_node(server: Any) -> None:
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 16, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SurfaceUpscale", "inputs": {"image": ["1", 0]}},
+    }
+    _, _, frames = await _run(server, prompt)
+    assert _facts(frames, "2")["shape"] == [1, 12, 24, 3]
+
+
+async def test_model_management_from_a_node(server: Any) -> None:
+    _, _, frames = await _run(server, {"1": {"class_type": "SurfaceDevices", "inputs": {}}})
+    facts = _facts(frames, "1")
+    assert facts["device"] in ("cpu", "cuda:0")
+    assert facts["offload"] == "cpu" and facts["intermediate"] == "cpu"
+    assert facts["unet_dtype"] == "torch.float32" and facts["fp16"] is False
+    assert facts["cast"] == "torch.float32"
+    assert facts["listen"] is True
+
+
+async def test_model_objects_and_samplers_from_a_node(server: Any) -> None:
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "3": {
+            "class_type": "SurfaceModel",
+            "inputs": {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "image": ["2", 0]},
+        },
+    }
+    _, _, frames = await _run(server, prompt)
+    facts = _facts(frames, "3")
+    for key in (
+        "patcher",
+        "base_model",
+        "eps",
+        "clip",
+        "vae",
+        "lora_new",
+        "samplers",
+        "ksampler",
+        "latent_equal",
+    ):
+        assert facts[key] is True, key
+    assert facts["guider"] == "CFGGuider"
+    assert facts["attention"] == [1, 4, 16]
+    assert facts["linear"] == [2, 16]
+    assert facts["latent"] == [1, 4, 8, 8]
