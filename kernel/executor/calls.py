@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from kernel.nodes import ExecutionBlocker, InputInfo, NodeSpec, is_link
+from kernel.nodes.spec import hidden_token
 
 if TYPE_CHECKING:
     from kernel.executor.cache import CacheEntry
@@ -45,8 +46,10 @@ class ClassInfo:
 
     @cached_property
     def hidden(self) -> dict[str, str]:
+        """Hidden parameter name → the special token the engine fills in."""
         hidden = self.types.get("hidden") or {}
-        return {k: (v[0] if isinstance(v, list | tuple) else v) for k, v in hidden.items()}
+        tokens = {name: hidden_token(declared) for name, declared in hidden.items()}
+        return {name: token for name, token in tokens.items() if token is not None}
 
     @cached_property
     def hidden_literal(self) -> frozenset[str]:
@@ -57,7 +60,7 @@ class ClassInfo:
         Special tokens are filled in afterwards and so win over any value the prompt gave.
         V3 hidden entries are always special tokens.
         """
-        return frozenset() if self.spec.is_v3 else frozenset(self.hidden)
+        return frozenset() if self.spec.is_v3 else frozenset(self.types.get("hidden") or ())
 
     @cached_property
     def identity_bound(self) -> bool:

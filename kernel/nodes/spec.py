@@ -24,6 +24,34 @@ log = logging.getLogger("comfykernel.nodes")
 
 INPUT_GROUPS = ("required", "optional", "hidden")
 
+# Hidden entries the engine fills in itself; any other hidden entry is an ordinary input.
+SPECIAL_HIDDEN = (
+    "PROMPT",
+    "DYNPROMPT",
+    "EXTRA_PNGINFO",
+    "UNIQUE_ID",
+    "AUTH_TOKEN_COMFY_ORG",
+    "API_KEY_COMFY_ORG",
+    "COMFY_USAGE_SOURCE",
+)
+
+
+def hidden_token(declared: Any) -> str | None:
+    """The special token a hidden entry names, or None when it declares an ordinary input.
+
+    Compared with ``==`` on the declaration itself, as the reference does: ``"UNIQUE_ID"`` is a
+    token, a tuple such as ``(any_type,)`` never is, even when ``any_type`` is a ``str``
+    subclass whose ``__eq__`` always answers True (Easy-Use's loop counter is declared so).
+    """
+    found = None
+    for token in SPECIAL_HIDDEN:
+        try:
+            if declared == token:
+                found = token  # the reference assigns per matching token: the last one wins
+        except Exception:  # a declaration whose == raises or is not a bool names no token
+            continue
+    return found
+
 
 class NodeResult(NamedTuple):
     """One call's return value, normalized. ``outputs`` is None when the call gave no result."""
@@ -105,9 +133,14 @@ class NodeSpec:
         return None
 
     def hidden_inputs(self) -> dict[str, str]:
-        """Hidden parameter name → token (``UNIQUE_ID``, ``PROMPT``, ...)."""
+        """Hidden parameter name → special token (``UNIQUE_ID``, ``PROMPT``, ...).
+
+        Ordinary hidden inputs (see :func:`hidden_token`) are not listed: they take their value
+        from the prompt like declared inputs.
+        """
         hidden = self.input_types().get("hidden") or {}
-        return {k: (v[0] if isinstance(v, list | tuple) else v) for k, v in hidden.items()}
+        tokens = {name: hidden_token(declared) for name, declared in hidden.items()}
+        return {name: token for name, token in tokens.items() if token is not None}
 
     @property
     def display_name(self) -> str:

@@ -120,6 +120,17 @@ async def test_hidden_literal_given_in_the_prompt_reaches_the_function(server):
     assert (await _history_outputs(server, prompt_id))["2"] == {"value": [7]}
 
 
+async def test_hidden_literal_reaches_the_custom_validator(server):
+    prompt = {
+        "1": {"class_type": "LoopCountdown", "inputs": {"start": 3, "remaining": -1}},
+        "2": {"class_type": "LoopShow", "inputs": {"value": ["1", 0]}},
+    }
+    status, body = await server.json("POST", "/prompt", json={"prompt": prompt})
+    assert status == 400, body
+    details = {e["details"] for e in body["node_errors"]["1"]["errors"]}
+    assert "remaining - remaining must not be negative" in details
+
+
 async def test_link_into_hidden_input_is_resolved(server):
     prompt = {
         "1": {"class_type": "LoopCountdown", "inputs": {"start": 2}},

@@ -18,6 +18,18 @@ class AnyType(str):
         return False
 
 
+class AlwaysEqualProxy(str):
+    """Another common spelling: equal to everything. Easy-Use declares its hidden loop index so."""
+
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = str.__hash__
+
+
 any_type = AnyType("*")
 
 # Nesting of expansion ids ("5.0.0.Recurse.0.0.Recurse...") past which a loop is called runaway.
@@ -42,6 +54,13 @@ class LoopCountdown:
             "required": {"start": ("INT", {"default": 3, "min": 0, "max": 50})},
             "hidden": {"remaining": ("INT",), "rounds": ("INT",), "unique_id": "UNIQUE_ID"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, start, remaining=None):
+        # Hidden literals reach the validator too.
+        if remaining is not None and remaining < 0:
+            return "remaining must not be negative"
+        return True
 
     def run(self, start, remaining=None, rounds=0, unique_id=None):
         _check_depth(unique_id)
@@ -68,7 +87,8 @@ class LoopOpen:
             "required": {"total": ("INT", {"default": 3, "min": 1, "max": 50})},
             "optional": {"value": (any_type,)},
             # Not shown by the frontend; the close node sets it on each copy of this node.
-            "hidden": {"index": (any_type,), "unique_id": "UNIQUE_ID"},
+            # A tuple is never a special token, even holding a type that equals everything.
+            "hidden": {"index": (AlwaysEqualProxy("*"),), "unique_id": "UNIQUE_ID"},
         }
 
     def run(self, total, value=None, index=0, unique_id=None):
