@@ -85,8 +85,6 @@ def _run(
         return model(x, sigma, **extra)
 
     def denoise_with_uncond(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if "model_options" not in extra:
-            raise SamplerUnavailable(f"sampler {name!r} needs the unconditional prediction of a CFG pass")
         captured: list[torch.Tensor] = []
 
         def capture(args: dict[str, Any]) -> torch.Tensor:
@@ -113,7 +111,9 @@ def _run(
         seed=extra.get("seed"),
         model_sampling=_model_sampling(model),
         callback=report,
-        uncond_model=denoise_with_uncond,
+        # Without model_options there is no CFG pass to capture the unconditional prediction
+        # from; the samplers then behave as the reference's do without one.
+        uncond_model=denoise_with_uncond if "model_options" in extra else None,
         noise_sampler_override=noise_sampler,
     )
     return fn(ctx, x, sigmas, **kwargs)

@@ -1,17 +1,30 @@
-"""``comfy.sample``: the initial noise and the empty-latent fix the core KSampler works with.
+"""``comfy.sample``: noise, the empty-latent fix and the sampling entry points.
 
-``prepare_noise`` is the core nodes' own (``plugins.core_nodes.sampling.noise``), so a pack that
-draws its noise here gets the same tensor KSampler would for that seed and batch indices. The
-sampling functions themselves (``sample``, ``sample_custom``) are not provided: packs sample with
-``nodes.common_ksampler``.
+``sample`` is what the core KSampler node runs after drawing its noise: it looks this module's
+``sample`` up at call time, so a pack that wraps it (Impact-Pack's error enhancer) wraps the
+node's sampling too, as in ComfyUI. ``prepare_noise`` is the core nodes' own, so a pack that
+draws its noise here gets the tensor KSampler would for that seed and batch indices.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["fix_empty_latent_channels", "prepare_noise"]
+from plugins.core_nodes.sampler_objects import sample_custom as sample_custom
+from plugins.core_nodes.sampler_objects import sample_latents as sample
+
+__all__ = [
+    "cleanup_additional_models",
+    "fix_empty_latent_channels",
+    "prepare_noise",
+    "prepare_sampling",
+    "sample",
+    "sample_custom",
+]
+
+log = logging.getLogger("comfykernel.compat")
 
 
 def prepare_noise(latent_image: Any, seed: int, noise_inds: Sequence[int] | None = None) -> Any:
@@ -46,3 +59,16 @@ def fix_empty_latent_channels(
     if tuple(latent_image.shape) == shape:
         return latent_image
     return torch.zeros(shape, dtype=latent_image.dtype, device=latent_image.device)
+
+
+def prepare_sampling(
+    model: Any, noise_shape: Any, positive: Any, negative: Any, noise_mask: Any
+) -> tuple[Any, ...]:
+    """Deprecated in the reference too: returns its arguments and no extra models."""
+    log.warning("comfy.sample.prepare_sampling isn't used anymore and can be removed")
+    return model, positive, negative, noise_mask, []
+
+
+def cleanup_additional_models(models: Any) -> None:
+    """Deprecated in the reference too: does nothing."""
+    log.warning("comfy.sample.cleanup_additional_models isn't used anymore and can be removed")

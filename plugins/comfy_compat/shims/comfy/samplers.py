@@ -1,40 +1,66 @@
-"""``comfy.samplers``: the sampler and scheduler names of the core ``KSampler`` node.
+"""``comfy.samplers``: the reference's sampler objects, guider and per-step guidance functions.
 
-Packs use ``comfy.samplers.KSampler.SAMPLERS`` / ``.SCHEDULERS`` to build their combos; the lists
-are read from the registered KSampler node so they always match what the core nodes accept.
+All are real module attributes that packs may replace; the core KSampler node reads
+``sampling_function``, ``calc_cond_batch``, ``cfg_function``, ``sample``, ``sampler_object``,
+``KSampler``, ``CFGGuider`` and ``calculate_sigmas`` from this module at each call (through
+``plugins.core_nodes.patchpoints``), so a replacement here changes what the node does, as in
+ComfyUI. The conds those functions receive are the server's resolved cond entries
+(``plugins.core_nodes.guidance.ResolvedCond``), not the reference's dicts: packs that pass
+them on work, packs that read their internals are not supported.
+
+``SCHEDULER_HANDLERS``, ``SAMPLER_NAMES`` and the ``KSampler`` name lists are ordinary mutable
+module-level containers because the reference's are and packs extend them;
+``calculate_sigmas`` consults ``SCHEDULER_HANDLERS`` first.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from comfykernel_compat_runtime import kernel as _kernel
+import comfy.k_diffusion.sampling as k_diffusion_sampling
+
+from plugins.core_nodes import sampler_objects as _objects
+from plugins.core_nodes.cfg import calc_cond_batch, cfg_function, sampling_function
+from plugins.core_nodes.guidance import CFGGuider
+from plugins.core_nodes.sampler_objects import (
+    KSAMPLER,
+    InpaintDenoiser,
+    KSampler,
+    Sampler,
+    SchedulerHandler,
+    ksampler,
+    sample,
+    sampler_object,
+)
+
+__all__ = [
+    "KSAMPLER",
+    "KSAMPLER_NAMES",
+    "SAMPLER_NAMES",
+    "SCHEDULER_HANDLERS",
+    "SCHEDULER_NAMES",
+    "CFGGuider",
+    "KSampler",
+    "KSamplerX0Inpaint",
+    "Sampler",
+    "SchedulerHandler",
+    "calc_cond_batch",
+    "calculate_sigmas",
+    "cfg_function",
+    "k_diffusion_sampling",
+    "ksampler",
+    "sample",
+    "sampler_object",
+    "sampling_function",
+]
+
+KSamplerX0Inpaint = InpaintDenoiser
+KSAMPLER_NAMES: list[str] = _objects.KSAMPLER_NAMES
+SAMPLER_NAMES: list[str] = _objects.SAMPLER_NAMES
+SCHEDULER_NAMES: list[str] = _objects.SCHEDULER_NAMES
+SCHEDULER_HANDLERS: dict[str, SchedulerHandler] = _objects.scheduler_handlers()
 
 
-def _choices(input_name: str) -> list[str]:
-    entry = _kernel().nodes.get("KSampler")
-    if entry is None:
-        return []
-    spec = entry.cls.INPUT_TYPES()["required"].get(input_name)
-    return list(spec[0]) if spec and isinstance(spec[0], list | tuple) else []
-
-
-class _Names:
-    def __init__(self, input_name: str) -> None:
-        self.input_name = input_name
-
-    def __get__(self, obj: Any, owner: type) -> list[str]:
-        return _choices(self.input_name)
-
-
-class KSampler:
-    SAMPLERS = _Names("sampler_name")
-    SCHEDULERS = _Names("scheduler")
-
-
-def __getattr__(name: str) -> Any:
-    if name == "SAMPLER_NAMES":
-        return _choices("sampler_name")
-    if name in ("SCHEDULER_NAMES", "SCHEDULER_HANDLERS"):
-        return _choices("scheduler")
-    raise AttributeError(f"module 'comfy.samplers' has no attribute {name!r}")
+def calculate_sigmas(model_sampling: Any, scheduler_name: str, steps: int) -> Any:
+    """``steps`` + 1 sigmas ending in 0 for ``scheduler_name`` (a ``SCHEDULER_HANDLERS`` entry)."""
+    return _objects.calculate_sigmas(model_sampling, scheduler_name, steps, SCHEDULER_HANDLERS)
