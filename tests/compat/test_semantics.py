@@ -201,6 +201,40 @@ async def test_return_types_object_of_the_pack_answers_for_any_index(server):
     assert info["BypassSource"]["output"] == ["PACK_FLOW", "INT"]
 
 
+async def test_str_subclass_values_reach_ws_and_history_as_strings(server):
+    prompt = {
+        "1": {"class_type": "PackStringSource", "inputs": {"text": "hello"}},
+        "2": {"class_type": "AnyEcho", "inputs": {"anything": ["1", 0]}},
+    }
+    prompt_id, messages = await _run(server, prompt)
+    assert _final(messages)["type"] == "execution_success", _final(messages)
+    executed = [m["data"] for m in messages if m["type"] == "executed"]
+    assert [(d["node"], d["output"]) for d in executed] == [("2", {"text": ["hello"]})]
+    assert (await _history_outputs(server, prompt_id))["2"] == {"text": ["hello"]}
+    status, job = await server.json("GET", f"/api/jobs/{prompt_id}")
+    assert status == 200 and job["outputs"]["2"] == {"text": ["hello"]}
+
+
+async def test_execution_error_with_str_subclass_inputs(server):
+    prompt = {
+        "1": {"class_type": "PackStringSource", "inputs": {"text": "boom"}},
+        "2": {"class_type": "AnyFail", "inputs": {"anything": ["1", 0]}},
+    }
+    prompt_id, messages = await _run(server, prompt)
+    error = _final(messages)
+    assert error["type"] == "execution_error"
+    assert error["data"]["exception_message"].strip() == "cannot use boom"
+    assert error["data"]["current_inputs"] == {"anything": ["boom"]}
+    status, body = await server.json("GET", f"/history/{prompt_id}")
+    assert status == 200
+    entry = body[prompt_id]
+    assert entry["status"]["status_str"] == "error"
+    [(_, data)] = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert data["current_inputs"] == {"anything": ["boom"]}
+    status, job = await server.json("GET", f"/api/jobs/{prompt_id}")
+    assert status == 200 and job["status"] == "failed"
+
+
 async def _invalid(server: Any, prompt: dict[str, Any]) -> dict[str, Any]:
     status, body = await server.json("POST", "/prompt", json={"prompt": prompt})
     assert status == 400, body

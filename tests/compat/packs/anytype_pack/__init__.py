@@ -67,6 +67,51 @@ class BypassSource:
         return ("flow", 5)
 
 
+class PackStringSource:
+    """A STRING output whose value is a ``str`` subclass instance."""
+
+    CATEGORY = "compat/any"
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"default": "hello"})}}
+
+    def run(self, text):
+        return (PackType(text),)
+
+
+class AnyEcho:
+    """Output node: shows its input as given (a ``str`` subclass stays one)."""
+
+    CATEGORY = "compat/any"
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"anything": (any_type,)}}
+
+    def run(self, anything):
+        return {"ui": {"text": [anything]}}
+
+
+class AnyFail:
+    CATEGORY = "compat/any"
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"anything": (any_type,)}}
+
+    def run(self, anything):
+        raise ValueError(f"cannot use {anything}")
+
+
 class AnySink:
     """Output node with an any-typed input."""
 
@@ -115,6 +160,9 @@ NODE_CLASS_MAPPINGS = {
     "AnySource": AnySource,
     "PackTypeSource": PackTypeSource,
     "BypassSource": BypassSource,
+    "PackStringSource": PackStringSource,
+    "AnyEcho": AnyEcho,
+    "AnyFail": AnyFail,
     "AnySink": AnySink,
     "IntSink": IntSink,
     "ImageSink": ImageSink,
