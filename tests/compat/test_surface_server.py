@@ -178,3 +178,133 @@ async def test_model_objects_and_samplers_from_a_node(server: Any) -> None:
     assert facts["attention"] == [1, 4, 16]
     assert facts["linear"] == [2, 16]
     assert facts["latent"] == [1, 4, 8, 8]
+
+
+# --- the compatibility modules this area owns, used the way packs use them -------------------------
+
+
+def _module(name: str) -> Any:
+    import importlib
+
+    return importlib.import_module(name)
+
+
+async def test_folder_names_and_paths_writes_reach_the_server(server: Any, tmp_path: Path) -> None:
+    folder_paths = _module("folder_paths")
+    extra = tmp_path / "more_checkpoints"
+    extra.mkdir()
+    (extra / "extra.safetensors").write_bytes(b"x")
+    (extra / "quant.gguf").write_bytes(b"x")
+    table = folder_paths.folder_names_and_paths
+    table["checkpoints"][0].append(str(extra))  # TensorRT's way of adding a folder
+    assert await server.json("GET", "/models/checkpoints") == (200, ["extra.safetensors", CHECKPOINT])
+    table["checkpoints"][1].add(".gguf")  # AnimateDiff's way of adding a suffix
+    assert "quant.gguf" in folder_paths.get_filename_list("checkpoints")
+    assert table.get("no_such_kind", ([], set())) == ([], set())  # GGUF's probe
+    assert "unet" not in table and "diffusion_models" in table
+    with pytest.raises(TypeError, match="pair"):
+        table["broken"] = "not a pair"
+
+
+async def test_comfy_extras_modules_serve_the_registered_classes(server: Any) -> None:
+    import torch
+
+    nodes_mask = _module("comfy_extras.nodes_mask")
+    assert nodes_mask.GrowMask is server.kernel.nodes.get("GrowMask").cls
+    mask = torch.zeros(1, 5, 5)
+    mask[0, 2, 2] = 1
+    (grown,) = nodes_mask.GrowMask().expand_mask(mask, 1, False)
+    assert int(grown.sum()) == 9
+    upscale = _module("comfy_extras.nodes_upscale_model")
+    assert set(upscale.NODE_CLASS_MAPPINGS) == {"UpscaleModelLoader", "ImageUpscaleWithModel"}
+    assert callable(upscale.ImageUpscaleWithModel().upscale)
+    assert _module("comfy_extras.nodes_flux").NODE_CLASS_MAPPINGS == {}
+    with pytest.raises(ImportError, match="SamplerCustom"):
+        exec("from comfy_extras.nodes_custom_sampler import SamplerCustom", {})
+
+
+async def test_execution_validate_prompt_is_the_servers_validation(server: Any) -> None:
+    execution = _module("execution")
+    good = {"1": {"class_type": "SurfaceEcho", "inputs": {"text": "hi"}}}
+    ok, error, outputs, node_errors = await execution.validate_prompt("p1", good, None)
+    assert (ok, error, outputs, node_errors) == (True, None, ["1"], {})
+    bad = {"1": {"class_type": "NoSuchNode", "inputs": {}}}
+    ok, error, outputs, _ = await execution.validate_prompt("p2", bad, None)
+    assert ok is False and error["type"] == "missing_node_type" and outputs == []
+    assert execution.full_type_name(ValueError) == "ValueError"
+    assert execution.full_type_name(execution.PromptExecutor) == "execution.PromptExecutor"
+
+
+async def test_execution_get_input_and_output_data_run_a_node(server: Any) -> None:
+    import torch
+
+    execution = _module("execution")
+    invert = server.kernel.nodes.get("ImageInvert").cls
+    image = torch.full((1, 2, 2, 3), 0.25)
+    data, missing, _ = execution.get_input_data({"image": ["9", 0]}, invert, "5", {"9": [[image]]})
+    assert missing == {} and data["image"][0] is image
+    outputs, ui, subgraph, pending = await execution.get_output_data("p", "5", invert(), data)
+    assert torch.allclose(outputs[0][0], torch.full((1, 2, 2, 3), 0.75)) and ui == {} and not subgraph
+    data, missing, _ = execution.get_input_data({"image": ["9", 0]}, invert, "5", None)
+    assert missing == {"image": True} and data["image"] == [None]
+
+
+async def test_prompt_queue_put_runs_the_prompt(server: Any) -> None:
+    """VideoHelperSuite requeues through ``prompt_queue.put`` with the reference's item tuple."""
+    instance = _module("server").PromptServer.instance
+    client_id, ws = await connect(server, uuid.uuid4().hex)
+    try:
+        prompt_id = str(_module("server").uuid.uuid4())
+        prompt = {"1": {"class_type": "SurfaceEcho", "inputs": {"text": "requeued"}}}
+        instance.prompt_queue.put((-instance.number, prompt_id, prompt, {"client_id": client_id}, ["1"], {}))
+        frames = [f for f in await collect(ws, prompt_id, timeout=60) if isinstance(f, dict)]
+    finally:
+        await ws.close()
+    assert _facts(frames, "1")["text"] == "requeued"
+    assert instance.prompt_queue.get_tasks_remaining() == 0
+
+
+async def test_send_sync_encodes_a_preview_tuple(server: Any) -> None:
+    import aiohttp
+    from PIL import Image
+
+    server_module = _module("server")
+    client_id, ws = await connect(server, uuid.uuid4().hex)
+    try:
+        image = Image.new("RGB", (40, 20), (255, 0, 0))
+        server_module.PromptServer.instance.send_sync(
+            server_module.BinaryEventTypes.UNENCODED_PREVIEW_IMAGE, ("PNG", image, 10), client_id
+        )
+        msg = await ws.receive(timeout=10)
+    finally:
+        await ws.close()
+    assert msg.type == aiohttp.WSMsgType.BINARY
+    assert msg.data[:8] == b"\x00\x00\x00\x01\x00\x00\x00\x02"  # PREVIEW_IMAGE, PNG
+    import io
+
+    assert Image.open(io.BytesIO(msg.data[8:])).size == (10, 5)
+
+
+async def test_nodes_mappings_and_runtime_pack_loading(server: Any, tmp_path: Path) -> None:
+    nodes = _module("nodes")
+    original = nodes.NODE_CLASS_MAPPINGS["SurfaceEcho"]
+    nodes.NODE_CLASS_MAPPINGS["SurfaceEcho"] = type("Impostor", (), {})
+    assert nodes.NODE_CLASS_MAPPINGS["SurfaceEcho"] is original  # the first registration stays
+    nodes.NODE_DISPLAY_NAME_MAPPINGS["SurfaceEcho"] = "Echo (renamed)"
+    status, info = await server.json("GET", "/object_info/SurfaceEcho")
+    assert info["SurfaceEcho"]["display_name"] == "Echo (renamed)"
+    pack = tmp_path / "late_pack.py"
+    pack.write_text(
+        "class LateNode:\n"
+        "    CATEGORY = 'late'\n    RETURN_TYPES = ('INT',)\n    FUNCTION = 'run'\n"
+        "    @classmethod\n    def INPUT_TYPES(cls):\n        return {'required': {}}\n"
+        "    def run(self):\n        return (1,)\n"
+        "NODE_CLASS_MAPPINGS = {'LateNode': LateNode}\n"
+    )
+    assert await nodes.load_custom_node(str(pack)) is True
+    status, info = await server.json("GET", "/object_info/LateNode")
+    assert status == 200 and info["LateNode"]["category"] == "late"
+    assert nodes.get_module_name(str(pack)) == "late_pack"
+    assert "surface_pack" in nodes.LOADED_MODULE_DIRS
+    (tmp_path / "broken_pack.py").write_text("raise RuntimeError('no')\n")
+    assert await nodes.load_custom_node(str(tmp_path / "broken_pack.py")) is False
