@@ -120,6 +120,36 @@ async def test_hidden_literal_given_in_the_prompt_reaches_the_function(server):
     assert (await _history_outputs(server, prompt_id))["2"] == {"value": [7]}
 
 
+async def test_hidden_literal_is_part_of_the_cache_key(server):
+    outputs = []
+    for index in (7, 8, 7):
+        prompt = {
+            "1": {"class_type": "LoopOpen", "inputs": {"total": 1, "value": 0, "index": index}},
+            "2": {"class_type": "LoopShow", "inputs": {"value": ["1", 1]}},
+        }
+        prompt_id, messages = await _run(server, prompt)
+        assert _final(messages)["type"] == "execution_success", _final(messages)
+        outputs.append((await _history_outputs(server, prompt_id))["2"])
+    assert outputs == [{"value": [7]}, {"value": [8]}, {"value": [7]}]
+
+
+async def test_loop_runs_again_from_cache_and_after_a_change(server):
+    def prompt(total: int) -> dict[str, Any]:
+        return {
+            "1": {"class_type": "LoopOpen", "inputs": {"total": total, "value": 10}},
+            "2": {"class_type": "LoopAddInt", "inputs": {"a": ["1", 2], "b": ["1", 1]}},
+            "3": {"class_type": "LoopClose", "inputs": {"flow": ["1", 0], "value": ["2", 0]}},
+            "4": {"class_type": "LoopShow", "inputs": {"value": ["3", 0]}},
+        }
+
+    results = []
+    for total in (3, 3, 5):
+        prompt_id, messages = await _run(server, prompt(total))
+        assert _final(messages)["type"] == "execution_success", _final(messages)
+        results.append((await _history_outputs(server, prompt_id))["4"])
+    assert results == [{"value": [13]}, {"value": [13]}, {"value": [20]}]
+
+
 async def test_hidden_literal_reaches_the_custom_validator(server):
     prompt = {
         "1": {"class_type": "LoopCountdown", "inputs": {"start": 3, "remaining": -1}},
