@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from kernel.version import COMFYUI_API_VERSION
 from tests.compat.helpers import EP_SITE, ROOT, LauncherServer, free_port
 
 try:
@@ -122,6 +123,15 @@ async def manager(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lau
 async def no_ui(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LauncherServer]:
     root = tmp_path_factory.mktemp("manager_no_ui")
     args = ["--enable-manager", "--disable-manager-ui", "--base-directory", str(make_base(root))]
+    async for started in _started(LauncherServer(args, root / "log")):
+        yield started
+
+
+@module_fixture
+async def legacy(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LauncherServer]:
+    root = tmp_path_factory.mktemp("manager_legacy")
+    # The legacy UI flag alone: it implies --enable-manager, as on the reference.
+    args = ["--enable-manager-legacy-ui", "--base-directory", str(make_base(root))]
     async for started in _started(LauncherServer(args, root / "log")):
         yield started
 
@@ -245,6 +255,28 @@ async def test_disable_manager_ui_serves_no_manager_routes(no_ui: LauncherServer
     assert features["extension"]["manager"]["supports_v4"] is True
 
 
+# --- --enable-manager-legacy-ui --------------------------------------------------------------------
+
+
+async def test_legacy_ui_serves_the_managers_own_web_extension(legacy: LauncherServer):
+    status, body = await legacy.json("GET", "/v2/manager/is_legacy_manager_ui")
+    assert (status, body) == (200, {"is_legacy_manager_ui": True})
+    status, extensions = await legacy.json("GET", "/extensions")
+    assert status == 200
+    assert "/extensions/comfyui-manager-legacy/comfyui-manager.js" in extensions
+    async with legacy.get("/extensions/comfyui-manager-legacy/comfyui-manager.js") as resp:
+        assert resp.status == 200
+        assert "javascript" in resp.content_type
+    assert "[ComfyUI-Manager] Legacy UI is enabled." in legacy.log
+
+
+async def test_new_ui_reports_it_is_not_the_legacy_one(manager: LauncherServer):
+    status, body = await manager.json("GET", "/v2/manager/is_legacy_manager_ui")
+    assert (status, body) == (200, {"is_legacy_manager_ui": False})
+    status, extensions = await manager.json("GET", "/extensions")
+    assert not [path for path in extensions if "comfyui-manager" in path]
+
+
 # --- the package is not installed ---------------------------------------------------------------
 
 
@@ -289,3 +321,17 @@ async def test_cli_args_shim_mirrors_the_kernel_settings(make_kernel):
         }
     finally:
         await kernel.hooks.shutdown(kernel)
+
+
+async def test_app_shims_describe_the_running_server(comfy_server):
+    await comfy_server(plugins=["comfy_compat", "models", "frontend_ext"])
+    frontend = importlib.import_module("app.frontend_management").FrontendManager
+    assert frontend.get_required_frontend_version() == metadata.version("comfyui-frontend-package")
+    served = Path(frontend.init_frontend("comfyanonymous/ComfyUI@latest"))
+    assert (served / "index.html").is_file()
+    assert importlib.import_module("comfyui_version").__version__ == COMFYUI_API_VERSION
+    logger = importlib.import_module("app.logger")
+    logger.log_startup_warning("compat: a startup warning from a pack")
+    logs = logger.get_logs()
+    assert logs is not None
+    assert any("compat: a startup warning from a pack" in entry["m"] for entry in logs)
