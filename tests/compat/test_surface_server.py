@@ -308,3 +308,29 @@ async def test_nodes_mappings_and_runtime_pack_loading(server: Any, tmp_path: Pa
     assert "surface_pack" in nodes.LOADED_MODULE_DIRS
     (tmp_path / "broken_pack.py").write_text("raise RuntimeError('no')\n")
     assert await nodes.load_custom_node(str(tmp_path / "broken_pack.py")) is False
+
+
+async def test_comfy_extras_guidance_helpers(server: Any) -> None:
+    """Inspire-Pack, Easy-Use and Impact-Pack build guiders and noise from these helpers."""
+    import torch
+
+    perpneg = _module("comfy_extras.nodes_perpneg")
+    custom = _module("comfy_extras.nodes_custom_sampler")
+    x = torch.zeros(1, 4, 2, 2)
+    empty = torch.full_like(x, 0.5)
+    positive = empty + torch.rand_like(x)
+    along = empty + 2 * (positive - empty)  # a negative parallel to the positive: nothing is left
+    assert torch.allclose(
+        perpneg.perp_neg(x, positive, along, empty, 1.0, 7.0), empty + 7.0 * (positive - empty)
+    )
+    orthogonal = torch.zeros_like(x)
+    orthogonal[0, 0, 0, 0] = 1.0
+    pos = empty + orthogonal.roll(1, dims=1)
+    result = perpneg.perp_neg(x, pos, empty + orthogonal, empty, 2.0, 3.0)
+    assert torch.allclose(result, empty + 3.0 * (pos - empty - 2.0 * orthogonal))
+    assert issubclass(perpneg.Guider_PerpNeg, _module("comfy.samplers").CFGGuider)
+    latent = {"samples": torch.zeros(2, 4, 8, 8), "batch_index": [3, 5]}
+    expected = _module("comfy.sample").prepare_noise(latent["samples"], 42, [3, 5])
+    assert torch.equal(custom.Noise_RandomNoise(42).generate_noise(latent), expected)
+    assert not custom.Noise_EmptyNoise().generate_noise(latent).any()
+    assert issubclass(custom.Guider_Basic, _module("comfy.samplers").CFGGuider)

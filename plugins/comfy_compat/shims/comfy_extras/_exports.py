@@ -26,9 +26,13 @@ def _registered(names: tuple[str, ...]) -> dict[str, Any]:
     return found
 
 
-def module_attributes(module_name: str) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """(``__getattr__``, ``__dir__``) for the module ``module_name``."""
+def module_attributes(
+    module_name: str, helpers: dict[str, Any] | None = None
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """(``__getattr__``, ``__dir__``) for the module ``module_name``; ``helpers`` are the module's
+    own non-node names (defined in the module itself, so ``__getattr__`` never sees them)."""
     names = MODULES[module_name.rpartition(".")[2]]
+    own = sorted(helpers or ())
 
     def getattr_(name: str) -> Any:
         if name == "NODE_CLASS_MAPPINGS":
@@ -42,6 +46,6 @@ def module_attributes(module_name: str) -> tuple[Callable[[str], Any], Callable[
         raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
 
     def dir_() -> list[str]:
-        return sorted(["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", *_registered(names)])
+        return sorted(["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", *own, *_registered(names)])
 
     return getattr_, dir_
