@@ -76,7 +76,8 @@ class ModelView:
         if control is not None:
             cond["control"] = control
         if self._takes_options:
-            return self.current_patcher(x, t, cond, transformer_options=dict(transformer_options or {}))
+            options = _without_registered(dict(transformer_options or {}), self.current_patcher)
+            return self.current_patcher(x, t, cond, transformer_options=options)
         return self.current_patcher(x, t, cond)
 
     @property
@@ -105,6 +106,26 @@ class ModelView:
         return self._part(name)
 
 
+def _without_registered(options: dict[str, Any], patcher: Any) -> dict[str, Any]:
+    """``options`` less the wrappers the MODEL registered itself: the guider copied them in (as
+    the reference does, so wrapper lookups on ``model_options`` find them) and the MODEL adds
+    its own again when called, which must not run them twice."""
+    registry = getattr(patcher, "wrappers", None)
+    copied = options.get("wrappers")
+    if not isinstance(registry, dict) or not isinstance(copied, dict) or not registry:
+        return options
+    own = {id(fn) for keyed in registry.values() for fns in keyed.values() for fn in fns}
+    kept: dict[str, Any] = {}
+    for kind, keyed in copied.items():
+        left = {key: [fn for fn in fns if id(fn) not in own] for key, fns in keyed.items()}
+        left = {key: fns for key, fns in left.items() if fns}
+        if left:
+            kept[kind] = left
+    options = dict(options)
+    options["wrappers"] = kept
+    return options
+
+
 def _transformer_options(
     model_options: Mapping[str, Any], cond_or_uncond: list[int], uuids: list[Any], sigmas: torch.Tensor
 ) -> dict[str, Any]:
@@ -124,7 +145,24 @@ def calc_cond_batch(
     model_options: Mapping[str, Any],
 ) -> list[torch.Tensor]:
     """One prediction per list in ``conds`` (None gives zeros): the weighted average of every
-    entry active at ``timestep`` (a sigma per batch item), each over its area and mask."""
+    entry active at ``timestep`` (a sigma per batch item), each over its area and mask; inside
+    the ``calc_cond_batch`` wrappers of ``model_options``."""
+    from plugins.core_nodes.models.extension import WrapperExecutor, WrappersMP, get_all_wrappers
+
+    wrappers = get_all_wrappers(WrappersMP.CALC_COND_BATCH, dict(model_options), is_model_options=True)
+    if not wrappers:
+        return _calc_cond_batch(model, conds, x_in, timestep, model_options)
+    executor = WrapperExecutor.new_executor(_calc_cond_batch, wrappers)
+    return executor.execute(model, conds, x_in, timestep, model_options)
+
+
+def _calc_cond_batch(
+    model: ModelView,
+    conds: Sequence[Sequence[ResolvedCond] | None],
+    x_in: torch.Tensor,
+    timestep: torch.Tensor,
+    model_options: Mapping[str, Any],
+) -> list[torch.Tensor]:
     from plugins.core_nodes.guidance import cond_weights
 
     _, _, height, width = x_in.shape

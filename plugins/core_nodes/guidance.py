@@ -243,6 +243,11 @@ class CFGGuider:
         cond.concat = (mask, masked)
         cond.concat_channels = channels
 
+    def _wrappers(self, kind: str, model_options: Mapping[str, Any]) -> list[Any]:
+        from plugins.core_nodes.models.extension import get_all_wrappers
+
+        return get_all_wrappers(kind, dict(model_options), is_model_options=True)
+
     def predict_noise(
         self,
         x: torch.Tensor,
@@ -258,6 +263,22 @@ class CFGGuider:
             self.inner_model, x, timestep, negative, positive, self.cfg, model_options=options, seed=seed
         )
 
+    def outer_predict_noise(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        model_options: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """:meth:`predict_noise` inside the ``predict_noise`` wrappers of the guider's options."""
+        from plugins.core_nodes.models.extension import WrapperExecutor, WrappersMP
+
+        wrappers = self._wrappers(WrappersMP.PREDICT_NOISE, self.model_options)
+        if not wrappers:
+            return self.predict_noise(x, timestep, model_options, seed)
+        executor = WrapperExecutor.new_class_executor(self.predict_noise, self, wrappers)
+        return executor.execute(x, timestep, model_options, seed)
+
     def __call__(
         self,
         x: torch.Tensor,
@@ -266,7 +287,7 @@ class CFGGuider:
         seed: int | None = None,
     ) -> torch.Tensor:
         throw_if_interrupted()
-        return self.predict_noise(x, sigma, model_options, seed)
+        return self.outer_predict_noise(x, sigma, model_options, seed)
 
     def denoise_with_uncond(
         self,
@@ -299,20 +320,85 @@ class CFGGuider:
         seed: int | None = None,
     ) -> torch.Tensor:
         """Sample from ``noise`` over ``sigmas`` with ``sampler`` (a ``KSAMPLER``); VAE-space
-        ``latent_image`` in (img2img / inpainting source) and the VAE-space result out."""
-        from plugins.core_nodes.sampling.masks import prepare_mask
+        ``latent_image`` in (img2img / inpainting source) and the VAE-space result out.
+
+        As in the reference, the run works on a copy of the guider's ``model_options`` into
+        which the MODEL's registered wrappers and callbacks are copied, and goes through the
+        ``outer_sample`` and ``sampler_sample`` wrappers.
+        """
+        from plugins.core_nodes.models.extension import WrapperExecutor, WrappersMP, copy_nested_dicts
 
         if sigmas.shape[-1] == 0:
             return latent_image
-        fmt = self.inner_model.latent_format
+        original = self.model_options
+        self.model_options = copy_model_options(original)
+        to = self.model_options.setdefault("transformer_options", {})
+        for kind in ("wrappers", "callbacks"):
+            registry = getattr(self.model_patcher, kind, None)
+            if isinstance(registry, dict):
+                to[kind] = copy_nested_dicts(registry)
+        try:
+            wrappers = self._wrappers(WrappersMP.OUTER_SAMPLE, self.model_options)
+            executor = WrapperExecutor.new_class_executor(self.outer_sample, self, wrappers)
+            return executor.execute(
+                noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed
+            )
+        finally:
+            self.model_options = original
+
+    def outer_sample(
+        self,
+        noise: torch.Tensor,
+        latent_image: torch.Tensor,
+        sampler: Any,
+        sigmas: torch.Tensor,
+        denoise_mask: torch.Tensor | None = None,
+        callback: Any = None,
+        disable_pbar: bool = False,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """The mask at latent size, and the MODEL's ``pre_run`` / ``cleanup`` around the run."""
+        from plugins.core_nodes.sampling.masks import prepare_mask
+
         if denoise_mask is not None:
             denoise_mask = prepare_mask(denoise_mask, noise.shape)
+        pre_run = getattr(self.model_patcher, "pre_run", None)
+        try:
+            if callable(pre_run):
+                pre_run()
+            return self.inner_sample(
+                noise, latent_image, None, sampler, sigmas, denoise_mask, callback, disable_pbar, seed
+            )
+        finally:
+            cleanup = getattr(self.model_patcher, "cleanup", None)
+            if callable(cleanup):
+                cleanup()
+
+    def inner_sample(
+        self,
+        noise: torch.Tensor,
+        latent_image: torch.Tensor,
+        device: Any,
+        sampler: Any,
+        sigmas: torch.Tensor,
+        denoise_mask: torch.Tensor | None,
+        callback: Any,
+        disable_pbar: bool,
+        seed: int | None,
+    ) -> torch.Tensor:
+        """The conds placed on the model-space latent, then ``sampler.sample`` (through the
+        ``sampler_sample`` wrappers) with ``sample_sigmas`` in the transformer options."""
+        from plugins.core_nodes.models.extension import WrapperExecutor, WrappersMP
+
+        fmt = self.inner_model.latent_format
         model_latent = fmt.process_in(latent_image.float())
         self.prepare(model_latent, denoise_mask)
         options = copy_model_options(self.model_options)
         options.setdefault("transformer_options", {})["sample_sigmas"] = sigmas
         extra_args: dict[str, Any] = {"model_options": options, "seed": seed}
-        samples = sampler.sample(
+        wrappers = self._wrappers(WrappersMP.SAMPLER_SAMPLE, options)
+        executor = WrapperExecutor.new_class_executor(sampler.sample, sampler, wrappers)
+        samples = executor.execute(
             self, sigmas, extra_args, callback, noise, model_latent, denoise_mask, disable_pbar
         )
         return fmt.process_out(samples.to(torch.float32))
