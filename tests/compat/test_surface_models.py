@@ -198,3 +198,117 @@ async def test_clip_vision_load_rejects_unknown(shims: Any, tmp_path: Any) -> No
     _mod("comfy.utils").save_torch_file({"encoder.layer.0.norm1.weight": torch.zeros(2)}, str(path))
     with pytest.raises(ValueError, match="not supported"):
         cv.load(str(path))
+
+
+# --- model detection and family configs ----------------------------------------------------
+
+SD15_UNET = {
+    "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "transformer_depth_middle": 1,
+}
+
+
+def _sd15_shaped_state_dicts() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(ldm, diffusers) state dicts with SD1.5's key set; only the shapes detection reads are real."""
+    utils = _mod("comfy.utils")
+    mapping = utils.unet_to_diffusers(SD15_UNET)
+    ldm: dict[str, torch.Tensor] = {}
+    diffusers: dict[str, torch.Tensor] = {}
+    for diff_key, ldm_key in mapping.items():
+        if diff_key.startswith(("class_embedding.", "add_embedding.", "down_blocks.3.downsamplers", "up_blocks.3.upsamplers")):
+            continue  # SD1.5 has no ADM input, and its last level neither down- nor upsamples
+        tensor = torch.empty(1)
+        if diff_key in ("conv_in.weight",):
+            tensor = torch.empty(320, 4, 1, 1)
+        elif diff_key == "conv_out.weight":
+            tensor = torch.empty(4, 1, 1, 1)
+        elif diff_key.endswith("attn2.to_k.weight"):
+            tensor = torch.empty(1, 768)
+        elif diff_key.endswith("proj_in.weight"):
+            tensor = torch.empty(1, 1, 1, 1)
+        elif ".resnets." in diff_key and diff_key.endswith("conv2.weight") and diff_key.startswith("down_blocks."):
+            tensor = torch.empty(320 * SD15_UNET["channel_mult"][int(diff_key.split(".")[1])])
+        ldm[ldm_key] = tensor
+        diffusers[diff_key] = tensor
+    return {f"model.diffusion_model.{k}": v for k, v in ldm.items()}, diffusers
+
+
+async def test_detect_unet_config_sd15_layout(shims: Any) -> None:
+    md = _mod("comfy.model_detection")
+    sm = _mod("comfy.supported_models")
+    ldm, diffusers = _sd15_shaped_state_dicts()
+    assert md.unet_prefix_from_state_dict(ldm) == "model.diffusion_model."
+    assert md.unet_prefix_from_state_dict({"model.x": 1}) == "model."
+    config = md.detect_unet_config(ldm, "model.diffusion_model.")
+    for key, value in SD15_UNET.items():
+        assert config[key] == value, key
+    assert (config["model_channels"], config["in_channels"], config["out_channels"]) == (320, 4, 4)
+    assert config["context_dim"] == 768 and config["use_linear_in_transformer"] is False
+    assert config["adm_in_channels"] is None and config["use_temporal_attention"] is False
+    model_config = md.model_config_from_unet(ldm, "model.diffusion_model.")
+    assert type(model_config) is sm.SD15 and model_config.unet_config["num_heads"] == 8
+    assert isinstance(model_config.latent_format, _mod("comfy.latent_formats").SD15)
+    assert md.detect_unet_config({"x": torch.zeros(1)}, "") is None
+
+    from_diffusers = md.unet_config_from_diffusers_unet(diffusers)
+    assert from_diffusers is not None and from_diffusers["context_dim"] == 768
+    assert from_diffusers["transformer_depth_output"] == SD15_UNET["transformer_depth_output"]
+    assert md.count_blocks(diffusers, "down_blocks.{}") == 4
+    assert md.count_blocks(list(ldm), "model.diffusion_model.input_blocks.{}.") == 12
+
+
+async def test_detect_unet_config_agrees_with_core_loader(shims: Any, tmp_path: Any) -> None:
+    from safetensors.torch import load_file
+
+    from plugins.core_nodes.models.unet import config_from_state_dict
+    from tests.plugins.core_nodes import tiny_pipeline
+
+    md = _mod("comfy.model_detection")
+    for family in ("sd1", "sdxl"):
+        sd = load_file(str(tiny_pipeline.write_checkpoint(tmp_path / f"{family}.safetensors", family)))
+        prefix = md.unet_prefix_from_state_dict(sd)
+        ours = md.detect_unet_config(sd, prefix)
+        core = config_from_state_dict({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
+        assert ours["model_channels"] == core.model_channels
+        assert ours["context_dim"] == core.context_dim
+        assert ours["adm_in_channels"] == core.adm_in_channels
+        assert list(ours["channel_mult"]) == list(core.channel_mult)
+        assert ours["use_linear_in_transformer"] == core.use_linear_in_transformer
+
+
+async def test_convert_config_and_family_configs(shims: Any) -> None:
+    md = _mod("comfy.model_detection")
+    sm = _mod("comfy.supported_models")
+    base = _mod("comfy.supported_models_base")
+    legacy = {"num_res_blocks": 2, "channel_mult": [1, 2, 4, 4], "attention_resolutions": [4, 2, 1], "transformer_depth": 1}
+    out = md.convert_config(legacy)
+    assert out["num_res_blocks"] == [2, 2, 2, 2] and "attention_resolutions" not in out
+    assert out["transformer_depth"] == SD15_UNET["transformer_depth"]
+    assert out["transformer_depth_output"] == SD15_UNET["transformer_depth_output"]
+    assert out["transformer_depth_middle"] == 1
+
+    sdxl = sm.SDXL({"adm_in_channels": 2816, "in_channels": 4})
+    assert isinstance(sdxl, base.BASE) and sdxl.unet_config["num_head_channels"] == 64
+    assert sdxl.latent_format.scale_factor == 0.13025 and not sdxl.inpaint_model()
+    assert sdxl.missing_attribute is None  # the reference answers None for unknown attributes
+    assert sm.Flux({}).sampling_settings == {} and sm.FluxSchnell({}).sampling_settings["shift"] == 1.0
+    assert sm.SD3.matches({"in_channels": 16, "pos_embed_scaling_factor": None})
+    assert not sm.SD15.matches({"context_dim": 1024})
+    target = sm.SD15({}).clip_target()
+    assert target.tokenizer is _mod("comfy.sd1_clip").SD1Tokenizer and target.params == {}
+
+    class ServerConfig:  # what the server's own MODELs carry as model.model.model_config
+        name = "SDXL"
+        unet_config = {"model_channels": 320}
+
+    assert isinstance(ServerConfig(), sm.SDXL) and not isinstance(ServerConfig(), sm.SD15)
+
+    class Unnamed:
+        unet_config = {"context_dim": 768, "model_channels": 320, "use_linear_in_transformer": False,
+                       "adm_in_channels": None, "use_temporal_attention": False, "in_channels": 4}
+
+    assert isinstance(Unnamed(), sm.SD15) and not isinstance(Unnamed(), sm.SDXL)
+    assert not isinstance(object(), sm.SD15)
