@@ -334,3 +334,22 @@ async def test_comfy_extras_guidance_helpers(server: Any) -> None:
     assert torch.equal(custom.Noise_RandomNoise(42).generate_noise(latent), expected)
     assert not custom.Noise_EmptyNoise().generate_noise(latent).any()
     assert issubclass(custom.Guider_Basic, _module("comfy.samplers").CFGGuider)
+
+
+async def test_v3_ui_previews_write_files_the_server_serves(server: Any) -> None:
+    import torch
+
+    ui = _module("comfy_api.latest.ui")
+    mask = torch.zeros(2, 6, 4)
+    mask[1] = 1.0
+    shown = ui.PreviewMask(mask).as_dict()["images"]
+    assert len(shown) == 2 and all(entry["type"] == "temp" for entry in shown)
+    async with server.get("/view", params={"filename": shown[1]["filename"], "type": "temp"}) as resp:
+        assert resp.status == 200
+        import io
+
+        from PIL import Image
+
+        picture = Image.open(io.BytesIO(await resp.read()))
+    assert picture.size == (4, 6) and picture.getpixel((0, 0))[:3] == (255, 255, 255)
+    assert ui.PreviewText("hello").as_dict() == {"text": ("hello",)}

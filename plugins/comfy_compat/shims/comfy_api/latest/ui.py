@@ -63,4 +63,12 @@ class PreviewImage(_UIOutput):
         return self.values.as_dict()
 
 
-__all__ = ["PreviewImage", "PreviewText", "SavedImages", "SavedResult"]
+class PreviewMask(PreviewImage):
+    """A ``[B, H, W]`` (or ``[H, W]``) mask shown as a grey image."""
+
+    def __init__(self, mask: Any, animated: bool = False, cls: Any = None, **kwargs: Any) -> None:
+        grey = mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])).movedim(1, -1).expand(-1, -1, -1, 3)
+        super().__init__(grey, animated, cls, **kwargs)
+
+
+__all__ = ["PreviewImage", "PreviewMask", "PreviewText", "SavedImages", "SavedResult"]
