@@ -42,7 +42,8 @@ def _writing_plugin() -> str:
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if module.startswith(_PACKS_PREFIX):
-            return "legacy:" + module[len(_PACKS_PREFIX) :].partition(".")[0]
+            # The loader spells a "." in a pack's name as "_x_" in its module name.
+            return "legacy:" + module[len(_PACKS_PREFIX) :].partition(".")[0].replace("_x_", ".")
         frame = frame.f_back  # type: ignore[assignment]
     return _RUNTIME_PLUGIN
 
