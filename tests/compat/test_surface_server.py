@@ -67,6 +67,15 @@ async def test_routes_and_max_resolution(server: Any) -> None:
     assert info["SurfaceProgress"]["input"]["required"]["steps"][1]["max"] == 16384
 
 
+async def test_routes_added_to_the_app_while_importing_are_served(server: Any) -> None:
+    assert await server.json("PUT", "/api/surface_pack/put") == (200, {"added_by": "app.router.add_route"})
+    async with server.get("/surface_pack/static/surface.js") as resp:
+        assert resp.status == 200 and "EXTENSION_WEB_DIRS" in await resp.text()
+    from aiohttp import web
+
+    assert isinstance(_module("server").PromptServer.instance.app, web.Application)
+
+
 async def test_folder_kinds_added_at_import_are_served(server: Any) -> None:
     assert await server.json("GET", "/models/surface_kind") == (200, ["a.bin", "c.pt"])
     assert await server.json("GET", "/models/surface_kind_fn") == (200, ["e.ckpt"])

@@ -133,6 +133,56 @@ class PromptQueueView:
             )
 
 
+class _PendingRouter:
+    """``app.router`` before the server's application exists: routes go to the pack route table."""
+
+    def __init__(self, routes: web.RouteTableDef) -> None:
+        self._routes = routes
+
+    def add_route(self, method: str, path: str, handler: Any, **kwargs: Any) -> None:
+        self._routes.route(method, path, **kwargs)(handler)
+
+    def add_get(self, path: str, handler: Any, **kwargs: Any) -> None:
+        self.add_route("GET", path, handler, **kwargs)
+
+    def add_post(self, path: str, handler: Any, **kwargs: Any) -> None:
+        self.add_route("POST", path, handler, **kwargs)
+
+    def add_put(self, path: str, handler: Any, **kwargs: Any) -> None:
+        self.add_route("PUT", path, handler, **kwargs)
+
+    def add_delete(self, path: str, handler: Any, **kwargs: Any) -> None:
+        self.add_route("DELETE", path, handler, **kwargs)
+
+    def add_static(self, prefix: str, path: Any, **kwargs: Any) -> None:
+        self._routes.static(prefix, path, **kwargs)
+
+
+class _PendingApp:
+    """``PromptServer.instance.app`` while packs import, before the aiohttp application is built.
+
+    In the reference the application exists before any pack loads, and packs add routes to it at
+    import time (``app.add_routes([web.static(...)])``, ``app.router.add_route(...)``). Here those
+    routes join the pack route table, which the server mounts when it builds its application.
+    """
+
+    def __init__(self, routes: web.RouteTableDef) -> None:
+        self._routes = routes
+        self.router = _PendingRouter(routes)
+
+    def add_routes(self, routes: Any) -> None:
+        for route in routes:
+            # RouteTableDef keeps its definitions in a list; custom AbstractRouteDef subclasses
+            # (a pack's own static route class) can only be added to it as they are.
+            self._routes._items.append(route)
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(
+            f"PromptServer.instance.app.{name} is not available while custom nodes are imported; "
+            "the aiohttp application is built after them"
+        )
+
+
 class _InstanceDescriptor:
     """``PromptServer.instance`` is always the server of the kernel the shims are bound to."""
 
@@ -146,12 +196,22 @@ class PromptServer:
     def __init__(self, kernel: Any, routes: web.RouteTableDef) -> None:
         self._kernel = kernel
         self.routes = routes
-        self.app: web.Application | None = None
+        self._app: web.Application | None = None
+        self._pending_app = _PendingApp(routes)
         self.on_prompt_handlers: list[Callable[[dict[str, Any]], Any]] = []
         self.supports = ["custom_nodes_from_web"]
         self.prompt_queue = PromptQueueView(kernel)
         # The reference's submission counter; VideoHelperSuite reads and bumps it to requeue.
         self.number = 0
+
+    @property
+    def app(self) -> Any:
+        """The aiohttp application once the server runs; before that, a stand-in taking routes."""
+        return self._app if self._app is not None else self._pending_app
+
+    @app.setter
+    def app(self, value: web.Application | None) -> None:
+        self._app = value
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:

@@ -42,6 +42,15 @@ async def ping(request):
     return web.json_response({"pong": True, "max_resolution": MAX_RESOLUTION})
 
 
+async def _via_router(request):
+    return web.json_response({"added_by": "app.router.add_route"})
+
+
+# Packs reach for the aiohttp application while they import (comfyui-tooling-nodes, Easy-Use).
+PromptServer.instance.app.router.add_route("PUT", "/api/surface_pack/put", _via_router)
+PromptServer.instance.app.add_routes([web.static("/surface_pack/static", os.path.join(HERE, "web"))])
+
+
 def _rewrite(json_data):
     """``add_on_prompt_handler``: a SurfaceEcho text of ``__handler__`` is replaced before validation."""
     for node in json_data.get("prompt", {}).values():
