@@ -402,3 +402,65 @@ async def test_sampler_helpers(shims: Any) -> None:
     thing = Cleans()
     helpers.cleanup_models({}, [thing])
     assert thing.cleaned
+
+
+async def test_model_sampling_classes_match_the_core_schedule(shims: Any) -> None:
+    model_sampling = _shim("comfy.model_sampling")
+
+    class Eps(model_sampling.ModelSamplingDiscrete, model_sampling.EPS):
+        pass
+
+    ours, core = Eps(), ModelSamplingDiscrete()
+    assert torch.equal(ours.sigmas, core.sigmas) and torch.equal(ours.log_sigmas, core.log_sigmas)
+    sigma = torch.tensor([3.0, 0.5])
+    x = torch.randn(2, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ours.timestep(sigma), core.timestep(sigma))
+    assert torch.equal(ours.sigma(torch.tensor([10.5, 700.0])), core.sigma(torch.tensor([10.5, 700.0])))
+    assert ours.percent_to_sigma(0.3) == core.percent_to_sigma(0.3)
+    assert torch.equal(ours.calculate_input(sigma, x), core.calculate_input(sigma, x))
+    assert torch.equal(ours.calculate_denoised(sigma, x, x * 2), core.calculate_denoised(sigma, x, x * 2))
+    assert torch.equal(ours.noise_scaling(sigma, x, x, True), core.noise_scaling(sigma, x, x, True))
+
+    class V(model_sampling.ModelSamplingDiscrete, model_sampling.V_PREDICTION):
+        pass
+
+    vcore = ModelSamplingDiscrete(prediction="v")
+    assert torch.equal(V().calculate_denoised(sigma, x, x * 2), vcore.calculate_denoised(sigma, x, x * 2))
+    zsnr = model_sampling.ModelSamplingDiscrete(zsnr=True)
+    assert float(zsnr.sigma_max) > 4000
+    flow = model_sampling.ModelSamplingDiscreteFlow()
+    assert float(flow.sigma_max) == 1.0 and flow.percent_to_sigma(0.25) == pytest.approx(0.75)
+    assert model_sampling.time_snr_shift(3.0, 0.5) == pytest.approx(0.75)
+    flux = model_sampling.ModelSamplingFlux()
+    assert float(flux.sigma_max) == pytest.approx(1.0) and flux.percent_to_sigma(1.0) == 0.0
+    edm = model_sampling.ModelSamplingContinuousEDM()
+    assert float(edm.sigma_min) == pytest.approx(0.002) and float(edm.sigma_max) == pytest.approx(120.0)
+    const = model_sampling.CONST()
+    half = torch.tensor([0.5])
+    assert torch.allclose(const.noise_scaling(half, x * 0, x), x * 0.5)
+    assert torch.allclose(const.inverse_noise_scaling(half, const.noise_scaling(half, x * 0, x)), x)
+
+
+async def test_a_model_sampling_object_patch_drives_the_sampler(shims: Any, checkpoint: Path) -> None:
+    model_sampling = _shim("comfy.model_sampling")
+    model, clip, _vae = adapters.load_checkpoint(checkpoint)
+    cond, pooled = clip.encode("a hill")
+    positive, negative = [[cond, {"pooled_output": pooled}]], [[cond * 0, {"pooled_output": pooled}]]
+    latent = {"samples": torch.zeros(1, 4, 4, 4)}
+
+    def run_with(sampling: Any) -> torch.Tensor:
+        patched = model.clone()
+        if sampling is not None:
+            patched.add_object_patch("model_sampling", sampling)
+        return run_ksampler(patched, 2, 2, 5.0, "euler", "karras", positive, negative, latent)["samples"]
+
+    class Eps(model_sampling.ModelSamplingDiscrete, model_sampling.EPS):
+        pass
+
+    class V(model_sampling.ModelSamplingDiscrete, model_sampling.V_PREDICTION):
+        pass
+
+    plain = run_with(None)
+    assert torch.equal(run_with(Eps(model.model.model_config)), plain)
+    v = run_with(V(model.model.model_config))
+    assert torch.isfinite(v).all() and not torch.allclose(v, plain)
