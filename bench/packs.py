@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -38,6 +38,9 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_FILE = Path(__file__).resolve().with_name("pack_smoke.json")
 IMPORT_ERROR = re.compile(r"Cannot import (?P<path>.+?) module for custom nodes: (?P<error>.*)")
+SHIMS = ROOT / "plugins" / "comfy_compat" / "shims"
+NO_MODULE = re.compile(r"ModuleNotFoundError: No module named '(?P<module>[^']+)'")
+NO_NAME = re.compile(r"ImportError: cannot import name '(?P<name>[^']+)' from '(?P<module>[^']+)'")
 
 
 @dataclass
@@ -53,7 +56,7 @@ class PackResult:
     js_served: int = 0
     smoke: str = "no workflow"
     smoke_ok: bool = False
-    notes: list[str] = field(default_factory=list)
+    blocker: str = ""
 
 
 def free_port() -> int:
@@ -110,6 +113,32 @@ def first_line(text: str) -> str:
         if line.strip():
             return line.strip()
     return text.strip()
+
+
+def shimmed(module: str) -> bool:
+    """Whether a module name is one comfykernel answers for (a ComfyUI module name).
+
+    Top-level names are the shims; a bare ``model_management`` also counts, because the reference
+    puts its ``comfy/`` folder on ``sys.path`` and packs import its modules by their short names.
+    """
+    top = module.split(".", 1)[0]
+    return any(
+        (folder / top).is_dir() or (folder / f"{top}.py").is_file() for folder in (SHIMS, SHIMS / "comfy")
+    )
+
+
+def blocker_of(error: str) -> str:
+    """Who must act on an import error: comfykernel (a ComfyUI module or symbol we lack) or the
+    environment (a third-party module the pack needs); empty when the error says neither."""
+    missing = NO_MODULE.search(error)
+    if missing:
+        module = missing.group("module")
+        return f"comfykernel: {module}" if shimmed(module) else f"environment: {module}"
+    missing = NO_NAME.search(error)
+    if missing:
+        where = f"{missing.group('module')}.{missing.group('name')}"
+        return f"comfykernel: {where}" if shimmed(missing.group("module")) else f"environment: {where}"
+    return ""
 
 
 def import_errors(log: str) -> dict[str, str]:
@@ -304,6 +333,7 @@ async def measure(
             for result in results.values():
                 if result.name in errors:
                     result.error = errors[result.name]
+                    result.blocker = blocker_of(result.error)
                 else:
                     result.imported = True
                 prefix = f"/extensions/{quote(result.name)}/"
@@ -365,15 +395,27 @@ def cell(text: str) -> str:
 
 def render_markdown(results: list[PackResult]) -> str:
     lines = [
-        "| pack | commit | loads | classes | JS served/listed | smoke workflow |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| pack | commit | loads | classes | JS served/listed | smoke workflow | blocked by |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         loads = "yes" if r.imported else f"error: `{cell(r.error)}`"
+        commit = f"`{r.commit}`" if r.commit else ""
         lines.append(
-            f"| {cell(r.name)} | `{r.commit}` | {loads} | {r.classes} | {r.js_served}/{r.js_listed} | {cell(r.smoke)} |"
+            f"| {cell(r.name)} | {commit} | {loads} | {r.classes} | {r.js_served}/{r.js_listed} "
+            f"| {cell(r.smoke)} | {cell(r.blocker)} |"
         )
     return "\n".join(lines)
+
+
+def blockers(results: list[PackResult]) -> str:
+    """The import blockers, the one hitting most packs first: what to fix next."""
+    hits: dict[str, list[str]] = {}
+    for r in results:
+        if not r.imported:
+            hits.setdefault(r.blocker or r.error, []).append(r.name)
+    ranked = sorted(hits.items(), key=lambda item: (-len(item[1]), item[0]))
+    return "\n".join(f"{len(packs):3d}  {what}  ({', '.join(packs)})" for what, packs in ranked)
 
 
 def summary(results: list[PackResult]) -> str:
@@ -410,6 +452,14 @@ def main(argv: list[str] | None = None) -> int:
         measure(entries, smoke, args.timeout, args.startup_timeout, args.log, args.object_info)
     )
     print(render_markdown(results) if args.markdown else render_text(results))
+    ranked = blockers(results)
+    if ranked:
+        print(
+            "\nFirst import error, by packs hit:"
+            if not args.markdown
+            else "\nFirst import error, by packs hit:\n"
+        )
+        print(ranked if not args.markdown else "\n".join(f"    {line}" for line in ranked.splitlines()))
     print()
     print(summary(results))
     if args.json is not None:
