@@ -464,3 +464,39 @@ async def test_a_model_sampling_object_patch_drives_the_sampler(shims: Any, chec
     assert torch.equal(run_with(Eps(model.model.model_config)), plain)
     v = run_with(V(model.model.model_config))
     assert torch.isfinite(v).all() and not torch.allclose(v, plain)
+
+
+async def test_sample_custom_with_a_wrapping_ksampler_as_detail_daemon_builds_it(
+    shims: Any, checkpoint: Path
+) -> None:
+    samplers, comfy_sample = _shim("comfy.samplers"), _shim("comfy.sample")
+    model, clip, _vae = adapters.load_checkpoint(checkpoint)
+    cond, pooled = clip.encode("a boat")
+    positive, negative = [[cond, {"pooled_output": pooled}]], [[cond * 0, {"pooled_output": pooled}]]
+    seen: dict[str, Any] = {}
+
+    def wrapping_sampler(
+        model_k: Any, x: torch.Tensor, sigmas: torch.Tensor, *, wrapped: Any, **kwargs: Any
+    ) -> Any:
+        # What Detail-Daemon / LyingSigmaSampler read before handing over to the wrapped sampler.
+        seen["cfg"] = model_k.inner_model.cfg
+        seen["sigma_max"] = float(model_k.inner_model.inner_model.model_sampling.sigma_max)
+
+        def model_wrapper(x: torch.Tensor, sigma: torch.Tensor, **extra_args: Any) -> torch.Tensor:
+            return model_k(x, sigma, **extra_args)
+
+        model_wrapper.inner_model = model_k.inner_model  # type: ignore[attr-defined]
+        return wrapped.sampler_function(model_wrapper, x, sigmas, **kwargs, **wrapped.extra_options)
+
+    sampler = samplers.KSAMPLER(
+        wrapping_sampler, extra_options={"wrapped": samplers.sampler_object("dpmpp_2m_sde")}
+    )
+    latent = torch.zeros(1, 4, 4, 4)
+    noise = comfy_sample.prepare_noise(latent, 8)
+    sigmas = samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 3)
+    custom = comfy_sample.sample_custom(
+        model, noise, 4.5, sampler, sigmas, positive, negative, latent, seed=8
+    )
+    core = run_ksampler(model, 8, 3, 4.5, "dpmpp_2m_sde", "karras", positive, negative, {"samples": latent})
+    assert seen == {"cfg": 4.5, "sigma_max": float(ModelSamplingDiscrete().sigma_max)}
+    assert torch.equal(custom, core["samples"])
