@@ -362,3 +362,29 @@ async def test_v3_ui_previews_write_files_the_server_serves(server: Any) -> None
         picture = Image.open(io.BytesIO(await resp.read()))
     assert picture.size == (4, 6) and picture.getpixel((0, 0))[:3] == (255, 255, 255)
     assert ui.PreviewText("hello").as_dict() == {"text": ("hello",)}
+
+
+async def test_comfy_extras_model_sampling_helpers(server: Any) -> None:
+    """AnimateDiff-Evolved builds LCM samplings from these classes."""
+    import torch
+
+    advanced = _module("comfy_extras.nodes_model_advanced")
+    base = _module("comfy.model_sampling").ModelSamplingDiscrete()
+    distilled = advanced.ModelSamplingDiscreteDistilled()
+    assert distilled.sigmas.shape == (50,)
+    assert torch.allclose(distilled.sigmas[[0, -1]], base.sigmas[[19, 999]])
+    assert distilled.timestep(distilled.sigmas[-1:]).tolist() == [999]
+    assert torch.allclose(distilled.sigma(torch.tensor([999.0])), distilled.sigmas[-1:])
+
+    class Sampling(advanced.ModelSamplingDiscreteDistilled, advanced.LCM):
+        pass
+
+    sampling = Sampling()
+    sigma = sampling.sigmas[-1:]
+    x, out = torch.ones(1, 4, 2, 2), torch.full((1, 4, 2, 2), 0.5)
+    t = 999 * 10.0
+    c_skip, c_out = 0.25 / (t**2 + 0.25), t / (t**2 + 0.25) ** 0.5
+    expected = c_out * (x - out * sigma) + c_skip * x
+    assert torch.allclose(sampling.calculate_denoised(sigma, out, x), expected)
+    assert torch.equal(advanced.X0().calculate_denoised(sigma, out, x), out)
+    assert advanced.rescale_zero_terminal_snr_sigmas(base.sigmas)[-1] > 4000
