@@ -22,8 +22,10 @@ files are cached by the server's model manager like the loader nodes' are.
 ``model_options`` / ``te_model_options`` are accepted and not used: weights load at the server's
 compute dtype on its devices. ``embedding_directory`` is not used either: textual inversions come
 from the server's ``embeddings`` folders. A missing file is a ``FileNotFoundError`` naming it; a
-file this server cannot read is the core loaders' ``CheckpointError`` / ``LoraError``. Anything
-else of the reference's module (``CLIP``, ``load_state_dict_guess_config``...) is an
+file this server cannot read is the core loaders' ``CheckpointError`` / ``LoraError``.
+``load_checkpoint(config_path, ckpt_path, ...)`` is the deprecated YAML-config form, reading the
+family from the file instead; ``CLIP`` is the class of the CLIP values (for ``isinstance``).
+Anything else of the reference's module (``load_state_dict_guess_config``...) is an
 ``AttributeError`` saying the compatibility layer does not provide it.
 """
 
@@ -79,6 +81,7 @@ __all__ = [
     "VAE",
     "CLIPType",
     "load_checkpoint_guess_config",
+    "load_checkpoint",
     "load_clip",
     "load_diffusion_model",
     "load_lora_for_models",
@@ -208,5 +211,31 @@ def VAE(  # noqa: N802 - the reference's class name; packs call it to build a VA
     return _adapters().vae_from_state_dict(sd, "comfy.sd.VAE(sd=...)")
 
 
+def load_checkpoint(
+    config_path: str | Path | None = None,
+    ckpt_path: str | Path | None = None,
+    output_vae: bool = True,
+    output_clip: bool = True,
+    embedding_directory: str | None = None,
+    state_dict: Any = None,
+    config: Any = None,
+) -> tuple[Any, Any, Any]:
+    """The reference's deprecated loader with a YAML config: ``(MODEL, CLIP, VAE)``.
+
+    The model family is read from the checkpoint itself, as ``load_checkpoint_guess_config``
+    does, so ``config_path`` / ``config`` are not needed and not read.
+    """
+    if ckpt_path is None:
+        raise TypeError("comfy.sd.load_checkpoint needs ckpt_path")
+    model, clip, vae, _ = load_checkpoint_guess_config(
+        ckpt_path, output_vae=output_vae, output_clip=output_clip, embedding_directory=embedding_directory
+    )
+    return model, clip, vae
+
+
 def __getattr__(name: str) -> Any:
+    if name == "CLIP":
+        # The class of the CLIP values the loaders give, for packs' annotations and isinstance
+        # checks; resolved on first use because it pulls in torch.
+        return _adapters().TextEncoder
     raise AttributeError(f"comfy.sd.{name} is not provided by comfykernel's compatibility layer")

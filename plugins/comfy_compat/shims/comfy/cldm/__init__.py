@@ -1,0 +1,1 @@
+"""`comfy.cldm`: the reference's ControlNet network package, for custom-node packs."""
