@@ -40,6 +40,7 @@ SMOKE_FILE = Path(__file__).resolve().with_name("pack_smoke.json")
 IMPORT_ERROR = re.compile(r"Cannot import (?P<path>.+?) module for custom nodes: (?P<error>.*)")
 SHIMS = ROOT / "plugins" / "comfy_compat" / "shims"
 NO_MODULE = re.compile(r"ModuleNotFoundError: No module named '(?P<module>[^']+)'")
+NO_ATTRIBUTE = re.compile(r"AttributeError: module '(?P<module>[^']+)' has no attribute '(?P<name>[^']+)'")
 NO_NAME = re.compile(r"ImportError: cannot import name '(?P<name>[^']+)' from '(?P<module>[^']+)'")
 
 
@@ -134,7 +135,7 @@ def blocker_of(error: str) -> str:
     if missing:
         module = missing.group("module")
         return f"comfykernel: {module}" if shimmed(module) else f"environment: {module}"
-    missing = NO_NAME.search(error)
+    missing = NO_NAME.search(error) or NO_ATTRIBUTE.search(error)
     if missing:
         where = f"{missing.group('module')}.{missing.group('name')}"
         return f"comfykernel: {where}" if shimmed(missing.group("module")) else f"environment: {where}"
@@ -145,7 +146,9 @@ def import_errors(log: str) -> dict[str, str]:
     """Pack name -> first line of its import error, from the server log."""
     errors = {}
     for match in IMPORT_ERROR.finditer(log):
-        errors[Path(match.group("path").strip()).name] = first_line(match.group("error"))
+        # "cannot import name 'X' from 'm' (/abs/path/m.py)": the path is noise in a table.
+        error = re.sub(r" \(/[^()]*\)$", "", first_line(match.group("error")))
+        errors[Path(match.group("path").strip()).name] = error
     return errors
 
 

@@ -230,6 +230,10 @@ def test_pack_bench_reports_imports_classes_js_and_smoke(tmp_path: Path) -> None
             "comfykernel: comfy.sd.StyleModel",
         ),
         ("ImportError: cannot import name 'Thing' from 'cv2' (/x/cv2.py)", "environment: cv2.Thing"),
+        (
+            "AttributeError: module 'comfy.ldm.models' has no attribute 'autoencoder'",
+            "comfykernel: comfy.ldm.models.autoencoder",
+        ),
         ("SyntaxError: invalid syntax (__init__.py, line 3)", ""),
     ],
 )
