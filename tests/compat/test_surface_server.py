@@ -388,3 +388,19 @@ async def test_comfy_extras_model_sampling_helpers(server: Any) -> None:
     assert torch.allclose(sampling.calculate_denoised(sigma, out, x), expected)
     assert torch.equal(advanced.X0().calculate_denoised(sigma, out, x), out)
     assert advanced.rescale_zero_terminal_snr_sigmas(base.sigmas)[-1] > 4000
+
+
+async def test_prompt_executor_runs_a_prompt_to_completion(server: Any) -> None:
+    import asyncio
+
+    execution = _module("execution")
+    executor = execution.PromptExecutor()
+    good = {"1": {"class_type": "SurfaceEcho", "inputs": {"text": "from PromptExecutor"}}}
+    await asyncio.to_thread(executor.execute, good, str(uuid.uuid4()), {}, None)
+    assert executor.success is True
+    assert json.loads(executor.history_result["outputs"]["1"]["facts"][0]) == {"text": "from PromptExecutor"}
+    bad = {"1": {"class_type": "SurfaceEcho", "inputs": {}}}
+    await asyncio.to_thread(executor.execute, bad, str(uuid.uuid4()), {}, None)
+    assert executor.success is False
+    with pytest.raises(RuntimeError, match="worker thread"):
+        executor.execute(good, "x", {}, None)

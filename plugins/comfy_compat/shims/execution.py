@@ -215,6 +215,14 @@ class PromptExecutor:
         if get_executing_context() is not None:
             raise RuntimeError("PromptExecutor.execute cannot run a prompt from inside a running node")
         kernel = _kernel()
+        try:
+            on_server_loop = asyncio.get_running_loop() is kernel.loop
+        except RuntimeError:
+            on_server_loop = False
+        if on_server_loop:
+            raise RuntimeError(
+                "PromptExecutor.execute blocks; call it from a worker thread, not the server loop"
+            )
         done = asyncio.run_coroutine_threadsafe(
             self._run(kernel, prompt, str(prompt_id or uuid.uuid4()), extra_data or {}, execute_outputs),
             kernel.loop,
