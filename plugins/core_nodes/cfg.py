@@ -82,6 +82,11 @@ class ModelView:
 
     @property
     def model_sampling(self) -> Any:
+        """The MODEL's schedule, a pack's ``add_object_patch("model_sampling", ...)`` first (the
+        reference patches it onto its BaseModel for the run; here it is read through the MODEL)."""
+        get = getattr(self.current_patcher, "get_model_object", None)
+        if callable(get):
+            return get("model_sampling")
         return self._part("model_sampling")
 
     @property

@@ -500,3 +500,36 @@ async def test_sample_custom_with_a_wrapping_ksampler_as_detail_daemon_builds_it
     core = run_ksampler(model, 8, 3, 4.5, "dpmpp_2m_sde", "karras", positive, negative, {"samples": latent})
     assert seen == {"cfg": 4.5, "sigma_max": float(ModelSamplingDiscrete().sigma_max)}
     assert torch.equal(custom, core["samples"])
+
+
+async def test_a_flow_model_sampling_patch_is_used_for_the_noise_scaling_too(
+    shims: Any, checkpoint: Path
+) -> None:
+    model_sampling = _shim("comfy.model_sampling")
+
+    class Flow(model_sampling.ModelSamplingDiscreteFlow, model_sampling.CONST):
+        pass
+
+    model, clip, _vae = adapters.load_checkpoint(checkpoint)
+    patched = model.clone()
+    patched.add_object_patch("model_sampling", Flow())
+    cond, pooled = clip.encode("a bird")
+    positive = [[cond, {"pooled_output": pooled}]]
+    seen: list[tuple[float, torch.Tensor]] = []
+
+    def first_sigma(apply_model: Any, args: dict[str, Any]) -> torch.Tensor:
+        seen.append((float(args["timestep"].reshape(-1)[0]), args["input"]))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    patched.model_options["model_function_wrapper"] = first_sigma
+    source = torch.ones(1, 4, 4, 4)
+    noise = torch.zeros(1, 4, 4, 4)
+    comfy_sample = _shim("comfy.sample")
+    comfy_sample.sample(
+        patched, noise, 2, 1.0, "euler", "simple", positive, positive, source, denoise=0.5, seed=1
+    )
+    # Flow sigmas live in (0, 1]: the sampler started there, and scaled the (zero) noise with
+    # CONST's rule, so the model saw (1 - sigma) * latent.
+    sigma, first_input = seen[0]
+    assert 0 < sigma < 1.0
+    assert torch.allclose(first_input, torch.full_like(first_input, (1 - sigma) * 0.18215))
