@@ -247,6 +247,10 @@ class DiffusionModel(ModelPatcher):
     def concat_channels(self) -> int:
         return self.model.concat_channels()
 
+    def adm(self, cond: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor | None:
+        """SDXL's ADM vector for ``cond`` on latents ``x`` (None for models without one)."""
+        return self.model.encode_adm(cond, x)
+
     @property
     def weights(self) -> PatchedWeights:
         """The UNet (or its object-patched copy) seen through this MODEL's weight patches."""
