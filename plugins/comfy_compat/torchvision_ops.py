@@ -198,6 +198,10 @@ class _ExtensionLoader(importlib.abc.Loader):
         if self._substitutes:
             _mark_ops_present(module)
 
+    def __getattr__(self, name: str) -> Any:
+        # The rest of the loader API (get_source, get_filename, ...) for inspect and tracebacks.
+        return getattr(self._inner, name)
+
 
 class _ExtensionFinder(importlib.abc.MetaPathFinder):
     """Intercepts the import of ``torchvision.extension``, the first thing torchvision imports."""

@@ -108,6 +108,20 @@ def test_transforms_and_transformers_import(probe: dict[str, Any]) -> None:
     assert probe["clip"] == "CLIPTextModel"
 
 
+def test_the_hook_costs_nothing_until_torchvision_is_imported() -> None:
+    """Importing comfy_compat (every server does) must not import torch: only torchvision does."""
+    code = (
+        "import sys, plugins.comfy_compat, inspect; import json; print(json.dumps(['torch' in sys.modules]))"
+    )
+    code += "; import torchvision.extension as e; print(json.dumps([len(inspect.getsource(e)) > 0]))"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[false]", "[true]"]
+
+
 def test_unsupported_operator_names_itself() -> None:
     """In this (test) process conftest installed the hook: the ops we do not compute say so."""
     import torch
