@@ -52,7 +52,7 @@ async def _run(server: Any, prompt: dict[str, Any]) -> tuple[str, str, list[Any]
     finally:
         await ws.close()
     errors = of_type(frames, "execution_error")
-    assert not errors, errors[0].get("exception_message")
+    assert not errors, (errors[0].get("exception_message"), errors[0].get("traceback"))
     return client_id, prompt_id, frames
 
 
