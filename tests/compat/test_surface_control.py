@@ -170,6 +170,18 @@ async def test_small_helpers(shims: Any, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         sd.load_checkpoint(None, str(tmp_path / "missing.safetensors"))
 
+    class PackVAE(sd.VAE):  # ExtraModels subclasses VAE with its own __init__
+        def __init__(self, scale: float) -> None:
+            self.latent_scale = scale
+
+    assert PackVAE(0.5).latent_scale == 0.5 and isinstance(PackVAE(0.5), sd.VAE)
+    from tests.plugins.core_nodes import tiny_pipeline
+
+    weights = {k: v for k, v in tiny_pipeline.checkpoint_dict("sd1").items() if k.startswith("first_stage_model.")}
+    vae = sd.VAE(sd=weights)
+    assert isinstance(vae, sd.VAE) and not isinstance(vae, PackVAE)
+    assert not isinstance(object(), sd.VAE)
+
 
 async def test_chainner_model_loading_uses_spandrel(shims: Any) -> None:
     loading = _mod("comfy_extras.chainner_models.model_loading")

@@ -197,18 +197,38 @@ def load_clip(
     return _adapters().load_clip(paths, core_type)
 
 
-def VAE(  # noqa: N802 - the reference's class name; packs call it to build a VAE
-    sd: Mapping[str, Any] | None = None,
-    device: Any = None,
-    config: Any = None,
-    dtype: Any = None,
-    metadata: Any = None,
-) -> Any:
+class _VAEType(type):
+    """``isinstance(vae, comfy.sd.VAE)`` holds for the VAEs the server's loaders give too."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        if type.__instancecheck__(cls, obj):
+            return True
+        return cls is VAE and isinstance(obj, _adapters().Autoencoder)
+
+
+class VAE(metaclass=_VAEType):
     """The reference's ``VAE(sd=...)``: a VAE from a state dict (``load_torch_file``'s result), in
-    the single-file or the diffusers layout, with or without the checkpoint's prefix."""
-    if not isinstance(sd, Mapping):
-        raise TypeError("comfy.sd.VAE needs the VAE's state dict: comfy.sd.VAE(sd=load_torch_file(path))")
-    return _adapters().vae_from_state_dict(sd, "comfy.sd.VAE(sd=...)")
+    the single-file or the diffusers layout, with or without the checkpoint's prefix.
+
+    A class, because packs subclass it (with their own ``__init__``) and test ``isinstance``;
+    ``VAE(sd=...)`` itself gives the server's VAE object, as the loaders do.
+    """
+
+    def __new__(
+        cls,
+        sd: Mapping[str, Any] | None = None,
+        device: Any = None,
+        config: Any = None,
+        dtype: Any = None,
+        metadata: Any = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        if cls is not VAE:
+            return super().__new__(cls)
+        if not isinstance(sd, Mapping):
+            raise TypeError("comfy.sd.VAE needs the VAE's state dict: comfy.sd.VAE(sd=load_torch_file(path))")
+        return _adapters().vae_from_state_dict(sd, "comfy.sd.VAE(sd=...)")
 
 
 def load_checkpoint(

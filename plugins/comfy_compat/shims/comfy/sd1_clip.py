@@ -123,6 +123,25 @@ def _embedding_file(name: str, directories: Sequence[str]) -> str | None:
     return None
 
 
+def safe_load_embed_zip(embed_path: str) -> torch.Tensor | None:
+    """Vectors from an old zipped ``.pt`` embedding, read as raw float32 data without unpickling.
+
+    Only the archive's ``data/`` records are read, last first; one whose float count is a
+    multiple of 768 is SD1 (768 wide), anything else of 768 floats or more SD2 (1024 wide).
+    """
+    import zipfile
+
+    with zipfile.ZipFile(embed_path) as archive:
+        for name in reversed([n for n in archive.namelist() if "data/" in n]):
+            data = archive.read(name)
+            count = len(data) // 4
+            if count < 768:
+                continue
+            width = 768 if count % 768 == 0 else 1024
+            return torch.frombuffer(bytearray(data), dtype=torch.float).reshape(count // width, width).clone()
+    return None
+
+
 def load_embed(
     embedding_name: str, embedding_directory: str | Sequence[str] | None, embedding_size: int, embed_key: str | None = None
 ) -> torch.Tensor | None:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from comfy.sd1_clip import SD1ClipModel, SDClipModel, SDTokenizer, TokenChunks, _StackFamily
+from comfy.sd1_clip import SD1ClipModel, SD1Tokenizer, SDClipModel, SDTokenizer, TokenChunks, _StackFamily
 
 from plugins.core_nodes.models import clip as core_clip
 
@@ -144,11 +144,56 @@ class SDXLRefinerClipModel(SD1ClipModel):
         self.dtypes = {dtype}
 
 
+class StableCascadeClipGTokenizer(SDTokenizer):
+    """Stable Cascade's bigG tokenizer: pads with the end token, 1280-wide ``clip_g`` embeddings."""
+
+    def __init__(self, tokenizer_path: str | None = None, embedding_directory: str | Sequence[str] | None = None, tokenizer_data: Mapping[str, Any] | None = None) -> None:
+        super().__init__(
+            tokenizer_path, pad_with_end=True, embedding_directory=embedding_directory,
+            embedding_size=1280, embedding_key="clip_g", tokenizer_data=tokenizer_data,
+        )
+
+
+class StableCascadeTokenizer(SD1Tokenizer):
+    def __init__(self, embedding_directory: str | Sequence[str] | None = None, tokenizer_data: Mapping[str, Any] | None = None) -> None:
+        super().__init__(embedding_directory=embedding_directory, tokenizer_data=tokenizer_data, clip_name="g", tokenizer=StableCascadeClipGTokenizer)
+
+
+class StableCascadeClipG(SDClipModel):
+    """bigG read at its last layer without the final norm, projected pooled output."""
+
+    def __init__(
+        self,
+        device: Any = "cpu",
+        max_length: int = 77,
+        freeze: bool = True,
+        layer: str = "hidden",
+        layer_idx: int | None = -1,
+        dtype: torch.dtype | None = None,
+        model_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            device=device, freeze=freeze, layer=layer, layer_idx=layer_idx, textmodel_json_config=core_clip.CLIP_G,
+            dtype=dtype, special_tokens={"start": 49406, "end": 49407, "pad": 49407},
+            layer_norm_hidden_state=False, return_projected_pooled=True, model_options=model_options,
+        )
+
+
+class StableCascadeClipModel(SD1ClipModel):
+    """Stable Cascade's text encoder: bigG alone, under ``"g"``."""
+
+    def __init__(self, device: Any = "cpu", dtype: torch.dtype | None = None, model_options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(device=device, dtype=dtype, clip_name="g", clip_model=StableCascadeClipG, model_options=model_options)
+
+
 __all__ = [
+    "StableCascadeClipG",
+    "StableCascadeClipGTokenizer",
+    "StableCascadeClipModel",
+    "StableCascadeTokenizer",
     "SDXLClipG",
     "SDXLClipGTokenizer",
     "SDXLClipModel",
     "SDXLRefinerClipModel",
     "SDXLTokenizer",
-    "_StackFamily",
 ]
