@@ -138,8 +138,10 @@ async def test_pack_patches_change_sampling_and_leave_the_original_model(
 
     g = Graph(checkpoint.name)
     variants = {
-        "v_identity": g.patch("p1", "PatchPackAttn2ScaleV", scale=1.0),
-        "v_half": g.patch("p2", "PatchPackAttn2ScaleV", scale=0.5),
+        "v_identity": g.patch("p1", "PatchPackAttn2ScaleV", scale=1.0, what="value"),
+        "v_half": g.patch("p2", "PatchPackAttn2ScaleV", scale=0.5, what="value"),
+        "ctx_half": g.patch("p11", "PatchPackAttn2ScaleV", scale=0.5, what="context"),
+        "wrapped_ctx_half": g.patch("p12", "PatchPackContextWrapper", scale=0.5),
         "attn1_zero": g.patch("p3", "PatchPackAttn1Zero", block_name="input", number=1),
         "attn1_zero_elsewhere": g.patch("p4", "PatchPackAttn1Zero", block_name="input", number=0),
         "conv_in_x1": g.patch("p5", "PatchPackScaleConvIn", scale=1.0),
@@ -160,9 +162,13 @@ async def test_pack_patches_change_sampling_and_leave_the_original_model(
     # so does a replacement for a block that has no attention (input 0 is the first conv).
     for same in ("v_identity", "attn1_zero_elsewhere", "conv_in_x1", "diff_zero", "block_x1", "after"):
         assert torch.equal(got[same], plain), same
-    for changed in ("v_half", "attn1_zero", "conv_in_x2", "diff", "block_x1_5"):
+    for changed in ("v_half", "ctx_half", "attn1_zero", "conv_in_x2", "diff", "block_x1_5"):
         assert not torch.equal(got[changed], plain), changed
         assert torch.isfinite(got[changed]).all()
+    # The text context only feeds cross-attention's keys and values: scaling it in a
+    # DIFFUSION_MODEL wrapper (run once per model call) is scaling both in an attn2 patch.
+    assert torch.equal(got["wrapped_ctx_half"], got["ctx_half"])
+    assert not torch.equal(got["ctx_half"], got["v_half"])
 
 
 async def test_weight_and_object_patches_equal_a_checkpoint_changed_the_same_way(

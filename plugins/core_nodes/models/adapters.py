@@ -42,8 +42,8 @@ from plugins.core_nodes.models import checkpoint as ckpt
 from plugins.core_nodes.models.extension import (
     WrapperExecutor,
     WrappersMP,
+    copy_registry,
     get_all_wrappers,
-    merge_nested_dicts,
 )
 from plugins.core_nodes.models.lora import (
     LoraError,
@@ -330,11 +330,13 @@ class DiffusionModel(ModelPatcher):
     # -- running ---------------------------------------------------------------------------------
 
     def _options(self, transformer_options: Mapping[str, Any] | None) -> dict[str, Any]:
-        """One call's ``transformer_options``: the MODEL's own under the caller's, plus its wrappers."""
+        """One call's ``transformer_options``: the MODEL's own under the caller's, and the MODEL's
+        wrappers added to the caller's unless they are already there (the sampler copies them in
+        for its run, as the reference does; each wrapper runs once either way)."""
         own = self.model_options.get("transformer_options", {})
         options = {**own, **(transformer_options or {})}
         if self.wrappers:
-            options["wrappers"] = merge_nested_dicts(options.get("wrappers", {}), self.wrappers)
+            options["wrappers"] = _with_wrappers(options.get("wrappers") or {}, self.wrappers)
         return options
 
     def __call__(
@@ -376,6 +378,18 @@ class DiffusionModel(ModelPatcher):
             return self.model.denoise(
                 x, sigma, cond, transformer_options, weights.call, self.model_sampling, device
             )
+
+
+def _with_wrappers(given: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` (a wrappers registry) plus each of ``own``'s wrappers it does not hold yet."""
+    out = copy_registry(dict(given))
+    for kind, keyed in own.items():
+        present = {id(fn) for fns in out.get(kind, {}).values() for fn in fns}
+        for key, fns in keyed.items():
+            missing = [fn for fn in fns if id(fn) not in present]
+            if missing:
+                out.setdefault(kind, {}).setdefault(key, []).extend(missing)
+    return out
 
 
 def _merge_entries(name: str, weight: torch.Tensor, entries: Any) -> torch.Tensor:

@@ -5,13 +5,15 @@
 ``PatchPackScaleConvIn`` replaces ``diffusion_model.input_blocks.0`` by a copy whose conv weights
 are scaled (``add_object_patch``); ``PatchPackAddDiff`` adds a seeded difference to one weight
 (``add_patches``); ``PatchPackInputBlockScale`` scales one input block's output
-(``set_model_input_block_patch``). ``PatchPackAfter`` passes its MODEL on unchanged once a LATENT
+(``set_model_input_block_patch``); ``PatchPackContextWrapper`` scales the text context in a
+``DIFFUSION_MODEL`` wrapper. ``PatchPackAfter`` passes its MODEL on unchanged once a LATENT
 exists, so a graph can sample the original model after a patched clone was sampled.
 """
 
 import copy
 
 import comfy.model_patcher
+import comfy.patcher_extension
 import torch
 
 SCALE = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01})
@@ -31,14 +33,16 @@ class _ModelNode:
 class PatchPackAttn2ScaleV(_ModelNode):
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "scale": SCALE}}
+        return {"required": {"model": ("MODEL",), "scale": SCALE, "what": (["value", "context"],)}}
 
-    def patch(self, model, scale):
+    def patch(self, model, scale, what="value"):
         assert isinstance(model, comfy.model_patcher.ModelPatcher)
         m = model.clone()
 
         def attn2(n, context, value, extra_options):
             assert extra_options["n_heads"] > 0 and extra_options["block"][0] in ("input", "middle", "output")
+            if what == "context":
+                return n, context * scale, value * scale
             return n, context, value * scale
 
         m.set_model_attn2_patch(attn2)
@@ -118,6 +122,23 @@ class PatchPackInputBlockScale(_ModelNode):
         return (m,)
 
 
+class PatchPackContextWrapper(_ModelNode):
+    """Scales the text context inside a ``WrappersMP.DIFFUSION_MODEL`` wrapper."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "scale": SCALE}}
+
+    def patch(self, model, scale):
+        m = model.clone()
+
+        def wrapper(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+            return executor(x, timesteps, context * scale, y, control, transformer_options, **kwargs)
+
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "patch_pack", wrapper)
+        return (m,)
+
+
 class PatchPackAfter(_ModelNode):
     @classmethod
     def INPUT_TYPES(cls):
@@ -135,6 +156,7 @@ NODE_CLASS_MAPPINGS = {
         PatchPackScaleConvIn,
         PatchPackAddDiff,
         PatchPackInputBlockScale,
+        PatchPackContextWrapper,
         PatchPackAfter,
     )
 }
