@@ -182,6 +182,12 @@ async def test_small_helpers(shims: Any, tmp_path: Path) -> None:
     assert isinstance(vae, sd.VAE) and not isinstance(vae, PackVAE)
     assert not isinstance(object(), sd.VAE)
 
+    out = _mod("comfy.clip_vision").Output()
+    out["last_hidden_state"] = torch.ones(1, 2)
+    assert torch.equal(sd.StyleModel(lambda h: h * 3).get_cond(out), torch.full((1, 2), 3.0))
+    with pytest.raises(NotImplementedError, match="style models"):
+        sd.load_style_model("redux.safetensors")
+
 
 async def test_chainner_model_loading_uses_spandrel(shims: Any) -> None:
     loading = _mod("comfy_extras.chainner_models.model_loading")

@@ -81,10 +81,12 @@ __all__ = [
     "VAE",
     "CLIPType",
     "load_checkpoint_guess_config",
+    "StyleModel",
     "load_checkpoint",
     "load_clip",
     "load_diffusion_model",
     "load_lora_for_models",
+    "load_style_model",
     "load_torch_file",
     "load_unet",
 ]
@@ -195,6 +197,21 @@ def load_clip(
     core_type = _core_clip_type(clip_type, len(ckpt_paths))
     paths = [_model_file(p, "load_clip") for p in ckpt_paths]
     return _adapters().load_clip(paths, core_type)
+
+
+class StyleModel:
+    """A style model (T2I style adapter, Flux Redux): CLIP vision output -> extra conditioning."""
+
+    def __init__(self, model: Any, device: Any = "cpu") -> None:
+        self.model = model
+
+    def get_cond(self, input: Any) -> Any:  # noqa: A002 - the reference's parameter name
+        return self.model(input.last_hidden_state)
+
+
+def load_style_model(ckpt_path: str | Path) -> StyleModel:
+    """Refused: no style-model network (T2I style adapter, Redux) is provided by this server."""
+    raise NotImplementedError(f"style models are not supported by comfykernel (asked to load {ckpt_path})")
 
 
 class _VAEType(type):
