@@ -6,6 +6,7 @@ on a fresh base directory; the machine has no network, so the Manager works from
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import re
@@ -335,3 +336,24 @@ async def test_app_shims_describe_the_running_server(comfy_server):
     logs = logger.get_logs()
     assert logs is not None
     assert any("compat: a startup warning from a pack" in entry["m"] for entry in logs)
+
+
+async def test_manager_flags_parse_as_on_the_reference(capsys: pytest.CaptureFixture[str]):
+    from kernel.cli import main
+    from kernel.settings import settings_from_namespace
+    from plugins.comfy_compat.launcher import translate
+
+    run_args, warnings = translate(["--enable-manager", "--disable-manager-ui"])
+    assert warnings == []
+    assert run_args[-2:] == ["--enable-manager", "--disable-manager-ui"]
+    # The two UI flags exclude each other, as in the reference's parser: a usage error, exit 2.
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--disable-manager-ui", "--enable-manager-legacy-ui"])
+    assert exited.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    names = {"enable_manager", "disable_manager_ui", "enable_manager_legacy_ui"}
+    namespace = argparse.Namespace(
+        enable_manager=False, disable_manager_ui=False, enable_manager_legacy_ui=True
+    )
+    settings = settings_from_namespace(namespace, names)
+    assert settings.enable_manager is True and settings.enable_manager_legacy_ui is True
