@@ -404,3 +404,23 @@ async def test_prompt_executor_runs_a_prompt_to_completion(server: Any) -> None:
     assert executor.success is False
     with pytest.raises(RuntimeError, match="worker thread"):
         executor.execute(good, "x", {}, None)
+
+
+async def test_v3_io_takes_the_reference_positional_forms(server: Any) -> None:
+    status, info = await server.json("GET", "/object_info/SurfaceV3")
+    assert status == 200, info
+    node = info["SurfaceV3"]
+    blur = node["input"]["required"]["blur_type"]
+    assert (
+        blur[0] == "COMBO" and blur[1]["options"] == ["gaussian", "box"] and blur[1]["default"] == "gaussian"
+    )
+    size = node["input"]["required"]["size"]
+    assert size[1]["display_name"] == "Kernel size" and size[1]["tooltip"] == "odd sizes only"
+    assert node["input"]["optional"]["data"][0] == "SURFACE_DATA"
+    assert node["output_name"] == ["Summary"]  # the display name, given positionally
+    prompt = {
+        "1": {"class_type": "SurfaceV3", "inputs": {"blur_type": "box", "size": 5}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+    }
+    _, _, frames = await _run(server, prompt)
+    assert executed_ui(frames)["2"] == {"text": ["box:5"]}

@@ -9,6 +9,7 @@ way), a web directory, a node written straight into ``nodes.NODE_CLASS_MAPPINGS`
 
 import json
 import os
+from enum import Enum
 
 import comfy.cli_args
 import comfy.model_management
@@ -21,6 +22,7 @@ import folder_paths
 import nodes
 import torch
 from aiohttp import web
+from comfy_api.latest import io
 from nodes import MAX_RESOLUTION
 from server import PromptServer
 
@@ -209,6 +211,33 @@ class SurfaceLate:
 
 nodes.NODE_CLASS_MAPPINGS["SurfaceLate"] = SurfaceLate
 
+
+class BlurKernel(Enum):
+    gaussian = "gaussian"
+    box = "box"
+
+
+class SurfaceV3(io.ComfyNode):
+    """The reference's positional io call forms (comfyui-inpaint-nodes writes them so)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SurfaceV3",
+            category="surface",
+            inputs=[
+                io.Combo.Input("blur_type", BlurKernel, default=BlurKernel.gaussian),
+                io.Int.Input("size", "Kernel size", False, "odd sizes only", default=3),
+                io.Custom("SURFACE_DATA").Input("data", "surface data", True),
+            ],
+            outputs=[io.String.Output("summary", "Summary")],
+        )
+
+    @classmethod
+    def execute(cls, blur_type, size, data=None):
+        return io.NodeOutput(f"{blur_type}:{size}")
+
+
 NODE_CLASS_MAPPINGS = {
     "SurfaceEcho": SurfaceEcho,
     "SurfaceFolderPaths": SurfaceFolderPaths,
@@ -216,4 +245,5 @@ NODE_CLASS_MAPPINGS = {
     "SurfaceUpscale": SurfaceUpscale,
     "SurfaceDevices": SurfaceDevices,
     "SurfaceModel": SurfaceModel,
+    "SurfaceV3": SurfaceV3,
 }
