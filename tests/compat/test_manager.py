@@ -197,6 +197,16 @@ async def test_queue_snapshot_and_db_mode(manager: LauncherServer):
     assert mode in {"cache", "channel", "local", "remote"}
 
 
+async def test_offline_the_manager_works_from_its_bundled_lists(manager: LauncherServer):
+    # This machine has no network: the Manager says its startup fetch failed and carries on.
+    assert "[ComfyUI-Manager] Failed to perform initial fetching" in manager.log
+    status, mappings = await manager.json("GET", "/v2/customnode/getmappings?mode=cache")
+    assert status == 200
+    assert len(mappings) > 100
+    nodes, meta = next(iter(mappings.values()))
+    assert isinstance(nodes, list) and "title_aux" in meta
+
+
 async def test_reference_order_prestartup_then_pack_prestartup_then_start_then_imports(
     manager: LauncherServer, tmp_path_factory: pytest.TempPathFactory
 ):
