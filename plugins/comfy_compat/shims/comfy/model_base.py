@@ -7,7 +7,10 @@ class names exist for ``isinstance`` checks only: this server loads none of them
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
 
 from plugins.core_nodes.models.model_base import (
     LTXV,
@@ -44,6 +47,26 @@ from plugins.core_nodes.models.model_base import (
 from plugins.core_nodes.sampling.schedules import ModelSamplingDiscrete
 
 
+class Anima(BaseModel): ...
+
+
+class CosmosPredict2(BaseModel): ...
+
+
+class CLIPEmbeddingNoiseAugmentation:
+    """The reference's noise augmentor of unCLIP image embeddings; unCLIP models are not supported."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("unCLIP noise augmentation is not supported by this server")
+
+
+def sdxl_pooled(args: Mapping[str, Any], noise_augmentor: Any) -> Any:
+    """The pooled text output SDXL's ADM vector starts with (unCLIP image conditioning is not supported)."""
+    if "unclip_conditioning" in args:
+        raise NotImplementedError("unCLIP conditioning on SDXL is not supported by this server")
+    return args["pooled_output"]
+
+
 def model_sampling(model_config: Any, model_type: ModelType) -> ModelSamplingDiscrete:
     """The noise schedule for ``model_type``: the discrete DDPM schedule, eps or v.
 
@@ -56,6 +79,11 @@ def model_sampling(model_config: Any, model_type: ModelType) -> ModelSamplingDis
 
 __all__ = [
     "ACEStep",
+    "Anima",
+    "CLIPEmbeddingNoiseAugmentation",
+    "CosmosPredict2",
+    "Timestep",
+    "sdxl_pooled",
     "AuraFlow",
     "BaseModel",
     "Chroma",

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
+from plugins.core_nodes.models.extension import CallbacksMP, PatcherInjection, WrappersMP
 from plugins.core_nodes.models.patcher import (
     ModelPatcher,
     create_model_options_clone,
@@ -20,6 +23,7 @@ from plugins.core_nodes.models.patcher import (
     set_model_options_pre_cfg_function,
     wipe_lowvram_weight,
 )
+from plugins.core_nodes.models.weight_patches import calculate_weight
 
 # Newer ComfyUI names its default patcher class so; packs that probe for it get the same class.
 CoreModelPatcher = ModelPatcher
@@ -35,13 +39,29 @@ def string_to_seed(data: str | bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
+class LowVramPatch:
+    """A weight's patches as a function of the weight (the reference applies them per call this way)."""
+
+    def __init__(self, key: str, patches: dict[str, list[Any]]) -> None:
+        self.key = key
+        self.patches = patches
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        merged = calculate_weight(self.patches[self.key], weight.to(torch.float32, copy=True), self.key)
+        return merged.to(weight.dtype)
+
+
 def get_key_weight(model: Any, key: str) -> tuple[Any, None, None]:
     """``(weight, set_func, convert_func)`` for a state-dict key; this server has no custom setters."""
     return get_attr(model, key), None, None
 
 
 __all__ = [
+    "CallbacksMP",
     "CoreModelPatcher",
+    "LowVramPatch",
+    "PatcherInjection",
+    "WrappersMP",
     "ModelPatcher",
     "create_model_options_clone",
     "get_key_weight",

@@ -33,6 +33,19 @@ from plugins.core_nodes.models.unet import (
 # Process globals by the reference's module API: packs replace them by assignment.
 optimized_attention: AttentionFunction = attention_pytorch
 optimized_attention_masked: AttentionFunction = attention_pytorch
+# The reference's forced attention precision (None: the inputs' own).
+_ATTN_PRECISION: Any = None
+
+
+def attention_xformers(*args: Any, **kwargs: Any) -> Any:
+    """The reference's xformers variant; xformers is not used here, so the same numbers as
+    :func:`attention_pytorch`."""
+    return attention_pytorch(*args, **kwargs)
+
+
+class SpatialVideoTransformer(SpatialTransformer):
+    """The reference's video (SVD) transformer, by name for ``isinstance`` checks: this server
+    builds no video models."""
 
 
 def optimized_attention_for_device(device: Any = None, mask: bool = False, small_input: bool = False) -> AttentionFunction:
@@ -57,11 +70,13 @@ __all__ = [
     "CrossAttention",
     "FeedForward",
     "SpatialTransformer",
+    "SpatialVideoTransformer",
     "TransformerBlock",
     "attention_basic",
     "attention_pytorch",
     "attention_split",
     "attention_sub_quad",
+    "attention_xformers",
     "default",
     "exists",
     "optimized_attention",
