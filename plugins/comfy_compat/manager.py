@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,11 +58,14 @@ MANAGER = StashKey[ManagerRun]()
 
 def install_hint() -> str:
     """What to run to get the package (logged when ``--enable-manager`` finds none)."""
-    return (
+    hint = (
         "--enable-manager needs the comfyui-manager package, which is not installed; "
         "the server starts without ComfyUI-Manager. Install it with:\n"
         f"\t{sys.executable} -m pip install {PINNED_REQUIREMENT}"
     )
+    if shutil.which("uv") is not None:
+        hint += f"\nor with uv:\n\tuv pip install {PINNED_REQUIREMENT}"
+    return hint
 
 
 def wanted(kernel: Kernel) -> bool:
