@@ -12,7 +12,10 @@ Then, in the reference's order, while the legacy packs are discovered:
    are imported. It registers its ``/v2/...`` handlers on ``PromptServer.instance.routes`` while
    its server module is imported; the plugin collects that table at ``register_routes``, which
    the kernel asks after discovery, so they are served like any pack's routes;
-4. its ``create_middleware()`` joins the app's middlewares, with or without the UI.
+4. its ``create_middleware()`` joins the app's middlewares, with or without the UI;
+5. ``/features`` and the WebSocket flags carry ``extension.manager`` (``supports_v4`` from the
+   ``comfy_api.feature_flags`` shim, ``supports_csrf_post`` written there by the package): with
+   ``--enable-manager`` in ``/system_stats`` argv, that is what makes the web UI offer its dialog.
 
 Without the package the server logs how to install it and starts without it, as the reference.
 """
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("comfykernel.compat")
 
 PACKAGE = "comfyui_manager"
-# The release the reference's manager_requirements.txt pins as of this writing.
+# The release this server is tested with (pyproject's test extras pin the same one).
 PINNED_REQUIREMENT = "comfyui_manager==4.2.2"
 
 
