@@ -412,6 +412,26 @@ async def test_comfy_lora_patches_equal_the_lora_loader(shims: Any, checkpoint: 
                        torch.full((4, 3), 2.0))  # fmt: skip
 
 
+async def test_key_patches_of_another_model_merge_as_the_reference_model_merge(
+    shims: Any, checkpoint: Path, tmp_path: Path
+) -> None:
+    """ModelMergeSimple's recipe: ``m1.add_patches(m2.get_key_patches("diffusion_model."), 1 - r, r)``
+    gives ``r * W1 + (1 - r) * W2`` for every weight."""
+    other = tiny_pipeline.write_checkpoint(tmp_path / "other.safetensors", "sd1", seed=1)
+    first, _, _ = adapters.load_checkpoint(checkpoint)
+    second, _, _ = adapters.load_checkpoint(other)
+    merged = first.clone()
+    key_patches = second.get_key_patches("diffusion_model.")
+    assert set(key_patches) == {k for k in first.model.state_dict() if k.startswith("diffusion_model.")}
+    assert sorted(merged.add_patches(key_patches, 0.25, 0.75)) == sorted(key_patches)
+    w1, w2 = load_file(str(checkpoint)), load_file(str(other))
+    averaged = {k: w1[k] * 0.75 + 0.25 * w2[k] if k.startswith(UNET) else w1[k] for k in w1}
+    save_file(averaged, str(tmp_path / "averaged.safetensors"))
+    by_file, _, _ = adapters.load_checkpoint(tmp_path / "averaged.safetensors")
+    assert torch.equal(_denoise(merged), _denoise(by_file))
+    assert not torch.equal(_denoise(merged), _denoise(first))
+
+
 def test_model_options_helpers_copy_what_a_clone_shares(shims: Any) -> None:
     mp = _shim("comfy.model_patcher")
     options: dict[str, Any] = {"transformer_options": {"patches_replace": {"attn2": {("input", 1): print}}}}

@@ -293,7 +293,12 @@ class DiffusionModel(ModelPatcher):
         return twin
 
     def _state_keys(self) -> set[str]:
-        return {_UNET_PREFIX + name for name, _ in self.unet.named_parameters()}
+        # Asked once per add_patches call (a LoRA may make hundreds): kept, the UNet's names never change.
+        keys: set[str] | None = self.__dict__.get("_param_keys")
+        if keys is None:
+            keys = {_UNET_PREFIX + name for name, _ in self.unet.named_parameters()}
+            self._param_keys = keys
+        return keys
 
     def get_model_object(self, name: str) -> Any:
         """``model_sampling``, ``latent_format``, ``diffusion_model`` (dotted paths go inside it),
