@@ -424,3 +424,14 @@ async def test_v3_io_takes_the_reference_positional_forms(server: Any) -> None:
     }
     _, _, frames = await _run(server, prompt)
     assert executed_ui(frames)["2"] == {"text": ["box:5"]}
+
+
+async def test_comfy_extras_camera_embeddings(server: Any) -> None:
+    import math
+
+    import torch
+
+    embeddings = _module("comfy_extras.nodes_stable3d").camera_embeddings(10, 90)
+    assert embeddings.shape == (1, 1, 4)
+    expected = torch.tensor([[[-math.radians(10), 1.0, 0.0, math.pi / 2]]])
+    assert torch.allclose(embeddings.float(), expected, atol=1e-6)
