@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("comfykernel.compat")
 
 SHIMS_DIR = Path(__file__).resolve().parent / "shims"
+# The reference puts its ``comfy`` folder on sys.path too, so packs written for older layouts
+# import ``model_management``, ``sd``, ``utils``... by their bare names (a second module object
+# there as here; ours share their state through the kernel).
+COMFY_DIR = SHIMS_DIR / "comfy"
 SHIM_MODULES = (
     "comfykernel_compat_runtime",
     "folder_paths",
@@ -52,25 +56,34 @@ def _is_shim(module: types.ModuleType) -> bool:
 
 
 def _drop_modules(state: CompatState | None) -> None:
-    for name in [n for n in sys.modules if _owned(n)]:
-        module = sys.modules[name]
-        if name.partition(".")[0] == PACKS_PACKAGE or _is_shim(module):
+    for name, module in list(sys.modules.items()):
+        if module is None:
+            continue
+        if (_owned(name) and name.partition(".")[0] == PACKS_PACKAGE) or _is_shim(module):
+            # Shim modules go whatever their name: bare ``model_management`` came from COMFY_DIR.
             del sys.modules[name]
     if state is not None:
         sys.modules.update(state.shadowed)
         state.shadowed.clear()
 
 
+def _remove_paths() -> None:
+    for path in (str(SHIMS_DIR), str(COMFY_DIR)):
+        while path in sys.path:
+            sys.path.remove(path)
+
+
 def install(kernel: Kernel, state: CompatState) -> None:
     if str(SHIMS_DIR) in sys.path:
         # Another kernel in this process had them (tests build many); this one takes over.
         log.debug("compat shims were installed for another kernel; rebinding")
-        sys.path.remove(str(SHIMS_DIR))
+        _remove_paths()
         _drop_modules(None)
     for name in list(sys.modules):
         if _owned(name) and not _is_shim(sys.modules[name]):
             state.shadowed[name] = sys.modules.pop(name)
     sys.path.insert(0, str(SHIMS_DIR))
+    sys.path.insert(1, str(COMFY_DIR))
     importlib.invalidate_caches()
     runtime = importlib.import_module("comfykernel_compat_runtime")
     runtime.bind(kernel, state)
@@ -85,8 +98,7 @@ def uninstall(state: CompatState) -> None:
     runtime = sys.modules.get("comfykernel_compat_runtime")
     if runtime is None or runtime.state() is not state:
         return  # a later kernel has taken the shims over; they are its to remove
-    if str(SHIMS_DIR) in sys.path:
-        sys.path.remove(str(SHIMS_DIR))
+    _remove_paths()
     for pack in state.packs:
         if pack.module is not None and pack.source == "entrypoint":
             # Installed packages may be imported again by a later kernel: drop their cached modules.

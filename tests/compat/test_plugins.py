@@ -256,3 +256,33 @@ async def test_a_pack_with_a_bad_mapping_entry_does_not_stop_the_server(comfy_se
     assert "OddFunction" not in server.kernel.nodes
     status, info = await server.json("GET", "/object_info")
     assert status == 200 and "OddGood" in info and "OddFunction" not in info
+
+
+async def test_bare_comfy_module_names(comfy_server, tmp_path: Path):
+    # Packs written for ComfyUI's older layout import comfy's modules by their short names
+    # (the reference puts its comfy/ folder on sys.path); they must go away with the shims.
+    pack = tmp_path / "nodes_dir" / "short_names.py"
+    pack.parent.mkdir()
+    pack.write_text(
+        "import model_management\n"
+        "import comfy.model_management\n"
+        "class ShortDevice:\n"
+        "    @classmethod\n"
+        "    def INPUT_TYPES(cls):\n"
+        "        return {'required': {}}\n"
+        "    RETURN_TYPES = ('STRING',)\n"
+        "    FUNCTION = 'run'\n"
+        "    def run(self):\n"
+        "        return (str(model_management.get_torch_device()),)\n"
+        "SAME = model_management.InterruptProcessingException is "
+        "comfy.model_management.InterruptProcessingException\n"
+        "NODE_CLASS_MAPPINGS = {'ShortDevice': ShortDevice}\n"
+    )
+    server = await comfy_server(plugins=PLUGINS, custom_nodes_dir=[str(pack.parent)])
+    assert server.kernel.plugin_records["legacy:short_names"].status != "failed"
+    assert sys.modules["custom_nodes.short_names"].SAME is True
+    assert "ShortDevice" in server.kernel.nodes
+    await server.stop()
+    assert "model_management" not in sys.modules
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("model_management")
