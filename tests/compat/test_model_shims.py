@@ -271,8 +271,8 @@ async def test_missing_files_are_clear_errors(shims: Any, tmp_path: Path) -> Non
         sd.load_diffusion_model(str(missing))
     with pytest.raises(FileNotFoundError, match=r"load_clip.*nowhere\.safetensors"):
         sd.load_clip([str(missing)])
-    with pytest.raises(AttributeError, match="comfy.sd.CLIP is not provided"):
-        sd.CLIP  # noqa: B018
+    with pytest.raises(AttributeError, match="comfy.sd.load_state_dict_guess_config is not provided"):
+        sd.load_state_dict_guess_config  # noqa: B018
 
 
 async def test_vae_from_a_state_dict_decodes_as_the_checkpoints_vae(shims: Any, checkpoint: Path) -> None:

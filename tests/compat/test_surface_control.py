@@ -195,3 +195,21 @@ async def test_chainner_model_loading_uses_spandrel(shims: Any) -> None:
 
     with pytest.raises(UnsupportedModelError):
         loading.load_state_dict({"nothing.weight": torch.zeros(1)})
+
+
+async def test_load_diffusion_model_state_dict(shims: Any) -> None:
+    from plugins.core_nodes.models.checkpoint import CheckpointError
+    from tests.plugins.core_nodes import tiny_pipeline
+
+    sd = _mod("comfy.sd")
+    full = tiny_pipeline.checkpoint_dict("sd1")
+    unet_sd = {k: v for k, v in full.items() if k.startswith("model.diffusion_model.")}
+    model = sd.load_diffusion_model_state_dict(unet_sd)
+    assert model.family.name == "sd1"
+    weights = model.unet.state_dict()
+    assert all(torch.equal(weights[k[len("model.diffusion_model."):]], v) for k, v in unet_sd.items())
+    assert sd.load_unet_state_dict({k[len("model.diffusion_model."):]: v for k, v in unet_sd.items()}).family.name == "sd1"
+    with pytest.raises(CheckpointError, match="diffusers UNet layout"):
+        sd.load_diffusion_model_state_dict({"conv_in.weight": torch.zeros(8, 4, 3, 3)})
+    with pytest.raises(TypeError):
+        sd.load_diffusion_model_state_dict(None)

@@ -269,6 +269,31 @@ class Flux(SD3):
         self.taesd_decoder_name = "taef1_decoder"
 
 
+_MOCHI_MEAN = (
+    -0.06730895953510081, -0.038011381506090416, -0.07477820912866141, -0.05565264470995561,
+    0.012767231469026969, -0.04703542746246419, 0.043896967884726704, -0.09346305707025976,
+    -0.09918314763016893, -0.008729793427399178, -0.011931556316503654, -0.0321993391887285,
+)
+_MOCHI_STD = (
+    0.9263795028493863, 0.9248894543193766, 0.9393059390890617, 0.959253732819592,
+    0.8244560132752793, 0.917259975397747, 0.9294154431013696, 1.3720942357788521,
+    0.881393668867029, 0.9168315692124348, 0.9185249279345552, 0.9274757570805041,
+)
+
+
+class Mochi(_Standardised):
+    """Mochi's 12-channel video latents (no RGB preview fit here)."""
+
+    latent_channels = 12
+    latent_dimensions = 3
+    temporal_downscale_ratio = 6
+
+    def __init__(self) -> None:
+        self.scale_factor = 1.0
+        self.latents_mean = _channels(_MOCHI_MEAN, 3)
+        self.latents_std = _channels(_MOCHI_STD, 3)
+
+
 class HunyuanVideo(LatentFormat):
     latent_channels = 16
     latent_dimensions = 3

@@ -68,6 +68,7 @@ XFORMERS_ENABLED_VAE = False
 XFORMERS_VERSION = ""
 ENABLE_PYTORCH_ATTENTION = True
 directml_enabled = False
+xpu_available = False
 lowvram_available = True
 PRIORITIZE_FP16 = False
 FORCE_FP32 = False
@@ -621,6 +622,17 @@ def unload_all_models() -> None:
     current_loaded_models.clear()
     k = _kernel()
     k.hooks.on_free(kernel=k, unload_models=True, free_memory=False)
+
+
+def unload_model_clones(model: Any, unload_weights_only: bool = True, force_unload: bool = True) -> list[LoadedModel] | None:
+    """The older API: forget the bookkept entries of ``model`` and its clones (``is_clone``)."""
+    _drop_dead()
+    same = getattr(model, "is_clone", None)
+    clones = [m for m in current_loaded_models if m.model is model or (callable(same) and same(m.model))]
+    for entry in clones:
+        entry.model_unload()
+        current_loaded_models.remove(entry)
+    return clones
 
 
 def cleanup_models() -> None:

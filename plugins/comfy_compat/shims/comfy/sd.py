@@ -85,10 +85,12 @@ __all__ = [
     "load_checkpoint",
     "load_clip",
     "load_diffusion_model",
+    "load_diffusion_model_state_dict",
     "load_lora_for_models",
     "load_style_model",
     "load_torch_file",
     "load_unet",
+    "load_unet_state_dict",
 ]
 
 
@@ -197,6 +199,38 @@ def load_clip(
     core_type = _core_clip_type(clip_type, len(ckpt_paths))
     paths = [_model_file(p, "load_clip") for p in ckpt_paths]
     return _adapters().load_clip(paths, core_type)
+
+
+def load_diffusion_model_state_dict(
+    sd: Mapping[str, Any], model_options: Mapping[str, Any] | None = None, metadata: Any = None
+) -> Any:
+    """MODEL from a UNet state dict (``model.diffusion_model.`` prefix or none; the ldm layout or
+    a known diffusers layout). Not cached, like the reference's; errors are ``CheckpointError``."""
+    if not isinstance(sd, Mapping):
+        raise TypeError("comfy.sd.load_diffusion_model_state_dict needs a state dict")
+    from plugins.core_nodes.models import checkpoint as ckpt
+    from plugins.core_nodes.models.unet import build_unet
+
+    unet_sd = ckpt.strip_prefix(sd, ckpt.UNET_PREFIX) or dict(sd)
+    if "conv_in.weight" in unet_sd and "input_blocks.0.0.weight" not in unet_sd:
+        import comfy.diffusers_convert
+
+        try:
+            unet_sd = comfy.diffusers_convert.convert_unet_state_dict(unet_sd)
+        except ValueError as e:
+            raise ckpt.CheckpointError(f"the UNet state dict given to load_diffusion_model_state_dict: {e}") from None
+    name = "the UNet state dict given to load_diffusion_model_state_dict"
+    family = ckpt.detect_family(unet_sd, name, unet_sd.keys(), metadata if isinstance(metadata, Mapping) else None)
+    try:
+        unet = build_unet(unet_sd, family.unet_config, None)
+    except (RuntimeError, KeyError, ValueError, IndexError) as e:
+        raise ckpt.CheckpointError(f"{name} does not fit the detected model ({str(e).splitlines()[0][:300]})") from None
+    return _adapters().DiffusionModel(unet, family)
+
+
+def load_unet_state_dict(sd: Mapping[str, Any], dtype: Any = None) -> Any:
+    """The reference's older name for :func:`load_diffusion_model_state_dict`."""
+    return load_diffusion_model_state_dict(sd)
 
 
 class StyleModel:

@@ -257,6 +257,16 @@ class FluxSchnell(Flux):
     sampling_settings = {"multiplier": 1.0, "shift": 1.0}  # noqa: RUF012
 
 
+class GenmoMochi(BASE):
+    unet_config = {"image_model": "mochi_preview"}  # noqa: RUF012
+    sampling_settings = {"multiplier": 1.0, "shift": 6.0}  # noqa: RUF012
+    unet_extra_config: dict[str, Any] = {}  # noqa: RUF012
+    latent_format = latent_formats.Mochi
+    supported_inference_dtypes = [torch.bfloat16, torch.float32]  # noqa: RUF012
+    vae_key_prefix = ["vae."]  # noqa: RUF012
+    text_encoder_key_prefix = ["text_encoders."]  # noqa: RUF012
+
+
 class SVD_img2vid(BASE):  # noqa: N801 - the reference's class name
     unet_config = {  # noqa: RUF012
         "model_channels": 320,
@@ -300,5 +310,6 @@ models: list[type[BASE]] = [
     HunyuanDiT,
     Flux,
     FluxSchnell,
+    GenmoMochi,
     SVD_img2vid,
 ]

@@ -34,8 +34,9 @@ class _FamilyCheck(type):
     """``isinstance(cfg, SDXL)`` for configs that are not instances of these classes.
 
     The server's own MODELs carry a model config of its own class (``plugins.core_nodes``), so a
-    pack's ``isinstance`` check goes by family instead: the config's ``name`` when it names a
-    class of :mod:`comfy.supported_models`, else the first class in ``supported_models.models``
+    pack's ``isinstance`` check goes by family instead: the config's ``name`` when it is one of
+    the core families (``sd1``, ``sd2``, ``sdxl``, ``sdxl_refiner``) or names a class of
+    :mod:`comfy.supported_models`, else the first class in ``supported_models.models``
     whose ``matches`` accepts the config's ``unet_config``. The check passes when that class is
     the one asked about or a subclass of it, as it would for the reference's own objects.
     """
@@ -50,10 +51,15 @@ class _FamilyCheck(type):
         return family is not None and issubclass(family, cls)
 
 
+# The core nodes' family names -> the reference's config classes.
+_CORE_FAMILIES = {"sd1": "SD15", "sd2": "SD20", "sdxl": "SDXL", "sdxl_refiner": "SDXLRefiner"}
+
+
 def _family_of(obj: Any, unet_config: Mapping[str, Any]) -> type | None:
     import comfy.supported_models as families
 
-    named = getattr(families, str(getattr(obj, "name", "")), None)
+    name = str(getattr(obj, "name", ""))
+    named = getattr(families, _CORE_FAMILIES.get(name, name), None) if name else None
     if isinstance(named, type) and issubclass(named, BASE):
         return named
     return next((m for m in families.models if m.matches(unet_config)), None)

@@ -389,6 +389,24 @@ def resize_list_to_batch_size(items: list[Any], batch_size: int) -> list[Any]:
     return [items[i] for i in _resampled_indices(count, batch_size)]
 
 
+def pack_latents(latents: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Size]]:
+    """Flatten several latents into one ``[B, 1, N]`` tensor, with their shapes to undo it."""
+    shapes = [t.shape for t in latents]
+    return torch.cat([t.reshape(t.shape[0], 1, -1) for t in latents], dim=-1), shapes
+
+
+def unpack_latents(combined_latent: torch.Tensor, latent_shapes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Undo :func:`pack_latents` (one shape: the tensor is returned as it is)."""
+    if len(latent_shapes) <= 1:
+        return [combined_latent]
+    out = []
+    for shape in latent_shapes:
+        size = math.prod(shape[1:])
+        piece, combined_latent = combined_latent[:, :, :size], combined_latent[:, :, size:]
+        out.append(piece.reshape([piece.shape[0], *list(shape)[1:]]))
+    return out
+
+
 # --- attributes ----------------------------------------------------------------------------
 
 # Marks "no such attribute" for set_attr: setting it back deletes the attribute.
