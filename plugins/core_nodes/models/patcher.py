@@ -118,9 +118,10 @@ def set_attr(obj: Any, path: str, value: Any) -> Any:
 
 def _shallow(module: nn.Module) -> nn.Module:
     """A new module object sharing ``module``'s parameters, buffers and children, with its own
-    table of children (so a child can be swapped on the copy alone)."""
+    tables of them (so one can be swapped on the copy alone)."""
     twin = copy.copy(module)
-    twin.__dict__["_modules"] = dict(module._modules)
+    for table in ("_modules", "_parameters", "_buffers"):
+        twin.__dict__[table] = dict(module.__dict__[table])
     return twin
 
 
