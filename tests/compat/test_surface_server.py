@@ -228,8 +228,12 @@ async def test_comfy_extras_modules_serve_the_registered_classes(server: Any) ->
     assert set(upscale.NODE_CLASS_MAPPINGS) == {"UpscaleModelLoader", "ImageUpscaleWithModel"}
     assert callable(upscale.ImageUpscaleWithModel().upscale)
     assert _module("comfy_extras.nodes_flux").NODE_CLASS_MAPPINGS == {}
-    with pytest.raises(ImportError, match="SamplerCustom"):
-        exec("from comfy_extras.nodes_custom_sampler import SamplerCustom", {})
+    # A class of the reference this server does not register: importing it fails on that name only.
+    catalog = _module("comfy_extras._catalog").MODULES
+    module, name = next((m, n) for m, names in catalog.items() for n in names if n not in server.kernel.nodes)
+    with pytest.raises(ImportError, match=name):
+        exec(f"from comfy_extras.{module} import {name}", {})
+    assert name not in _module(f"comfy_extras.{module}").NODE_CLASS_MAPPINGS
 
 
 async def test_execution_validate_prompt_is_the_servers_validation(server: Any) -> None:
@@ -435,3 +439,24 @@ async def test_comfy_extras_camera_embeddings(server: Any) -> None:
     assert embeddings.shape == (1, 1, 4)
     expected = torch.tensor([[[-math.radians(10), 1.0, 0.0, math.pi / 2]]])
     assert torch.allclose(embeddings.float(), expected, atol=1e-6)
+
+
+async def test_comfy_extras_mask_composite(server: Any) -> None:
+    """Impact-Pack pastes images with ``nodes_mask.composite(dest, src, x, y, mask, 1, resize)``."""
+    import torch
+
+    composite = _module("comfy_extras.nodes_mask").composite
+    destination = torch.zeros(1, 3, 6, 8)
+    source = torch.ones(1, 3, 4, 4)
+    out = composite(destination.clone(), source, 6, 1, None, 1, False)
+    assert out[0, 0].sum() == 2 * 4  # only the two columns left of the right edge land
+    assert out[0, 0, 1:5, 6:].eq(1).all() and out[0, 0, :, :6].eq(0).all()
+    half = torch.full((4, 4), 0.5)
+    out = composite(destination.clone(), source, 0, 0, half, 1, False)
+    assert torch.allclose(out[0, :, :4, :4], torch.full((3, 4, 4), 0.5))
+    out = composite(destination.clone(), source, -2, -3, None, 1, False)
+    assert out[0, 0].sum() == 1 * 2 and out[0, 0, 0, :2].eq(1).all()
+    latent = composite(torch.zeros(2, 4, 8, 8), torch.ones(1, 4, 2, 2), 16, 8, None, 8, False)
+    assert latent[:, :, 1:3, 2:4].eq(1).all() and latent.sum() == 2 * 4 * 4
+    resized = composite(torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 2, 2), 0, 0, None, 1, True)
+    assert resized.eq(1).all()
