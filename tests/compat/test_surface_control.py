@@ -213,3 +213,20 @@ async def test_load_diffusion_model_state_dict(shims: Any) -> None:
         sd.load_diffusion_model_state_dict({"conv_in.weight": torch.zeros(8, 4, 3, 3)})
     with pytest.raises(TypeError):
         sd.load_diffusion_model_state_dict(None)
+
+
+async def test_server_models_answer_family_checks_and_load_bookkeeping(shims: Any) -> None:
+    from tests.plugins.core_nodes import tiny_pipeline
+
+    sd, sm, mm = _mod("comfy.sd"), _mod("comfy.supported_models"), _mod("comfy.model_management")
+    full = tiny_pipeline.checkpoint_dict("sdxl")
+    model = sd.load_diffusion_model_state_dict({k: v for k, v in full.items() if k.startswith("model.diffusion_model.")})
+    config = model.model.model_config
+    assert isinstance(config, sm.SDXL) and not isinstance(config, (sm.SD15, sm.SDXLRefiner))
+    mm.load_models_gpu([model])
+    assert mm.loaded_models() == [model] and mm.loaded_models(only_currently_used=True) == [model]
+    clone = model.clone()
+    mm.load_model_gpu(clone)
+    assert mm.loaded_models()[0] is clone
+    mm.unload_all_models()
+    assert mm.loaded_models() == []
