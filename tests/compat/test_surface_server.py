@@ -460,3 +460,21 @@ async def test_comfy_extras_mask_composite(server: Any) -> None:
     assert latent[:, :, 1:3, 2:4].eq(1).all() and latent.sum() == 2 * 4 * 4
     resized = composite(torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 2, 2), 0, 0, None, 1, True)
     assert resized.eq(1).all()
+
+
+async def test_comfy_execution_helpers(server: Any) -> None:
+    validation = _module("comfy_execution.validation")
+    assert validation.validate_node_input("INT", "INT,FLOAT") is True
+    assert validation.validate_node_input("INT,STRING", "INT", strict=True) is False
+    assert validation.validate_node_input("IMAGE", "*") is True
+    graph = _module("comfy_execution.graph")
+    assert graph.get_input_info(server.kernel.nodes.get("ImageScale").cls, "width")[:2] == ("INT", "required")
+    assert graph.get_input_info(server.kernel.nodes.get("ImageScale").cls, "nope") == (None, None, None)
+    blocker = graph.ExecutionBlocker(None)
+    assert blocker.message is None
+    dynprompt = graph.DynamicPrompt({"1": {"class_type": "SurfaceEcho", "inputs": {"text": "x"}}})
+    assert dynprompt.get_node("1")["class_type"] == "SurfaceEcho"
+    builder = _module("comfy_execution.graph_utils").GraphBuilder()
+    node = builder.node("SurfaceEcho", text="y")
+    assert builder.finalize()[node.id]["inputs"] == {"text": "y"}
+    assert _module("comfy_execution.graph_utils").is_link(node.out(0))
