@@ -378,7 +378,9 @@ class DiffusionModel(ModelPatcher):
     ) -> torch.Tensor:
         """The network with every patch of this MODEL, on the compute device."""
         weights = self.weights
-        extra = [m for m in self.model_patches_models() if isinstance(m, nn.Module)]
+        # Modules a pack patched in run on the compute device with the UNet.
+        extra = self.model_patches_models()
+        extra += [m for m in self.object_patches.values() if isinstance(m, nn.Module)]
         with _using(self.manager, [self.unet, *extra]) as device:
             return self.model.denoise(
                 x, sigma, cond, transformer_options, weights.call, self.model_sampling, device
