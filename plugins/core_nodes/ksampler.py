@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from plugins.core_nodes.sampling.schedules import ksampler_sigmas
 
 if TYPE_CHECKING:
     from kernel import Kernel
-    from plugins.core_nodes.contracts import DiffusionModel
+    from plugins.core_nodes.contracts import DiffusionModel, LatentFormat
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,41 @@ class _TerminalBar:
         sys.stderr.flush()
 
 
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor, int], None]
+
+
+def step_callback(
+    fmt: LatentFormat,
+    steps: int,
+    preview: PreviewOptions | None = None,
+    x0_output: dict[str, Any] | None = None,
+) -> StepCallback:
+    """The reference's ``latent_preview.prepare_callback``: ``callback(step, x0, x, total_steps)``
+    advances the node's progress bar (which is also the interrupt check), writes the terminal
+    bar, sends a latent preview when enabled (at most every ``min_interval`` seconds, and on the
+    last step) and keeps the latest x0 in ``x0_output["x0"]`` when given."""
+    bar = ProgressBar(steps)
+    terminal: list[_TerminalBar] = []
+    options = preview or PreviewOptions()
+    last_preview = [float("-inf")]
+
+    def callback(step: int, denoised: torch.Tensor, x: torch.Tensor, total_steps: int) -> None:
+        if x0_output is not None:
+            x0_output["x0"] = denoised
+        image = None
+        now = time.monotonic()
+        if options.enabled and (now - last_preview[0] >= options.min_interval or step + 1 >= total_steps):
+            image = fmt.preview_image(denoised)
+            last_preview[0] = now
+        if not terminal:
+            terminal.append(_TerminalBar(total_steps))
+        terminal[0].update(step + 1)
+        # Also the per-step interrupt check: update raises Interrupted once /interrupt was called.
+        bar.update_absolute(step + 1, total_steps, preview=image)
+
+    return callback
+
+
 def run_ksampler(
     model: DiffusionModel,
     seed: int,
@@ -113,24 +149,7 @@ def run_ksampler(
         noise = torch.zeros_like(latent_image, device="cpu")
     else:
         noise = prepare_noise(latent_image, int(seed), latent.get("batch_index"))
-    fmt = model.latent_format
-    bar = ProgressBar(steps)
-    terminal: list[_TerminalBar] = []
-    options = preview or PreviewOptions()
-    last_preview = [float("-inf")]
-
-    def callback(step: int, denoised: torch.Tensor, x: torch.Tensor, total_steps: int) -> None:
-        image = None
-        now = time.monotonic()
-        if options.enabled and (now - last_preview[0] >= options.min_interval or step + 1 >= total_steps):
-            image = fmt.preview_image(denoised)
-            last_preview[0] = now
-        if not terminal:
-            terminal.append(_TerminalBar(total_steps))
-        terminal[0].update(step + 1)
-        # Also the per-step interrupt check: update raises Interrupted once /interrupt was called.
-        bar.update_absolute(step + 1, total_steps, preview=image)
-
+    callback = step_callback(model.latent_format, steps, preview)
     run = lookup("comfy.sample", "sample", sample_latents)
     samples = run(
         model,
@@ -157,4 +176,4 @@ def run_ksampler(
     return out
 
 
-__all__ = ["PreviewOptions", "prepare_mask", "run_ksampler", "select_sigmas"]
+__all__ = ["PreviewOptions", "prepare_mask", "run_ksampler", "select_sigmas", "step_callback"]

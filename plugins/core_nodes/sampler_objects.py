@@ -76,7 +76,9 @@ def calculate_sigmas(
     )
 
 
-def _model_sampling(model: Any) -> Any:
+def model_sampling_of(model: Any) -> Any:
+    """A MODEL's schedule: ``get_model_object("model_sampling")`` (a pack's object patch first),
+    or the ``model_sampling`` attribute of models without the ModelPatcher API."""
     get = getattr(model, "get_model_object", None)
     if callable(get):
         return get("model_sampling")
@@ -332,7 +334,7 @@ class KSampler:
     def calculate_sigmas(self, steps: int) -> torch.Tensor:
         discard = self.sampler in self.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
         sigmas_for = lookup("comfy.samplers", "calculate_sigmas", calculate_sigmas)
-        sigmas = sigmas_for(_model_sampling(self.model), self.scheduler, steps + 1 if discard else steps)
+        sigmas = sigmas_for(model_sampling_of(self.model), self.scheduler, steps + 1 if discard else steps)
         if discard:
             sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
         return sigmas
@@ -495,6 +497,7 @@ __all__ = [
     "SchedulerHandler",
     "calculate_sigmas",
     "ksampler",
+    "model_sampling_of",
     "sample",
     "sample_custom",
     "sample_latents",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from plugins.core_nodes.nodes import (
     conditioning,
+    custom_sampler,
     image,
     io,
     latent,
@@ -24,7 +25,7 @@ from plugins.core_nodes.nodes.common import KernelNode, bind
 if TYPE_CHECKING:
     from kernel import Kernel
 
-FAMILIES = (loaders, sampling, conditioning, latent, image, mask, io, primitives, preview, upscale)
+FAMILIES = (loaders, sampling, custom_sampler, conditioning, latent, image, mask, io, primitives, preview, upscale)
 
 
 def node_classes(kernel: Kernel) -> dict[str, tuple[type, str | None]]:
