@@ -478,3 +478,12 @@ async def test_comfy_execution_helpers(server: Any) -> None:
     node = builder.node("SurfaceEcho", text="y")
     assert builder.finalize()[node.id]["inputs"] == {"text": "y"}
     assert _module("comfy_execution.graph_utils").is_link(node.out(0))
+
+
+async def test_io_type_names_compare_like_the_reference(server: Any) -> None:
+    io_types = _module("comfy.comfy_types.node_typing").IO
+    assert _module("comfy.comfy_types").IO is io_types
+    assert not (io_types.NUMBER != "INT") and not (io_types.ANY != "IMAGE") and not ("MASK" != io_types.ANY)
+    assert io_types.INT != "FLOAT" and io_types.IMAGE != 3
+    assert io_types.PRIMITIVE != "IMAGE" and not (io_types.PRIMITIVE != "STRING,INT")
+    assert str(io_types.SEGS) == "SEGS" and {io_types.INT: 1}["INT"] == 1

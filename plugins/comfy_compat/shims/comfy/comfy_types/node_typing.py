@@ -34,9 +34,26 @@ class IO(StrEnum):
     UPSCALE_MODEL = "UPSCALE_MODEL"
     AUDIO = "AUDIO"
     VIDEO = "VIDEO"
+    WEBCAM = "WEBCAM"
+    POINT = "POINT"
+    FACE_ANALYSIS = "FACE_ANALYSIS"
+    BBOX = "BBOX"
+    SEGS = "SEGS"
     ANY = "*"
     NUMBER = "FLOAT,INT"
     PRIMITIVE = "STRING,FLOAT,INT,BOOLEAN"
+
+    def __ne__(self, value: object) -> bool:
+        """Types "differ" only when neither comma list contains the other; ``*`` matches all.
+
+        The server's link check compares with ``!=``, so ``IO.NUMBER`` accepts an ``INT`` link.
+        """
+        if self == "*" or value == "*":
+            return False
+        if not isinstance(value, str):
+            return True
+        mine, theirs = frozenset(self.split(",")), frozenset(value.split(","))
+        return not (theirs <= mine or mine <= theirs)
 
 
 class InputTypeOptions(TypedDict, total=False):
@@ -51,6 +68,36 @@ class InputTypeOptions(TypedDict, total=False):
     multiline: bool
     multiselect: bool
     display: Literal["number", "slider", "color"]
+
+
+class RemoteInputOptions(TypedDict, total=False):
+    route: str
+    refresh_button: bool
+    control_after_refresh: Literal["first", "last"]
+    timeout: int
+    max_retries: int
+    refresh: int
+
+
+class MultiSelectOptions(TypedDict, total=False):
+    placeholder: str
+    chip: bool
+
+
+class HiddenInputTypeDict(TypedDict, total=False):
+    node_id: Literal["UNIQUE_ID"]
+    unique_id: Literal["UNIQUE_ID"]
+    prompt: Literal["PROMPT"]
+    extra_pnginfo: Literal["EXTRA_PNGINFO"]
+    dynprompt: Literal["DYNPROMPT"]
+
+
+class FileLocator(TypedDict, total=False):
+    """Where a file the UI shows lives: name, subfolder and root (``input``/``output``/``temp``)."""
+
+    filename: str
+    subfolder: str
+    type: Literal["input", "output", "temp"]
 
 
 class InputTypeDict(TypedDict, total=False):
@@ -75,4 +122,14 @@ class CheckLazyMixin:
         return [name for name, value in kwargs.items() if value is None]
 
 
-__all__ = ["IO", "CheckLazyMixin", "ComfyNodeABC", "InputTypeDict", "InputTypeOptions"]
+__all__ = [
+    "IO",
+    "CheckLazyMixin",
+    "ComfyNodeABC",
+    "FileLocator",
+    "HiddenInputTypeDict",
+    "InputTypeDict",
+    "InputTypeOptions",
+    "MultiSelectOptions",
+    "RemoteInputOptions",
+]
