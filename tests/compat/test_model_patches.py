@@ -150,6 +150,7 @@ async def test_pack_patches_change_sampling_and_leave_the_original_model(
         "diff_zero": g.patch("p8", "PatchPackAddDiff", key=DIFF_KEY, seed=3, strength=0.0),
         "block_x1": g.patch("p9", "PatchPackInputBlockScale", number=2, scale=1.0),
         "block_x1_5": g.patch("p10", "PatchPackInputBlockScale", number=2, scale=1.5),
+        "injected_x1_5": g.patch("p13", "PatchPackInjectScale", number=2, scale=1.5),
     }
     last: list[Any] | None = None
     for name, model in variants.items():
@@ -169,6 +170,8 @@ async def test_pack_patches_change_sampling_and_leave_the_original_model(
     # DIFFUSION_MODEL wrapper (run once per model call) is scaling both in an attn2 patch.
     assert torch.equal(got["wrapped_ctx_half"], got["ctx_half"])
     assert not torch.equal(got["ctx_half"], got["v_half"])
+    # A layer injected at the end of input block 2 for the run is that block's output patched.
+    assert torch.equal(got["injected_x1_5"], got["block_x1_5"])
 
 
 async def test_weight_and_object_patches_equal_a_checkpoint_changed_the_same_way(

@@ -332,6 +332,17 @@ class DiffusionModel(ModelPatcher):
     def unpatch_model(self, device_to: Any = None, unpatch_weights: bool = True) -> None:
         self.eject_model()
 
+    def pre_run(self) -> None:
+        """Sampling starts: injections go in (packs' modules inserted into the shared network,
+        the reference does it when loading the model), then the ``ON_PRE_RUN`` callbacks."""
+        self.inject_model()
+        super().pre_run()
+
+    def cleanup(self) -> None:
+        """Sampling ended: injections come out again, so the cached network is as loaded."""
+        super().cleanup()
+        self.eject_model()
+
     # -- running ---------------------------------------------------------------------------------
 
     def _options(self, transformer_options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -381,6 +392,7 @@ class DiffusionModel(ModelPatcher):
         # Modules a pack patched in run on the compute device with the UNet.
         extra = self.model_patches_models()
         extra += [m for m in self.object_patches.values() if isinstance(m, nn.Module)]
+        extra += [p.model for p in self.get_nested_additional_models() if isinstance(p.model, nn.Module)]
         with _using(self.manager, [self.unet, *extra]) as device:
             return self.model.denoise(
                 x, sigma, cond, transformer_options, weights.call, self.model_sampling, device

@@ -364,6 +364,7 @@ def forward_timestep_embed(
     """Run the layers of one numbered block in order, each with the inputs it takes (the
     reference's function of this name: packs replace it to put their own layers in between)."""
     options = {} if transformer_options is None else transformer_options
+    handlers = options.get("patches", {}).get("forward_timestep_embed_patch", ())
     for layer in ts:
         if isinstance(layer, TimestepBlock):
             x = layer(x, emb)
@@ -374,7 +375,12 @@ def forward_timestep_embed(
         elif isinstance(layer, Upsample):
             x = layer(x, output_shape=output_shape)
         else:
-            x = layer(x)
+            # A pack's own layer type is run by its ``(class, handler)`` patch, as the reference does.
+            handler = next((h for cls, h in handlers if isinstance(layer, cls)), None)
+            if handler is not None:
+                x = handler(layer, x, emb, context, options, output_shape, None, None, None)
+            else:
+                x = layer(x)
     return x
 
 

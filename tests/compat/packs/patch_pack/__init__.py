@@ -6,7 +6,8 @@
 are scaled (``add_object_patch``); ``PatchPackAddDiff`` adds a seeded difference to one weight
 (``add_patches``); ``PatchPackInputBlockScale`` scales one input block's output
 (``set_model_input_block_patch``); ``PatchPackContextWrapper`` scales the text context in a
-``DIFFUSION_MODEL`` wrapper. ``PatchPackAfter`` passes its MODEL on unchanged once a LATENT
+``DIFFUSION_MODEL`` wrapper; ``PatchPackInjectScale`` inserts a scaling layer into one input block
+by injection (``set_injections``). ``PatchPackAfter`` passes its MODEL on unchanged once a LATENT
 exists, so a graph can sample the original model after a patched clone was sampled.
 """
 
@@ -139,6 +140,44 @@ class PatchPackContextWrapper(_ModelNode):
         return (m,)
 
 
+class _Scale(torch.nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return x * self.scale
+
+
+class PatchPackInjectScale(_ModelNode):
+    """Inserts a scaling layer at the end of one input block while the MODEL runs (an injection)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "number": ("INT", {"default": 1, "min": 0, "max": 20}),
+                "scale": SCALE,
+            }
+        }
+
+    def patch(self, model, number, scale):
+        m = model.clone()
+        layer = _Scale(scale)
+
+        def inject(patcher):
+            patcher.model.diffusion_model.input_blocks[number].append(layer)
+
+        def eject(patcher):
+            block = patcher.model.diffusion_model.input_blocks[number]
+            if block[len(block) - 1] is layer:
+                del block[len(block) - 1]
+
+        m.set_injections("patch_pack", [comfy.patcher_extension.PatcherInjection(inject, eject)])
+        return (m,)
+
+
 class PatchPackAfter(_ModelNode):
     @classmethod
     def INPUT_TYPES(cls):
@@ -157,6 +196,7 @@ NODE_CLASS_MAPPINGS = {
         PatchPackAddDiff,
         PatchPackInputBlockScale,
         PatchPackContextWrapper,
+        PatchPackInjectScale,
         PatchPackAfter,
     )
 }
