@@ -181,3 +181,33 @@ async def test_upscale_workflow_through_the_server(comfy_server: Any, tmp_path: 
 
     (saved,) = (tmp_path / "output").glob("up_*.png")
     assert Image.open(saved).size == (64, 32)
+
+
+class _FakeUpscaler(torch.nn.Module):
+    """A x2 "model" that runs out of memory on tiles wider than ``limit`` pixels."""
+
+    scale = 2
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        self.model = self
+        self.tiles: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.tiles.append(x.shape[-1])
+        if x.shape[-1] > self.limit:
+            raise torch.OutOfMemoryError("tile too large")
+        return torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+
+
+def test_out_of_memory_halves_the_tile_until_it_fits() -> None:
+    image = torch.rand(1, 600, 600, 3)
+    fake = _FakeUpscaler(limit=256)
+    (out,) = upscale.ImageUpscaleWithModel().upscale(fake, image)
+    assert out.shape == (1, 1200, 1200, 3)
+    assert fake.tiles[0] == 512 and max(fake.tiles[1:]) == 256
+    assert torch.allclose(out, image.repeat_interleave(2, 1).repeat_interleave(2, 2))
+    with pytest.raises(torch.OutOfMemoryError):
+        upscale.ImageUpscaleWithModel().upscale(_FakeUpscaler(limit=100), image)
