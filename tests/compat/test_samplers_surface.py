@@ -533,3 +533,18 @@ async def test_a_flow_model_sampling_patch_is_used_for_the_noise_scaling_too(
     sigma, first_input = seen[0]
     assert 0 < sigma < 1.0
     assert torch.allclose(first_input, torch.full_like(first_input, (1 - sigma) * 0.18215))
+
+
+async def test_cast_transformer_options_moves_patch_objects(shims: Any) -> None:
+    samplers = _shim("comfy.samplers")
+    patch = torch.nn.Linear(2, 2)
+    plain = object()
+    options = {
+        "patches": {"attn1_patch": [patch, plain]},
+        "patches_replace": {"attn1": {("input", 1, 0): patch}},
+    }
+    samplers.cast_transformer_options(options, dtype=torch.float64)
+    assert options["patches"]["attn1_patch"][0].weight.dtype == torch.float64
+    assert options["patches"]["attn1_patch"][1] is plain
+    assert options["patches_replace"]["attn1"][("input", 1, 0)].weight.dtype == torch.float64
+    assert callable(_shim("comfy.k_diffusion.sampling").trange)

@@ -46,6 +46,7 @@ __all__ = [
     "SchedulerHandler",
     "calc_cond_batch",
     "calculate_sigmas",
+    "cast_transformer_options",
     "cfg_function",
     "k_diffusion_sampling",
     "ksampler",
@@ -64,3 +65,25 @@ SCHEDULER_HANDLERS: dict[str, SchedulerHandler] = _objects.scheduler_handlers()
 def calculate_sigmas(model_sampling: Any, scheduler_name: str, steps: int) -> Any:
     """``steps`` + 1 sigmas ending in 0 for ``scheduler_name`` (a ``SCHEDULER_HANDLERS`` entry)."""
     return _objects.calculate_sigmas(model_sampling, scheduler_name, steps, SCHEDULER_HANDLERS)
+
+
+def cast_transformer_options(
+    transformer_options: dict[str, Any], device: Any = None, dtype: Any = None
+) -> None:
+    """Call ``.to(device)`` / ``.to(dtype)`` on the patch objects in ``transformer_options``
+    that have one (``patches`` lists and ``patches_replace`` entries), in place."""
+    casts = [c for c in (device, dtype) if c is not None]
+    if not casts:
+        return
+    for patches in transformer_options.get("patches", {}).values():
+        for i, patch in enumerate(patches):
+            for cast in casts:
+                if hasattr(patch, "to"):
+                    patch = patch.to(cast)
+            patches[i] = patch
+    for replacements in transformer_options.get("patches_replace", {}).values():
+        for key, patch in list(replacements.items()):
+            for cast in casts:
+                if hasattr(patch, "to"):
+                    patch = patch.to(cast)
+            replacements[key] = patch

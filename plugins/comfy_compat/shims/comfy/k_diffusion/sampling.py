@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm.auto import trange
 
 from plugins.core_nodes.sampling import kdiffusion as _k
 
-# Packs reach these through this module (``sampling.torch``, ``sampling.math``) and some swap them.
+# Packs reach these through this module (``sampling.torch``, ``sampling.math``, ``trange`` for
+# their own sampler loops) and some swap them.
 __all__ = [
     "BrownianTreeNoiseSampler",
     "append_dims",
@@ -33,6 +35,7 @@ __all__ = [
     "sample_dpm_fast",
     "to_d",
     "torch",
+    "trange",
 ]
 
 BrownianTreeNoiseSampler = _k.BrownianTreeNoiseSampler
