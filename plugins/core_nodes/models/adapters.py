@@ -1,25 +1,22 @@
 """The model stack seen through ``plugins.core_nodes.contracts``: what the loader nodes hand out.
 
-* :class:`DiffusionModel` (MODEL): a UNet as a denoiser. The network sees ``x / sqrt(sigma^2 + 1)``
-  at the nearest discrete timestep and predicts noise (eps) or v; the discrete model sampling turns
-  that into the denoised latent. SDXL's ADM vector is built here from the pooled text output and
-  the size / crop conditioning; as in the reference, a missing ``width`` / ``height`` is the
-  latent's size times 8, the target size defaults to it and the crop to 0 (the refiner's
-  aesthetic score to 6).
+* :class:`DiffusionModel` (MODEL): a UNet as a denoiser, with the reference's ``ModelPatcher`` API
+  (:mod:`~plugins.core_nodes.models.patcher`); its ``.model`` is the family's reference class
+  (:mod:`~plugins.core_nodes.models.model_base`), which turns the network into a denoiser (eps or
+  v prediction, SDXL's ADM vector).
 * :class:`TextEncoder` (CLIP): tokenizer + encoders with clip skip, each adapter its own layer.
 * :class:`Autoencoder` (VAE): pixels <-> latents, plain and tiled (tile sizes in pixels).
 
 Files are loaded through the server's model manager (cached by path + mtime, moved to the compute
 device when used, released on ``/free``); the manager is found through the kernel whose node is
 executing (:mod:`plugins.core_nodes.serving`). Outside a node (tests, benchmarks) files load
-uncached on the CPU. LoRA (:func:`apply_lora`) returns new adapters over the same cached modules
-with patched weights overlaid per call, so the cached model is never changed.
+uncached on the CPU. LoRA (:func:`apply_lora`) and every other MODEL patch apply per call over the
+same cached modules, so the cached model is never changed.
 
-Custom-node packs (``comfy_compat``) call the reference's object API on these values, so each
-adapter also carries the commonly used, cheap part of it: ``ModelPatcher``'s ``clone``,
-``model_options``, ``get_model_object``, ``model_dtype`` and ``.model``; ``CLIP``'s ``tokenize``,
-``encode_from_tokens(_scheduled)``, ``clone`` and ``clip_layer``; ``VAE``'s ratios, crop and the
-keyword form of the tiled calls. Those methods give the same numbers as the core nodes' paths.
+Custom-node packs (``comfy_compat``) call the reference's object API on these values: the MODEL
+is a ``ModelPatcher``; the CLIP offers ``tokenize``, ``encode_from_tokens(_scheduled)``, ``clone``
+and ``clip_layer``; the VAE its ratios, crop and the keyword form of the tiled calls. Those
+methods give the same numbers as the core nodes' paths.
 """
 
 from __future__ import annotations
