@@ -529,6 +529,9 @@ class LoadedModel:
     def model_load(self, lowvram_model_memory: float = 0, force_patch_weights: bool = False) -> Any:
         model = self.model
         module = _as_module(model)
+        if getattr(model, "manager", None) is not None:
+            # The server's own MODEL / CLIP / VAE: its model manager moves the weights on use.
+            return module
         if module is not None and not is_device_cpu(self.device):
             module.to(self.device)
             if hasattr(model, "current_device"):
@@ -539,7 +542,7 @@ class LoadedModel:
         model = self.model
         module = _as_module(model)
         offload = getattr(model, "offload_device", None) or _cpu()
-        if module is not None and not is_device_cpu(self.device):
+        if module is not None and not is_device_cpu(self.device) and getattr(model, "manager", None) is None:
             module.to(offload)
         return True
 
