@@ -163,7 +163,8 @@ class ImageUpscaleWithModel(CoreNode):
         while True:
             steps = pixels.shape[0] * tile_steps(pixels.shape[3], pixels.shape[2], tile, OVERLAP)
             try:
-                with torch.inference_mode():
+                # no_grad, not inference_mode: later nodes may change the image in place.
+                with torch.no_grad():
                     out = tiled_upscale(
                         pixels, upscale_model, int(upscale_model.scale), tile, OVERLAP, ProgressBar(steps)
                     )

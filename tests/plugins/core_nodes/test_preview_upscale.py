@@ -211,3 +211,9 @@ def test_out_of_memory_halves_the_tile_until_it_fits() -> None:
     assert torch.allclose(out, image.repeat_interleave(2, 1).repeat_interleave(2, 2))
     with pytest.raises(torch.OutOfMemoryError):
         upscale.ImageUpscaleWithModel().upscale(_FakeUpscaler(limit=100), image)
+
+
+def test_the_upscaled_image_can_be_changed_in_place_by_later_nodes() -> None:
+    (out,) = upscale.ImageUpscaleWithModel().upscale(_FakeUpscaler(limit=512), torch.rand(1, 8, 8, 3))
+    out[:, :2] = 0.0  # an inference-mode tensor would refuse this
+    assert out[:, :2].eq(0).all() and not out.requires_grad
