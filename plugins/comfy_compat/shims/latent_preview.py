@@ -16,9 +16,29 @@ import torch
 from comfykernel_compat_runtime import kernel as _kernel
 from PIL import Image
 
+# Video VAEs whose TAE previews decode a frame at a time (the reference's list).
+VIDEO_TAES = ["taehv", "lighttaew2_2", "lighttaew2_1", "lighttaehy1_5", "taeltx_2"]
+
 
 def _settings() -> Any:
     return _kernel().settings
+
+
+def __getattr__(name: str) -> Any:
+    # Module constants in the reference, read from the server's settings here at access time.
+    if name == "MAX_PREVIEW_RESOLUTION":
+        return _settings().preview_size
+    if name == "default_preview_method":
+        return _settings().preview_method
+    raise AttributeError(f"module 'latent_preview' has no attribute {name!r}")
+
+
+class TAESD(torch.nn.Module):
+    """The reference's tiny autoencoder for previews; not provided by this server (its previews
+    use the latent->RGB projection), so constructing one raises ``NotImplementedError``."""
+
+    def __init__(self, encoder_path: Any = None, decoder_path: Any = None, latent_channels: int = 4) -> None:
+        raise NotImplementedError("TAESD previews are not supported by comfykernel; use latent2rgb")
 
 
 def preview_to_image(latent_image: torch.Tensor, do_scale: bool = True) -> Image.Image:
