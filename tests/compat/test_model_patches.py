@@ -351,6 +351,52 @@ async def test_optimized_attention_is_read_at_call_time(shims: Any, checkpoint: 
     assert torch.allclose(attention.attention_basic(q, k, v, 4), attention.attention_pytorch(q, k, v, 4), atol=1e-5)
 
 
+async def test_forward_timestep_embed_and_apply_model_as_packs_use_them(shims: Any, checkpoint: Path) -> None:
+    openai = _shim("comfy.ldm.modules.diffusionmodules.openaimodel")
+    model, _, _ = adapters.load_checkpoint(checkpoint)
+    plain = _denoise(model)
+    original = openai.forward_timestep_embed
+    seen: list[int] = []
+
+    def mine(ts: Any, x: torch.Tensor, emb: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(len(ts))
+        return original(ts, x, emb, *args, **kwargs)
+
+    openai.forward_timestep_embed = mine
+    try:
+        assert torch.equal(_denoise(model), plain)
+    finally:
+        openai.forward_timestep_embed = original
+    unet = model.unet
+    assert len(seen) == len(unet.input_blocks) + 1 + len(unet.output_blocks)
+
+    # BaseModel.apply_model (sigma in, denoised out) is the MODEL's call; after pre_run it runs
+    # through that MODEL's patches, after cleanup through none.
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    context = torch.randn(2, 77, tiny_pipeline.CLIP_WIDTH, generator=g)
+    sigma = torch.tensor([2.0, 2.0])
+    assert torch.equal(model.model.apply_model(x, sigma, c_crossattn=context), plain)
+    halved = model.clone()
+    halved.set_model_attn2_output_patch(lambda out, extra: out * 0.5)
+    halved.pre_run()
+    try:
+        assert model.model.current_patcher is halved
+        assert torch.equal(model.model.apply_model(x, sigma, c_crossattn=context), _denoise(halved))
+    finally:
+        halved.cleanup()
+    assert model.model.current_patcher is None
+    assert torch.equal(model.model.apply_model(x, sigma, c_crossattn=context), plain)
+    assert not torch.equal(_denoise(halved), plain)
+
+    # An object-patched model_sampling (v prediction here) is what the MODEL samples with.
+    mb = _shim("comfy.model_base")
+    v_model = model.clone()
+    v_model.add_object_patch("model_sampling", mb.model_sampling(None, mb.ModelType.V_PREDICTION))
+    assert v_model.model_sampling is v_model.get_model_object("model_sampling") is not model.model_sampling
+    assert not torch.equal(_denoise(v_model), plain) and torch.equal(_denoise(model), plain)
+
+
 async def test_wrappers_and_object_patches_apply_per_call(shims: Any, checkpoint: Path) -> None:
     ext = _shim("comfy.patcher_extension")
     model, _, _ = adapters.load_checkpoint(checkpoint)

@@ -384,7 +384,9 @@ class DiffusionModel(ModelPatcher):
     def run_model(
         self, x: torch.Tensor, sigma: torch.Tensor, cond: Mapping[str, Any], transformer_options: dict[str, Any]
     ) -> torch.Tensor:
-        """The network with every patch of this MODEL, on the compute device."""
+        """The network with every patch of this MODEL, on the compute device (``transformer_options``
+        as a caller gives them: this MODEL's own are merged in, see :meth:`_options`)."""
+        transformer_options = self._options(transformer_options)
         weights = self.weights
         # Modules a pack patched in run on the compute device with the UNet.
         extra = self.model_patches_models()
