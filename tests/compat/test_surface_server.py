@@ -94,6 +94,7 @@ async def test_extension_web_dirs_written_by_a_pack_are_served(server: Any) -> N
 async def test_a_node_written_into_node_class_mappings_runs(server: Any) -> None:
     status, info = await server.json("GET", "/object_info/SurfaceLate")
     assert status == 200 and info["SurfaceLate"]["category"] == "surface"
+    assert info["SurfaceLate"]["display_name"] == "Late (named first)"
     prompt = {
         "1": {"class_type": "SurfaceLate", "inputs": {"value": 3}},
         "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},

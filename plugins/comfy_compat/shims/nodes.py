@@ -25,6 +25,7 @@ from comfykernel_compat_runtime import kernel as _kernel
 from comfykernel_compat_runtime import state as _state
 
 from kernel.registry import WebExtension
+from kernel.stash import StashKey
 
 log = logging.getLogger("comfykernel.compat")
 
@@ -34,6 +35,8 @@ MAX_RESOLUTION = 16384
 # registered under that pack's plugin name.
 _PACKS_PREFIX = "custom_nodes."
 _RUNTIME_PLUGIN = "comfy_compat"
+# Display names written before their node's class, per kernel (see _LiveMapping.__setitem__).
+_PENDING_NAMES = StashKey[dict[str, str]]()
 
 
 def _writing_plugin() -> str:
@@ -67,7 +70,9 @@ class _LiveMapping(MutableMapping[str, Any]):
         entry = nodes.get(name)
         if self._pick == "display_name":
             if entry is None:
-                raise KeyError(f"{name!r}: register the node in NODE_CLASS_MAPPINGS before naming it")
+                # Packs may name a node before writing its class; the name waits for the class.
+                _kernel().stash.setdefault(_PENDING_NAMES, {})[name] = str(value)
+                return
             # NodeRegistry has no rename; its entries are frozen, so the entry is swapped whole.
             nodes._nodes[name] = dataclasses.replace(entry, display_name=str(value))
             return
@@ -85,7 +90,8 @@ class _LiveMapping(MutableMapping[str, Any]):
             raise TypeError(
                 f"NODE_CLASS_MAPPINGS[{name!r}] must be a class under a non-empty name, not {value!r}"
             )
-        nodes.register(_writing_plugin(), name, value)
+        display_name = _kernel().stash.get(_PENDING_NAMES, {}).pop(name, None)
+        nodes.register(_writing_plugin(), name, value, display_name)
 
     def __delitem__(self, name: str) -> None:
         raise TypeError(f"nodes are never unregistered while the server runs (NODE_CLASS_MAPPINGS[{name!r}])")

@@ -209,6 +209,7 @@ class SurfaceLate:
         return (value * 10,)
 
 
+nodes.NODE_DISPLAY_NAME_MAPPINGS["SurfaceLate"] = "Late (named first)"
 nodes.NODE_CLASS_MAPPINGS["SurfaceLate"] = SurfaceLate
 
 
