@@ -128,10 +128,13 @@ class BaseModel(nn.Module):
             prediction = "v" if model_type == ModelType.V_PREDICTION else "eps"
             model_sampling = ModelSamplingDiscrete(prediction=prediction)
         self.model_sampling = model_sampling
-        self.latent_format = latent_format if latent_format is not None else self.model_config.latent_format
-        self.manual_cast_dtype = self.model_config.manual_cast_dtype
-        self.memory_usage_factor = self.model_config.memory_usage_factor
-        self.adm_channels = int(self.model_config.unet_config.get("adm_in_channels") or 0)
+        # A pack's own config object (its subclass of the reference's model config) may lack some.
+        config = self.model_config
+        self.latent_format = latent_format if latent_format is not None else getattr(config, "latent_format", None)
+        self.manual_cast_dtype = getattr(config, "manual_cast_dtype", None)
+        self.memory_usage_factor = getattr(config, "memory_usage_factor", 2.0)
+        unet_config = getattr(config, "unet_config", None) or {}
+        self.adm_channels = int(unet_config.get("adm_in_channels") or 0)
         self.concat_keys: tuple[str, ...] = ()
         self.inpaint_model = False
         # The MODEL sampling with this model now (the reference's pointer, set by ``pre_run``):
