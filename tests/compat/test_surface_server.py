@@ -124,6 +124,10 @@ async def test_folder_paths_from_a_node(server: Any) -> None:
     assert facts["surface_kind"] == ["a.bin", "c.pt"]
     assert facts["surface_kind_fn"] == ["e.ckpt"]
     assert facts["save"] == ["shot", 1, "surface"]
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoints / CHECKPOINT), "pt") as f:
+        assert facts["tensors"] == len(list(f.keys()))
 
 
 async def test_progress_bar_send_sync_and_the_running_queue(server: Any) -> None:

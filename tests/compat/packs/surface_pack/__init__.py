@@ -107,6 +107,9 @@ class SurfaceFolderPaths(_Node):
             surface_kind=folder_paths.get_filename_list("surface_kind"),
             surface_kind_fn=folder_paths.get_filename_list("surface_kind_fn"),
             save=list(saved[1:4]),
+            tensors=len(
+                comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise("checkpoints", ckpt_name))
+            ),
         )
 
 
