@@ -195,8 +195,16 @@ class KSAMPLER(Sampler):
         return ms.inverse_noise_scaling(sigmas[-1], samples)
 
 
-def _k_function(name: str) -> Callable[..., torch.Tensor]:
-    return lookup("comfy.k_diffusion.sampling", f"sample_{name}", kdiffusion.SAMPLE_FUNCTIONS[name])
+def _k_function(name: str) -> Callable[..., torch.Tensor] | None:
+    """``comfy.k_diffusion.sampling.sample_<name>`` as it is now (a pack may add or replace
+    one), else ours, else None."""
+    ours = kdiffusion.SAMPLE_FUNCTIONS.get(name)
+    found = lookup("comfy.k_diffusion.sampling", f"sample_{name}", ours or _missing)
+    return None if found is _missing else found
+
+
+def _missing(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - a sentinel, never called
+    raise NotImplementedError
 
 
 def ksampler(
@@ -207,7 +215,7 @@ def ksampler(
     """The ``KSAMPLER`` running ``comfy.k_diffusion.sampling.sample_<sampler_name>`` (the pack's
     replacement when there is one); dpm_fast / dpm_adaptive get their (sigma_min, sigma_max)
     arguments from the sigmas."""
-    if sampler_name not in kdiffusion.SAMPLE_FUNCTIONS:
+    if _k_function(sampler_name) is None:
         raise ValueError(f"unknown sampler {sampler_name!r}")
     if sampler_name == "dpm_fast":
 
@@ -224,6 +232,7 @@ def ksampler(
             sigma_min = sigmas[-1] if sigmas[-1] != 0 else sigmas[-2]
             steps = len(sigmas) - 1
             fn = _k_function("dpm_fast")
+            assert fn is not None
             return fn(
                 model,
                 noise,
@@ -251,6 +260,7 @@ def ksampler(
                 return noise
             sigma_min = sigmas[-1] if sigmas[-1] != 0 else sigmas[-2]
             fn = _k_function("dpm_adaptive")
+            assert fn is not None
             return fn(
                 model,
                 noise,
@@ -263,7 +273,9 @@ def ksampler(
             )
 
         return KSAMPLER(dpm_adaptive, extra_options, inpaint_options)
-    return KSAMPLER(_k_function(sampler_name), extra_options, inpaint_options)
+    function = _k_function(sampler_name)
+    assert function is not None
+    return KSAMPLER(function, extra_options, inpaint_options)
 
 
 def sampler_object(name: str) -> Sampler:
@@ -419,11 +431,12 @@ def sample_latents(
 ) -> torch.Tensor:
     """``comfy.sample.sample``: what the KSampler node runs once its noise is drawn. ``noise_mask``
     is a LATENT's raw ``noise_mask``; ``disable_noise`` is the caller's business (pass zeros)."""
-    if sampler_name not in SAMPLER_NAMES:
-        raise ValueError(f"unknown sampler {sampler_name!r}")
-    if scheduler not in SCHEDULER_NAMES and sigmas is None:
-        raise ValueError(f"unknown scheduler {scheduler!r}")
     make = lookup("comfy.samplers", "KSampler", KSampler)
+    # The reference would quietly sample with the first name instead; a typo deserves an error.
+    if sampler_name not in make.SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler_name!r}")
+    if scheduler not in make.SCHEDULERS and sigmas is None:
+        raise ValueError(f"unknown scheduler {scheduler!r}")
     options = getattr(model, "model_options", None)
     ks = make(
         model,

@@ -548,3 +548,44 @@ async def test_cast_transformer_options_moves_patch_objects(shims: Any) -> None:
     assert options["patches"]["attn1_patch"][1] is plain
     assert options["patches_replace"]["attn1"][("input", 1, 0)].weight.dtype == torch.float64
     assert callable(_shim("comfy.k_diffusion.sampling").trange)
+
+
+async def test_a_sampler_a_pack_adds_is_sampled_with(shims: Any, checkpoint: Path) -> None:
+    # smZNodes' pattern: a sample_<name> function in k_diffusion.sampling plus the name in the
+    # KSampler list.
+    samplers, sampling, comfy_sample = (
+        _shim("comfy.samplers"),
+        _shim("comfy.k_diffusion.sampling"),
+        _shim("comfy.sample"),
+    )
+    used: list[int] = []
+
+    def sample_halfway(
+        model: Any,
+        x: torch.Tensor,
+        sigmas: torch.Tensor,
+        extra_args: Any = None,
+        callback: Any = None,
+        disable: Any = None,
+    ) -> torch.Tensor:
+        used.append(len(sigmas))
+        return sampling.sample_euler(
+            model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable
+        )
+
+    sampling.sample_halfway = sample_halfway
+    samplers.KSampler.SAMPLERS.append("halfway")
+    model, clip, _vae = adapters.load_checkpoint(checkpoint)
+    cond, pooled = clip.encode("a kite")
+    positive = [[cond, {"pooled_output": pooled}]]
+    latent = torch.zeros(1, 4, 4, 4)
+    noise = comfy_sample.prepare_noise(latent, 2)
+    out = comfy_sample.sample(model, noise, 3, 1.0, "halfway", "normal", positive, positive, latent, seed=2)
+    euler = comfy_sample.sample(model, noise, 3, 1.0, "euler", "normal", positive, positive, latent, seed=2)
+    assert used == [4] and torch.equal(out, euler)
+    # The core module's own list is untouched: the next server starts clean.
+    from plugins.core_nodes import sampler_objects
+
+    assert "halfway" not in sampler_objects.SAMPLER_NAMES
+    with pytest.raises(ValueError, match="unknown sampler"):
+        comfy_sample.sample(model, noise, 3, 1.0, "nowhere", "normal", positive, positive, latent, seed=2)

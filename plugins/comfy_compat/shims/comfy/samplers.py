@@ -25,7 +25,6 @@ from plugins.core_nodes.guidance import CFGGuider
 from plugins.core_nodes.sampler_objects import (
     KSAMPLER,
     InpaintDenoiser,
-    KSampler,
     Sampler,
     SchedulerHandler,
     ksampler,
@@ -56,10 +55,18 @@ __all__ = [
 ]
 
 KSamplerX0Inpaint = InpaintDenoiser
-KSAMPLER_NAMES: list[str] = _objects.KSAMPLER_NAMES
-SAMPLER_NAMES: list[str] = _objects.SAMPLER_NAMES
-SCHEDULER_NAMES: list[str] = _objects.SCHEDULER_NAMES
+# Fresh lists for each installation of the shims, so what a pack appends stays with this server.
+KSAMPLER_NAMES: list[str] = list(_objects.KSAMPLER_NAMES)
+SAMPLER_NAMES: list[str] = KSAMPLER_NAMES + ["ddim", "uni_pc", "uni_pc_bh2"]
+SCHEDULER_NAMES: list[str] = list(_objects.SCHEDULER_NAMES)
 SCHEDULER_HANDLERS: dict[str, SchedulerHandler] = _objects.scheduler_handlers()
+
+
+class KSampler(_objects.KSampler):
+    __doc__ = _objects.KSampler.__doc__
+    SAMPLERS: list[str] = SAMPLER_NAMES
+    SCHEDULERS: list[str] = SCHEDULER_NAMES
+    DISCARD_PENULTIMATE_SIGMA_SAMPLERS: set[str] = set(_objects.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS)
 
 
 def calculate_sigmas(model_sampling: Any, scheduler_name: str, steps: int) -> Any:
