@@ -492,3 +492,26 @@ async def test_io_type_names_compare_like_the_reference(server: Any) -> None:
     assert io_types.INT != "FLOAT" and io_types.IMAGE != 3
     assert io_types.PRIMITIVE != "IMAGE" and not (io_types.PRIMITIVE != "STRING,INT")
     assert str(io_types.SEGS) == "SEGS" and {io_types.INT: 1}["INT"] == 1
+
+
+async def test_core_node_methods_under_the_reference_names(server: Any) -> None:
+    """Packs call core nodes directly: ``nodes.VAEEncode.vae_encode_crop_pixels`` and friends."""
+    import torch
+
+    nodes = _module("nodes")
+    pixels = torch.rand(1, 70, 45, 3)
+    cropped = nodes.VAEEncode.vae_encode_crop_pixels(pixels)
+    assert cropped.shape == (1, 64, 40, 3)
+    assert torch.equal(cropped, pixels[:, 3:67, 2:42])
+    image = torch.rand(1, 8, 8, 3)
+    (scaled,) = nodes.ImageScale().upscale(image, "nearest-exact", 16, 4, "disabled")
+    assert scaled.shape == (1, 4, 16, 3)
+    cond = [[torch.ones(1, 2, 4), {"pooled_output": torch.ones(1, 4)}]]
+    (zero,) = nodes.ConditioningZeroOut().zero_out(cond)
+    assert not zero[0][0].any() and not zero[0][1]["pooled_output"].any()
+    (joined,) = nodes.ConditioningConcat().concat(cond, [[torch.zeros(1, 3, 4), {}]])
+    assert joined[0][0].shape == (1, 5, 4)
+    (mixed,) = nodes.ConditioningAverage().addWeighted(cond, [[torch.zeros(1, 2, 4), {}]], 0.25)
+    assert torch.allclose(mixed[0][0], torch.full((1, 2, 4), 0.25))
+    (masked,) = nodes.ConditioningSetMask().append(cond, torch.ones(8, 8), "default", 0.5)
+    assert masked[0][1]["mask_strength"] == 0.5 and masked[0][1]["mask"].shape == (1, 8, 8)
