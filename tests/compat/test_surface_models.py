@@ -189,6 +189,9 @@ async def test_clip_vision_matches_transformers(shims: Any) -> None:
     assert torch.allclose(out["last_hidden_state"], ref.last_hidden_state, atol=1e-4)
     assert torch.allclose(out.penultimate_hidden_states, ref.hidden_states[-2], atol=1e-4)
     assert out.image_sizes == [pixels.shape[1:]] * 2
+    # IP-Adapter calls the module directly: the tuple (last, penultimate, embeds, projector output).
+    direct = clip.model(pixel_values=pixels, intermediate_output=-2)
+    assert torch.allclose(direct[2], out.image_embeds) and direct[3] is None and not direct[0].requires_grad
 
 
 async def test_clip_vision_load_rejects_unknown(shims: Any, tmp_path: Any) -> None:

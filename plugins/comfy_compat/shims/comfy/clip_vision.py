@@ -223,7 +223,8 @@ class ClipVisionModel:
         offload = comfy.model_management.text_encoder_offload_device()
         self.dtype = comfy.model_management.text_encoder_dtype(self.load_device)
         self.model = CLIPVisionModelProjection(config, self.dtype, offload, comfy.ops.manual_cast)
-        self.model.eval()
+        # Inference only: packs call self.model directly, outside any no_grad block.
+        self.model.eval().requires_grad_(False)
         self.patcher = _Holder(self.model, self.load_device, offload)
 
     def load_sd(self, sd: Mapping[str, torch.Tensor]) -> Any:
