@@ -16,7 +16,7 @@ import torch
 
 from kernel.progress import ProgressBar
 from plugins.core_nodes.patchpoints import lookup
-from plugins.core_nodes.sampler_objects import sample_latents
+from plugins.core_nodes.sampler_objects import sample_latents, trim_sigmas
 from plugins.core_nodes.sampling.masks import prepare_mask
 from plugins.core_nodes.sampling.noise import prepare_noise
 from plugins.core_nodes.sampling.schedules import ksampler_sigmas
@@ -54,17 +54,9 @@ def select_sigmas(
     last_step: int | None,
     force_full_denoise: bool,
 ) -> torch.Tensor | None:
-    """The sigmas to sample over, or None when ``start_step`` leaves nothing to do."""
+    """The sigmas ``run_ksampler`` samples over, or None when ``start_step`` leaves nothing to do."""
     sigmas = ksampler_sigmas(model.model_sampling, scheduler, sampler_name, steps, denoise)
-    if last_step is not None and last_step < len(sigmas) - 1:
-        sigmas = sigmas[: last_step + 1].clone()
-        if force_full_denoise:
-            sigmas[-1] = 0
-    if start_step is not None:
-        if start_step >= len(sigmas) - 1:
-            return None
-        sigmas = sigmas[start_step:]
-    return sigmas
+    return trim_sigmas(sigmas, start_step, last_step, force_full_denoise)
 
 
 class _TerminalBar:

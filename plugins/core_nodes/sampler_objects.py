@@ -316,6 +316,22 @@ def sample(
     return guider.sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
 
 
+def trim_sigmas(
+    sigmas: torch.Tensor, start_step: int | None, last_step: int | None, force_full_denoise: bool
+) -> torch.Tensor | None:
+    """KSamplerAdvanced's window: the sigmas up to ``last_step`` (ending at 0 with
+    ``force_full_denoise``) from ``start_step`` on, or None when that leaves no step."""
+    if last_step is not None and last_step < len(sigmas) - 1:
+        sigmas = sigmas[: last_step + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0
+    if start_step is not None:
+        if start_step >= len(sigmas) - 1:
+            return None
+        sigmas = sigmas[start_step:]
+    return sigmas
+
+
 class KSampler:
     """The reference's ``comfy.samplers.KSampler``: a sampler name + scheduler + steps (and
     ``denoise``) turned into ``.sigmas``, and ``sample(...)`` over them."""
@@ -378,16 +394,12 @@ class KSampler:
         seed: int | None = None,
     ) -> torch.Tensor:
         """The sampled latent (VAE space); the input latent when ``start_step`` leaves nothing."""
-        if sigmas is None:
-            sigmas = self.sigmas
-        if last_step is not None and last_step < len(sigmas) - 1:
-            sigmas = sigmas[: last_step + 1].clone()
-            if force_full_denoise:
-                sigmas[-1] = 0
-        if start_step is not None:
-            if start_step >= len(sigmas) - 1:
-                return latent_image if latent_image is not None else torch.zeros_like(noise)
-            sigmas = sigmas[start_step:]
+        trimmed = trim_sigmas(
+            self.sigmas if sigmas is None else sigmas, start_step, last_step, force_full_denoise
+        )
+        if trimmed is None:
+            return latent_image if latent_image is not None else torch.zeros_like(noise)
+        sigmas = trimmed
         sampler = lookup("comfy.samplers", "sampler_object", sampler_object)(self.sampler)
         run = lookup("comfy.samplers", "sample", sample)
         return run(
@@ -516,4 +528,5 @@ __all__ = [
     "sample_latents",
     "sampler_object",
     "scheduler_handlers",
+    "trim_sigmas",
 ]
