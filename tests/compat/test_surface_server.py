@@ -192,6 +192,8 @@ async def test_model_objects_and_samplers_from_a_node(server: Any) -> None:
     assert facts["attention"] == [1, 4, 16]
     assert facts["linear"] == [2, 16]
     assert facts["latent"] == [1, 4, 8, 8]
+    assert facts["cond"] == [1, 3, True]
+    assert facts["inpaint"] == [[1, 4, 8, 8], True]
 
 
 # --- the compatibility modules this area owns, used the way packs use them -------------------------
@@ -515,3 +517,7 @@ async def test_core_node_methods_under_the_reference_names(server: Any) -> None:
     assert torch.allclose(mixed[0][0], torch.full((1, 2, 4), 0.25))
     (masked,) = nodes.ConditioningSetMask().append(cond, torch.ones(8, 8), "default", 0.5)
     assert masked[0][1]["mask_strength"] == 0.5 and masked[0][1]["mask"].shape == (1, 8, 8)
+    shown = nodes.PreviewImage().save_images(torch.rand(1, 4, 6, 3))["ui"]["images"]
+    assert shown[0]["type"] == "temp"
+    async with server.get("/view", params={"filename": shown[0]["filename"], "type": "temp"}) as resp:
+        assert resp.status == 200

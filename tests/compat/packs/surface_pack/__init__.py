@@ -178,6 +178,9 @@ class SurfaceModel(_Node):
         lora_model, lora_clip = comfy.sd.load_lora_for_models(model, clip, {}, 1.0, 1.0)
         (latent,) = nodes.VAEEncode().encode(vae, image)
         (direct,) = nodes.NODE_CLASS_MAPPINGS["VAEEncode"]().encode(vae, image)
+        (cond,) = nodes.CLIPTextEncode().encode(clip, "a glass bottle")
+        mask = torch.zeros(image.shape[1], image.shape[2])
+        positive, negative, inpaint = nodes.InpaintModelConditioning().encode(cond, cond, image, vae, mask)
         q = torch.rand(1, 4, 16)
         linear = comfy.ops.manual_cast.Linear(16, 16)
         return _facts(
@@ -194,6 +197,8 @@ class SurfaceModel(_Node):
             linear=list(linear(torch.rand(2, 16)).shape),
             latent=list(latent["samples"].shape),
             latent_equal=bool(torch.equal(latent["samples"], direct["samples"])),
+            cond=[len(cond), cond[0][0].ndim, "pooled_output" in cond[0][1]],
+            inpaint=[list(inpaint["samples"].shape), "concat_latent_image" in positive[0][1]],
         )
 
 
