@@ -115,13 +115,14 @@ async def test_latent_preview_callback_reports_with_previews(shims: Any) -> None
             latent_format = lf.SD15()
 
     seen: list[Any] = []
+    server_hook = utils.PROGRESS_BAR_HOOK
     utils.set_progress_bar_global_hook(lambda v, t, p, node_id=None: seen.append((v, t, p is not None)))
     try:
         store: dict[str, Any] = {}
         callback = lp.prepare_callback(Model(), 3, store)
         callback(0, latent, latent, 3)
     finally:
-        utils.set_progress_bar_global_hook(None)
+        utils.set_progress_bar_global_hook(server_hook)
     assert seen == [(1, 3, True)] and store["x0"] is latent
 
 

@@ -190,15 +190,29 @@ async def test_torch_files_and_seeds(shims: Any, tmp_path: Path) -> None:
 async def test_progress_bar_hook_and_enabled_flag(shims: Any) -> None:
     utils = _mod("comfy.utils")
     seen: list[tuple[Any, ...]] = []
-    utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total, node_id)))
+    server_hook = utils.PROGRESS_BAR_HOOK
+    assert callable(server_hook)
+
+    def wrapper(value: float, total: float, preview: Any, node_id: str | None = None) -> None:
+        seen.append((value, total, node_id))
+        server_hook(value, total, preview, node_id=node_id)  # packs chain to the server's hook
+
+    utils.set_progress_bar_global_hook(wrapper)
     try:
         bar = utils.ProgressBar(4, node_id="7")
         bar.update(1)
         bar.update_absolute(9)
     finally:
-        utils.set_progress_bar_global_hook(None)
+        utils.set_progress_bar_global_hook(server_hook)
     assert seen == [(1, 4, "7"), (4, 4, "7")]
-    assert utils.ProgressBar(2).hook is None
+    assert utils.ProgressBar(2).hook is server_hook
+    utils.set_progress_bar_global_hook(None)
+    try:
+        silent = utils.ProgressBar(2)
+        silent.update(1)
+        assert silent.hook is None and silent.current == 1
+    finally:
+        utils.set_progress_bar_global_hook(server_hook)
     utils.PROGRESS_BAR_ENABLED = False
     assert _mod("comfy.utils").PROGRESS_BAR_ENABLED is False
     utils.set_progress_bar_enabled(True)

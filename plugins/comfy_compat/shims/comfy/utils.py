@@ -6,7 +6,8 @@ argument unless ``filter_keys`` is set, or ``tiled_scale`` feathering tile borde
 
 Two module attributes are process globals because ComfyUI's module API makes them so: packs
 assign ``comfy.utils.PROGRESS_BAR_ENABLED`` (it only switches the samplers' console bar, as in the
-reference) and install a hook with ``set_progress_bar_global_hook``. Both are read at call time.
+reference) and read or replace ``PROGRESS_BAR_HOOK`` (``set_progress_bar_global_hook``), whose
+default reports to the prompt's client as the reference server's hook does.
 """
 
 from __future__ import annotations
@@ -23,15 +24,27 @@ import torch
 import torch.nn.functional as F
 
 from kernel.progress import ProgressBar as _KernelProgressBar
+from kernel.progress import set_progress
 
 log = logging.getLogger("comfykernel.compat")
 
 # Packs write this (UltimateSDUpscale turns it off per tile) and samplers read it at call time to
 # decide whether to draw a console bar; the websocket progress does not depend on it.
 PROGRESS_BAR_ENABLED = True
-# None: bars report to the executing prompt's client. A pack may install its own receiver,
-# called as ``hook(value, total, preview, node_id=...)`` by bars created afterwards.
-PROGRESS_BAR_HOOK: Callable[..., Any] | None = None
+
+
+def _report_to_client(
+    value: float, total: float, preview: Any, prompt_id: str | None = None, node_id: str | None = None
+) -> None:
+    """The server's hook: progress (and a preview) to the prompt's client; raises the
+    interruption when the prompt was interrupted."""
+    set_progress(value, total, node_id, preview)
+
+
+# The receiver of every bar's updates, called as ``hook(value, total, preview, node_id=...)``.
+# Like the reference's server hook, the default reports to the client; a pack may wrap or
+# replace it with set_progress_bar_global_hook (bars made afterwards use the new one).
+PROGRESS_BAR_HOOK: Callable[..., Any] | None = _report_to_client
 
 
 def set_progress_bar_enabled(enabled: bool) -> None:
@@ -47,8 +60,8 @@ def set_progress_bar_global_hook(function: Callable[..., Any] | None) -> None:
 class ProgressBar(_KernelProgressBar):
     """``ProgressBar(total, node_id=None)`` with ``update(n)`` and ``update_absolute(value, total, preview)``.
 
-    Reports to the prompt's client (and raises the interruption) through the kernel, unless a hook
-    was installed with :func:`set_progress_bar_global_hook` before the bar was made.
+    Each update goes to the hook that was installed when the bar was made (by default the
+    server's: progress to the prompt's client, raising the interruption); None sends nothing.
     """
 
     def __init__(self, total: float, node_id: str | None = None) -> None:
@@ -56,13 +69,11 @@ class ProgressBar(_KernelProgressBar):
         self.hook = PROGRESS_BAR_HOOK
 
     def update_absolute(self, value: float, total: float | None = None, preview: Any = None) -> None:
-        if self.hook is None:
-            super().update_absolute(value, total, preview)
-            return
         if total is not None:
             self.total = total
         self.current = min(value, self.total)
-        self.hook(self.current, self.total, preview, node_id=self.node_id)
+        if self.hook is not None:
+            self.hook(self.current, self.total, preview, node_id=self.node_id)
 
 
 # --- checkpoint files ----------------------------------------------------------------------
