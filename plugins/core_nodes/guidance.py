@@ -18,6 +18,7 @@ latent fixed at construction (what the KSampler plumbing and the tests use).
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -404,6 +405,65 @@ class CFGGuider:
         return fmt.process_out(samples.to(torch.float32))
 
 
+class DualCFGGuider(CFGGuider):
+    """The reference's two-prompt guider: ``cond1`` ("positive") guided against ``cond2``
+    ("middle") at ``cfg1`` and ``cond2`` against ``negative`` at ``cfg2``, added ("regular") or
+    nested (the cond1-vs-cond2 result guided against the negative)."""
+
+    def __init__(self, model_patcher: DiffusionModel) -> None:
+        super().__init__(model_patcher)
+        self.cfg1 = 1.0
+        self.cfg2 = 1.0
+        self.nested = False
+
+    def set_conds(  # type: ignore[override]
+        self, positive: list[list[Any]], middle: list[list[Any]], negative: list[list[Any]]
+    ) -> None:
+        self.inner_set_conds({"positive": positive, "middle": middle, "negative": negative})
+
+    def set_cfg(self, cfg1: float, cfg2: float = 1.0, nested: bool = False) -> None:  # type: ignore[override]
+        self.cfg1, self.cfg2, self.nested = float(cfg1), float(cfg2), nested
+
+    def predict_noise(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        model_options: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        from plugins.core_nodes.cfg import calc_cond_batch, cfg_function
+
+        options = self.model_options if model_options is None else model_options
+        batch = lookup("comfy.samplers", "calc_cond_batch", calc_cond_batch)
+        cfg = lookup("comfy.samplers", "cfg_function", cfg_function)
+        negative, middle, positive = (self.conds.get(k) for k in ("negative", "middle", "positive"))
+        model = self.inner_model
+        if self.nested:
+            out = batch(model, [negative, middle, positive], x, timestep, options)
+            text = cfg(
+                model,
+                out[2],
+                out[1],
+                self.cfg1,
+                x,
+                timestep,
+                model_options=options,
+                cond=positive,
+                uncond=middle,
+            )
+            return out[0] + self.cfg2 * (text - out[0])
+        if not options.get("disable_cfg1_optimization", False) and math.isclose(self.cfg2, 1.0):
+            # The skipped passes predict 0, which their factor of 1 would not use.
+            negative = None
+            if math.isclose(self.cfg1, 1.0):
+                middle = None
+        out = batch(model, [negative, middle, positive], x, timestep, options)
+        guided = cfg(
+            model, out[1], out[0], self.cfg2, x, timestep, model_options=options, cond=middle, uncond=negative
+        )
+        return guided + (out[2] - out[1]) * self.cfg1
+
+
 class Guider(CFGGuider):
     """A :class:`CFGGuider` with its conds, cfg and latent (model space) fixed at construction:
     ``guider(x, sigma)`` is the plain denoiser the samplers call."""
@@ -440,6 +500,7 @@ class Guider(CFGGuider):
 __all__ = [
     "AREA_FEATHER",
     "CFGGuider",
+    "DualCFGGuider",
     "Guider",
     "ResolvedCond",
     "cond_weights",

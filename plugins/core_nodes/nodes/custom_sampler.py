@@ -8,6 +8,8 @@ SamplerCustom with KSamplerSelect + BasicScheduler gives the KSampler node's lat
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, ClassVar
 
 from plugins.core_nodes.nodes.common import MAX_SEED, KernelNode
@@ -190,6 +192,57 @@ class SDTurboScheduler(_Node):
         return (torch.cat([sigmas, sigmas.new_zeros([1])]),)
 
 
+class BetaSamplingScheduler(_Node):
+    CATEGORY = "model/sampling/schedulers"
+    RETURN_TYPES = ("SIGMAS",)
+    FUNCTION = "get_sigmas"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "alpha": _advanced(0.6, 50.0),
+                "beta": _advanced(0.6, 50.0),
+            }
+        }
+
+    def get_sigmas(self, model: Any, steps: int, alpha: float, beta: float) -> tuple[Any]:
+        from plugins.core_nodes.sampling.schedules import beta_scheduler
+
+        return (beta_scheduler(_model_sampling(model), steps, alpha=alpha, beta=beta),)
+
+
+class LaplaceScheduler(_Node):
+    CATEGORY = "model/sampling/schedulers"
+    RETURN_TYPES = ("SIGMAS",)
+    FUNCTION = "get_sigmas"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "sigma_max": _advanced(14.614642, 5000.0),
+                "sigma_min": _advanced(0.0291675, 5000.0),
+                "mu": _float(0.0, -10.0, 10.0, 0.1, advanced=True),
+                "beta": _float(0.5, 0.0, 10.0, 0.1, advanced=True),
+            }
+        }
+
+    def get_sigmas(
+        self, steps: int, sigma_max: float, sigma_min: float, mu: float, beta: float
+    ) -> tuple[Any]:
+        import torch
+
+        # Log-sigma follows a Laplace(mu, beta) quantile ramp (Tong et al. 2024), clamped to range.
+        x = torch.linspace(0, 1, steps)
+        lmb = mu - beta * torch.sign(0.5 - x) * torch.log(1 - 2 * torch.abs(0.5 - x) + 1e-5)
+        sigmas = torch.clamp(torch.exp(lmb), min=sigma_min, max=sigma_max)
+        return (torch.cat([sigmas, sigmas.new_zeros([1])]),)
+
+
 # --- sigmas ---------------------------------------------------------------------------------
 
 
@@ -289,6 +342,65 @@ class SamplingPercentToSigma(_Node):
             elif sampling_percent == 1.0:
                 sigma = float(ms.sigma_min)
         return (sigma,)
+
+
+class ManualSigmas(_Node):
+    CATEGORY = "model/sampling/sigmas"
+    RETURN_TYPES = ("SIGMAS",)
+    FUNCTION = "get_sigmas"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"sigmas": ("STRING", {"default": "1, 0.5", "multiline": False})}}
+
+    def get_sigmas(self, sigmas: str) -> tuple[Any]:
+        import torch
+
+        # Every number in the text, whatever separates them.
+        return (torch.FloatTensor([float(v) for v in re.findall(r"[-+]?(?:\d*\.*\d+)", sigmas)]),)
+
+
+class ExtendIntermediateSigmas(_Node):
+    CATEGORY = "model/sampling/sigmas"
+    RETURN_TYPES = ("SIGMAS",)
+    FUNCTION = "extend"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "sigmas": ("SIGMAS",),
+                "steps": ("INT", {"default": 2, "min": 1, "max": 100}),
+                "start_at_sigma": _float(-1.0, -1.0, 20000.0),
+                "end_at_sigma": _float(12.0, 0.0, 20000.0),
+                "spacing": (["linear", "cosine", "sine"],),
+            }
+        }
+
+    def extend(
+        self, sigmas: Any, steps: int, start_at_sigma: float, end_at_sigma: float, spacing: str
+    ) -> tuple[Any]:
+        import torch
+
+        if start_at_sigma < 0:
+            start_at_sigma = float("inf")
+        # Each selected step is split into ``steps`` sub-steps; the names follow the reference
+        # ("cosine" eases out, "sine" eases in).
+        ramps = {
+            "linear": lambda t: t,
+            "cosine": lambda t: torch.sin(t * math.pi / 2),
+            "sine": lambda t: 1 - torch.cos(t * math.pi / 2),
+        }
+        fractions = ramps[spacing](torch.linspace(0, 1, steps + 1)[1:-1])
+        extended: list[float] = []
+        for i in range(len(sigmas) - 1):
+            high, low = sigmas[i], sigmas[i + 1]
+            extended.append(float(high))
+            if end_at_sigma <= high <= start_at_sigma:
+                extended.extend((fractions * (low - high) + high).tolist())
+        if len(sigmas) > 0:
+            extended.append(float(sigmas[-1]))
+        return (torch.FloatTensor(extended),)
 
 
 # --- samplers -------------------------------------------------------------------------------
@@ -433,6 +545,22 @@ class SamplerDPMAdaptative(_OptionSampler):
         return self._make("dpm_adaptive", **options)
 
 
+class SamplerSEEDS2(_OptionSampler):
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "solver_type": (["phi_1", "phi_2"],),
+                "eta": _advanced(1.0),
+                "s_noise": _advanced(1.0),
+                "r": _float(0.5, 0.01, 1.0, advanced=True),
+            }
+        }
+
+    def get_sampler(self, solver_type: str, eta: float, s_noise: float, r: float) -> tuple[Any]:
+        return self._make("seeds_2", eta=eta, s_noise=s_noise, r=r, solver_type=solver_type)
+
+
 # --- noise ----------------------------------------------------------------------------------
 
 
@@ -568,6 +696,43 @@ class CFGGuider(_Node):
         return (guider,)
 
 
+class DualCFGGuider(_Node):
+    CATEGORY = "model/sampling/guiders"
+    RETURN_TYPES = ("GUIDER",)
+    FUNCTION = "get_guider"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "cond1": ("CONDITIONING",),
+                "cond2": ("CONDITIONING",),
+                "negative": ("CONDITIONING",),
+                "cfg_conds": _cfg(),
+                "cfg_cond2_negative": _cfg(),
+                "style": (["regular", "nested"],),
+            }
+        }
+
+    def get_guider(
+        self,
+        model: Any,
+        cond1: list[Any],
+        cond2: list[Any],
+        negative: list[Any],
+        cfg_conds: float,
+        cfg_cond2_negative: float,
+        style: str,
+    ) -> tuple[Any]:
+        from plugins.core_nodes.guidance import DualCFGGuider as Guider
+
+        guider = Guider(model)
+        guider.set_conds(cond1, cond2, negative)
+        guider.set_cfg(cfg_conds, cfg_cond2_negative, nested=style == "nested")
+        return (guider,)
+
+
 # --- sampling -------------------------------------------------------------------------------
 
 
@@ -691,6 +856,8 @@ NODES: dict[str, tuple[type, str | None]] = {
     "PolyexponentialScheduler": (PolyexponentialScheduler, None),
     "VPScheduler": (VPScheduler, None),
     "SDTurboScheduler": (SDTurboScheduler, None),
+    "BetaSamplingScheduler": (BetaSamplingScheduler, None),
+    "LaplaceScheduler": (LaplaceScheduler, None),
     "KSamplerSelect": (KSamplerSelect, None),
     "SamplerEulerAncestral": (SamplerEulerAncestral, None),
     "SamplerEulerAncestralCFGPP": (SamplerEulerAncestralCFGPP, "SamplerEulerAncestralCFG++"),
@@ -704,9 +871,13 @@ NODES: dict[str, tuple[type, str | None]] = {
     "SplitSigmasDenoise": (SplitSigmasDenoise, None),
     "FlipSigmas": (FlipSigmas, None),
     "SetFirstSigma": (SetFirstSigma, None),
+    "ManualSigmas": (ManualSigmas, None),
+    "ExtendIntermediateSigmas": (ExtendIntermediateSigmas, None),
+    "SamplerSEEDS2": (SamplerSEEDS2, None),
     "SamplingPercentToSigma": (SamplingPercentToSigma, None),
     "CFGGuider": (CFGGuider, "CFG Guider"),
     "BasicGuider": (BasicGuider, "Basic Guider"),
+    "DualCFGGuider": (DualCFGGuider, "Dual CFG Guider"),
     "RandomNoise": (RandomNoise, None),
     "DisableNoise": (DisableNoise, None),
     "AddNoise": (AddNoise, None),

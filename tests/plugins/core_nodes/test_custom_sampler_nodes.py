@@ -217,3 +217,46 @@ async def test_sampler_custom_advanced_over_http_equals_ksampler(comfy_server: A
     assert (
         entry["output_name"] == ["output", "denoised_output"] and entry["category"] == "model/sampling/custom"
     )
+
+
+def test_more_schedulers_and_sigma_nodes() -> None:
+    ms = ModelSamplingDiscrete()
+    (beta,) = cs.BetaSamplingScheduler().get_sigmas(ToyModel(), 6, 0.6, 0.6)
+    assert torch.equal(beta, ksampler_sigmas(ms, "beta", "euler", 6))
+    (laplace,) = cs.LaplaceScheduler().get_sigmas(5, 14.6, 0.03, 0.0, 0.5)
+    assert laplace.shape == (6,) and laplace[-1] == 0 and bool((laplace[:-1].diff() <= 0).all())
+    assert float(laplace[0]) == pytest.approx(14.6) and float(laplace[-2]) == pytest.approx(0.03)
+    (manual,) = cs.ManualSigmas().get_sigmas("14.6, 7;3.5 1 0")
+    assert manual.tolist() == pytest.approx([14.6, 7.0, 3.5, 1.0, 0.0])
+    sigmas = torch.tensor([10.0, 6.0, 2.0, 0.0])
+    (linear,) = cs.ExtendIntermediateSigmas().extend(sigmas, 2, -1.0, 5.0, "linear")
+    assert linear.tolist() == pytest.approx([10.0, 8.0, 6.0, 4.0, 2.0, 0.0])
+    (three,) = cs.ExtendIntermediateSigmas().extend(sigmas, 3, 8.0, 0.0, "linear")
+    assert three.tolist() == pytest.approx([10.0, 6.0, 6 - 4 / 3, 6 - 8 / 3, 2.0, 2 - 2 / 3, 2 - 4 / 3, 0.0])
+    (seeds,) = cs.SamplerSEEDS2().get_sampler("phi_2", 0.5, 1.0, 0.5)
+    assert seeds.extra_options == {"eta": 0.5, "s_noise": 1.0, "r": 0.5, "solver_type": "phi_2"}
+
+
+def test_dual_cfg_guider_styles() -> None:
+    from plugins.core_nodes.guidance import DualCFGGuider
+
+    x, sigma = torch.zeros(1, 4, 8, 8), torch.tensor([1.0])
+    # The toy model predicts bias * mean(embedding): 3, 2 and 0.5 for the three conds.
+    (guider,) = cs.DualCFGGuider().get_guider(
+        ToyModel(1.0), cond(3.0), cond(2.0), cond(0.5), 2.0, 4.0, "regular"
+    )
+    assert isinstance(guider, DualCFGGuider)
+    guider.prepare(x)
+    regular = guider(x, sigma)
+    assert torch.allclose(regular, torch.full_like(x, 0.5 + 4.0 * (2.0 - 0.5) + (3.0 - 2.0) * 2.0))
+    guider.set_cfg(2.0, 4.0, nested=True)
+    nested = guider(x, sigma)
+    text = 2.0 + 2.0 * (3.0 - 2.0)
+    assert torch.allclose(nested, torch.full_like(x, 0.5 + 4.0 * (text - 0.5)))
+    model = ToyModel(1.0)
+    single = DualCFGGuider(model)
+    single.set_conds(cond(3.0), cond(2.0), cond(0.5))
+    single.set_cfg(1.0, 1.0)
+    single.prepare(x)
+    assert torch.allclose(single(x, sigma), torch.full_like(x, 3.0))
+    assert len(model.calls) == 1  # cfg 1 / 1: only the first conditioning is evaluated
