@@ -87,7 +87,14 @@ async def test_encoders_wrap_a_loaded_model(shims: Any) -> None:
     ref_cond, ref_pooled = stack.encode_tokens(tokens)
     assert torch.equal(cond, ref_cond) and torch.equal(pooled, ref_pooled)
 
+    tokenizer = sd1.wrap_tokenizers(stack)
+    assert isinstance(tokenizer, sdxl.SDXLTokenizer)
+    assert tokenizer.tokenize_with_weights("a (red:1.2) fox") == stack.tokenize("a (red:1.2) fox")
+    assert tokenizer.clip_g.pad_token == 0 and tokenizer.clip_l.pad_token == 49407
+
     sd1_stack = _stack("sd1")
+    sd1_tokenizer = sd1.wrap_tokenizers(sd1_stack)
+    assert isinstance(sd1_tokenizer, sd1.SD1Tokenizer) and sd1_tokenizer.clip_l.embedding_size == sd1_stack.encoders["l"].model.config.width
     assert isinstance(sd1_stack, sd1.SD1ClipModel) and not isinstance(sd1_stack, sdxl.SDXLClipModel)
     wrapped = sd1.wrap_text_encoders(sd1_stack)
     tokens = sd1.SD1Tokenizer().tokenize_with_weights("a house")

@@ -5,8 +5,9 @@ The prompt-syntax helpers (``parse_parentheses``, ``token_weights``, ``escape_im
 weigh prompts. The tokenizer classes wrap the core nodes' CLIP tokenizer, so a pack's
 ``SD1Tokenizer().tokenize_with_weights(text)`` gives the same chunks CLIPTextEncode uses. The
 encoder classes run the core nodes' CLIP text transformer; they can be built empty (random
-weights until ``load_sd``) like the reference's, or around a loaded model's encoders
-(:func:`wrap_text_encoders`) so ``encode_token_weights`` reuses its weights.
+weights until ``load_sd``) like the reference's, or around a loaded model's encoders and
+tokenizers (:func:`wrap_text_encoders`, :func:`wrap_tokenizers`) so they reuse its weights,
+padding and textual inversions: what a CLIP's ``cond_stage_model`` / ``tokenizer`` should be.
 
 ``isinstance(x, SD1ClipModel)`` (and the SDXL classes in :mod:`comfy.sdxl_clip`) also holds for
 the core nodes' text-encoder stacks of the matching family, because packs test a CLIP's
@@ -190,7 +191,14 @@ class SDTokenizer:
         disable_weights: bool = False,
         tokenizer_data: Mapping[str, Any] | None = None,
         tokenizer_args: Mapping[str, Any] | None = None,
+        *,
+        prompt_tokenizer: core_tok.PromptTokenizer | None = None,
     ) -> None:
+        if prompt_tokenizer is not None:
+            # Around a loaded model's tokenizer: its token ids, padding and embedding lookup.
+            start_token, end_token = prompt_tokenizer.start_token, prompt_tokenizer.end_token
+            pad_token, max_length = prompt_tokenizer.pad_token, prompt_tokenizer.max_length
+            embedding_size, embedding_key = prompt_tokenizer.embedding_size, prompt_tokenizer.embedding_key
         self.max_length = max_length
         self.min_length = min_length
         self.min_padding = min_padding
@@ -208,9 +216,9 @@ class SDTokenizer:
         self.embedding_size = embedding_size
         self.embedding_key = embedding_key
         self.embedding_identifier = "embedding:"
-        self.bpe = core_tok.default_bpe()
+        self.bpe = prompt_tokenizer.bpe if prompt_tokenizer is not None else core_tok.default_bpe()
         self.inv_vocab = {v: k for k, v in self.bpe.vocab.items()}
-        self._prompt = core_tok.PromptTokenizer(
+        self._prompt = prompt_tokenizer or core_tok.PromptTokenizer(
             self.bpe,
             max_length=max_length,
             start_token=self.start_token,
@@ -453,6 +461,25 @@ class SD1ClipModel(torch.nn.Module, metaclass=_StackFamily):
 
     def load_sd(self, sd: Mapping[str, torch.Tensor]) -> Any:
         return getattr(self, self.clip).load_sd(sd)
+
+
+def wrap_tokenizers(stack: core_te.TextEncoderStack) -> Any:
+    """The reference-style ``clip.tokenizer`` for a loaded model: an ``SD1Tokenizer`` (SD1/SD2)
+    or ``SDXLTokenizer`` whose tokenizers are the model's own (same padding and embeddings)."""
+    import comfy.sdxl_clip
+
+    def member(name: str) -> SDTokenizer:
+        return SDTokenizer(prompt_tokenizer=stack.tokenizers[name])
+
+    if set(stack.tokenizers) == {"l", "g"}:
+        wrapped = comfy.sdxl_clip.SDXLTokenizer.__new__(comfy.sdxl_clip.SDXLTokenizer)
+        wrapped.clip_l, wrapped.clip_g = member("l"), member("g")
+        return wrapped
+    (name,) = stack.tokenizers
+    single = SD1Tokenizer.__new__(SD1Tokenizer)
+    single.clip_name, single.clip, single.tokenizer_data = name, f"clip_{name}", {}
+    setattr(single, single.clip, member(name))
+    return single
 
 
 def wrap_text_encoders(stack: core_te.TextEncoderStack) -> torch.nn.Module:
