@@ -227,8 +227,20 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.n_heads = heads
         self.d_head = head_dim
+        # The reference's attributes, for packs whose replacement ``_forward`` reads them.
+        self.inner_dim = heads * head_dim
+        self.is_res = self.inner_dim == dim
+        self.ff_in: nn.Module | None = None
+        self.disable_self_attn = False
+        self.switch_temporal_ca_to_sa = False
 
     def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, transformer_options: Options | None = None
+    ) -> torch.Tensor:
+        # Through ``_forward``, as the reference does: packs replace it on an instance.
+        return self._forward(x, context, transformer_options)
+
+    def _forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, transformer_options: Options | None = None
     ) -> torch.Tensor:
         options = transformer_options or {}
@@ -288,6 +300,7 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         inner = heads * head_dim
         self.linear = linear
+        self.use_linear = linear  # the reference's name
         self.in_channels = channels
         self.norm = _norm(channels, eps=1e-6)
         self.proj_in: nn.Module = nn.Linear(channels, inner) if linear else nn.Conv2d(channels, inner, 1)
