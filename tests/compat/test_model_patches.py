@@ -369,6 +369,15 @@ async def test_forward_timestep_embed_and_apply_model_as_packs_use_them(shims: A
         openai.forward_timestep_embed = original
     unet = model.unet
     assert len(seen) == len(unet.input_blocks) + 1 + len(unet.output_blocks)
+    # A transformer block runs through its _forward, which packs replace on the instance.
+    attention = _shim("comfy.ldm.modules.attention")
+    block = next(m for m in unet.modules() if isinstance(m, attention.BasicTransformerBlock))
+    block._forward = lambda x, context=None, transformer_options=None: x
+    try:
+        assert not torch.equal(_denoise(model), plain)
+    finally:
+        del block._forward
+    assert torch.equal(_denoise(model), plain)
 
     # BaseModel.apply_model (sigma in, denoised out) is the MODEL's call; after pre_run it runs
     # through that MODEL's patches, after cleanup through none.
