@@ -230,3 +230,26 @@ async def test_server_models_answer_family_checks_and_load_bookkeeping(shims: An
     assert mm.loaded_models()[0] is clone
     mm.unload_all_models()
     assert mm.loaded_models() == []
+
+
+async def test_load_text_encoder_state_dicts_matches_the_checkpoint_clip(shims: Any, tmp_path: Path) -> None:
+    from plugins.core_nodes.models import adapters
+    from plugins.core_nodes.models.checkpoint import CheckpointError
+    from tests.plugins.core_nodes import tiny_pipeline
+
+    sd = _mod("comfy.sd")
+    path = tiny_pipeline.write_checkpoint(tmp_path / "tiny.safetensors", "sd1")
+    _, ckpt_clip, _ = adapters.load_checkpoint(path)
+    prefix = "cond_stage_model.transformer."
+    weights = {k[len(prefix):]: v for k, v in tiny_pipeline.checkpoint_dict("sd1").items() if k.startswith(prefix)}
+    clip = sd.load_text_encoder_state_dicts([weights])
+    assert isinstance(clip, sd.CLIP)
+    tokens = clip.tokenize("a (cat:1.2) on a mat")
+    assert tokens == ckpt_clip.tokenize("a (cat:1.2) on a mat")
+    ours, ours_pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    theirs, theirs_pooled = ckpt_clip.encode_from_tokens(tokens, return_pooled=True)
+    assert torch.allclose(ours, theirs, atol=1e-5) and torch.allclose(ours_pooled, theirs_pooled, atol=1e-5)
+    with pytest.raises(CheckpointError):
+        sd.load_text_encoder_state_dicts([{"nothing.weight": torch.zeros(1)}])
+    with pytest.raises(ValueError, match="not supported"):
+        sd.load_text_encoder_state_dicts([weights], clip_type=sd.CLIPType.FLUX)

@@ -88,6 +88,7 @@ __all__ = [
     "load_diffusion_model_state_dict",
     "load_lora_for_models",
     "load_style_model",
+    "load_text_encoder_state_dicts",
     "load_torch_file",
     "load_unet",
     "load_unet_state_dict",
@@ -280,6 +281,47 @@ class VAE(metaclass=_VAEType):
         if not isinstance(sd, Mapping):
             raise TypeError("comfy.sd.VAE needs the VAE's state dict: comfy.sd.VAE(sd=load_torch_file(path))")
         return _adapters().vae_from_state_dict(sd, "comfy.sd.VAE(sd=...)")
+
+
+def _text_encoder_width(sd: Mapping[str, Any]) -> int:
+    for key, value in sd.items():
+        if key.endswith(("token_embedding.weight", "token_embedding")):
+            return int(value.shape[-1])
+    return 0
+
+
+def load_text_encoder_state_dicts(
+    state_dicts: Sequence[Mapping[str, Any]] = (),
+    embedding_directory: str | Sequence[str] | None = None,
+    clip_type: CLIPType = CLIPType.STABLE_DIFFUSION,
+    model_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """CLIP from text-encoder state dicts already read (``load_clip`` without the files): one
+    (CLIP-L, or OpenCLIP-H told by its width) or SDXL's two, in either order. Textual inversions
+    are looked up in ``embedding_directory``; the result is not cached."""
+    dicts = [dict(sd) for sd in state_dicts]
+    _core_clip_type(clip_type, len(dicts))
+    from plugins.core_nodes.models import checkpoint as ckpt
+    from plugins.core_nodes.models.text_encoder import stack_from_encoder_files
+
+    if len(dicts) == 2:
+        # CLIP-L is the narrower of SDXL's pair, whichever slot it came in.
+        dicts.sort(key=_text_encoder_width)
+        roles: tuple[str, ...] = ("l", "g")
+    else:
+        roles = ("h",) if _text_encoder_width(dicts[0]) == 1024 else ("l",)
+    embeddings = None
+    if embedding_directory:
+        import comfy.sd1_clip
+
+        def embeddings(name: str, key: str, size: int) -> Any:
+            return comfy.sd1_clip.load_embed(name, embedding_directory, size, key)
+
+    try:
+        stack = stack_from_encoder_files(dict(zip(roles, dicts, strict=True)), embeddings=embeddings)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ckpt.CheckpointError(f"load_text_encoder_state_dicts: not text encoders this server knows ({e})") from None
+    return _adapters().TextEncoder(stack)
 
 
 def load_checkpoint(
