@@ -272,6 +272,25 @@ def test_a_pack_can_construct_and_subclass_model_patcher_over_its_own_module(shi
     assert module[1] is relu and torch.equal(module[0].weight, before)
 
 
+async def test_a_pack_built_model_patcher_over_our_model_samples_like_the_loaders(
+    shims: Any, checkpoint: Path
+) -> None:
+    mp = _shim("comfy.model_patcher")
+    model, _, _ = adapters.load_checkpoint(checkpoint)
+    own = mp.ModelPatcher(model.model, torch.device("cpu"), torch.device("cpu"))
+    assert own.model_sampling is model.model.model_sampling and own.concat_channels == 0
+    assert torch.equal(_denoise(own), _denoise(model))
+    # Its weight patches are written into the network for the call and taken out after.
+    weight = model.unet.input_blocks[1][0].in_layers[2].weight
+    before = weight.detach().clone()
+    diff = seeded_diff(weight.shape, 3)
+    own.add_patches({DIFF_KEY: (diff,)})
+    ours = model.clone()
+    ours.add_patches({DIFF_KEY: (diff,)})
+    assert torch.equal(_denoise(own), _denoise(ours))
+    assert torch.equal(weight, before) and not torch.equal(_denoise(ours), _denoise(model))
+
+
 # --- the patches, called directly --------------------------------------------------------------
 
 

@@ -196,6 +196,43 @@ class ModelPatcher:
         self.hook_mode: Any = None
         self.model_size()
 
+    # --- sampling a pack-built MODEL ----------------------------------------------------------------
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: Mapping[str, Any],
+        transformer_options: Mapping[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """The denoised latent, as the sampler asks a MODEL: through the model's ``apply_model``
+        (a ``BaseModel``), with this MODEL's weight and object patches written in for the call
+        and taken out after (the reference keeps them in while the model is loaded)."""
+        apply = getattr(self.model, "apply_model", None)
+        if not callable(apply):
+            raise TypeError(f"a MODEL over {type(self.model).__name__} cannot be sampled: it has no apply_model")
+        options = {**self.model_options.get("transformer_options", {}), **(transformer_options or {})}
+        rest = dict(cond)
+        args = (rest.pop("c_concat", None), rest.pop("c_crossattn", None), rest.pop("control", None))
+        patched = bool(self.patches or self.object_patches)
+        if patched:
+            self.patch_model()
+        try:
+            return apply(x, sigma, *args, options, **rest)
+        finally:
+            if patched:
+                self.unpatch_model()
+
+    def __getattr__(self, name: str) -> Any:
+        # What the sampler reads off a MODEL, for a pack-built one: its model's parts. Only
+        # reached when the attribute is not set, so packs may still assign these names.
+        if name in ("model_sampling", "latent_format") and "model" in self.__dict__:
+            return self.get_model_object(name)
+        if name == "concat_channels" and "model" in self.__dict__:
+            channels = getattr(self.__dict__["model"], "concat_channels", None)
+            return channels() if callable(channels) else 0
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # --- size and place ------------------------------------------------------------------------
 
     def model_size(self) -> int:
