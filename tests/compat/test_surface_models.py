@@ -155,6 +155,16 @@ async def test_clip_preprocess_matches_reference_steps(shims: Any) -> None:
     out = cv.clip_preprocess(flat)
     assert out.shape == (1, 3, 224, 224)
     assert torch.allclose(out, ((torch.full((3, 1, 1), 153 / 255)) - mean) / std, atol=1e-5)
+    # transformers' CLIPImageProcessor agrees on an 8-bit image already at the model's size.
+    import numpy as np
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    pixels8 = (torch.rand(224, 224, 3) * 255).round().to(torch.uint8)
+    hf = CLIPImageProcessor()(images=Image.fromarray(pixels8.numpy()), return_tensors="pt")["pixel_values"]
+    ours = cv.clip_preprocess(pixels8.float().unsqueeze(0) / 255.0)
+    assert torch.allclose(ours, hf, atol=1e-5) and np.isfinite(ours.numpy()).all()
+
     striped = torch.zeros(1, 100, 300, 3)
     striped[:, :, 150:] = 1.0
     cropped = cv.clip_preprocess(striped, crop=True)
