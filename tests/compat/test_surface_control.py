@@ -213,6 +213,8 @@ async def test_load_diffusion_model_state_dict(shims: Any) -> None:
         sd.load_diffusion_model_state_dict({"conv_in.weight": torch.zeros(8, 4, 3, 3)})
     with pytest.raises(TypeError):
         sd.load_diffusion_model_state_dict(None)
+    with pytest.raises(NotImplementedError, match="custom_operations"):
+        sd.load_diffusion_model_state_dict(unet_sd, model_options={"custom_operations": object()})
 
 
 async def test_server_models_answer_family_checks_and_load_bookkeeping(shims: Any) -> None:

@@ -202,6 +202,16 @@ def load_clip(
     return _adapters().load_clip(paths, core_type)
 
 
+def _refuse_custom_operations(model_options: Mapping[str, Any] | None, caller: str) -> None:
+    # Quantized loaders (GGUF) hand their own layer classes and tensor types here; the server's
+    # networks cannot run them, so say so instead of failing on mismatched weight shapes.
+    if model_options and model_options.get("custom_operations") is not None:
+        raise NotImplementedError(
+            f"comfy.sd.{caller}: model_options['custom_operations'] (quantized weights such as GGUF) "
+            "are not supported by comfykernel"
+        )
+
+
 def load_diffusion_model_state_dict(
     sd: Mapping[str, Any], model_options: Mapping[str, Any] | None = None, metadata: Any = None
 ) -> Any:
@@ -209,6 +219,7 @@ def load_diffusion_model_state_dict(
     a known diffusers layout). Not cached, like the reference's; errors are ``CheckpointError``."""
     if not isinstance(sd, Mapping):
         raise TypeError("comfy.sd.load_diffusion_model_state_dict needs a state dict")
+    _refuse_custom_operations(model_options, "load_diffusion_model_state_dict")
     from plugins.core_nodes.models import checkpoint as ckpt
     from plugins.core_nodes.models.unet import build_unet
 
@@ -301,6 +312,7 @@ def load_text_encoder_state_dicts(
     are looked up in ``embedding_directory``; the result is not cached."""
     dicts = [dict(sd) for sd in state_dicts]
     _core_clip_type(clip_type, len(dicts))
+    _refuse_custom_operations(model_options, "load_text_encoder_state_dicts")
     from plugins.core_nodes.models import checkpoint as ckpt
     from plugins.core_nodes.models.text_encoder import stack_from_encoder_files
 
