@@ -346,6 +346,25 @@ async def test_patch_arguments_are_the_references(shims: Any, checkpoint: Path) 
     assert torch.equal(_denoise(model), plain)
 
 
+async def test_sdxl_models_take_the_same_patches(shims: Any, xl_checkpoint: Path) -> None:
+    model, _, _ = adapters.load_checkpoint(xl_checkpoint)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    cond = {
+        "c_crossattn": torch.randn(1, 77, 2 * tiny_pipeline.CLIP_WIDTH, generator=g),
+        "pooled_output": torch.randn(1, tiny_pipeline.CLIP_WIDTH, generator=g),
+    }
+    sigma = torch.tensor([3.0])
+    plain = model(x, sigma, cond)
+    for scale, same in ((1.0, True), (0.5, False)):
+        m = model.clone()
+        m.set_model_attn2_patch(lambda n, c, v, extra, s=scale: (n, c, v * s))
+        assert torch.equal(m(x, sigma, cond), plain) is same
+    # The ADM vector can also come in ready-made, as the reference's ``y``.
+    y = model.model.encode_adm(cond, x)
+    assert y is not None and torch.equal(model(x, sigma, {**cond, "y": y}), plain)
+
+
 async def test_optimized_attention_is_read_at_call_time(shims: Any, checkpoint: Path) -> None:
     attention = _shim("comfy.ldm.modules.attention")
     model, _, _ = adapters.load_checkpoint(checkpoint)
