@@ -269,6 +269,27 @@ async def test_execution_get_input_and_output_data_run_a_node(server: Any) -> No
     assert missing == {"image": True} and data["image"] == [None]
 
 
+async def test_execution_get_input_data_passes_hidden_literals(server: Any) -> None:
+    """A hidden entry that names no special token is an input (loop nodes clone with one)."""
+    execution = _module("execution")
+
+    class Looping:
+        @classmethod
+        def INPUT_TYPES(cls) -> dict[str, Any]:
+            return {
+                "required": {"flow": ("INT", {})},
+                "hidden": {"remaining": ("INT",), "node_id": "UNIQUE_ID", "raw": "PROMPT"},
+            }
+
+    data, missing, _ = execution.get_input_data(
+        {"flow": 1, "remaining": 3, "node_id": "forged", "raw": "forged"}, Looping, "7", None
+    )
+    assert missing == {}
+    assert data["flow"] == [1] and data["remaining"] == [3]
+    # Special tokens come from the server, never from the prompt's inputs.
+    assert data["node_id"] == ["7"] and data["raw"] == [None]
+
+
 async def test_prompt_queue_put_runs_the_prompt(server: Any) -> None:
     """VideoHelperSuite requeues through ``prompt_queue.put`` with the reference's item tuple."""
     instance = _module("server").PromptServer.instance

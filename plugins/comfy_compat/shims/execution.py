@@ -21,6 +21,7 @@ from server import PromptQueueView as PromptQueue
 
 from kernel.executor.validation import call_mapped
 from kernel.executor.validation import validate_prompt as _validate
+from kernel.nodes.spec import hidden_token
 
 log = logging.getLogger("comfykernel.compat")
 
@@ -88,7 +89,14 @@ def get_input_data(
     """
     extra_data = extra_data or {}
     declared = class_def.INPUT_TYPES()
-    known = {**declared.get("required", {}), **declared.get("optional", {})}
+    hidden = declared.get("hidden", {}) or {}
+    # Hidden entries that name no special token are ordinary inputs, as in the reference (loop
+    # nodes clone themselves with a hidden literal).
+    known = {
+        **declared.get("required", {}),
+        **declared.get("optional", {}),
+        **{name: kind for name, kind in hidden.items() if hidden_token(kind) is None},
+    }
     data: dict[str, list[Any]] = {}
     missing: dict[str, bool] = {}
     for name, value in inputs.items():
@@ -107,7 +115,8 @@ def get_input_data(
             data[name] = cached[value[1]]
         elif name in known:
             data[name] = [value]
-    for name, kind in declared.get("hidden", {}).items():
+    for name, declared_kind in hidden.items():
+        kind = hidden_token(declared_kind)
         if kind == "PROMPT":
             data[name] = [dynprompt.get_original_prompt() if dynprompt is not None else None]
         elif kind == "DYNPROMPT":
