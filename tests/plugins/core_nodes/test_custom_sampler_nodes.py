@@ -260,3 +260,16 @@ def test_dual_cfg_guider_styles() -> None:
     single.prepare(x)
     assert torch.allclose(single(x, sigma), torch.full_like(x, 3.0))
     assert len(model.calls) == 1  # cfg 1 / 1: only the first conditioning is evaluated
+
+
+def test_no_sigmas_returns_the_latent_unchanged() -> None:
+    (empty,) = cs.ManualSigmas().get_sigmas("no numbers here")
+    assert empty.numel() == 0
+    (chosen,) = cs.KSamplerSelect().get_sampler("euler")
+    latent = {"samples": IMG2IMG}
+    out, denoised = cs.SamplerCustom().sample(
+        ToyModel(), True, 1, 6.0, cond(1.0), cond(0.0), chosen, empty, latent
+    )
+    assert torch.equal(out["samples"], IMG2IMG) and denoised is out
+    (extended,) = cs.ExtendIntermediateSigmas().extend(empty, 2, -1.0, 0.0, "sine")
+    assert extended.numel() == 0
