@@ -35,6 +35,13 @@ import pluggy
 
 hookimpl = pluggy.HookimplMarker("comfykernel")
 
+from kernel.torchvision_ops import install_torchvision_hook  # noqa: E402
+
+# Packs, spandrel (upscale models) and transformers import torchvision, whose PyPI wheels cannot
+# load their compiled ops beside the CPU torch: every process that runs a kernel gets the fix
+# (see kernel/torchvision_ops.py). The hook is lazy: nothing is imported until torchvision is.
+install_torchvision_hook()
+
 from kernel.app import KERNEL_KEY, Kernel, build_app  # noqa: E402
 from kernel.errors import KernelError, StartupError, UsageError  # noqa: E402
 from kernel.nodes import ExecutionBlocker, GraphBuilder, NodeSpec, node_specs  # noqa: E402

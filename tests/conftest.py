@@ -21,8 +21,8 @@ def one_torch_thread() -> Iterator[None]:
 
 
 # Tests import torchvision (directly, or through transformers) in this process: make that survive
-# the CPU torch exactly as the server does (plugins/comfy_compat/torchvision_ops.py). Lazy: torch is
+# the CPU torch exactly as the server does (kernel/torchvision_ops.py). Lazy: torch is
 # imported only when torchvision is.
-from plugins.comfy_compat.torchvision_ops import install_torchvision_hook  # noqa: E402
+from kernel.torchvision_ops import install_torchvision_hook  # noqa: E402
 
 install_torchvision_hook()

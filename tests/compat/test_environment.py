@@ -25,11 +25,11 @@ except (ImportError, TypeError):  # pragma: no cover
 
 ENV_PACKS = Path(__file__).resolve().parent / "env_packs"
 
-# Runs in a fresh interpreter that has done only what our server does first: import comfy_compat.
+# Runs in a fresh interpreter that has done only what our server does first: import kernel.
 # Every expected value in the tests below is worked out by hand from these inputs.
 PROBE = r"""
 import json
-import plugins.comfy_compat  # noqa: F401 - our setup, as in the server
+import kernel  # noqa: F401 - our setup, as in the server
 import torch
 import torchvision
 import torchvision.transforms.functional as TF
@@ -109,9 +109,9 @@ def test_transforms_and_transformers_import(probe: dict[str, Any]) -> None:
 
 
 def test_the_hook_costs_nothing_until_torchvision_is_imported() -> None:
-    """Importing comfy_compat (every server does) must not import torch: only torchvision does."""
+    """Importing the kernel (every server does) must not import torch: only torchvision does."""
     code = (
-        "import sys, plugins.comfy_compat, inspect; import json; print(json.dumps(['torch' in sys.modules]))"
+        "import sys, kernel, inspect; import json; print(json.dumps(['torch' in sys.modules]))"
     )
     code += "; import torchvision.extension as e; print(json.dumps([len(inspect.getsource(e)) > 0]))"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -127,7 +127,7 @@ def test_unsupported_operator_names_itself() -> None:
     import torch
     import torchvision  # noqa: F401 - registers the operators
 
-    from plugins.comfy_compat.torchvision_ops import ensure_torchvision_ops, substitutes_active
+    from kernel.torchvision_ops import ensure_torchvision_ops, substitutes_active
 
     if not substitutes_active():
         pytest.skip("torchvision's compiled operators load here; no substitutes in use")
