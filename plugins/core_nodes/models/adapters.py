@@ -36,6 +36,7 @@ from torch import nn
 from kernel.progress import throw_if_interrupted
 from plugins.core_nodes.contracts import SD15, SDXL, LatentFormat
 from plugins.core_nodes.models import checkpoint as ckpt
+from plugins.core_nodes.models.clip_objects import ClipMember, ClipSet, TokenizerSet, member_attr, split_key
 from plugins.core_nodes.models.extension import (
     WrapperExecutor,
     WrappersMP,
@@ -46,7 +47,6 @@ from plugins.core_nodes.models.lora import (
     LoraError,
     PatchedWeights,
     Patches,
-    add_patches,
     read_deltas,
     resolve,
 )
@@ -418,7 +418,7 @@ def _merge_entries(name: str, weight: torch.Tensor, entries: Any) -> torch.Tenso
 
 
 class _PatchedClip:
-    """A text model called through its LoRA overlay; everything else is the base model's."""
+    """A text model called through its weight patches; everything else is the base model's."""
 
     def __init__(self, weights: PatchedWeights) -> None:
         self._weights = weights
@@ -430,15 +430,68 @@ class _PatchedClip:
         return getattr(self._weights.module, name)
 
 
-class TextEncoder:
-    """Tokenizer + encoders (``contracts.TextEncoder``); never changes the cached stack.
+def _text_key(encoder: str, param: str) -> str:
+    """The reference's ``cond_stage_model`` key of our parameter ``param`` of encoder ``encoder``."""
+    return f"{member_attr(encoder)}.transformer.text_model.{param}"
 
-    The reference ``CLIP`` API packs use: :meth:`tokenize` gives the reference's tokens (by
-    encoder name ``l`` / ``h`` / ``g``, lists of 77-long chunks of ``(token, weight)`` or, with
-    ``return_word_ids``, ``(token, weight, word_id)``); :meth:`encode_from_tokens` and
-    :meth:`encode_from_tokens_scheduled` encode them (edited or not) at this adapter's clip-skip
-    layer and LoRA patches, exactly as :meth:`encode` does text; :meth:`clone` and
-    :meth:`clip_layer` are the reference's copy-then-mutate pair.
+
+def _text_merge(encoder: str) -> Callable[[str, torch.Tensor, Any], torch.Tensor]:
+    """How one of ``encoder``'s weights takes its patch entries (the reference's formats)."""
+
+    def merge(param: str, weight: torch.Tensor, entries: Any) -> torch.Tensor:
+        return calculate_weight(entries, weight, _text_key(encoder, param))
+
+    return merge
+
+
+class ClipPatcher(ModelPatcher):
+    """A CLIP's ``patcher``: the reference's ``ModelPatcher`` over its ``cond_stage_model``.
+
+    ``patches`` (``add_patches`` by the reference's keys, ``clip_l.transformer.text_model...``)
+    are merged into fresh tensors for each encoding, as a MODEL's are: ``patch_model`` /
+    ``unpatch_model`` write nothing into the cached encoders.
+    """
+
+    def __init__(self, model: ClipSet, load_device: torch.device, offload_device: torch.device) -> None:
+        super().__init__(model, load_device, offload_device)
+        self.is_clip = True
+
+    def _state_keys(self) -> set[str]:
+        keys: set[str] | None = self.__dict__.get("_param_keys")
+        if keys is None:
+            keys = set(self.model.state_dict().keys())
+            # The reference keeps text_projection beside text_model: its spelling is accepted too.
+            keys |= {k.replace(".text_model.text_projection.", ".text_projection.") for k in keys}
+            self._param_keys = keys
+        return keys
+
+    def patch_model(
+        self, device_to: Any = None, lowvram_model_memory: int = 0, load_weights: bool = True,
+        force_patch_weights: bool = False,
+    ) -> Any:  # fmt: skip
+        """The model, unchanged: patches apply per encoding (the cached encoders are shared)."""
+        self.inject_model()
+        return self.model
+
+    def unpatch_model(self, device_to: Any = None, unpatch_weights: bool = True) -> None:
+        self.eject_model()
+
+
+class TextEncoder:
+    """Tokenizer + encoders (``contracts.TextEncoder``) with the reference's ``CLIP`` API; never
+    changes the cached stack.
+
+    * :meth:`tokenize` gives the reference's tokens (by encoder name ``l`` / ``h`` / ``g``, lists of
+      77-long chunks of ``(token, weight)`` or, with ``return_word_ids``, ``(token, weight, word_id)``);
+      :meth:`encode_from_tokens` and :meth:`encode_from_tokens_scheduled` encode them (edited or
+      not) at this CLIP's clip-skip layer and weight patches, exactly as :meth:`encode` does text.
+    * ``cond_stage_model`` / ``tokenizer`` are the reference's objects
+      (:mod:`~plugins.core_nodes.models.clip_objects`): ``cond_stage_model.clip_l
+      .encode_token_weights(chunks)`` encodes through this CLIP's patches.
+    * ``patcher`` (:class:`ClipPatcher`) holds the weight patches; :meth:`add_patches` /
+      :meth:`get_key_patches` are its, by the reference's keys. LoRA (``LoraLoader``) lands there too.
+    * :meth:`clone` gives a CLIP with its own layer, patches and ``cond_stage_model`` options over
+      the same networks; :meth:`clip_layer` is the reference's in-place clip skip.
     """
 
     def __init__(
@@ -451,30 +504,82 @@ class TextEncoder:
         self.stack = stack
         self.manager = manager
         self.layer = layer
-        self.patches: dict[str, Patches] = {k: dict(v) for k, v in (patches or {}).items()}
-        self._weights = {
-            name: PatchedWeights(encoder.model, self.patches.get(name))
-            for name, encoder in stack.encoders.items()
+        device = manager.compute_device if manager is not None else torch.device("cpu")
+        self.tokenizer = TokenizerSet(stack.tokenizers)
+        self.cond_stage_model = self._new_cond_stage_model()
+        self.patcher = ClipPatcher(self.cond_stage_model, device, torch.device("cpu"))
+        self._weights: dict[str, PatchedWeights] = {}
+        self._weights_for: tuple[Any, ...] | None = None
+        for encoder, changes in (patches or {}).items():
+            for param, pairs in changes.items():
+                for strength, delta in pairs:
+                    self.patcher.add_patches({_text_key(encoder, param): delta}, strength)
+
+    def _new_cond_stage_model(self) -> ClipSet:
+        members = {
+            name: ClipMember(name, encoder, self._encode_member) for name, encoder in self.stack.encoders.items()
         }
-        if manager is not None:
-            for weights in self._weights.values():
-                if weights.patches:
-                    manager.track_derived(weights.module, weights)
+        return ClipSet(self.stack.family, members)
 
     @property
     def models(self) -> dict[str, nn.Module]:
         return {name: encoder.model for name, encoder in self.stack.encoders.items()}
 
+    @property
+    def patches(self) -> dict[str, Patches]:
+        """The weight patches by encoder and our parameter name, as ``(strength, value)`` pairs."""
+        out: dict[str, Patches] = {}
+        for key, entries in self.patcher.patches.items():
+            found = split_key(key)
+            if found is not None and entries:
+                encoder, param = found
+                pairs = tuple((entry[0], entry[1]) for entry in entries)
+                out.setdefault(encoder, {})[param] = (*out.get(encoder, {}).get(param, ()), *pairs)
+        return out
+
+    def _patched(self) -> dict[str, PatchedWeights]:
+        """Each encoder seen through this CLIP's patches (rebuilt when the patches change)."""
+        patches = self.patcher.patches
+        key = (self.patcher.patches_uuid, tuple((k, len(v)) for k, v in patches.items()))
+        if self._weights_for != key:
+            by_encoder: dict[str, dict[str, list[Any]]] = {name: {} for name in self.stack.encoders}
+            for k, entries in patches.items():
+                found = split_key(k)
+                if found is not None and found[0] in by_encoder and entries:
+                    by_encoder[found[0]].setdefault(found[1], []).extend(entries)
+            weights = {
+                name: PatchedWeights(encoder.model, by_encoder[name], merge=_text_merge(name))
+                for name, encoder in self.stack.encoders.items()
+            }
+            if self.manager is not None:
+                for w in weights.values():
+                    if w.patches:
+                        self.manager.track_derived(w.module, w)
+            self._weights, self._weights_for = weights, key
+        return self._weights
+
+    def _encoder_view(self, name: str, layer: int | None) -> ClipEncoder:
+        encoder = self.stack.encoders[name]
+        weights = self._patched()[name]
+        model: Any = _PatchedClip(weights) if weights.patches else encoder.model
+        view = dataclasses.replace(encoder, model=model)
+        view.set_layer(layer)
+        return view
+
     def _view(self) -> TextEncoderStack:
         """A stack sharing this one's models and tokenizers, at this adapter's layer and patches."""
-        encoders: dict[str, ClipEncoder] = {}
-        for name, encoder in self.stack.encoders.items():
-            weights = self._weights[name]
-            model: Any = _PatchedClip(weights) if weights.patches else encoder.model
-            view = dataclasses.replace(encoder, model=model)
-            view.set_layer(encoder.default_layer if self.layer is None else self.layer)
-            encoders[name] = view
+        encoders = {
+            name: self._encoder_view(name, encoder.default_layer if self.layer is None else self.layer)
+            for name, encoder in self.stack.encoders.items()
+        }
         return TextEncoderStack(self.stack.family, self.stack.tokenizers, encoders)
+
+    def _encode_member(self, name: str, layer: int | None, chunks: Chunks) -> tuple[torch.Tensor, torch.Tensor]:
+        """One encoder on ``chunks`` at ``layer`` with this CLIP's patches (``cond_stage_model``'s way)."""
+        view = self._encoder_view(name, layer)
+        with _using(self.manager, [self.stack.encoders[name].model]):
+            cond, pooled = view.encode(chunks)
+        return cond.float().cpu(), pooled.float().cpu()
 
     def _encode_tokens(
         self, tokens: Mapping[str, Chunks], unprojected: bool = False
@@ -550,10 +655,45 @@ class TextEncoder:
         return [[cond, {"pooled_output": pooled, **(add_dict or {})}]]
 
     def clone(self) -> TextEncoder:
-        """A new CLIP over the same models, layer and patches; :meth:`clip_layer` on it leaves this one."""
+        """A new CLIP over the same models, layer and patches; its patches, layer and
+        ``cond_stage_model`` options are its own (:meth:`clip_layer` on it leaves this one)."""
         twin = copy.copy(self)
-        twin.patches = dict(self.patches)
+        twin.cond_stage_model = twin._new_cond_stage_model()
+        for mine, theirs in zip(twin.cond_stage_model.members(), self.cond_stage_model.members(), strict=True):
+            mine.layer, mine.layer_idx = theirs.layer, theirs.layer_idx
+            mine.return_projected_pooled = theirs.return_projected_pooled
+        twin.patcher = self.patcher.clone()
+        twin.patcher.model = twin.cond_stage_model
+        twin._weights, twin._weights_for = {}, None
         return twin
+
+    def add_patches(
+        self, patches: Mapping[Any, Any], strength_patch: float = 1.0, strength_model: float = 1.0
+    ) -> list[Any]:
+        """Weight patches by the reference's keys (``clip_l.transformer.text_model...``), applied
+        at each encoding; returns the keys that name a weight (the others are left out)."""
+        return self.patcher.add_patches(patches, strength_patch, strength_model)
+
+    def get_key_patches(self) -> dict[str, list[Any]]:
+        """Per key: ``[(weight, convert), *patches]``, for another model's ``add_patches`` (merging)."""
+        return self.patcher.get_key_patches()
+
+    def get_sd(self) -> dict[str, torch.Tensor]:
+        """The encoders' weights by the reference's keys (without this CLIP's patches)."""
+        return self.cond_stage_model.state_dict()
+
+    def load_sd(self, sd: Mapping[str, torch.Tensor], full_model: bool = False) -> Any:
+        raise NotImplementedError(
+            "CLIP.load_sd is not supported by comfykernel: a CLIP's weights are the cached model's; "
+            "change them with add_patches"
+        )
+
+    def get_tokenizer_options(self) -> dict[str, Any]:
+        return dict(self.__dict__.get("tokenizer_options", {}))
+
+    def set_tokenizer_option(self, option_name: str, value: Any) -> None:
+        """Stored for packs that read them back; this server's tokenizers take no options."""
+        self.__dict__.setdefault("tokenizer_options", {})[option_name] = value
 
     def clip_layer(self, layer_idx: int | None) -> None:
         """Clip skip in place, as the reference's (packs call it on a clone): -1 last, -2 ..."""
@@ -564,9 +704,13 @@ class TextEncoder:
         return self
 
     def with_last_layer(self, layer: int) -> TextEncoder:
-        return TextEncoder(self.stack, self.manager, layer, self.patches)
+        """CLIPSetLastLayer: a clone at clip skip ``layer`` (this CLIP is left as it is)."""
+        twin = self.clone()
+        twin.layer = layer
+        return twin
 
     def with_patches(self, patches: Mapping[str, Patches]) -> TextEncoder:
+        """A CLIP with exactly these LoRA changes (by encoder and our parameter name)."""
         return TextEncoder(self.stack, self.manager, self.layer, patches)
 
 
@@ -594,6 +738,70 @@ class Autoencoder:
         self.downscale_ratio = int(vae.downscale)
         self.upscale_ratio = self.downscale_ratio
         self.latent_channels = int(vae.latent_channels)
+        self.output_channels = 3
+        self.latent_dim = 2
+        self.disable_offload = False
+        # Video VAEs' index formulas (None: every frame is its own).
+        self.upscale_index_formula: Any = None
+        self.downscale_index_formula: Any = None
+        self.output_device = torch.device("cpu")
+        self._patcher: ModelPatcher | None = None
+
+    # The reference's attributes.
+
+    @property
+    def first_stage_model(self) -> nn.Module:
+        """The autoencoder network this VAE runs (the cached module: packs must not write it)."""
+        return self.vae.model
+
+    @property
+    def device(self) -> torch.device:
+        """Where encoding and decoding run."""
+        return self.manager.compute_device if self.manager is not None else torch.device("cpu")
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return self.vae.model.dtype
+
+    @property
+    def working_dtypes(self) -> list[torch.dtype]:
+        return [self.vae_dtype]
+
+    @property
+    def size(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.vae.model.state_dict().values())
+
+    @property
+    def patcher(self) -> ModelPatcher:
+        """A ``ModelPatcher`` over ``first_stage_model`` (what packs hand to model management)."""
+        if self._patcher is None:
+            self._patcher = ModelPatcher(self.first_stage_model, self.device, torch.device("cpu"), size=self.size)
+        return self._patcher
+
+    def memory_used_encode(self, shape: Sequence[int], dtype: torch.dtype) -> int:
+        """The reference's estimate of an encode's working memory for pixels of ``shape`` (BCHW)."""
+        return int(1767 * shape[2] * shape[3] * _dtype_size(dtype))
+
+    def memory_used_decode(self, shape: Sequence[int], dtype: torch.dtype) -> int:
+        """The reference's estimate of a decode's working memory for latents of ``shape`` (BCHW)."""
+        return int(2178 * shape[2] * shape[3] * 64 * _dtype_size(dtype))
+
+    @staticmethod
+    def process_input(image: torch.Tensor) -> torch.Tensor:
+        """Pixels in 0..1 -> the network's -1..1."""
+        return image * 2.0 - 1.0
+
+    @staticmethod
+    def process_output(image: torch.Tensor) -> torch.Tensor:
+        """The network's -1..1 -> pixels in 0..1 (clamped)."""
+        return torch.clamp((image + 1.0) / 2.0, min=0.0, max=1.0)
+
+    def get_sd(self) -> dict[str, torch.Tensor]:
+        """The network's weights in the single-file layout (``encoder.`` / ``decoder.`` ...)."""
+        return self.vae.model.state_dict()
+
+    def throw_exception_if_invalid(self) -> None:
+        """Nothing to check: a VAE that could not be read never becomes one."""
 
     def _use(self) -> contextlib.AbstractContextManager[torch.device]:
         return _using(self.manager, [self.vae.model])
@@ -619,7 +827,8 @@ class Autoencoder:
         with self._use():
             return self.vae.encode(self.vae_encode_crop_pixels(pixels))
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+    def decode(self, latent: torch.Tensor, vae_options: Mapping[str, Any] | None = None) -> torch.Tensor:
+        """Latents ``[B, C, h, w]`` -> IMAGE ``[B, H, W, 3]`` in 0..1 (``vae_options`` are not used)."""
         with self._use():
             return self.vae.decode(latent)
 
@@ -658,6 +867,10 @@ class Autoencoder:
         tile, over = self._pixel_tiles(size * d, (16 if overlap is None else int(overlap)) * d)
         with self._use():
             return self.vae.decode_tiled(latent, tile // d, over // d)
+
+
+def _dtype_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else 4
 
 
 def _square_tile(tile_x: int | None, tile_y: int | None, default: int) -> int:
@@ -820,11 +1033,9 @@ def apply_lora_state_dict(
     if isinstance(model, DiffusionModel) and found.unet and strength_model != 0:
         new_model = model.with_patches({name: ((strength_model, delta),) for name, delta in found.unet.items()})
     if isinstance(clip, TextEncoder) and any(found.text.values()) and strength_clip != 0:
-        patches = {
-            encoder: add_patches(clip.patches.get(encoder, {}), found.text.get(encoder, {}), strength_clip)
-            for encoder in clip.models
-        }
-        new_clip = clip.with_patches(patches)
+        new_clip = clip.clone()
+        for encoder, deltas in found.text.items():
+            new_clip.add_patches({_text_key(encoder, param): delta for param, delta in deltas.items()}, strength_clip)
     return new_model, new_clip
 
 

@@ -345,8 +345,43 @@ class PromptTokenizer:
             self.on_missing_embedding(name)
         return vectors, rest
 
-    def tokenize_with_weights(self, text: str, return_word_ids: bool = False) -> list[list[tuple[Any, ...]]]:
+    # The reference tokenizer's fixed settings, read by packs that rebuild chunks themselves.
+    has_start_token = True
+    has_end_token = True
+    pad_to_max_length = True
+    min_length: int | None = None
+    tokens_start = 1
+    embedding_identifier = _EMBEDDING_PREFIX
+
+    @property
+    def pad_with_end(self) -> bool:
+        """Whether chunks are padded with the end token (CLIP-L) rather than 0 (OpenCLIP)."""
+        return self.pad_token == self.end_token
+
+    @property
+    def inv_vocab(self) -> dict[int, str]:
+        """Token id -> vocabulary entry (built on first use: most callers never ask)."""
+        table: dict[int, str] | None = self.__dict__.get("_inv_vocab")
+        if table is None:
+            table = {i: tok for tok, i in self.bpe.vocab.items()}
+            self._inv_vocab = table
+        return table
+
+    def untokenize(self, token_weight_pair: Sequence[tuple[Any, ...]]) -> list[tuple[tuple[Any, ...], str]]:
+        """Each pair with its vocabulary entry (``""`` for embedding vectors), as the reference's."""
+        inv = self.inv_vocab
+        return [(pair, inv.get(pair[0], "") if isinstance(pair[0], int) else "") for pair in token_weight_pair]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def tokenize_with_weights(
+        self, text: str, return_word_ids: bool = False, **kwargs: Any
+    ) -> list[list[tuple[Any, ...]]]:
         """Chunks of exactly ``max_length`` pairs (or ``(token, weight, word_id)`` triples).
+
+        Newer references' options (``min_length``, ``tokenizer_options``...) arrive in ``kwargs``
+        and are not used: chunks are always ``max_length`` long.
 
         A group that does not fit in the current chunk moves whole to the next one, unless it is
         long (8 tokens or more), in which case it is split at the chunk boundary.

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from plugins.core_nodes.models import clip as core_clip
+from plugins.core_nodes.models import clip_objects as core_objects
 from plugins.core_nodes.models import text_encoder as core_te
 from plugins.core_nodes.models import tokenizer as core_tok
 
@@ -284,7 +285,8 @@ class _StackFamily(type):
     def __instancecheck__(cls, obj: Any) -> bool:
         if type.__instancecheck__(cls, obj):
             return True
-        if not isinstance(obj, core_te.TextEncoderStack):
+        # A CLIP's cond_stage_model (core ClipSet) stands for the reference class of its family.
+        if not isinstance(obj, core_te.TextEncoderStack | core_objects.ClipSet):
             return False
         # A subclass's families count too: the refiner's model is an SD1ClipModel in the reference.
         pending, families = [cls], set()
