@@ -166,7 +166,9 @@ async def test_small_helpers(shims: Any, tmp_path: Path) -> None:
 
     assert ae.AutoencoderKL is AutoencoderKL
     sd = _mod("comfy.sd")
-    assert sd.CLIP is _mod("plugins.core_nodes.models.adapters").TextEncoder
+    with pytest.raises(NotImplementedError, match="ClipTarget"):
+        sd.CLIP(_mod("comfy.supported_models_base").ClipTarget(None, None))
+    assert isinstance(sd.CLIP(no_init=True), sd.CLIP) and not isinstance(object(), sd.CLIP)
     with pytest.raises(FileNotFoundError):
         sd.load_checkpoint(None, str(tmp_path / "missing.safetensors"))
 

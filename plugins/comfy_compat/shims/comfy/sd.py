@@ -24,7 +24,7 @@ compute dtype on its devices. ``embedding_directory`` is not used either: textua
 from the server's ``embeddings`` folders. A missing file is a ``FileNotFoundError`` naming it; a
 file this server cannot read is the core loaders' ``CheckpointError`` / ``LoraError``.
 ``load_checkpoint(config_path, ckpt_path, ...)`` is the deprecated YAML-config form, reading the
-family from the file instead; ``CLIP`` is the class of the CLIP values (for ``isinstance``).
+family from the file instead; ``isinstance(clip, CLIP)`` holds for the CLIP values.
 Anything else of the reference's module (``load_state_dict_guess_config``...) is an
 ``AttributeError`` saying the compatibility layer does not provide it.
 """
@@ -78,6 +78,7 @@ class CLIPType(enum.Enum):
 _SD_CLIP_TYPES = {1: "stable_diffusion", 2: "sdxl"}
 
 __all__ = [
+    "CLIP",
     "VAE",
     "CLIPType",
     "load_checkpoint_guess_config",
@@ -358,9 +359,34 @@ def load_checkpoint(
     return model, clip, vae
 
 
+class _CLIPType(type):
+    """``isinstance(clip, comfy.sd.CLIP)`` holds for the CLIP values the server's loaders give."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        if type.__instancecheck__(cls, obj):
+            return True
+        return cls is CLIP and isinstance(obj, _adapters().TextEncoder)
+
+
+class CLIP(metaclass=_CLIPType):
+    """The reference's CLIP class, for annotations, ``isinstance`` checks and subclasses.
+
+    Building one from a ``ClipTarget`` (``CLIP(target)``) is not supported: text encoders load
+    through :func:`load_clip`, :func:`load_text_encoder_state_dicts` or the checkpoint loaders.
+    ``CLIP(no_init=True)`` gives an empty object, as in the reference.
+    """
+
+    def __new__(cls, target: Any = None, embedding_directory: Any = None, no_init: bool = False, *args: Any, **kwargs: Any) -> Any:
+        if cls is not CLIP or no_init:
+            return super().__new__(cls)
+        raise NotImplementedError(
+            "comfy.sd.CLIP(target): building text encoders from a ClipTarget is not supported by "
+            "comfykernel; load them with comfy.sd.load_clip or load_text_encoder_state_dicts"
+        )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def __getattr__(name: str) -> Any:
-    if name == "CLIP":
-        # The class of the CLIP values the loaders give, for packs' annotations and isinstance
-        # checks; resolved on first use because it pulls in torch.
-        return _adapters().TextEncoder
     raise AttributeError(f"comfy.sd.{name} is not provided by comfykernel's compatibility layer")
