@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from plugins.core_nodes.nodes import (
+    compositing,
     conditioning,
+    conditioning_sdxl,
     custom_sampler,
     image,
     io,
@@ -25,7 +27,21 @@ from plugins.core_nodes.nodes.common import KernelNode, bind
 if TYPE_CHECKING:
     from kernel import Kernel
 
-FAMILIES = (loaders, sampling, custom_sampler, conditioning, latent, image, mask, io, primitives, preview, upscale)
+FAMILIES = (
+    loaders,
+    sampling,
+    custom_sampler,
+    conditioning,
+    conditioning_sdxl,
+    latent,
+    image,
+    compositing,
+    mask,
+    io,
+    primitives,
+    preview,
+    upscale,
+)
 
 
 def node_classes(kernel: Kernel) -> dict[str, tuple[type, str | None]]:
