@@ -124,6 +124,9 @@ def repeat_to_batch(tensor: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class _Compositing(CoreNode):
+    """Inputs are written as the reference's schema-based nodes publish them (``("IMAGE", {})``,
+    ``"COMBO"`` with options), so /object_info matches the reference's entries exactly."""
+
     CATEGORY = _CATEGORY
     RELATIVE_PYTHON_MODULE = _MODULE
 
@@ -136,11 +139,14 @@ class PorterDuffImageComposite(_Compositing):
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "source": ("IMAGE",),
-                "source_alpha": ("MASK",),
-                "destination": ("IMAGE",),
-                "destination_alpha": ("MASK",),
-                "mode": ([m.name for m in PorterDuffMode], {"default": PorterDuffMode.DST.name}),
+                "source": ("IMAGE", {}),
+                "source_alpha": ("MASK", {}),
+                "destination": ("IMAGE", {}),
+                "destination_alpha": ("MASK", {}),
+                "mode": (
+                    "COMBO",
+                    {"default": "DST", "multiselect": False, "options": [m.name for m in PorterDuffMode]},
+                ),
             }
         }
 
@@ -187,7 +193,7 @@ class SplitImageWithAlpha(_Compositing):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"image": ("IMAGE",)}}
+        return {"required": {"image": ("IMAGE", {})}}
 
     def split_image_with_alpha(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
@@ -204,7 +210,7 @@ class JoinImageWithAlpha(_Compositing):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"image": ("IMAGE",), "alpha": ("MASK",)}}
+        return {"required": {"image": ("IMAGE", {}), "alpha": ("MASK", {})}}
 
     def join_image_with_alpha(self, image: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor]:
         import torch

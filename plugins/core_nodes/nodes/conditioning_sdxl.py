@@ -27,6 +27,10 @@ def _size(default: int, advanced: bool = False) -> tuple[str, dict[str, Any]]:
     return ("INT", options)
 
 
+# Inputs are written as the reference's schema-based nodes publish them (``("CLIP", {})`` and the
+# like), so /object_info matches the reference's entry exactly.
+
+
 def _prompt() -> tuple[str, dict[str, Any]]:
     return ("STRING", {"multiline": True, "dynamicPrompts": True})
 
@@ -72,7 +76,7 @@ class CLIPTextEncodeSDXL(CoreNode):
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "clip": ("CLIP",),
+                "clip": ("CLIP", {}),
                 "width": _size(1024),
                 "height": _size(1024),
                 "crop_w": _size(0, advanced=True),
@@ -124,7 +128,7 @@ class CLIPTextEncodeSDXLRefiner(CoreNode):
                 "width": _size(1024),
                 "height": _size(1024),
                 "text": _prompt(),
-                "clip": ("CLIP",),
+                "clip": ("CLIP", {}),
             }
         }
 
