@@ -10,6 +10,13 @@ lists and serve with 200, and the result of its smoke workflow from ``bench/pack
 (an API-format prompt of the pack's pure-Python nodes plus core nodes, run over HTTP and the
 WebSocket). Ends with ``N/M packs imported, K/L smoke workflows ran``.
 
+Each pack's smoke result is ``ok``, ``failed: <why>`` (the server's rejection, or the node id,
+class, exception type and message of its ``execution_error``), ``no offline workflow: <why>``
+(the file says why none can exist: every node of the pack needs a model only a download gives),
+``not run (pack did not import)`` or ``no workflow``. Before the server starts the bench writes
+tiny random-weight models (``bench/pack_models.py``: an SD1 checkpoint, an ESRGAN upscaler, a
+LoRA, a GGUF UNet, a WD14 tagger) into its temporary base directory, so workflows can sample.
+
 Packs that install packages at import (``pip install`` from their own code) are stopped from
 doing so (no package index, ``WAS_BLOCK_AUTO_INSTALL``) and hubs are offline: the bench measures
 the environment as it is and never changes it.
@@ -155,7 +162,9 @@ def import_errors(log: str) -> dict[str, str]:
 class Bench:
     """One server with all the packs, and the HTTP/WebSocket client that measures them."""
 
-    def __init__(self, base: Path, custom_nodes: Path, startup_timeout: float) -> None:
+    def __init__(
+        self, base: Path, custom_nodes: Path, startup_timeout: float, extra_paths: Path | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "server.log"
@@ -175,6 +184,8 @@ class Bench:
             str(custom_nodes),
             "--cpu",
         ]
+        if extra_paths is not None:
+            args += ["--extra-model-paths-config", str(extra_paths)]
         self.proc = subprocess.Popen(
             args,
             cwd=ROOT,
@@ -225,20 +236,20 @@ class Bench:
             ) as resp:
                 body = await resp.json(content_type=None)
                 if resp.status != 200:
-                    return False, "rejected: " + describe_rejection(body)
+                    return False, "failed: rejected: " + describe_rejection(body)
             prompt_id = body["prompt_id"]
             deadline = time.monotonic() + timeout
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     await self.interrupt()
-                    return False, f"timeout after {timeout:.0f} s"
+                    return False, f"failed: timeout after {timeout:.0f} s"
                 try:
                     msg = await ws.receive(timeout=left)
                 except TimeoutError:
                     continue
                 if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                    return False, "websocket closed"
+                    return False, "failed: websocket closed"
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
                 data = json.loads(msg.data)
@@ -248,10 +259,9 @@ class Bench:
                 if data["type"] == "execution_success":
                     return True, "ok"
                 if data["type"] == "execution_error":
-                    message = first_line(str(payload.get("exception_message", "")))
-                    return False, f"{payload.get('node_type')}: {payload.get('exception_type')}: {message}"
+                    return False, describe_execution_error(payload)
                 if data["type"] == "execution_interrupted":
-                    return False, "interrupted"
+                    return False, "failed: interrupted"
 
     async def interrupt(self) -> None:
         try:
@@ -269,6 +279,13 @@ class Bench:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+def describe_execution_error(payload: dict[str, Any]) -> str:
+    """``failed: node <id> (<class>): <exception type>: <first line of the message>``."""
+    message = first_line(str(payload.get("exception_message", "")))
+    node = f"node {payload.get('node_id')} ({payload.get('node_type')})"
+    return f"failed: {node}: {payload.get('exception_type')}: {message}"
 
 
 def describe_rejection(body: Any) -> str:
@@ -292,6 +309,19 @@ def pack_of_module(python_module: str) -> str | None:
     return python_module[len(prefix) :].split(".", 1)[0]
 
 
+def prepare_models(home: Path) -> Path:
+    """Write the tiny models under ``home/models``; the extra_model_paths.yaml naming the
+    pack-only folders among them."""
+    if str(Path(__file__).parent) not in sys.path:  # loaded by path (the tests): find the sibling
+        sys.path.insert(0, str(Path(__file__).parent))
+    import pack_models  # noqa: PLC0415 - torch, only when a bench runs
+
+    pack_models.write_models(home)
+    extra_paths = home.parent / "extra_model_paths.yaml"
+    extra_paths.write_text(pack_models.extra_model_paths(home))
+    return extra_paths
+
+
 async def measure(
     entries: list[Path],
     smoke: dict[str, Any],
@@ -307,7 +337,8 @@ async def measure(
         custom_nodes.mkdir()
         for entry in entries:  # a folder of links: --only picks packs without touching DIR
             (custom_nodes / entry.name).symlink_to(entry.resolve())
-        bench = Bench(base, custom_nodes, startup_timeout)
+        extra_paths = prepare_models(base / "home")
+        bench = Bench(base, custom_nodes, startup_timeout, extra_paths)
         try:
             try:
                 await bench.wait_ready()
@@ -357,6 +388,9 @@ async def smoke_one(
 ) -> None:
     if entry is None:
         return
+    if "offline" in entry:  # documented: no workflow can run without downloading a model
+        result.smoke = f"no offline workflow: {entry['offline']}"
+        return
     prompt = entry["prompt"] if "prompt" in entry else entry
     if not result.imported:
         result.smoke = "not run (pack did not import)"
@@ -368,7 +402,7 @@ async def smoke_one(
     try:
         result.smoke_ok, result.smoke = await bench.run_workflow(prompt, timeout)
     except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
-        result.smoke = f"bench error: {type(exc).__name__}: {exc}"
+        result.smoke = f"failed: bench error: {type(exc).__name__}: {exc}"
 
 
 def render_text(results: list[PackResult]) -> str:
@@ -421,9 +455,13 @@ def blockers(results: list[PackResult]) -> str:
     return "\n".join(f"{len(packs):3d}  {what}  ({', '.join(packs)})" for what, packs in ranked)
 
 
+def has_workflow(result: PackResult) -> bool:
+    return not result.smoke.startswith(("no workflow", "no offline workflow"))
+
+
 def summary(results: list[PackResult]) -> str:
     imported = sum(r.imported for r in results)
-    with_smoke = [r for r in results if r.smoke != "no workflow"]
+    with_smoke = [r for r in results if has_workflow(r)]
     ran = sum(r.smoke_ok for r in with_smoke)
     return f"{imported}/{len(results)} packs imported, {ran}/{len(with_smoke)} smoke workflows ran"
 

@@ -1,0 +1,131 @@
+"""Tiny random-weight model files for the pack yardstick's smoke workflows.
+
+Real packs load real model files by name from the server's model folders. The bench cannot
+download any, so it writes small random-weight stand-ins, built here from the test suite's tiny
+SD1 pipeline (``tests/plugins/core_nodes/tiny_pipeline.py``), into ``<home>/models`` before the
+server starts. The files have the layouts the real ones have (single-file checkpoint, ESRGAN,
+kohya LoRA, GGUF UNet, WD14 ONNX tagger with its tag list), so a pack's own loader reads them as
+it would read a download; the images they make are noise, which is all a smoke run needs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = "tiny_sd1.safetensors"
+UPSCALER = "tiny_esrgan_x2.safetensors"
+LORA = "tiny_lora.safetensors"
+GGUF_UNET = "tiny_sd1_unet.gguf"
+TAGGER = "tiny-tagger"
+TAGGER_SIZE = 32  # pixels: the ONNX input is a TAGGER_SIZE x TAGGER_SIZE BGR image
+TAGS = [("rating", "general", "9"), ("rating", "explicit", "9"), ("tag", "solo", "0")]
+TAGS += [("tag", "noise", "0"), ("tag", "someone", "4")]
+
+
+def write_models(home: Path) -> dict[str, Path]:
+    """Write every stand-in under ``home/models``; kind -> the file written."""
+    if str(ROOT) not in sys.path:  # the bench runs as a script from bench/
+        sys.path.insert(0, str(ROOT))
+    import kernel  # noqa: F401, PLC0415 - its torchvision hook lets spandrel import beside CPU torch
+    from tests.plugins.core_nodes import tiny_pipeline  # noqa: PLC0415 - torch only when wanted
+
+    models = home / "models"
+    checkpoint = tiny_pipeline.checkpoint_dict("sd1")
+    written = {"checkpoint": models / "checkpoints" / CHECKPOINT}
+    _save(written["checkpoint"], checkpoint)
+    written["upscale_model"] = _write_esrgan(models / "upscale_models" / UPSCALER)
+    written["lora"] = _write_lora(models / "loras" / LORA)
+    unet = {k.removeprefix("model.diffusion_model."): v for k, v in checkpoint.items() if k.startswith("model.")}
+    written["gguf_unet"] = _write_gguf(models / "unet" / GGUF_UNET, unet)
+    written["tagger"] = _write_tagger(models / "wd14_tagger", TAGGER)
+    return written
+
+
+def extra_model_paths(home: Path) -> str:
+    """An extra_model_paths.yaml for the folders only packs know (the reference has no such kinds
+    by default; a pack that finds one registered uses it instead of a folder inside itself)."""
+    return f"bench:\n  base_path: {home / 'models'}\n  wd14_tagger: wd14_tagger\n"
+
+
+def _save(path: Path, tensors: dict) -> Path:
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+def _write_esrgan(path: Path) -> Path:
+    import torch  # noqa: PLC0415
+    from spandrel.architectures.ESRGAN import ESRGAN  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    return _save(path, ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=2).state_dict())
+
+
+def _write_lora(path: Path) -> Path:
+    """A kohya LoRA on one cross-attention key projection of the tiny UNet and one CLIP MLP."""
+    import torch  # noqa: PLC0415
+
+    from tests.plugins.core_nodes import tiny_pipeline  # noqa: PLC0415
+
+    g = torch.Generator().manual_seed(7)
+    unet = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k"
+    te = "lora_te_text_model_encoder_layers_1_mlp_fc2"
+    width = tiny_pipeline.CLIP_WIDTH
+    return _save(
+        path,
+        {
+            f"{unet}.lora_down.weight": torch.randn(4, width, generator=g) * 0.1,
+            f"{unet}.lora_up.weight": torch.randn(32, 4, generator=g) * 0.1,
+            f"{unet}.alpha": torch.tensor(4.0),
+            f"{te}.lora_down.weight": torch.randn(2, 2 * width, generator=g) * 0.1,
+            f"{te}.lora_up.weight": torch.randn(width, 2, generator=g) * 0.1,
+        },
+    )
+
+
+def _write_gguf(path: Path, unet: dict) -> Path:
+    """The UNet alone, as ComfyUI-GGUF's converter writes it: unprefixed keys, arch ``sd1``."""
+    import gguf  # noqa: PLC0415
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), arch="sd1")
+    for name, tensor in unet.items():
+        writer.add_tensor(name, tensor.float().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _write_tagger(folder: Path, name: str) -> Path:
+    """A WD14-style tagger: NHWC BGR image in, one sigmoid score per line of the CSV out."""
+    import numpy as np  # noqa: PLC0415
+    import onnx  # noqa: PLC0415
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = np.random.default_rng(0).standard_normal((3, len(TAGS))).astype(np.float32) / 100.0
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input_1:0"], ["pooled"], axes=[1, 2], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "weights"], ["logits"]),
+            helper.make_node("Sigmoid", ["logits"], ["predictions_sigmoid"]),
+        ],
+        "tiny_tagger",
+        [helper.make_tensor_value_info("input_1:0", TensorProto.FLOAT, [1, TAGGER_SIZE, TAGGER_SIZE, 3])],
+        [helper.make_tensor_value_info("predictions_sigmoid", TensorProto.FLOAT, [1, len(TAGS)])],
+        [numpy_helper.from_array(weights, "weights")],
+    )
+    # ReduceMean's axes are an attribute up to opset 17; pin one onnxruntime surely runs.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model)
+    path = folder / f"{name}.onnx"
+    onnx.save(model, str(path))
+    rows = ["tag_id,name,category,count"] + [f"{i},{tag},{cat},1" for i, (_, tag, cat) in enumerate(TAGS)]
+    (folder / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    return path
