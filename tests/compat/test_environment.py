@@ -179,7 +179,16 @@ def test_pack_bench_reports_imports_classes_js_and_smoke(tmp_path: Path) -> None
         "basic_pack": {
             "1": {"class_type": "BasicDouble", "inputs": {"value": 5}},
             "2": {"class_type": "BasicShow", "inputs": {"value": ["1", 0]}},
+            # The bench's own tiny checkpoint: validation rejects a name the server does not list.
+            "3": {"class_type": "BasicModels", "inputs": {"ckpt_name": "tiny_sd1.safetensors"}},
+            "4": {"class_type": "BasicShow", "inputs": {"value": ["3", 0]}},
         },
+        # Runs and raises: the bench names the node, its class and the exception.
+        "anytype_pack": {
+            "1": {"class_type": "PrimitiveString", "inputs": {"value": "x"}},
+            "7": {"class_type": "AnyFail", "inputs": {"anything": ["1", 0]}},
+        },
+        "broken_syntax": {"offline": "every node needs a model nobody can build"},
         # Missing the required input "a": the server rejects it, and the bench says which node.
         "single_file_pack.py": {
             "1": {"class_type": "SingleAsyncAdd", "inputs": {"b": 1}},
@@ -188,7 +197,7 @@ def test_pack_bench_reports_imports_classes_js_and_smoke(tmp_path: Path) -> None
         "broken_import.py": {"1": {"class_type": "BasicDouble", "inputs": {"value": 1}}},
     }
     (tmp_path / "smoke.json").write_text(json.dumps(smoke))
-    only = ["basic_pack", "broken_import.py", "broken_syntax", "single_file_pack.py"]
+    only = ["anytype_pack", "basic_pack", "broken_import.py", "broken_syntax", "single_file_pack.py"]
     command = [sys.executable, str(ROOT / "bench" / "packs.py"), str(ROOT / "tests" / "compat" / "packs")]
     command += [
         "--only",
@@ -215,13 +224,17 @@ def test_pack_bench_reports_imports_classes_js_and_smoke(tmp_path: Path) -> None
     assert broken["error"] == "ModuleNotFoundError: No module named 'this_module_does_not_exist_anywhere'"
     assert broken["smoke"] == "not run (pack did not import)"
     assert results["broken_syntax"]["error"].startswith("SyntaxError")
-    assert results["broken_syntax"]["smoke"] == "no workflow"
+    # A documented reason shows as given, and the pack does not count as having a workflow.
+    assert results["broken_syntax"]["smoke"] == "no offline workflow: every node needs a model nobody can build"
+    anytype = results["anytype_pack"]
+    assert not anytype["smoke_ok"]
+    assert anytype["smoke"] == "failed: node 7 (AnyFail): ValueError: cannot use x"
 
     single = results["single_file_pack.py"]
     assert single["imported"] and single["classes"] == 1
     assert (
         not single["smoke_ok"]
-        and single["smoke"].startswith("rejected:")
+        and single["smoke"].startswith("failed: rejected:")
         and "SingleAsyncAdd" in single["smoke"]
     )
 
@@ -229,7 +242,7 @@ def test_pack_bench_reports_imports_classes_js_and_smoke(tmp_path: Path) -> None
     assert lines[0].startswith("| pack | commit | loads |")
     assert any(line.startswith("| basic_pack |") and "| ok |" in line for line in lines)
     assert broken["blocker"] == "environment: this_module_does_not_exist_anywhere"
-    assert lines[-1] == "2/4 packs imported, 1/3 smoke workflows ran"
+    assert lines[-1] == "3/5 packs imported, 1/4 smoke workflows ran"
 
 
 @pytest.mark.parametrize(
