@@ -5,7 +5,8 @@ download any, so it writes small random-weight stand-ins, built here from the te
 SD1 pipeline (``tests/plugins/core_nodes/tiny_pipeline.py``), into ``<home>/models`` before the
 server starts. The files have the layouts the real ones have (single-file checkpoint, ESRGAN,
 kohya LoRA, GGUF UNet, WD14 ONNX tagger with its tag list), so a pack's own loader reads them as
-it would read a download; the images they make are noise, which is all a smoke run needs.
+it would read a download; the images they make are noise, which is all a smoke run needs. The
+DepthAnythingV2 file is only a name: that pack's loader tolerates a file without its keys.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ UPSCALER = "tiny_esrgan_x2.safetensors"
 LORA = "tiny_lora.safetensors"
 GGUF_UNET = "tiny_sd1_unet.gguf"
 TAGGER = "tiny-tagger"
+DEPTH_ANYTHING = "depth_anything_v2_vits_fp32.safetensors"
 TAGGER_SIZE = 32  # pixels: the ONNX input is a TAGGER_SIZE x TAGGER_SIZE BGR image
 TAGS = [("rating", "general", "9"), ("rating", "explicit", "9"), ("tag", "solo", "0")]
 TAGS += [("tag", "noise", "0"), ("tag", "someone", "4")]
@@ -40,6 +42,7 @@ def write_models(home: Path) -> dict[str, Path]:
     unet = {k.removeprefix("model.diffusion_model."): v for k, v in checkpoint.items() if k.startswith("model.")}
     written["gguf_unet"] = _write_gguf(models / "unet" / GGUF_UNET, unet)
     written["tagger"] = _write_tagger(models / "wd14_tagger", TAGGER)
+    written["depth_anything"] = _write_placeholder(models / "depthanything" / DEPTH_ANYTHING)
     return written
 
 
@@ -55,6 +58,15 @@ def _save(path: Path, tensors: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     return path
+
+
+def _write_placeholder(path: Path) -> Path:
+    """A file for loaders that read it with ``load_state_dict(strict=False)`` (DepthAnythingV2):
+    its one tensor matches no key, so the pack's freshly initialised network runs as it is. Real
+    weights would only change the numbers, not what the pack's code does with them."""
+    import torch  # noqa: PLC0415
+
+    return _save(path, {"bench.placeholder": torch.zeros(1)})
 
 
 def _write_esrgan(path: Path) -> Path:
