@@ -185,6 +185,12 @@ def _calc_cond_batch(
             input_x = x_in[region]
             c = cond.model_inputs(x_in, region)
             c["transformer_options"] = _transformer_options(model_options, [index], [cond.uuid], timestep)
+            if cond.control is not None:
+                control = cond.control.get_control(
+                    input_x, timestep, _control_cond(model, c, input_x), 1, c["transformer_options"]
+                )
+                if control is not None:
+                    c["control"] = control
             if wrapper is not None:
                 args = {"input": input_x, "timestep": timestep, "c": c, "cond_or_uncond": [index]}
                 prediction = wrapper(model.apply_model, args)
@@ -195,6 +201,21 @@ def _calc_cond_batch(
             count[region] += mult
         outputs.append(out / count)
     return outputs
+
+
+def _control_cond(model: ModelView, c: Mapping[str, Any], x: torch.Tensor) -> dict[str, Any]:
+    """The cond a control reads: the call's inputs plus the ADM vector ``y`` the MODEL derives
+    from them (SDXL ControlNets take it as the UNet does)."""
+    out = dict(c)
+    if "y" not in out:
+        try:
+            encode_adm = model.encode_adm
+        except AttributeError:
+            return out
+        y = encode_adm(out, x)
+        if y is not None:
+            out["y"] = y
+    return out
 
 
 def cfg_function(

@@ -58,6 +58,8 @@ class ResolvedCond:
     concat_channels: int = 0
     # The reference gives every cond entry a uuid; patches read it from transformer_options.
     uuid: uuid.UUID = field(default_factory=uuid.uuid4)
+    # The entry's CONTROL_NET chain (``options["control"]``), evaluated for each of its model calls.
+    control: Any = None
 
     def active(self, sigma: float) -> bool:
         return self.sigma_end <= sigma <= self.sigma_start
@@ -146,9 +148,20 @@ def resolve(conditioning: list[list[Any]], latent: torch.Tensor, model: Diffusio
                 extra={k: options[k] for k in _PASSTHROUGH if k in options},
                 concat_latent=options.get("concat_latent_image"),
                 concat_mask=options.get("concat_mask"),
+                control=options.get("control"),
             )
         )
     return resolved
+
+
+def controls_of(conds: Mapping[str, list[ResolvedCond]]) -> list[Any]:
+    """The distinct control objects of the resolved conds (an object shared by entries once)."""
+    seen: dict[int, Any] = {}
+    for entries in conds.values():
+        for cond in entries:
+            if cond.control is not None:
+                seen.setdefault(id(cond.control), cond.control)
+    return list(seen.values())
 
 
 def cond_weights(cond: ResolvedCond, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -222,6 +235,13 @@ class CFGGuider:
             for cond in resolved:
                 self._attach_concat(cond, latent_image, denoise_mask)
             self.conds[name] = resolved
+        # As the reference's pre_run_control: the controls' percent ranges become sigmas of this
+        # MODEL's schedule, and ControlNets take the schedule for their own inputs.
+        controls = controls_of(self.conds)
+        if controls:
+            percent_to_sigma = self.inner_model.model_sampling.percent_to_sigma
+            for control in controls:
+                control.pre_run(self.inner_model, percent_to_sigma)
 
     def _attach_concat(
         self, cond: ResolvedCond, latent_image: torch.Tensor, denoise_mask: torch.Tensor | None
@@ -399,9 +419,14 @@ class CFGGuider:
         extra_args: dict[str, Any] = {"model_options": options, "seed": seed}
         wrappers = self._wrappers(WrappersMP.SAMPLER_SAMPLE, options)
         executor = WrapperExecutor.new_class_executor(sampler.sample, sampler, wrappers)
-        samples = executor.execute(
-            self, sigmas, extra_args, callback, noise, model_latent, denoise_mask, disable_pbar
-        )
+        try:
+            samples = executor.execute(
+                self, sigmas, extra_args, callback, noise, model_latent, denoise_mask, disable_pbar
+            )
+        finally:
+            # Cached hints and the schedule are per run (the reference's cleanup of control models).
+            for control in controls_of(self.conds):
+                control.cleanup()
         return fmt.process_out(samples.to(torch.float32))
 
 
@@ -504,6 +529,7 @@ __all__ = [
     "Guider",
     "ResolvedCond",
     "cond_weights",
+    "controls_of",
     "copy_model_options",
     "resolve",
 ]

@@ -11,6 +11,7 @@ from plugins.core_nodes.nodes import (
     compositing,
     conditioning,
     conditioning_sdxl,
+    controlnet,
     custom_sampler,
     image,
     io,
@@ -43,6 +44,7 @@ FAMILIES = (
     primitives,
     preview,
     upscale,
+    controlnet,
 )
 
 
