@@ -150,6 +150,18 @@ class NodeSpec:
             return self.schema.display_name
         return self.name
 
+    @property
+    def published_display_name(self) -> str | None:
+        """``display_name`` as ``GET /object_info`` reports it.
+
+        The reference publishes null for its schema-defined nodes that name none (the frontend
+        then shows the class name); a class standing in for one of them sets
+        ``PUBLISH_NULL_DISPLAY_NAME = True`` so saved interfaces compare equal.
+        """
+        if not self._display_name and getattr(self.cls, "PUBLISH_NULL_DISPLAY_NAME", False):
+            return None
+        return self.display_name
+
     @cached_property
     def return_types(self) -> tuple[str, ...]:
         if self.schema is not None:
@@ -384,7 +396,7 @@ class NodeSpec:
             "output_is_list": list(self.output_is_list),
             "output_name": list(self.return_names),
             "name": self.name,
-            "display_name": self.display_name,
+            "display_name": self.published_display_name,
             "description": self._description(),
             "python_module": getattr(self.cls, "RELATIVE_PYTHON_MODULE", None) or self.plugin,
             "category": self._category(),

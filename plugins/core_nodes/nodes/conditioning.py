@@ -35,11 +35,12 @@ def _first_entry(conditioning_from: Conditioning, node: str) -> list[Any]:
 
 class _Cond(CoreNode):
     RETURN_TYPES = ("CONDITIONING",)
-    CATEGORY = "conditioning"
+    CATEGORY = "model/conditioning/transform"
 
 
 class CLIPTextEncode(_Cond):
     FUNCTION = "encode"
+    CATEGORY = "model/conditioning"
     DESCRIPTION = "Turns a prompt into conditioning with a CLIP text encoder."
 
     @classmethod
@@ -64,14 +65,17 @@ class CLIPTextEncode(_Cond):
 class CLIPSetLastLayer(CoreNode):
     RETURN_TYPES = ("CLIP",)
     FUNCTION = "set_last_layer"
-    CATEGORY = "conditioning"
+    CATEGORY = "model/conditioning"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "clip": ("CLIP",),
-                "stop_at_clip_layer": ("INT", {"default": -1, "min": -24, "max": -1, "step": 1}),
+                "stop_at_clip_layer": (
+                    "INT",
+                    {"default": -1, "min": -24, "max": -1, "step": 1, "advanced": True},
+                ),
             }
         }
 
@@ -239,7 +243,6 @@ class ConditioningSetMask(_Cond):
 
 class ConditioningZeroOut(_Cond):
     FUNCTION = "zero_out"
-    CATEGORY = "advanced/conditioning"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -259,7 +262,6 @@ class ConditioningZeroOut(_Cond):
 
 class ConditioningSetTimestepRange(_Cond):
     FUNCTION = "set_range"
-    CATEGORY = "advanced/conditioning"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -279,7 +281,7 @@ class InpaintModelConditioning(CoreNode):
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
     RETURN_NAMES = ("positive", "negative", "latent")
     FUNCTION = "encode"
-    CATEGORY = "conditioning/inpaint"
+    CATEGORY = "model/conditioning"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -323,9 +325,9 @@ NODES: dict[str, tuple[type, str | None]] = {
         ConditioningSetAreaPercentage,
         "Conditioning (Set Area with Percentage)",
     ),
-    "ConditioningSetAreaStrength": (ConditioningSetAreaStrength, None),
+    "ConditioningSetAreaStrength": (ConditioningSetAreaStrength, "Conditioning (Set Area Strength)"),
     "ConditioningSetMask": (ConditioningSetMask, "Conditioning (Set Mask)"),
-    "ConditioningZeroOut": (ConditioningZeroOut, None),
+    "ConditioningZeroOut": (ConditioningZeroOut, "Conditioning Zero Out"),
     "ConditioningSetTimestepRange": (ConditioningSetTimestepRange, None),
     "InpaintModelConditioning": (InpaintModelConditioning, None),
 }

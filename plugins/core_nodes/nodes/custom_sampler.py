@@ -44,6 +44,8 @@ def _model_sampling(model: Any) -> Any:
 
 class _Node(KernelNode):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = _MODULE
+    # The reference's schemas for these nodes name no display name: /object_info says null.
+    PUBLISH_NULL_DISPLAY_NAME: ClassVar[bool] = True
 
 
 # --- schedulers -----------------------------------------------------------------------------

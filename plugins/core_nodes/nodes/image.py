@@ -66,6 +66,7 @@ class ImageScaleBy(_Image):
 
 class ImageInvert(_Image):
     FUNCTION = "invert"
+    CATEGORY = "image/color"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -77,6 +78,7 @@ class ImageInvert(_Image):
 
 class ImageBatch(_Image):
     FUNCTION = "batch"
+    CATEGORY = "image/batch"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -123,7 +125,7 @@ def outpaint_mask(
 class ImagePadForOutpaint(CoreNode):
     RETURN_TYPES = ("IMAGE", "MASK")
     FUNCTION = "expand_image"
-    CATEGORY = "image"
+    CATEGORY = "image/transform"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -135,7 +137,10 @@ class ImagePadForOutpaint(CoreNode):
                 "top": ("INT", dict(side)),
                 "right": ("INT", dict(side)),
                 "bottom": ("INT", dict(side)),
-                "feathering": ("INT", {"default": 40, "min": 0, "max": MAX_RESOLUTION, "step": 1}),
+                "feathering": (
+                    "INT",
+                    {"default": 40, "min": 0, "max": MAX_RESOLUTION, "step": 1, "advanced": True},
+                ),
             }
         }
 
@@ -234,10 +239,10 @@ class RebatchImages(_Image):
 NODES: dict[str, tuple[type, str | None]] = {
     "ImageScale": (ImageScale, "Upscale Image"),
     "ImageScaleBy": (ImageScaleBy, "Upscale Image By"),
-    "ImageInvert": (ImageInvert, "Invert Image"),
-    "ImageBatch": (ImageBatch, "Batch Images"),
+    "ImageInvert": (ImageInvert, "Invert Image Colors"),
+    "ImageBatch": (ImageBatch, "Batch Images (DEPRECATED)"),
     "ImagePadForOutpaint": (ImagePadForOutpaint, "Pad Image for Outpainting"),
-    "ImageCrop": (ImageCrop, "Image Crop"),
-    "EmptyImage": (EmptyImage, None),
+    "ImageCrop": (ImageCrop, "Crop Image (DEPRECATED)"),
+    "EmptyImage": (EmptyImage, "Empty Image"),
     "RebatchImages": (RebatchImages, "Rebatch Images"),
 }

@@ -103,7 +103,9 @@ def to_pil(image: Any) -> Any:
 
 
 class SaveImage(KernelNode):
-    RETURN_TYPES = ()
+    # The images pass through (as in the reference since v0.27), so a graph can go on after a save.
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
     FUNCTION = "save_images"
     OUTPUT_NODE = True
     CATEGORY = "image"
@@ -139,7 +141,7 @@ class SaveImage(KernelNode):
             to_pil(image).save(target, pnginfo=metadata, compress_level=self.compress_level)
             results.append({"filename": name, "subfolder": subfolder, "type": self.file_type})
             counter += 1
-        return {"ui": {"images": results}}
+        return {"ui": {"images": results}, "result": (images,)}
 
 
 class PreviewImage(SaveImage):
@@ -255,7 +257,7 @@ class LoadImage(_Loader):
 class LoadImageMask(_Loader):
     RETURN_TYPES = ("MASK",)
     FUNCTION = "load_image"
-    CATEGORY = "mask"
+    CATEGORY = "image"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:

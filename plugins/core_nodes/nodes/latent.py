@@ -40,12 +40,14 @@ def grey_out(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _tiling_inputs(tile_step: int) -> dict[str, Any]:
-    """The tile and (video-only) temporal widgets the tiled VAE nodes share; only the tile step differs."""
+    """The tile and (video-only) temporal widgets the tiled VAE nodes share; only the tile step differs.
+
+    All four are ``advanced`` (folded away by the frontend), as the reference publishes them."""
     return {
-        "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": tile_step}),
-        "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 32}),
-        "temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4}),
-        "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4}),
+        "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": tile_step, "advanced": True}),
+        "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 32, "advanced": True}),
+        "temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4, "advanced": True}),
+        "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4, "advanced": True}),
     }
 
 
@@ -58,7 +60,7 @@ def _match_batch(mask: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class _Latent(CoreNode):
-    CATEGORY = "latent"
+    CATEGORY = "model/latent"
     RETURN_TYPES = ("LATENT",)
 
 
@@ -85,7 +87,7 @@ class EmptyLatentImage(_Latent):
 class VAEDecode(CoreNode):
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "decode"
-    CATEGORY = "latent"
+    CATEGORY = "model/latent"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -98,7 +100,7 @@ class VAEDecode(CoreNode):
 class VAEDecodeTiled(CoreNode):
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "decode"
-    CATEGORY = "_for_testing"
+    CATEGORY = "model/latent"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -141,7 +143,7 @@ class VAEEncode(_Latent):
 
 class VAEEncodeTiled(_Latent):
     FUNCTION = "encode"
-    CATEGORY = "_for_testing"
+    CATEGORY = "model/latent"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -164,7 +166,6 @@ class VAEEncodeTiled(_Latent):
 
 class VAEEncodeForInpaint(_Latent):
     FUNCTION = "encode"
-    CATEGORY = "latent/inpaint"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -198,7 +199,6 @@ class VAEEncodeForInpaint(_Latent):
 
 class SetLatentNoiseMask(_Latent):
     FUNCTION = "set_mask"
-    CATEGORY = "latent/inpaint"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -319,7 +319,7 @@ class LatentComposite(_Latent):
 
 class LatentBlend(_Latent):
     FUNCTION = "blend"
-    CATEGORY = "_for_testing"
+    CATEGORY = "experimental"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -343,21 +343,23 @@ class LatentBlend(_Latent):
 
 class LatentFromBatch(_Latent):
     FUNCTION = "frombatch"
-    CATEGORY = "latent/batch"
+    CATEGORY = "model/latent/batch"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "samples": ("LATENT",),
-                "batch_index": ("INT", {"default": 0, "min": 0, "max": 63}),
+                "batch_index": ("INT", {"default": 0, "min": -MAX_RESOLUTION, "max": MAX_RESOLUTION}),
                 "length": ("INT", {"default": 1, "min": 1, "max": 64}),
             }
         }
 
     def frombatch(self, samples: Latent, batch_index: int, length: int) -> tuple[Latent]:
         s = samples["samples"]
-        start = min(s.shape[0] - 1, batch_index)
+        if batch_index < 0:  # counted from the end of the batch, as in the reference
+            batch_index += s.shape[0]
+        start = max(0, min(s.shape[0] - 1, batch_index))
         length = min(s.shape[0] - start, length)
         out = dict(samples)
         out["samples"] = s[start : start + length].clone()
@@ -373,7 +375,7 @@ class LatentFromBatch(_Latent):
 
 class RepeatLatentBatch(_Latent):
     FUNCTION = "repeat"
-    CATEGORY = "latent/batch"
+    CATEGORY = "model/latent/batch"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -404,8 +406,8 @@ NODES: dict[str, tuple[type, str | None]] = {
     "SetLatentNoiseMask": (SetLatentNoiseMask, "Set Latent Noise Mask"),
     "LatentUpscale": (LatentUpscale, "Upscale Latent"),
     "LatentUpscaleBy": (LatentUpscaleBy, "Upscale Latent By"),
-    "LatentComposite": (LatentComposite, None),
+    "LatentComposite": (LatentComposite, "Latent Composite"),
     "LatentBlend": (LatentBlend, "Latent Blend"),
-    "LatentFromBatch": (LatentFromBatch, "Latent From Batch"),
+    "LatentFromBatch": (LatentFromBatch, "Get Latent From Batch"),
     "RepeatLatentBatch": (RepeatLatentBatch, "Repeat Latent Batch"),
 }

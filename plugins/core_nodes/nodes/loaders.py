@@ -47,6 +47,13 @@ CLIP_TYPES = [
     "hunyuan_image",
     "flux2",
     "ovis",
+    "longcat_image",
+    "cogvideox",
+    "lens",
+    "pixeldit",
+    "ideogram4",
+    "boogu",
+    "krea2",
 ]
 DUAL_CLIP_TYPES = [
     "sdxl",
@@ -60,6 +67,7 @@ DUAL_CLIP_TYPES = [
     "kandinsky5_image",
     "ltxv",
     "newbie",
+    "ace",
 ]
 WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
 DEVICES = ["default", "cpu"]
@@ -88,7 +96,7 @@ def _adapter(name: str) -> Callable[..., Any]:
 
 
 class _Loader(KernelNode):
-    CATEGORY = "loaders"
+    CATEGORY = "model/loaders"
 
     @classmethod
     def names(cls, folder: str) -> list[str]:
@@ -196,7 +204,6 @@ class LoraLoaderModelOnly(LoraLoader):
 class CLIPLoader(_Loader):
     RETURN_TYPES = ("CLIP",)
     FUNCTION = "load_clip"
-    CATEGORY = "advanced/loaders"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -215,7 +222,6 @@ class CLIPLoader(_Loader):
 class DualCLIPLoader(_Loader):
     RETURN_TYPES = ("CLIP",)
     FUNCTION = "load_clip"
-    CATEGORY = "advanced/loaders"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -243,14 +249,13 @@ class DualCLIPLoader(_Loader):
 class UNETLoader(_Loader):
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "load_unet"
-    CATEGORY = "advanced/loaders"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "unet_name": (cls.names("diffusion_models"),),
-                "weight_dtype": (list(WEIGHT_DTYPES),),
+                "weight_dtype": (list(WEIGHT_DTYPES), {"advanced": True}),
             }
         }
 
@@ -261,9 +266,9 @@ class UNETLoader(_Loader):
 NODES: dict[str, tuple[type, str | None]] = {
     "CheckpointLoaderSimple": (CheckpointLoaderSimple, "Load Checkpoint"),
     "VAELoader": (VAELoader, "Load VAE"),
-    "LoraLoader": (LoraLoader, "Load LoRA"),
-    "LoraLoaderModelOnly": (LoraLoaderModelOnly, None),
+    "LoraLoader": (LoraLoader, "Load LoRA (Model and CLIP)"),
+    "LoraLoaderModelOnly": (LoraLoaderModelOnly, "Load LoRA"),
     "CLIPLoader": (CLIPLoader, "Load CLIP"),
-    "DualCLIPLoader": (DualCLIPLoader, None),
+    "DualCLIPLoader": (DualCLIPLoader, "Load CLIP (Dual)"),
     "UNETLoader": (UNETLoader, "Load Diffusion Model"),
 }

@@ -16,7 +16,7 @@ def _batched(mask: Any) -> Any:
 
 class _Mask(CoreNode):
     RETURN_TYPES = ("MASK",)
-    CATEGORY = "mask"
+    CATEGORY = "image/mask"
     RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_mask"
 
 
@@ -219,9 +219,9 @@ class ThresholdMask(_Mask):
 
 
 NODES: dict[str, tuple[type, str | None]] = {
-    "SolidMask": (SolidMask, "Solid Mask"),
+    "SolidMask": (SolidMask, "Create Solid Mask"),
     "InvertMask": (InvertMask, "Invert Mask"),
-    "MaskComposite": (MaskComposite, "Mask Composite"),
+    "MaskComposite": (MaskComposite, "Combine Masks"),
     "CropMask": (CropMask, "Crop Mask"),
     "GrowMask": (GrowMask, "Grow Mask"),
     "FeatherMask": (FeatherMask, "Feather Mask"),

@@ -10,7 +10,7 @@ from plugins.core_nodes.nodes.common import CoreNode
 
 class _Primitive(CoreNode):
     FUNCTION = "execute"
-    CATEGORY = "utils/primitive"
+    CATEGORY = "utilities/primitive"
     RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_primitive"
 
     def execute(self, value: Any) -> tuple[Any]:
@@ -24,17 +24,18 @@ def _primitive(name: str, io_type: str, options: dict[str, Any]) -> type:
     return type(name, (_Primitive,), {"RETURN_TYPES": (io_type,), "INPUT_TYPES": classmethod(input_types)})
 
 
-PrimitiveString = _primitive("PrimitiveString", "STRING", {})
+PrimitiveString = _primitive("PrimitiveString", "STRING", {"multiline": False})
 PrimitiveStringMultiline = _primitive("PrimitiveStringMultiline", "STRING", {"multiline": True})
+# "fixed": the frontend adds the after-generate control but leaves the value alone by default.
 PrimitiveInt = _primitive(
-    "PrimitiveInt", "INT", {"min": -sys.maxsize, "max": sys.maxsize, "control_after_generate": True}
+    "PrimitiveInt", "INT", {"min": -sys.maxsize, "max": sys.maxsize, "control_after_generate": "fixed"}
 )
 PrimitiveFloat = _primitive("PrimitiveFloat", "FLOAT", {"min": -sys.maxsize, "max": sys.maxsize, "step": 0.1})
 PrimitiveBoolean = _primitive("PrimitiveBoolean", "BOOLEAN", {})
 
 NODES: dict[str, tuple[type, str | None]] = {
-    "PrimitiveString": (PrimitiveString, "String"),
-    "PrimitiveStringMultiline": (PrimitiveStringMultiline, "String (Multiline)"),
+    "PrimitiveString": (PrimitiveString, "Text String (DEPRECATED)"),
+    "PrimitiveStringMultiline": (PrimitiveStringMultiline, "Input Text"),
     "PrimitiveInt": (PrimitiveInt, "Int"),
     "PrimitiveFloat": (PrimitiveFloat, "Float"),
     "PrimitiveBoolean": (PrimitiveBoolean, "Boolean"),

@@ -28,7 +28,7 @@ def _common_inputs() -> dict[str, Any]:
 class _Sampler(KernelNode):
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "sample"
-    CATEGORY = "sampling"
+    CATEGORY = "model/sampling"
 
     @classmethod
     def _preview(cls) -> Any:
@@ -77,12 +77,12 @@ class KSamplerAdvanced(_Sampler):
         return {
             "required": {
                 "model": ("MODEL",),
-                "add_noise": (["enable", "disable"],),
+                "add_noise": (["enable", "disable"], {"advanced": True}),
                 "noise_seed": _seed_input(),
                 **_common_inputs(),
-                "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000}),
-                "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000}),
-                "return_with_leftover_noise": (["disable", "enable"],),
+                "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000, "advanced": True}),
+                "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000, "advanced": True}),
+                "return_with_leftover_noise": (["disable", "enable"], {"advanced": True}),
             }
         }
 
