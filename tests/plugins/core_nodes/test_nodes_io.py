@@ -87,6 +87,21 @@ async def test_preview_image_goes_to_temp(comfy_server: Any) -> None:
     assert (server.kernel.settings.temp_path / images[0]["filename"]).is_file()
 
 
+async def test_saved_images_flow_on_to_the_next_node(comfy_server: Any) -> None:
+    """SaveImage and PreviewImage output the images they were given (the reference's v0.27 output)."""
+    server = await start(comfy_server)
+    prompt = invert_and_save("first")
+    prompt["4"] = {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}
+    prompt["5"] = {"class_type": "ImageInvert", "inputs": {"image": ["4", 0]}}
+    prompt["6"] = {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "second"}}
+    frames = await run_prompt(server, prompt)
+    assert not messages(frames, "execution_error")
+    assert len(executed(frames)["4"]["images"]) == 2
+    with Image.open(server.kernel.settings.output_path / "second_00002_.png") as img:
+        assert img.size == (16, 8)
+        assert img.convert("RGB").getpixel((0, 0)) == (255, 0, 0)  # inverted twice: red again
+
+
 def _rgba_png(path: Path) -> np.ndarray:
     rgba = np.zeros((8, 12, 4), dtype=np.uint8)
     rgba[..., 0] = 200

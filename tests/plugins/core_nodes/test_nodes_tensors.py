@@ -85,6 +85,10 @@ def test_latent_nodes() -> None:
     base = {"samples": torch.arange(4.0).reshape(4, 1, 1, 1).expand(4, 4, 2, 2).clone()}
     picked = L.LatentFromBatch().frombatch(base, 1, 2)[0]
     assert picked["samples"][:, 0, 0, 0].tolist() == [1.0, 2.0] and picked["batch_index"] == [1, 2]
+    # A negative index counts from the end of the batch; anything past either end is clamped.
+    last = L.LatentFromBatch().frombatch(base, -1, 3)[0]
+    assert last["samples"][:, 0, 0, 0].tolist() == [3.0] and last["batch_index"] == [3]
+    assert L.LatentFromBatch().frombatch(base, -9, 1)[0]["batch_index"] == [0]
     repeated = L.RepeatLatentBatch().repeat(picked, 2)[0]
     assert repeated["samples"].shape[0] == 4 and repeated["batch_index"] == [1, 2, 3, 4]
     a = {"samples": torch.zeros(1, 4, 8, 8)}
