@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -238,7 +239,9 @@ def from_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         skeleton = ControlNetModel(config, hint_channels)
     ours = [name for name, module in skeleton.named_modules() if isinstance(getattr(module, "weight", None), nn.Parameter)]
-    names = unet_diffusers_names(config, ours)
+    # The name table covers the whole UNet; the output half's depths only need the right length.
+    outputs = sum(n + 1 for n in config.num_res_blocks)
+    names = unet_diffusers_names(replace(config, transformer_depth_output=(0,) * outputs), ours)
     for i in range(len(skeleton.zero_convs)):
         names[f"zero_convs.{i}.0"] = f"controlnet_down_blocks.{i}"
     names["middle_block_out.0"] = "controlnet_mid_block"
