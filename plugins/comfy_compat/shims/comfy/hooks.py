@@ -9,9 +9,13 @@ functions that would do it say so.
 from __future__ import annotations
 
 import enum
+import math
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 class EnumHookMode(enum.StrEnum):
@@ -93,6 +97,14 @@ class WeightHook(Hook):
         self.need_weight_init = True
         self._strength_model = strength_model
         self._strength_clip = strength_clip
+
+    @property
+    def strength_model(self) -> float:
+        return self._strength_model * self.strength
+
+    @property
+    def strength_clip(self) -> float:
+        return self._strength_clip * self.strength
 
 
 class ObjectPatchHook(Hook):
@@ -250,13 +262,159 @@ def _unsupported(name: str) -> Any:
     return fail
 
 
-create_hook_lora = _unsupported("create_hook_lora")
-create_hook_model_as_lora = _unsupported("create_hook_model_as_lora")
 load_hook_lora_for_models = _unsupported("load_hook_lora_for_models")
-set_hooks_for_conditioning = _unsupported("set_hooks_for_conditioning")
-set_conds_props = _unsupported("set_conds_props")
-set_conds_props_and_combine = _unsupported("set_conds_props_and_combine")
-set_default_conds_and_combine = _unsupported("set_default_conds_and_combine")
+
+
+# --- building hook groups (real: only applying them while sampling is not supported) ----------
+
+
+class InterpolationMethod:
+    """How keyframe strengths are spread between two values (the hook-keyframe nodes' combo)."""
+
+    LINEAR = "linear"
+    EASE_IN = "ease_in"
+    EASE_OUT = "ease_out"
+    EASE_IN_OUT = "ease_in_out"
+
+    _LIST = [LINEAR, EASE_IN, EASE_OUT, EASE_IN_OUT]
+
+    @classmethod
+    def get_weights(
+        cls, num_from: float, num_to: float, length: int, method: str, reverse: bool = False
+    ) -> torch.Tensor:
+        """``length`` values from ``num_from`` to ``num_to`` along the ``method`` curve."""
+        import torch
+
+        position = torch.linspace(0, 1, length)
+        curves = {
+            cls.LINEAR: lambda p: p,
+            cls.EASE_IN: lambda p: p**2,
+            cls.EASE_OUT: lambda p: 1 - (1 - p) ** 2,
+            cls.EASE_IN_OUT: lambda p: (1 - torch.cos(p * math.pi)) / 2,
+        }
+        if method not in curves:
+            raise ValueError(f"Unrecognized interpolation method '{method}'.")
+        if method == cls.LINEAR:
+            weights = torch.linspace(num_from, num_to, length)
+        else:
+            weights = (num_to - num_from) * curves[method](position) + num_from
+        return weights.flip(dims=(0,)) if reverse else weights
+
+
+def create_hook_lora(lora: dict[str, Any], strength_model: float, strength_clip: float) -> HookGroup:
+    """A group with one weight hook carrying the LoRA state dict ``lora`` (read into patches when
+    the hook is applied to a MODEL or CLIP)."""
+    group = HookGroup()
+    hook = WeightHook(strength_model=strength_model, strength_clip=strength_clip)
+    hook.weights = lora
+    group.add(hook)
+    return group
+
+
+def create_hook_model_as_lora(
+    weights_model: dict[str, Any] | None, weights_clip: dict[str, Any] | None, strength_model: float, strength_clip: float
+) -> HookGroup:
+    """A group with one weight hook whose patches move each weight to another checkpoint's
+    (``("model_as_lora", (target,))`` by state-dict key): that checkpoint used as a LoRA."""
+    group = HookGroup()
+    hook = WeightHook(strength_model=strength_model, strength_clip=strength_clip)
+    hook.weights = None if weights_model is None else {k: ("model_as_lora", (v,)) for k, v in weights_model.items()}
+    hook.weights_clip = None if weights_clip is None else {k: ("model_as_lora", (v,)) for k, v in weights_clip.items()}
+    hook.need_weight_init = False
+    group.add(hook)
+    return group
+
+
+def get_patch_weights_from_model(model: Any, discard_model_sampling: bool = True) -> dict[str, Any] | None:
+    """The state dict of a MODEL's (or CLIP patcher's) ``.model``, without the noise-schedule
+    buffers (``model_sampling.*``) that must never act as a patch."""
+    if model is None:
+        return None
+    weights = dict(model.model.state_dict())
+    if discard_model_sampling:
+        weights = {k: v for k, v in weights.items() if not k.startswith("model_sampling")}
+    return weights
+
+
+def _hooks_not_supported(where: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"{where}: hooks attached to conditioning (LoRA / model-as-LoRA weights or keyframes applied "
+        "while sampling) are not supported by comfykernel yet; masks and timestep ranges without "
+        "hooks are"
+    )
+
+
+def set_hooks_for_conditioning(
+    cond: list[Any], hooks: HookGroup | None, append_hooks: bool = True, cache: dict[Any, Any] | None = None
+) -> list[Any]:
+    """``cond`` itself without hooks; hooks on conditioning cannot be honoured by this server's
+    sampler, so giving some is an error rather than a silently ignored ``hooks`` key."""
+    if hooks is None:
+        return cond
+    raise _hooks_not_supported("comfy.hooks.set_hooks_for_conditioning")
+
+
+def _set_values(cond: list[Any], values: dict[str, Any]) -> list[Any]:
+    return [[entry[0], {**entry[1], **values}] for entry in cond]
+
+
+def set_timesteps_for_conditioning(cond: list[Any], timestep_range: tuple[float, float] | None) -> list[Any]:
+    if timestep_range is None:
+        return cond
+    return _set_values(cond, {"start_percent": timestep_range[0], "end_percent": timestep_range[1]})
+
+
+def set_mask_for_conditioning(cond: list[Any], mask: Any, set_cond_area: str, strength: float) -> list[Any]:
+    if mask is None:
+        return cond
+    if len(mask.shape) < 3:
+        mask = mask.unsqueeze(0)
+    values = {"mask": mask, "set_area_to_bounds": set_cond_area != "default", "mask_strength": strength}
+    return _set_values(cond, values)
+
+
+def combine_conditioning(conds: list[list[Any]]) -> list[Any]:
+    return [entry for cond in conds for entry in cond]
+
+
+def set_conds_props(
+    conds: list[list[Any]], strength: float, set_cond_area: str, mask: Any = None, hooks: HookGroup | None = None,
+    timesteps_range: tuple[float, float] | None = None, append_hooks: bool = True,
+) -> list[list[Any]]:  # fmt: skip
+    """Each conditioning with the mask (and its strength / area mode) and timestep range set."""
+    if hooks is not None:
+        raise _hooks_not_supported("comfy.hooks.set_conds_props")
+    out = []
+    for cond in conds:
+        cond = set_mask_for_conditioning(cond, mask, set_cond_area, strength)
+        out.append(set_timesteps_for_conditioning(cond, timesteps_range))
+    return out
+
+
+def set_conds_props_and_combine(
+    conds: list[list[Any]], new_conds: list[list[Any]], strength: float = 1.0, set_cond_area: str = "default",
+    mask: Any = None, hooks: HookGroup | None = None, timesteps_range: tuple[float, float] | None = None,
+    append_hooks: bool = True,
+) -> list[list[Any]]:  # fmt: skip
+    """Each of ``conds`` followed by its partner of ``new_conds`` with the mask / range set."""
+    if hooks is not None:
+        raise _hooks_not_supported("comfy.hooks.set_conds_props_and_combine")
+    changed = set_conds_props(new_conds, strength, set_cond_area, mask, None, timesteps_range)
+    return [combine_conditioning([c, n]) for c, n in zip(conds, changed, strict=False)]
+
+
+def set_default_conds_and_combine(
+    conds: list[list[Any]], new_conds: list[list[Any]], hooks: HookGroup | None = None,
+    timesteps_range: tuple[float, float] | None = None, append_hooks: bool = True,
+) -> list[list[Any]]:  # fmt: skip
+    """Each of ``conds`` followed by its partner marked ``default`` (used where no other cond applies)."""
+    if hooks is not None:
+        raise _hooks_not_supported("comfy.hooks.set_default_conds_and_combine")
+    out = []
+    for cond, new in zip(conds, new_conds, strict=False):
+        new = set_timesteps_for_conditioning(_set_values(new, {"default": True}), timesteps_range)
+        out.append(combine_conditioning([cond, new]))
+    return out
 
 
 __all__ = [
@@ -270,15 +428,20 @@ __all__ = [
     "HookKeyframe",
     "HookKeyframeGroup",
     "InjectionsHook",
+    "InterpolationMethod",
     "ObjectPatchHook",
     "TransformerOptionsHook",
     "WeightHook",
     "WrapperHook",
+    "combine_conditioning",
     "create_hook_lora",
     "create_hook_model_as_lora",
+    "get_patch_weights_from_model",
     "load_hook_lora_for_models",
     "set_conds_props",
     "set_conds_props_and_combine",
     "set_default_conds_and_combine",
     "set_hooks_for_conditioning",
+    "set_mask_for_conditioning",
+    "set_timesteps_for_conditioning",
 ]

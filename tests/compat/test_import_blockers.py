@@ -1,0 +1,199 @@
+"""Modules real packs import that used to stop them loading: ``comfy_extras.nodes_hooks`` (with
+``comfy.hooks``' builders), and the model-family modules of families this server does not run.
+
+The hook classes are called as AnimateDiff-Evolved calls them, on tiny SD1 checkpoints, with the
+shims installed by a real server; what can be honoured is compared with the core LoRA path, what
+cannot must fail when it runs with an error naming it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.plugins.core_nodes import tiny_pipeline
+
+PLUGINS = ["comfy_compat", "models", "core_nodes"]
+GOLDEN = Path("/work/shared/golden/object_info_core.json")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpts")
+    return {
+        "base": tiny_pipeline.write_checkpoint(root / "base.safetensors", "sd1", seed=0),
+        "other": tiny_pipeline.write_checkpoint(root / "other.safetensors", "sd1", seed=1),
+    }
+
+
+@pytest.fixture(scope="module")
+def lora_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kohya LoRA on one CLIP-L MLP layer of the tiny SD1 model."""
+    g = torch.Generator().manual_seed(5)
+    sd = {
+        "lora_te_text_model_encoder_layers_1_mlp_fc2.lora_down.weight": torch.randn(2, 128, generator=g)
+        * 0.3,
+        "lora_te_text_model_encoder_layers_1_mlp_fc2.lora_up.weight": torch.randn(64, 2, generator=g) * 0.3,
+    }
+    path = tmp_path_factory.mktemp("loras") / "clip_lora.safetensors"
+    save_file(sd, str(path))
+    return path
+
+
+@pytest.fixture
+async def shims(comfy_server: Any, tmp_path: Path, checkpoints: dict[str, Path], lora_file: Path) -> Any:
+    for folder, paths in {"checkpoints": list(checkpoints.values()), "loras": [lora_file]}.items():
+        (tmp_path / "models" / folder).mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            (tmp_path / "models" / folder / path.name).symlink_to(path)
+    return await comfy_server(plugins=PLUGINS)
+
+
+def _mod(name: str) -> Any:
+    return importlib.import_module(name)
+
+
+def _clip(path: Path) -> Any:
+    _, clip, _, _ = _mod("comfy.sd").load_checkpoint_guess_config(str(path))
+    return clip
+
+
+# --- comfy_extras.nodes_hooks ------------------------------------------------------------------
+
+
+async def test_hook_classes_have_the_reference_interface_and_are_not_server_nodes(shims: Any) -> None:
+    nodes_hooks = _mod("comfy_extras.nodes_hooks")
+    assert nodes_hooks.NODE_CLASS_MAPPINGS == {}
+    status, info = await shims.json("GET", "/object_info")
+    assert status == 200 and "SetClipHooks" not in info and "CreateHookModelAsLora" not in info
+    if not GOLDEN.exists():
+        pytest.skip("the reference's golden object_info is not on this machine")
+    golden = json.loads(GOLDEN.read_text())
+    for name in _mod("comfy_extras._catalog").MODULES["nodes_hooks"]:
+        cls = next(c for c in vars(nodes_hooks).values() if getattr(c, "NodeId", None) == name)
+        spec = cls.INPUT_TYPES()
+        want = golden[name]
+        assert {g: list(e) for g, e in spec.items() if e or g == "required"} == want["input_order"], name
+        assert list(cls.RETURN_TYPES) == want["output"], name
+        assert list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == want["output_name"], name
+        assert cls.CATEGORY == want["category"] and cls.NodeName == want["display_name"], name
+        assert callable(getattr(cls, cls.FUNCTION)), name
+
+
+async def test_set_clip_hooks_as_animatediff_calls_it_returns_the_clip(
+    shims: Any, checkpoints: dict[str, Path]
+) -> None:
+    nodes_hooks = _mod("comfy_extras.nodes_hooks")
+    clip = _clip(checkpoints["base"])
+    hooks = nodes_hooks.CreateHookLora().create_hook("clip_lora.safetensors", 1.0, 1.0)[0]
+    # AnimateDiff-Evolved: SetClipHooks.apply_hooks(self, clip, False, lora_hook): the hooks land
+    # in apply_to_conds and `hooks` stays None, so the reference returns the CLIP as it is.
+    (same,) = nodes_hooks.SetClipHooks.apply_hooks(object(), clip, False, hooks)
+    assert same is clip
+
+
+async def test_clip_lora_hook_equals_the_lora_loader(
+    shims: Any, checkpoints: dict[str, Path], lora_file: Path
+) -> None:
+    nodes_hooks, sd, utils = _mod("comfy_extras.nodes_hooks"), _mod("comfy.sd"), _mod("comfy.utils")
+    clip = _clip(checkpoints["base"])
+    (hooks,) = nodes_hooks.CreateHookLora().create_hook("clip_lora.safetensors", 0.0, 0.7)
+    (hooked,) = nodes_hooks.SetClipHooks().apply_hooks(
+        clip, schedule_clip=False, apply_to_conds=False, hooks=hooks
+    )
+    assert hooked is not clip and hooked.patcher.forced_hooks is not None
+    _, loaded = sd.load_lora_for_models(None, clip, utils.load_torch_file(str(lora_file)), 0.0, 0.7)
+    torch.testing.assert_close(hooked.encode("a red boat")[0], loaded.encode("a red boat")[0])
+    assert not torch.equal(hooked.encode("a red boat")[0], clip.encode("a red boat")[0])
+    # The input CLIP is unchanged.
+    assert not clip.patcher.patches
+
+
+async def test_model_as_lora_hook_moves_the_clip_to_the_other_checkpoint(
+    shims: Any, checkpoints: dict[str, Path]
+) -> None:
+    nodes_hooks = _mod("comfy_extras.nodes_hooks")
+    base, other = _clip(checkpoints["base"]), _clip(checkpoints["other"])
+
+    # AnimateDiff-Evolved's MaskableSDModelLoader subclasses the node and calls create_hook by keyword.
+    class Subclass(nodes_hooks.CreateHookModelAsLora):
+        def load(self, ckpt_name: str) -> Any:
+            return self.create_hook(ckpt_name=ckpt_name, strength_model=1.0, strength_clip=1.0)[0]
+
+    hooks = Subclass().load("other.safetensors")
+    (weight_hook,) = hooks.hooks
+    assert weight_hook.weights and all(v[0] == "model_as_lora" for v in weight_hook.weights.values())
+    assert not any(k.startswith("model_sampling") for k in weight_hook.weights)
+    (hooked,) = nodes_hooks.SetClipHooks().apply_hooks(base, False, False, hooks)
+    torch.testing.assert_close(hooked.encode("a cat")[0], other.encode("a cat")[0], atol=1e-4, rtol=1e-4)
+    # The model-only variant carries no CLIP strength.
+    model_only = nodes_hooks.CreateHookModelAsLoraModelOnly().create_hook_model_only(
+        "other.safetensors", 1.0
+    )[0]
+    assert model_only.hooks[0]._strength_clip == 0.0
+
+
+async def test_what_the_sampler_cannot_honour_fails_when_it_runs(
+    shims: Any, checkpoints: dict[str, Path]
+) -> None:
+    nodes_hooks, hooks_mod = _mod("comfy_extras.nodes_hooks"), _mod("comfy.hooks")
+    clip = _clip(checkpoints["base"])
+    (hooks,) = nodes_hooks.CreateHookLora().create_hook("clip_lora.safetensors", 1.0, 1.0)
+    with pytest.raises(NotImplementedError, match="apply_to_conds"):
+        nodes_hooks.SetClipHooks().apply_hooks(clip, False, True, hooks)
+    keyframed = nodes_hooks.SetHookKeyframes().set_hook_keyframes(
+        hooks, nodes_hooks.CreateHookKeyframe().create_hook_keyframe(0.5, 0.3)[0]
+    )[0]
+    with pytest.raises(NotImplementedError, match="schedule_clip"):
+        nodes_hooks.SetClipHooks().apply_hooks(clip, True, False, keyframed)
+    cond = [[torch.zeros(1, 77, 8), {"pooled_output": None}]]
+    with pytest.raises(NotImplementedError, match="hooks attached to conditioning"):
+        nodes_hooks.SetModelHooksOnCond().attach_hook(cond, hooks)
+    with pytest.raises(NotImplementedError, match="not supported by comfykernel"):
+        hooks_mod.set_conds_props([cond], 1.0, "default", hooks=hooks)
+
+
+async def test_conditioning_properties_without_hooks_are_real(shims: Any) -> None:
+    nodes_hooks = _mod("comfy_extras.nodes_hooks")
+    cond = [[torch.zeros(1, 77, 8), {"pooled_output": None}]]
+    mask = torch.ones(4, 4)
+    (out,) = nodes_hooks.ConditioningSetProperties().set_properties(
+        cond, 0.8, "mask bounds", mask=mask, timesteps=(0.2, 0.6)
+    )
+    options = out[0][1]
+    assert options["mask"].shape == (1, 4, 4) and options["mask_strength"] == 0.8
+    assert options["set_area_to_bounds"] is True
+    assert (options["start_percent"], options["end_percent"]) == (0.2, 0.6)
+    assert "mask" not in cond[0][1]  # the input is not changed
+    default = [[torch.ones(1, 77, 8), {}]]
+    (combined,) = nodes_hooks.ConditioningSetDefaultAndCombine().set_default_and_combine(cond, default)
+    assert len(combined) == 2 and combined[1][1] == {"default": True}
+    ranges = nodes_hooks.ConditioningTimestepsRange().create_range(0.25, 0.75)
+    assert ranges == ((0.25, 0.75), (0.0, 0.25), (0.75, 1.0))
+
+
+async def test_keyframes_and_combining(shims: Any) -> None:
+    nodes_hooks, hooks_mod = _mod("comfy_extras.nodes_hooks"), _mod("comfy.hooks")
+    (kf,) = nodes_hooks.CreateHookKeyframesInterpolated().create_hook_keyframes(
+        0.0, 1.0, "ease_in", 0.0, 1.0, 3
+    )
+    assert [k.start_percent for k in kf.keyframes] == [0.0, 0.5, 1.0]
+    assert [k.strength for k in kf.keyframes] == pytest.approx([0.0, 0.25, 1.0])  # p ** 2
+    assert [k.guarantee_steps for k in kf.keyframes] == [1, 0, 0]
+    (floats,) = nodes_hooks.CreateHookKeyframesFromFloats().create_hook_keyframes([2.0, 4.0], 0.0, 0.5)
+    assert [(k.start_percent, k.strength) for k in floats.keyframes] == [(0.0, 2.0), (0.5, 4.0)]
+    with pytest.raises(ValueError, match="interpolation"):
+        hooks_mod.InterpolationMethod.get_weights(0, 1, 3, "cubic")
+    a = hooks_mod.create_hook_lora({}, 1.0, 1.0)
+    b = hooks_mod.create_hook_lora({}, 0.5, 0.5)
+    (both,) = nodes_hooks.CombineHooksFour().combine_hooks(a, None, b)
+    assert len(both) == 2
+    assert nodes_hooks.CombineHooks().combine_hooks() == (None,)
