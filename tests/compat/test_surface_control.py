@@ -60,17 +60,45 @@ async def test_control_classes_subclass_and_merge(shims: Any) -> None:
     assert issubclass(cn.ControlLora, cn.ControlNet) and issubclass(cn.T2IAdapter, cn.ControlBase)
 
 
-async def test_controlnet_loading_is_refused_clearly(shims: Any) -> None:
+async def test_controlnet_loading_and_the_apply_node_as_packs_call_them(shims: Any, tmp_path: Path) -> None:
     cn = _mod("comfy.controlnet")
     cldm = _mod("comfy.cldm.cldm")
-    with pytest.raises(NotImplementedError, match=r"ControlNet.*not supported.*canny\.safetensors"):
-        cn.load_controlnet("/models/controlnet/canny.safetensors")
+    nodes = _mod("nodes")
+    from plugins.core_nodes.models import control
+    from tests.plugins.core_nodes import tiny_pipeline
 
-    class Sparse(cldm.ControlNet):  # subclassing as SparseCtrl does must work
+    assert cn.ControlNet is control.ControlNet and cn.ControlBase is control.ControlBase
+    with pytest.raises(FileNotFoundError, match="canny"):
+        cn.load_controlnet(str(tmp_path / "canny.safetensors"))
+
+    class Sparse(cldm.ControlNet):  # how SparseCtrl / ControlNet++ subclass the network
         pass
 
-    with pytest.raises(NotImplementedError, match="not supported"):
-        Sparse(image_size=32, in_channels=4, model_channels=32, hint_channels=3, num_res_blocks=1, num_heads=1, context_dim=8, use_spatial_transformer=True)
+    # The reference's constructor arguments (model_detection's SD1.5 style, per-block depths).
+    net = Sparse(image_size=32, in_channels=4, model_channels=32, hint_channels=3, num_res_blocks=2, channel_mult=(1, 2),
+                 num_heads=8, context_dim=tiny_pipeline.CLIP_WIDTH, use_spatial_transformer=True,
+                 transformer_depth=[1, 1, 0, 0], transformer_depth_middle=1)  # fmt: skip
+    assert net.model_channels == 32 and net.num_res_blocks == [2, 2] and net.dims == 2
+    assert len(net.zero_convs) == len(net.input_blocks) == 6
+    out = net(torch.zeros(1, 4, 8, 8), torch.zeros(1, 3, 64, 64), torch.tensor([10.0]), torch.zeros(1, 3, tiny_pipeline.CLIP_WIDTH))
+    assert len(out["output"]) == 6 and out["middle"][0].shape == (1, 64, 4, 4)
+
+    from safetensors.torch import save_file
+
+    path = tmp_path / "tiny.safetensors"
+    save_file({f"control_model.{k}": v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    loaded = cn.load_controlnet(str(path))
+    assert isinstance(loaded, cn.ControlNet) and not loaded.global_average_pooling
+    assert isinstance(cn.load_controlnet_state_dict(net.state_dict()), cn.ControlNet)
+    image = torch.zeros(1, 16, 16, 3)
+    positive, negative = [[torch.zeros(1, 2, 8), {}]], [[torch.zeros(1, 2, 8), {}]]
+    # Impact / tinyterra call the core node class through ``nodes``, positionally.
+    pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, loaded, image, 0.7, 0.0, 0.5)
+    c = pos[0][1]["control"]
+    assert c is neg[0][1]["control"] and c.strength == 0.7 and c.timestep_percent_range == (0.0, 0.5)
+    assert c.control_model is loaded.control_model and c is not loaded
+    with pytest.raises(NotImplementedError, match="T2I"):
+        cn.load_t2i_adapter({})
 
 
 async def test_diffusers_convert_vae_and_text(shims: Any) -> None:
