@@ -281,11 +281,31 @@ class Bench:
         self._log.close()
 
 
+TRACE_FRAME = re.compile(r'File "(?P<path>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
+
+
 def describe_execution_error(payload: dict[str, Any]) -> str:
-    """``failed: node <id> (<class>): <exception type>: <first line of the message>``."""
+    """``failed: node <id> (<class>): <exception type>: <first line of the message> [at <where>]``.
+
+    ``where`` is the innermost frame of the traceback the server sent: whether the fault is in the
+    pack or in comfykernel's compatibility layer is the first thing a reader wants to know."""
     message = first_line(str(payload.get("exception_message", "")))
     node = f"node {payload.get('node_id')} ({payload.get('node_type')})"
-    return f"failed: {node}: {payload.get('exception_type')}: {message}"
+    text = f"failed: {node}: {payload.get('exception_type')}: {message}"
+    frames = TRACE_FRAME.findall("".join(str(line) for line in payload.get("traceback") or []))
+    if frames:
+        path, line, func = frames[-1]
+        text += f" [at {short_path(path)}:{line} in {func}]"
+    return text
+
+
+def short_path(path: str) -> str:
+    """A traceback path relative to the repository, or to the pack folder it lies in."""
+    parts = Path(path).parts
+    if "custom_nodes" in parts:  # the bench's links: custom_nodes/<pack>/...
+        return "/".join(parts[len(parts) - parts[::-1].index("custom_nodes") :])
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else path
 
 
 def describe_rejection(body: Any) -> str:

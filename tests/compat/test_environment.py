@@ -228,7 +228,9 @@ def test_pack_bench_reports_imports_classes_js_and_smoke(tmp_path: Path) -> None
     assert results["broken_syntax"]["smoke"] == "no offline workflow: every node needs a model nobody can build"
     anytype = results["anytype_pack"]
     assert not anytype["smoke_ok"]
-    assert anytype["smoke"] == "failed: node 7 (AnyFail): ValueError: cannot use x"
+    assert anytype["smoke"] == (
+        "failed: node 7 (AnyFail): ValueError: cannot use x [at anytype_pack/__init__.py:112 in run]"
+    )
 
     single = results["single_file_pack.py"]
     assert single["imported"] and single["classes"] == 1
@@ -265,6 +267,10 @@ def test_pack_bench_reports_imports_classes_js_and_smoke(tmp_path: Path) -> None
     ],
 )
 def test_pack_bench_routes_import_errors(error: str, blocker: str) -> None:
+    assert _bench_module().blocker_of(error) == blocker
+
+
+def _bench_module() -> Any:
     bench = sys.modules.get("bench_packs")
     if bench is None:  # bench/ is scripts, not a package: load the file under a name of its own
         spec = importlib.util.spec_from_file_location("bench_packs", ROOT / "bench" / "packs.py")
@@ -272,4 +278,26 @@ def test_pack_bench_routes_import_errors(error: str, blocker: str) -> None:
         bench = importlib.util.module_from_spec(spec)
         sys.modules["bench_packs"] = bench  # dataclasses look their module up there
         spec.loader.exec_module(bench)
-    assert bench.blocker_of(error) == blocker
+    return bench
+
+
+def test_pack_bench_names_the_innermost_frame_of_an_execution_error() -> None:
+    bench = _bench_module()
+    payload = {
+        "node_id": "5",
+        "node_type": "KSampler",
+        "exception_type": "AttributeError",
+        "exception_message": "'X' object has no attribute 'copy'\nmore detail",
+        "traceback": [
+            f'  File "{ROOT}/plugins/core_nodes/ksampler.py", line 10, in run\n    x()\n',
+            '  File "/tmp/b/custom_nodes/SomePack/sub/sampling.py", line 718, in get_resized_cond\n',
+        ],
+    }
+    assert bench.describe_execution_error(payload) == (
+        "failed: node 5 (KSampler): AttributeError: 'X' object has no attribute 'copy'"
+        " [at SomePack/sub/sampling.py:718 in get_resized_cond]"
+    )
+    payload["traceback"] = payload["traceback"][:1]
+    assert bench.describe_execution_error(payload).endswith("[at plugins/core_nodes/ksampler.py:10 in run]")
+    del payload["traceback"]
+    assert bench.describe_execution_error(payload).endswith("'copy'")
