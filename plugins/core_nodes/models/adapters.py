@@ -508,6 +508,9 @@ class TextEncoder:
         self.tokenizer = TokenizerSet(stack.tokenizers)
         self.cond_stage_model = self._new_cond_stage_model()
         self.patcher = ClipPatcher(self.cond_stage_model, device, torch.device("cpu"))
+        # The reference's hook-scheduling attributes; this server has no CLIP hooks (always off).
+        self.use_clip_schedule = False
+        self.apply_hooks_to_conds: Any = None
         self._weights: dict[str, PatchedWeights] = {}
         self._weights_for: tuple[Any, ...] | None = None
         for encoder, changes in (patches or {}).items():
@@ -558,25 +561,27 @@ class TextEncoder:
             self._weights, self._weights_for = weights, key
         return self._weights
 
-    def _encoder_view(self, name: str, layer: int | None) -> ClipEncoder:
+    def _encoder_view(self, name: str, layer: int | None, projected: bool = True) -> ClipEncoder:
         encoder = self.stack.encoders[name]
         weights = self._patched()[name]
         model: Any = _PatchedClip(weights) if weights.patches else encoder.model
-        view = dataclasses.replace(encoder, model=model)
+        view = dataclasses.replace(encoder, model=model, project_pooled=projected)
         view.set_layer(layer)
         return view
 
-    def _view(self) -> TextEncoderStack:
+    def _view(self, projected: bool = True) -> TextEncoderStack:
         """A stack sharing this one's models and tokenizers, at this adapter's layer and patches."""
         encoders = {
-            name: self._encoder_view(name, encoder.default_layer if self.layer is None else self.layer)
+            name: self._encoder_view(name, encoder.default_layer if self.layer is None else self.layer, projected)
             for name, encoder in self.stack.encoders.items()
         }
         return TextEncoderStack(self.stack.family, self.stack.tokenizers, encoders)
 
-    def _encode_member(self, name: str, layer: int | None, chunks: Chunks) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_member(
+        self, name: str, layer: int | None, chunks: Chunks, projected: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One encoder on ``chunks`` at ``layer`` with this CLIP's patches (``cond_stage_model``'s way)."""
-        view = self._encoder_view(name, layer)
+        view = self._encoder_view(name, layer, projected)
         with _using(self.manager, [self.stack.encoders[name].model]):
             cond, pooled = view.encode(chunks)
         return cond.float().cpu(), pooled.float().cpu()
@@ -591,22 +596,10 @@ class TextEncoder:
                 f"tokens for this CLIP need chunks under {sorted(self.stack.encoders)}; "
                 f"missing or empty: {missing}"
             )
-        if unprojected:
-            self._check_unprojected()
         picked = {name: tokens[name] for name in self.stack.encoders}
         with _using(self.manager, list(self.models.values())):
-            cond, pooled = self._view().encode_tokens(picked)
+            cond, pooled = self._view(projected=not unprojected).encode_tokens(picked)
         return cond.float().cpu(), None if pooled is None else pooled.float().cpu()
-
-    def _check_unprojected(self) -> None:
-        """The unprojected pooled output is the pooled one when its encoder has no projection."""
-        encoders = self.stack.encoders
-        pooling = encoders["g"] if "g" in encoders else next(iter(encoders.values()))
-        if pooling.model.text_projection is not None:
-            raise NotImplementedError(
-                "the unprojected pooled output of a projected text encoder (OpenCLIP-H / -G) "
-                "is not supported by this server"
-            )
 
     def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self._encode_tokens(self.stack.tokenize(text))
@@ -634,7 +627,7 @@ class TextEncoder:
         self, tokens: Mapping[str, Chunks], return_pooled: bool | str = False, return_dict: bool = False
     ) -> Any:
         """``cond``; ``(cond, pooled)`` with ``return_pooled``; ``{"cond", "pooled_output"}`` with
-        ``return_dict``. ``return_pooled="unprojected"`` is only served where nothing is projected."""
+        ``return_dict``. ``return_pooled="unprojected"``: the pooled output before the text projection."""
         cond, pooled = self._encode_tokens(tokens, unprojected=return_pooled == "unprojected")
         if return_dict:
             return {"cond": cond, "pooled_output": pooled}
@@ -699,9 +692,10 @@ class TextEncoder:
         """Clip skip in place, as the reference's (packs call it on a clone): -1 last, -2 ..."""
         self.layer = layer_idx
 
-    def load_model(self) -> TextEncoder:
-        """Nothing to do: the model manager moves the encoders to the device when they run."""
-        return self
+    def load_model(self) -> ClipPatcher:
+        """The ``patcher``, as the reference's; nothing is moved now: the model manager moves the
+        encoders to the compute device when they run."""
+        return self.patcher
 
     def with_last_layer(self, layer: int) -> TextEncoder:
         """CLIPSetLastLayer: a clone at clip skip ``layer`` (this CLIP is left as it is)."""

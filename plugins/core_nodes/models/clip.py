@@ -66,11 +66,13 @@ CLIP_G = ClipTextConfig(
 @dataclass
 class ClipOutput:
     """``last``: final layer normed; ``hidden``: the requested layer's output (or None);
-    ``pooled``: the end token's final-normed state, through the text projection if there is one."""
+    ``pooled``: the end token's final-normed state, through the text projection if there is one;
+    ``unprojected``: that state before the projection (the reference's ``projected_pooled=False``)."""
 
     last: torch.Tensor
     hidden: torch.Tensor | None
     pooled: torch.Tensor
+    unprojected: torch.Tensor | None = None
 
 
 class _Embeddings(nn.Module):
@@ -175,10 +177,9 @@ class ClipTextModel(nn.Module):
         if hidden is not None and norm_hidden:
             hidden = self.final_layer_norm(hidden)
         eos_at = (ids == self.config.eos_token).int().argmax(dim=-1)
-        pooled = last[torch.arange(last.shape[0], device=last.device), eos_at]
-        if self.text_projection is not None:
-            pooled = self.text_projection(pooled)
-        return ClipOutput(last=last, hidden=hidden, pooled=pooled)
+        unprojected = last[torch.arange(last.shape[0], device=last.device), eos_at]
+        pooled = self.text_projection(unprojected) if self.text_projection is not None else unprojected
+        return ClipOutput(last=last, hidden=hidden, pooled=pooled, unprojected=unprojected)
 
 
 # --- key layouts -----------------------------------------------------------------------------

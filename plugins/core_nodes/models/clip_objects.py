@@ -36,8 +36,8 @@ __all__ = [
     "split_key",
 ]
 
-# encode(encoder name, layer or None for the last normed one, chunks) -> (cond, pooled)
-MemberEncode = Callable[[str, int | None, Chunks], tuple[torch.Tensor, torch.Tensor]]
+# encode(encoder name, layer or None for the last normed one, chunks, projected pooled) -> (cond, pooled)
+MemberEncode = Callable[[str, int | None, Chunks, bool], tuple[torch.Tensor, torch.Tensor]]
 
 _TEXT_MODEL = ".transformer.text_model."
 _PROJECTION = ".transformer.text_projection."
@@ -144,7 +144,7 @@ class ClipMember(nn.Module):
         chunks = [[tuple(t) if isinstance(t, Sequence) else (t, 1.0) for t in chunk] for chunk in token_weight_pairs]
         if not chunks:
             raise ValueError("encode_token_weights needs at least one chunk of tokens")
-        return self.__dict__["_encode"](self.name, self._layer(), chunks)
+        return self.__dict__["_encode"](self.name, self._layer(), chunks, bool(self.return_projected_pooled))
 
     def encode(self, tokens: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of token ids (or ``(token, weight)`` pairs), all at weight 1 unless given."""

@@ -45,6 +45,8 @@ class ClipEncoder:
     norm_hidden: bool
     pad_token: int
     layer: int | None = None
+    # False: the pooled output is taken before the text projection (``return_pooled="unprojected"``).
+    project_pooled: bool = True
 
     def __post_init__(self) -> None:
         self.layer = self.default_layer
@@ -96,7 +98,8 @@ class ClipEncoder:
             ).unsqueeze(-1)
             # Only weighted tokens are touched, so weight-1 outputs stay bit-identical.
             z = torch.where(weights != 1.0, empty + (z - empty) * weights, z)
-        return z.reshape(1, -1, z.shape[-1]), out.pooled[0:1].float()
+        pooled = out.pooled if self.project_pooled or out.unprojected is None else out.unprojected
+        return z.reshape(1, -1, z.shape[-1]), pooled[0:1].float()
 
 
 @dataclass

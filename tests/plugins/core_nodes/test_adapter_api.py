@@ -151,10 +151,19 @@ def test_unprojected_pooled_output(loaded: dict[str, Any]) -> None:
     # CLIP-L has no projection here, so its unprojected pooled output is its pooled output.
     _, pooled = sd1.encode_from_tokens(sd1.tokenize(PROMPT), return_pooled="unprojected")
     assert torch.equal(pooled, sd1.encode(PROMPT)[1])
-    with pytest.raises(NotImplementedError, match="unprojected"):
-        sdxl.encode_from_tokens(sdxl.tokenize(PROMPT), return_pooled="unprojected")
-    with pytest.raises(NotImplementedError, match="unprojected"):
-        sdxl.encode_from_tokens_scheduled(sdxl.tokenize(PROMPT), unprojected=True)
+    # bigG's is the end token's state before its text projection.
+    cond, projected = sdxl.encode(PROMPT)
+    got, unprojected = sdxl.encode_from_tokens(sdxl.tokenize(PROMPT), return_pooled="unprojected")
+    assert torch.equal(got, cond) and not torch.equal(unprojected, projected)
+    with torch.no_grad():
+        again = sdxl.models["g"].text_projection(unprojected)
+    torch.testing.assert_close(again, projected)
+    ((_, options),) = sdxl.encode_from_tokens_scheduled(sdxl.tokenize(PROMPT), unprojected=True)
+    assert torch.equal(options["pooled_output"], unprojected)
+    # The reference's cond_stage_model option gives the same.
+    model = sdxl.clone().cond_stage_model
+    model.set_clip_options({"projected_pooled": False})
+    assert torch.equal(model.encode_token_weights(sdxl.tokenize(PROMPT))[1], unprojected)
 
 
 def test_encode_from_tokens_scheduled_is_clip_text_encode(
@@ -195,7 +204,7 @@ def test_clone_then_clip_layer_is_clip_set_last_layer(
     assert torch.equal(twin.encode(PROMPT)[0], sd1.encode(PROMPT)[0])
     twin.layer_idx = -2  # packs also set the attribute directly
     assert torch.equal(twin.encode(PROMPT)[0], sd1.with_last_layer(-2).encode(PROMPT)[0])
-    assert sd1.load_model() is sd1
+    assert sd1.load_model() is sd1.patcher
 
 
 # --- MODEL ---------------------------------------------------------------------------------------
