@@ -58,7 +58,7 @@ class ControlNetApply(CoreNode):
 
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "apply_controlnet"
-    CATEGORY = "conditioning/controlnet"
+    CATEGORY = "model/conditioning/controlnet"
     DEPRECATED = True
 
     @classmethod
@@ -91,7 +91,7 @@ class ControlNetApplyAdvanced(CoreNode):
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("positive", "negative")
     FUNCTION = "apply_controlnet"
-    CATEGORY = "conditioning/controlnet"
+    CATEGORY = "model/conditioning/controlnet"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
