@@ -586,9 +586,31 @@ class TextEncoder:
             cond, pooled = view.encode(chunks)
         return cond.float().cpu(), pooled.float().cpu()
 
+    def _own_model(self) -> bool:
+        """Whether ``cond_stage_model`` is still the one this CLIP built: a pack may put its own
+        there or replace its ``encode_token_weights``, and then encoding goes through it."""
+        model = self.cond_stage_model
+        return type(model) is ClipSet and "encode_token_weights" not in vars(model)
+
+    def _encode_through_model(
+        self, tokens: Mapping[str, Chunks], unprojected: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The reference's encoding: options reset, this CLIP's layer set, the model's own
+        ``encode_token_weights`` (for a ``cond_stage_model`` a pack replaced)."""
+        model = self.cond_stage_model
+        model.reset_clip_options()
+        if self.layer is not None:
+            model.set_clip_options({"layer": self.layer})
+        if unprojected:
+            model.set_clip_options({"projected_pooled": False})
+        out = model.encode_token_weights(tokens)
+        return out[0], out[1]
+
     def _encode_tokens(
         self, tokens: Mapping[str, Chunks], unprojected: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self._own_model():
+            return self._encode_through_model(tokens, unprojected)
         # Like the reference, each encoder reads its own key and other keys are ignored.
         missing = [name for name in self.stack.encoders if not tokens.get(name)]
         if missing:
@@ -602,7 +624,7 @@ class TextEncoder:
         return cond.float().cpu(), None if pooled is None else pooled.float().cpu()
 
     def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self._encode_tokens(self.stack.tokenize(text))
+        return self._encode_tokens(self.tokenize(text))
 
     # The reference's CLIP object API.
 
@@ -617,7 +639,12 @@ class TextEncoder:
 
     def tokenize(self, text: str, return_word_ids: bool = False, **kwargs: Any) -> dict[str, Chunks]:
         """The reference's tokens for ``text``. Newer references' extra options (``min_length``,
-        ``tokenizer_options``...) are accepted and not used: chunks are always 77 tokens."""
+        ``tokenizer_options``...) are accepted and not used: chunks are always 77 tokens. A
+        tokenizer a pack put in ``self.tokenizer`` is used instead, with everything it is given."""
+        mine = self.tokenizer
+        if not isinstance(mine, TokenizerSet) or "tokenize_with_weights" in vars(mine):
+            tokens: dict[str, Chunks] = mine.tokenize_with_weights(text, return_word_ids, **kwargs)
+            return tokens
         return {
             name: tokenizer.tokenize_with_weights(text, return_word_ids)
             for name, tokenizer in self.stack.tokenizers.items()
@@ -651,13 +678,15 @@ class TextEncoder:
         """A new CLIP over the same models, layer and patches; its patches, layer and
         ``cond_stage_model`` options are its own (:meth:`clip_layer` on it leaves this one)."""
         twin = copy.copy(self)
+        twin.patcher = self.patcher.clone()
+        twin._weights, twin._weights_for = {}, None
+        if not self._own_model():
+            return twin  # a pack's own cond_stage_model is shared by clones, as in the reference
         twin.cond_stage_model = twin._new_cond_stage_model()
         for mine, theirs in zip(twin.cond_stage_model.members(), self.cond_stage_model.members(), strict=True):
             mine.layer, mine.layer_idx = theirs.layer, theirs.layer_idx
             mine.return_projected_pooled = theirs.return_projected_pooled
-        twin.patcher = self.patcher.clone()
         twin.patcher.model = twin.cond_stage_model
-        twin._weights, twin._weights_for = {}, None
         return twin
 
     def add_patches(

@@ -159,3 +159,34 @@ def test_vae_reference_attributes(loaded: dict[str, Any]) -> None:
     with torch.no_grad():
         by_hand = vae.process_output(model.decode(latent)).movedim(1, -1)
     torch.testing.assert_close(vae.decode(latent, vae_options={}), by_hand)
+
+
+def test_a_packs_own_cond_stage_model_and_tokenizer_are_used(loaded: dict[str, Any]) -> None:
+    clip = loaded["sd1"][1].clone()
+    cond, pooled = clip.encode(PROMPT)
+    original = clip.cond_stage_model.encode_token_weights
+    seen: list[Any] = []
+
+    def doubled(tokens: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(clip.cond_stage_model.clip_l.layer_idx)
+        out, pooled_out = original(tokens)
+        return out * 2, pooled_out
+
+    clip.cond_stage_model.encode_token_weights = doubled
+    clip.clip_layer(-2)
+    twin = clip.clone()
+    assert twin.cond_stage_model is clip.cond_stage_model  # shared, as the reference's
+    skipped = loaded["sd1"][1].clone()
+    skipped.clip_layer(-2)
+    assert torch.equal(twin.encode_from_tokens(twin.tokenize(PROMPT)), skipped.encode(PROMPT)[0] * 2)
+    assert seen == [-2]
+    assert torch.equal(loaded["sd1"][1].encode(PROMPT)[0], cond)
+
+    class Fixed:
+        def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs: Any) -> Any:
+            return {"l": loaded["sd1"][1].tokenize("a red fox")["l"]}
+
+    other = loaded["sd1"][1].clone()
+    other.tokenizer = Fixed()
+    assert torch.equal(other.encode(PROMPT)[0], loaded["sd1"][1].encode("a red fox")[0])
+    assert pooled is not None
