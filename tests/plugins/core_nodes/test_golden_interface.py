@@ -34,7 +34,7 @@ FIELDS = (
     "python_module",
     "input_order",
 )
-# Prose, or keys only the reference's newer schema publishes: not part of the compared interface.
+# Prose: the golden file has none, and ours is our own.
 IGNORED_OPTIONS = frozenset({"tooltip", "description"})
 # Inputs whose choices are the files installed on a machine: only their kind is compared.
 FILE_COMBOS = frozenset(
