@@ -21,13 +21,42 @@ LORA = "tiny_lora.safetensors"
 GGUF_UNET = "tiny_sd1_unet.gguf"
 TAGGER = "tiny-tagger"
 DEPTH_ANYTHING = "depth_anything_v2_vits_fp32.safetensors"
+SAM2 = "sam2.1_hiera_tiny.safetensors"
+SAM2_PACK = "ComfyUI-segment-anything-2"
+# Run in a child process: builds SAM 2.1 Hiera-T the way the pack's own loader does (its config,
+# its classes) with fresh random weights, and saves the state dict its loader expects. Loading
+# the pack's loader module needs only ``comfy.utils.load_torch_file``, stubbed here, because the
+# point is the network's layout, not any weights.
+SAM2_BUILDER = """
+import importlib, sys, types
+root, pack, config, out = sys.argv[1:5]
+sys.path.insert(0, root)
+import kernel  # its torchvision hook: the pack's modules import torchvision
+import torch
+from safetensors.torch import save_file
+stub_comfy = types.ModuleType("comfy")
+stub_utils = types.ModuleType("comfy.utils")
+stub_utils.load_torch_file = lambda path: {}
+stub_comfy.utils = stub_utils
+sys.modules.update({"comfy": stub_comfy, "comfy.utils": stub_utils})
+package = types.ModuleType("sam2_pack")
+package.__path__ = [pack]
+sys.modules["sam2_pack"] = package
+loader = importlib.import_module("sam2_pack.load_model")
+torch.manual_seed(0)
+torch.nn.Module.load_state_dict = lambda self, sd, *args, **kwargs: None
+predictor = loader.load_model(out, config, "single_image", torch.float32, torch.device("cpu"))
+state = {k: v.contiguous() for k, v in predictor.model.state_dict().items()}
+save_file(state, out)
+"""
 TAGGER_SIZE = 32  # pixels: the ONNX input is a TAGGER_SIZE x TAGGER_SIZE BGR image
 TAGS = [("rating", "general", "9"), ("rating", "explicit", "9"), ("tag", "solo", "0")]
 TAGS += [("tag", "noise", "0"), ("tag", "someone", "4")]
 
 
-def write_models(home: Path) -> dict[str, Path]:
-    """Write every stand-in under ``home/models``; kind -> the file written."""
+def write_models(home: Path, packs: dict[str, Path] | None = None) -> dict[str, Path]:
+    """Write every stand-in under ``home/models``; kind -> the file written. ``packs`` (name ->
+    folder) are the packs under test: a stand-in built with a pack's own code needs its pack."""
     if str(ROOT) not in sys.path:  # the bench runs as a script from bench/
         sys.path.insert(0, str(ROOT))
     import kernel  # noqa: F401, PLC0415 - its torchvision hook lets spandrel import beside CPU torch
@@ -43,6 +72,9 @@ def write_models(home: Path) -> dict[str, Path]:
     written["gguf_unet"] = _write_gguf(models / "unet" / GGUF_UNET, unet)
     written["tagger"] = _write_tagger(models / "wd14_tagger", TAGGER)
     written["depth_anything"] = _write_placeholder(models / "depthanything" / DEPTH_ANYTHING)
+    sam2_pack = (packs or {}).get(SAM2_PACK)
+    if sam2_pack is not None:
+        written["sam2"] = _write_sam2(models / "sam2" / SAM2, sam2_pack)
     return written
 
 
@@ -67,6 +99,20 @@ def _write_placeholder(path: Path) -> Path:
     import torch  # noqa: PLC0415
 
     return _save(path, {"bench.placeholder": torch.zeros(1)})
+
+
+def _write_sam2(path: Path, pack: Path) -> Path:
+    """SAM 2.1 Hiera-T with random weights, built by the pack's own loader in a child process
+    (the pack's modules must not be imported into the bench)."""
+    import subprocess  # noqa: PLC0415
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = pack / "sam2_configs" / "sam2.1_hiera_t.yaml"
+    command = [sys.executable, "-c", SAM2_BUILDER, str(ROOT), str(pack.resolve()), str(config), str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:  # the workflow then fails on the missing file, which says enough
+        print(f"bench: could not build {path.name}:\n{done.stderr[-2000:]}", file=sys.stderr)
+    return path
 
 
 def _write_esrgan(path: Path) -> Path:

@@ -329,14 +329,14 @@ def pack_of_module(python_module: str) -> str | None:
     return python_module[len(prefix) :].split(".", 1)[0]
 
 
-def prepare_models(home: Path) -> Path:
+def prepare_models(home: Path, entries: list[Path]) -> Path:
     """Write the tiny models under ``home/models``; the extra_model_paths.yaml naming the
     pack-only folders among them."""
     if str(Path(__file__).parent) not in sys.path:  # loaded by path (the tests): find the sibling
         sys.path.insert(0, str(Path(__file__).parent))
     import pack_models  # noqa: PLC0415 - torch, only when a bench runs
 
-    pack_models.write_models(home)
+    pack_models.write_models(home, {entry.name: entry for entry in entries})
     extra_paths = home.parent / "extra_model_paths.yaml"
     extra_paths.write_text(pack_models.extra_model_paths(home))
     return extra_paths
@@ -357,7 +357,7 @@ async def measure(
         custom_nodes.mkdir()
         for entry in entries:  # a folder of links: --only picks packs without touching DIR
             (custom_nodes / entry.name).symlink_to(entry.resolve())
-        extra_paths = prepare_models(base / "home")
+        extra_paths = prepare_models(base / "home", entries)
         bench = Bench(base, custom_nodes, startup_timeout, extra_paths)
         try:
             try:
