@@ -197,3 +197,94 @@ async def test_keyframes_and_combining(shims: Any) -> None:
     (both,) = nodes_hooks.CombineHooksFour().combine_hooks(a, None, b)
     assert len(both) == 2
     assert nodes_hooks.CombineHooks().combine_hooks() == (None,)
+
+
+# --- model families this server does not run --------------------------------------------------
+
+
+async def test_cosmos_attention_is_a_real_layer_and_the_model_is_refused(shims: Any) -> None:
+    predict2 = _mod("comfy.ldm.cosmos.predict2")
+    not_run = _mod("comfy.ldm._not_run")
+    torch.manual_seed(0)
+    attn = predict2.Attention(16, None, n_heads=2, head_dim=8)
+    for p in attn.parameters():
+        torch.nn.init.normal_(p)
+    x = torch.randn(1, 5, 16)
+    q, k, v = attn.compute_qkv(x)
+    assert q.shape == k.shape == v.shape == (1, 5, 2, 8)
+    # By hand: per-head RMS norm of the projections, softmax attention, output projection.
+    heads = [t.reshape(1, 5, 2, 8) for t in (x @ attn.q_proj.weight.T, x @ attn.k_proj.weight.T)]
+    hq, hk = (
+        torch.nn.functional.rms_norm(t, (8,), weight=n.weight, eps=1e-6)
+        for t, n in zip(heads, (attn.q_norm, attn.k_norm), strict=True)
+    )
+    hv = (x @ attn.v_proj.weight.T).reshape(1, 5, 2, 8)
+    scores = torch.einsum("bshd,bthd->bhst", hq, hk) / 8**0.5
+    mixed = torch.einsum("bhst,bthd->bshd", scores.softmax(-1), hv).reshape(1, 5, 16)
+    torch.testing.assert_close(attn(x), mixed @ attn.output_proj.weight.T, atol=1e-4, rtol=1e-4)
+    # comfyui-tooling-nodes replaces forward with a function of (self, x, context, rope_emb, ...).
+    assert attn.compute_attention(q, k, v, transformer_options={}).shape == (1, 5, 16)
+    with pytest.raises(not_run.ModelFamilyNotRun, match="comfykernel does not run Cosmos"):
+        predict2.MiniTrainDIT(
+            max_img_h=8,
+            max_img_w=8,
+            max_frames=1,
+            in_channels=4,
+            out_channels=4,
+            patch_spatial=2,
+            patch_temporal=1,
+        )
+
+
+async def test_lightricks_helpers_follow_the_reference_and_models_are_refused(
+    shims: Any, checkpoints: dict[str, Path]
+) -> None:
+    patchifier = _mod("comfy.ldm.lightricks.symmetric_patchifier")
+    model = _mod("comfy.ldm.lightricks.model")
+    audio_vae = _mod("comfy.ldm.lightricks.vae.audio_vae")
+    av_model = _mod("comfy.ldm.lightricks.av_model")
+    not_run = _mod("comfy.ldm._not_run")
+
+    coords = torch.tensor([[[0, 1, 2], [0, 3, 1], [4, 0, 2]]])  # [B=1, (f, y, x), N=3]
+    pixel = patchifier.latent_to_pixel_coords(coords, (8, 32, 32))
+    assert pixel.tolist() == [[[0, 8, 16], [0, 96, 32], [128, 0, 64]]]
+    causal = patchifier.latent_to_pixel_coords(coords, (8, 32, 32), causal_fix=True)
+    assert causal[0, 0].tolist() == [0, 1, 9]  # max(0, f * 8 + 1 - 8)
+    assert audio_vae.LATENT_DOWNSAMPLE_FACTOR == 4
+
+    latents = torch.randn(2, 3, 2, 4, 6)
+    tokens, grid = patchifier.SymmetricPatchifier(2).patchify(latents)
+    assert tokens.shape == (2, 2 * 2 * 3, 3 * 4) and grid.shape == (2, 3, 12)
+    assert grid[0, :, 1].tolist() == [0, 0, 2]  # second patch: frame 0, row 0, column 2
+    back = patchifier.SymmetricPatchifier(2).unpatchify(tokens, 4, 6, 2, 3)
+    assert torch.equal(back, latents)
+
+    # Interleaved RoPE turns the pair (1, 0) by the angle: (cos, sin).
+    angle = torch.tensor(0.3)
+    pe = (torch.cos(angle).repeat(2), torch.sin(angle).repeat(2))
+    rotated = model.apply_rotary_emb(torch.tensor([1.0, 0.0]), pe)
+    torch.testing.assert_close(rotated, torch.stack([torch.cos(angle), torch.sin(angle)]))
+    torch.testing.assert_close(
+        model.generate_freq_grid_np(10000.0, 3, 48), model.generate_freq_grid_pytorch(10000.0, 3, 48, "cpu")
+    )
+    assert model.LTXRopeType.from_dict({"rope_type": "split"}) is model.LTXRopeType.SPLIT
+
+    block = model.BasicTransformerBlock(16, 2, 8, context_dim=12)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    out = block(torch.randn(1, 4, 16), context=torch.randn(1, 3, 12), timestep=torch.randn(1, 1, 6 * 16))
+    assert out.shape == (1, 4, 16) and torch.isfinite(out).all()
+
+    # ComfyUI-LTXVideo subclasses the model; defining the subclass works, building it does not.
+    class Patched(model.LTXVModel):
+        pass
+
+    for cls in (model.LTXVModel, Patched, av_model.LTXAVModel, audio_vae.AudioVAE):
+        with pytest.raises(not_run.ModelFamilyNotRun, match="comfykernel does not run LTX-Video"):
+            cls({})
+    # isinstance never matches a model this server runs.
+    sd_model, _, _, _ = _mod("comfy.sd").load_checkpoint_guess_config(str(checkpoints["base"]))
+    modules = list(sd_model.model.modules())
+    assert not any(
+        isinstance(m, (model.LTXBaseModel, model.CrossAttention, av_model.LTXAVModel)) for m in modules
+    )
