@@ -304,3 +304,60 @@ def test_loader_wraps_a_fresh_control_each_time(tmp_path: Path, single_file_sd: 
     assert a.get_models()[0].model is a.control_model
     with pytest.raises(FileNotFoundError):
         load_controlnet(tmp_path / "missing.safetensors")
+
+
+# -- SDXL: the ADM vector y reaches the ControlNet ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sdxl_reference() -> Any:
+    from diffusers import ControlNetModel
+
+    full = tiny_sd.diffusers_config(tiny_pipeline.UNETS["sdxl"])
+    drop = ("out_channels", "up_block_types", "class_embed_type")
+    torch.manual_seed(4)
+    model = ControlNetModel(**{k: v for k, v in full.items() if k not in drop})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_sdxl_residuals_match_diffusers(sdxl_reference: Any) -> None:
+    from plugins.core_nodes.models.unet import sdxl_adm
+
+    sd = {k: v.detach().clone() for k, v in sdxl_reference.state_dict().items()}
+    network = build_controlnet({f"control_model.{k}": v for k, v in from_diffusers(sd).items()})
+    assert network.config.adm_in_channels is not None and network.config.use_linear_in_transformer
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    t = torch.tensor([700.0])
+    context = torch.randn(1, 5, 2 * tiny_pipeline.CLIP_WIDTH, generator=g)
+    pooled = torch.randn(1, tiny_pipeline.CLIP_G.projection_dim, generator=g)
+    hint = torch.rand(1, 3, 64, 64, generator=g)
+    sizes = [64.0, 64.0, 0.0, 0.0, 64.0, 64.0]
+    with torch.no_grad():
+        ours = network(x, hint, t, context, y=sdxl_adm(pooled, *sizes))
+        down, mid = sdxl_reference(
+            x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False,
+            added_cond_kwargs={"text_embeds": pooled, "time_ids": torch.tensor([sizes])},
+        )  # fmt: skip
+    for a, b in zip(ours["output"], down, strict=True):
+        assert torch.allclose(a, b, atol=ATOL), f"{(a - b).abs().max():.2e}"
+    assert torch.allclose(ours["middle"][0], mid, atol=ATOL)
+    with pytest.raises(ValueError, match="ADM"):
+        network(x, hint, t, context)
+
+
+def test_sdxl_sampling_hands_the_controlnet_the_models_adm(tmp_path: Path, sdxl_reference: Any) -> None:
+    sd = {k: v.detach().clone() for k, v in sdxl_reference.state_dict().items()}
+    model, clip, _ = adapters.load_checkpoint(tiny_pipeline.write_checkpoint(tmp_path / "xl.safetensors", "sdxl"))
+    control = controlnet_from_state_dict(sd)
+    positive, negative = clip_encode(clip, "a red bicycle"), clip_encode(clip, "")
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    plain = run_ksampler(model, SEED, 2, CFG, "euler", "normal", positive, negative, latent)["samples"]
+    pos, neg = ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, _hint_image(), 1.0, 0.0, 1.0)
+    controlled = run_ksampler(model, SEED, 2, CFG, "euler", "normal", pos, neg, latent)["samples"]
+    assert torch.isfinite(controlled).all() and (controlled - plain).abs().max() > 1e-3
+    # The run's cleanup dropped the cached hint and the schedule.
+    assert pos[0][1]["control"].cond_hint is None and pos[0][1]["control"].model_sampling_current is None
