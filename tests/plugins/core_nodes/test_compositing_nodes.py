@@ -13,14 +13,22 @@ import torch
 from PIL import Image
 
 from plugins.core_nodes.nodes.compositing import (
+    ImageCompositeMasked,
     JoinImageWithAlpha,
+    LatentCompositeMasked,
     PorterDuffImageComposite,
     SplitImageWithAlpha,
 )
 
 from .node_helpers import messages, run_prompt, start
 
-NAMES = ("JoinImageWithAlpha", "SplitImageWithAlpha", "PorterDuffImageComposite")
+NAMES = (
+    "JoinImageWithAlpha",
+    "SplitImageWithAlpha",
+    "PorterDuffImageComposite",
+    "LatentCompositeMasked",
+    "ImageCompositeMasked",
+)
 FIELDS = (
     "input",
     "input_order",
@@ -185,3 +193,40 @@ async def test_unknown_mode_is_a_validation_error(comfy_server: Any) -> None:
     status, body = await server.json("POST", "/prompt", json={"prompt": prompt})
     assert status == 400
     assert body["node_errors"]["3"]["errors"][0]["type"] == "value_not_in_list"
+
+
+def test_latent_composite_masked_pastes_at_latent_positions() -> None:
+    destination = {"samples": torch.zeros(2, 4, 4, 4), "batch_index": [3, 4]}
+    source = {"samples": torch.ones(1, 4, 2, 2)}
+    # x / y are pixels: (8, 16) is latent column 1, row 2. One source for a batch of two.
+    (out,) = LatentCompositeMasked().composite(destination, source, 8, 16, False)
+    want = torch.zeros(2, 4, 4, 4)
+    want[..., 2:4, 1:3] = 1.0
+    assert torch.equal(out["samples"], want)
+    assert out["batch_index"] == [3, 4] and destination["samples"].abs().sum() == 0  # input kept
+    # A mask blends; past the right edge the source is cut off.
+    (half,) = LatentCompositeMasked().composite(
+        destination, source, 24, 0, False, mask=torch.full((16, 16), 0.5)
+    )
+    want = torch.zeros(2, 4, 4, 4)
+    want[..., 0:2, 3:4] = 0.5
+    assert torch.equal(half["samples"], want)
+    # Resized, the source covers the whole destination.
+    (resized,) = LatentCompositeMasked().composite(destination, source, 0, 0, True)
+    assert torch.equal(resized["samples"], torch.ones(2, 4, 4, 4))
+
+
+def test_image_composite_masked_matches_channels_and_uses_pixels() -> None:
+    destination = torch.zeros(1, 4, 4, 3)
+    source = torch.ones(1, 2, 2, 4)  # RGBA onto RGB: the alpha channel is dropped
+    mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    (out,) = ImageCompositeMasked().composite(destination, source, 1, 2, False, mask)
+    want = torch.zeros(1, 4, 4, 3)
+    want[0, 2, 1] = 1.0
+    want[0, 3, 2] = 1.0
+    assert torch.equal(out, want)
+    # RGB onto RGBA: the source gets an opaque alpha.
+    (rgba,) = ImageCompositeMasked().composite(
+        torch.zeros(1, 2, 2, 4), torch.full((1, 2, 2, 3), 0.5), 0, 0, False
+    )
+    assert torch.equal(rgba[0, 0, 0], torch.tensor([0.5, 0.5, 0.5, 1.0]))
