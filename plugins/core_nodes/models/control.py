@@ -13,6 +13,7 @@ around a run, and ``get_control(x_noisy, t, cond, batched_number, transformer_op
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
 import logging
@@ -237,6 +238,14 @@ def _patcher(model: torch.nn.Module | None, load_device: Any) -> Any:
     return ModelPatcher(model, load_device=load_device, offload_device=torch.device("cpu"))
 
 
+def _compute_device(module: torch.nn.Module) -> contextlib.AbstractContextManager[torch.device]:
+    """The network on the server's compute device for the block (through the model manager,
+    which makes room and counts it as used); outside a server, where its weights are."""
+    from plugins.core_nodes.models import adapters
+
+    return adapters._using(adapters._manager(), [module])
+
+
 class ControlNet(ControlBase):
     """A ControlNet network driven by the sampler's noisy latent, sigma and text context."""
 
@@ -317,25 +326,25 @@ class ControlNet(ControlBase):
         hint = self._hint_for(x_noisy, dtype)
         if x_noisy.shape[0] != hint.shape[0]:
             self.cond_hint = hint = broadcast_image_to(hint, x_noisy.shape[0], batched_number)
-        device = next(self.control_model.parameters()).device
         context = cond.get("crossattn_controlnet", cond["c_crossattn"])
-        extra_args = dict(self.extra_args)
-        for name in self.extra_conds:
-            value = cond.get(name)
-            if value is not None:
-                extra_args[name] = value.to(device, dtype) if isinstance(value, torch.Tensor) else value
         sigma = t.reshape(-1).float()
         if sigma.numel() == 1 and x_noisy.shape[0] > 1:
             sigma = sigma.expand(x_noisy.shape[0])
-        timestep = self.model_sampling_current.timestep(sigma)
+        timestep = self.model_sampling_current.timestep(sigma.cpu())
         x_in = self.model_sampling_current.calculate_input(sigma.to(x_noisy.device), x_noisy)
-        control = self.control_model(
-            x=x_in.to(device, dtype),
-            hint=hint.to(device),
-            timesteps=timestep.to(device).float(),
-            context=context.to(device, dtype),
-            **extra_args,
-        )
+        with _compute_device(self.control_model) as device:
+            extra_args = dict(self.extra_args)
+            for name in self.extra_conds:
+                value = cond.get(name)
+                if value is not None:
+                    extra_args[name] = value.to(device, dtype) if isinstance(value, torch.Tensor) else value
+            control = self.control_model(
+                x=x_in.to(device, dtype),
+                hint=hint.to(device),
+                timesteps=timestep.to(device).float(),
+                context=context.to(device, dtype),
+                **extra_args,
+            )
         control = {k: [None if r is None else r.to(x_noisy.device) for r in v] for k, v in control.items()}
         return self.control_merge(control, control_prev, output_dtype=None)
 
