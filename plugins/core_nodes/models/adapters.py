@@ -36,7 +36,15 @@ from torch import nn
 from kernel.progress import throw_if_interrupted
 from plugins.core_nodes.contracts import SD15, SDXL, LatentFormat
 from plugins.core_nodes.models import checkpoint as ckpt
-from plugins.core_nodes.models.clip_objects import ClipMember, ClipSet, TokenizerSet, member_attr, split_key
+from plugins.core_nodes.models.clip_objects import (
+    ClipMember,
+    ClipSet,
+    TokenizerSet,
+    clip_set,
+    is_built_clip_set,
+    member_attr,
+    split_key,
+)
 from plugins.core_nodes.models.extension import (
     WrapperExecutor,
     WrappersMP,
@@ -522,7 +530,7 @@ class TextEncoder:
         members = {
             name: ClipMember(name, encoder, self._encode_member) for name, encoder in self.stack.encoders.items()
         }
-        return ClipSet(self.stack.family, members)
+        return clip_set(self.stack.family, members)
 
     @property
     def models(self) -> dict[str, nn.Module]:
@@ -590,7 +598,7 @@ class TextEncoder:
         """Whether ``cond_stage_model`` is still the one this CLIP built: a pack may put its own
         there or replace its ``encode_token_weights``, and then encoding goes through it."""
         model = self.cond_stage_model
-        return type(model) is ClipSet and "encode_token_weights" not in vars(model)
+        return is_built_clip_set(model) and "encode_token_weights" not in vars(model)
 
     def _encode_through_model(
         self, tokens: Mapping[str, Chunks], unprojected: bool

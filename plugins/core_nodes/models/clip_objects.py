@@ -28,10 +28,17 @@ from plugins.core_nodes.models.text_encoder import Chunks, ClipEncoder
 from plugins.core_nodes.models.tokenizer import PromptTokenizer
 
 __all__ = [
+    "FAMILY_CLASSES",
     "ClipMember",
     "ClipSet",
+    "SD1ClipModel",
+    "SD2ClipModel",
+    "SDXLClipModel",
+    "SDXLRefinerClipModel",
     "TokenizerSet",
     "TransformerLayout",
+    "clip_set",
+    "is_built_clip_set",
     "member_attr",
     "split_key",
 ]
@@ -209,6 +216,42 @@ class ClipSet(nn.Module):
 
     def forward(self, token_weight_pairs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_token_weights(token_weight_pairs)
+
+
+# The reference's class names per family: packs read ``type(cond_stage_model).__name__`` (smZNodes
+# looks for "SDXL" in it) as well as testing isinstance against comfy.sd1_clip / sdxl_clip.
+class SD1ClipModel(ClipSet):
+    """SD1's CLIP-L."""
+
+
+class SD2ClipModel(ClipSet):
+    """SD2's OpenCLIP-H."""
+
+
+class SDXLClipModel(ClipSet):
+    """SDXL's CLIP-L + OpenCLIP bigG."""
+
+
+class SDXLRefinerClipModel(ClipSet):
+    """The SDXL refiner's bigG."""
+
+
+FAMILY_CLASSES: dict[str, type[ClipSet]] = {
+    "sd1": SD1ClipModel,
+    "sd2": SD2ClipModel,
+    "sdxl": SDXLClipModel,
+    "sdxl_refiner": SDXLRefinerClipModel,
+}
+
+
+def clip_set(family: str, members: Mapping[str, ClipMember]) -> ClipSet:
+    """The ``cond_stage_model`` for a family's encoders, under the reference's class name."""
+    return FAMILY_CLASSES.get(family, ClipSet)(family, members)
+
+
+def is_built_clip_set(obj: Any) -> bool:
+    """Whether ``obj`` is a set :func:`clip_set` built (not a pack's subclass or own module)."""
+    return type(obj) is ClipSet or type(obj) in FAMILY_CLASSES.values()
 
 
 class TokenizerSet:

@@ -278,6 +278,33 @@ def _rows(vectors: Any) -> list[Any]:
     return [vectors[i] for i in range(vectors.shape[0])]
 
 
+class IdsTokenizer:
+    """A tokenizer's ``tokenizer`` attribute, called as packs call the reference's (a transformers
+    ``CLIPTokenizer`` there): ``tok(text)["input_ids"]`` is the start token, the text's BPE ids and
+    the end token, without padding or truncation; a list of texts gives a list of such rows."""
+
+    def __init__(self, bpe: ClipBpe, start_token: int, end_token: int, pad_token: int) -> None:
+        self.bpe = bpe
+        self.bos_token_id = start_token
+        self.eos_token_id = end_token
+        self.pad_token_id = pad_token
+
+    def _ids(self, text: str) -> list[int]:
+        return [self.bos_token_id, *self.bpe.encode(text), self.eos_token_id]
+
+    def __call__(self, text: str | Sequence[str], **kwargs: Any) -> dict[str, Any]:
+        if isinstance(text, str):
+            ids: Any = self._ids(text)
+            mask: Any = [1] * len(ids)
+        else:
+            ids = [self._ids(t) for t in text]
+            mask = [[1] * len(row) for row in ids]
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.bpe.vocab)
+
+
 class PromptTokenizer:
     """One CLIP's tokenizer: prompt text to chunks of ``(token, weight)`` pairs.
 
@@ -352,6 +379,11 @@ class PromptTokenizer:
     min_length: int | None = None
     tokens_start = 1
     embedding_identifier = _EMBEDDING_PREFIX
+
+    @property
+    def tokenizer(self) -> IdsTokenizer:
+        """The BPE tokenizer alone, callable like the reference's (see :class:`IdsTokenizer`)."""
+        return IdsTokenizer(self.bpe, self.start_token, self.end_token, self.pad_token)
 
     @property
     def pad_with_end(self) -> bool:

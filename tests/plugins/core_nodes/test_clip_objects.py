@@ -40,6 +40,9 @@ def test_cond_stage_model_has_the_reference_layout_and_keys(loaded: dict[str, An
     assert "clip_l.transformer.text_model.embeddings.token_embedding.weight" in keys
     assert FC1.format("l") in keys and all(k.startswith("clip_l.transformer.text_model.") for k in keys)
     assert sd1.cond_stage_model.clip_name == "l" and sd1.cond_stage_model.clip == "clip_l"
+    # The reference's class names (smZNodes looks for "SDXL" in the name).
+    assert type(sd1.cond_stage_model).__name__ == "SD1ClipModel"
+    assert type(sdxl.cond_stage_model).__name__ == "SDXLClipModel"
     xl = set(sdxl.cond_stage_model.state_dict())
     assert {FC1.format("l"), FC1.format("g"), "clip_g.transformer.text_model.text_projection.weight"} <= xl
     # The network is the CLIP's own (shared, not copied).
@@ -140,6 +143,9 @@ def test_tokenizer_objects(loaded: dict[str, Any]) -> None:
     words = sd1.tokenizer.untokenize(chunks[0][:3])
     assert [w for _, w in words] == ["<|startoftext|>", "a</w>", "cat</w>"]
     assert sdxl.tokenizer.tokenize_with_weights(PROMPT) == sdxl.tokenize(PROMPT)
+    # clip.tokenizer.clip_l.tokenizer is called like the reference's transformers tokenizer.
+    assert sd1.tokenizer.clip_l.tokenizer("a cat")["input_ids"] == [49406, 320, 2368, 49407]
+    assert sdxl.tokenizer.clip_g.tokenizer(["a", "cat"])["input_ids"] == [[49406, 320, 49407], [49406, 2368, 49407]]
 
 
 def test_vae_reference_attributes(loaded: dict[str, Any]) -> None:
