@@ -108,6 +108,7 @@ PRESENT_AT_LEAST = frozenset(
         "FlipSigmas",
         "GrowMask",
         "ImageBatch",
+        "ImageCompositeMasked",
         "ImageCrop",
         "ImageInvert",
         "ImagePadForOutpaint",
@@ -125,6 +126,7 @@ PRESENT_AT_LEAST = frozenset(
         "LaplaceScheduler",
         "LatentBlend",
         "LatentComposite",
+        "LatentCompositeMasked",
         "LatentFromBatch",
         "LatentUpscale",
         "LatentUpscaleBy",
@@ -237,22 +239,7 @@ def object_info(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return asyncio.run(_fetch_object_info(tmp_path_factory.mktemp("golden")))
 
 
-# Differences in node modules another area owns, to be removed with their fix.
-KNOWN_DIFFERENCES = {
-    "ControlNetApply": "category conditioning/controlnet (nodes/controlnet.py)",
-    "ControlNetApplyAdvanced": "category conditioning/controlnet (nodes/controlnet.py)",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_DIFFERENCES[name]))
-        if name in KNOWN_DIFFERENCES
-        else name
-        for name in sorted(GOLDEN)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_interface_is_the_reference(name: str, object_info: dict[str, Any]) -> None:
     if name not in object_info:
         pytest.skip(f"{name} is not registered (missing classes: test_registered_golden_classes)")
