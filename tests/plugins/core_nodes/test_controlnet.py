@@ -361,3 +361,15 @@ def test_sdxl_sampling_hands_the_controlnet_the_models_adm(tmp_path: Path, sdxl_
     assert torch.isfinite(controlled).all() and (controlled - plain).abs().max() > 1e-3
     # The run's cleanup dropped the cached hint and the schedule.
     assert pos[0][1]["control"].cond_hint is None and pos[0][1]["control"].model_sampling_current is None
+
+
+async def test_a_file_that_is_no_controlnet_fails_the_prompt_clearly(server_files: Any) -> None:
+    server, root = server_files
+    (root / "models" / "controlnet" / "tiny_canny.safetensors").unlink()
+    (root / "models" / "controlnet" / "tiny_canny.safetensors").symlink_to(root / "models" / "checkpoints" / "tiny.safetensors")
+    frames = await run_prompt(server, _prompt(1.0, prefix="broken"))
+    (error,) = messages(frames, "execution_error")
+    assert error["node_type"] == "ControlNetLoader"
+    assert "tiny_canny.safetensors holds no ControlNet weights" in error["exception_message"]
+    status, _ = await server.json("POST", "/prompt", json={"prompt": {**_prompt(1.0), "5": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "missing.safetensors"}}}})
+    assert status == 400
