@@ -16,13 +16,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from plugins.core_nodes.models import adapters
 from tests.compat.helpers import PACKS
-from tests.plugins.core_nodes import tiny_pipeline
+from tests.plugins.core_nodes import test_workflows_e2e, tiny_pipeline
 from tests.plugins.core_nodes.node_helpers import messages, run_prompt
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PLUGINS = ["comfy_compat", "models", "core_nodes"]
+# The tiny SD1 LoRA of the core end-to-end tests (one UNet attention layer, one CLIP-L layer).
+lora_file = test_workflows_e2e.lora_file
 TEXT = "a (glass:1.3) bottle, (sunny beach:0.8)"
 PATCH_VALUE = 0.05
 # A clip skip that changes the family's default (SDXL reads the penultimate layer already).
@@ -185,3 +188,26 @@ async def test_pack_reaches_into_clip_and_vae_like_real_packs(server: Any, famil
     assert not torch.equal(vae["encoded_tiled"], vae["encoded"])
     # Loose: the random tiny encoder normalizes each tile over its own statistics.
     assert (vae["encoded_tiled"] - vae["encoded"]).abs().mean() < 0.5 * vae["encoded"].abs().mean()
+
+
+async def test_lora_through_comfy_lora_onto_a_clip_clone_is_lora_loader(
+    comfy_server: Any, files: dict[str, Path], lora_file: Path
+) -> None:
+    """Inspire / Easy-Use LoRA block weights: the CLIP's key map from its ``cond_stage_model``,
+    ``comfy.lora.load_lora``, then ``add_patches`` on a clone."""
+    await comfy_server(plugins=PLUGINS, custom_nodes_dir=[str(PACKS)])
+    import comfy.lora
+    import comfy.utils
+
+    model, clip, _ = adapters.load_checkpoint(files["sd1"])
+    key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+    assert key_map["lora_te_text_model_encoder_layers_1_mlp_fc2"] == (
+        "clip_l.transformer.text_model.encoder.layers.1.mlp.fc2.weight"
+    )
+    patches = comfy.lora.load_lora(comfy.utils.load_torch_file(str(lora_file)), key_map, log_missing=False)
+    patched = clip.clone()
+    assert patched.add_patches(patches, 0.7) == list(patches)
+    _, expected = adapters.apply_lora(model, clip, lora_file, 0.0, 0.7)
+    assert expected is not None
+    torch.testing.assert_close(patched.encode(TEXT)[0], expected.encode(TEXT)[0])
+    assert not torch.equal(patched.encode(TEXT)[0], clip.encode(TEXT)[0])

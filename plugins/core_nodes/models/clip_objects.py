@@ -184,6 +184,11 @@ class ClipSet(nn.Module):
         return [getattr(self, member_attr(name)) for name in self.names]
 
     @property
+    def models(self) -> dict[str, nn.Module]:
+        """The networks by encoder name (what the LoRA key maps walk, like ``CLIP.models``)."""
+        return {member.name: member.transformer.text_model for member in self.members()}
+
+    @property
     def dtypes(self) -> set[torch.dtype]:
         return {member.dtype for member in self.members()}
 
