@@ -288,3 +288,19 @@ async def test_lightricks_helpers_follow_the_reference_and_models_are_refused(
     assert not any(
         isinstance(m, (model.LTXBaseModel, model.CrossAttention, av_model.LTXAVModel)) for m in modules
     )
+
+
+async def test_nested_tensor_maps_operations_over_its_members(shims: Any) -> None:
+    nested = _mod("comfy.nested_tensor")
+    video, audio = torch.ones(1, 4, 2, 3, 3), torch.full((1, 8, 5, 2), 2.0)
+    both = nested.NestedTensor([video, audio])
+    assert both.shape == video.shape and both.ndim == 5 and both.dtype == torch.float32
+    scaled = (both * 3 - 1) / 2
+    assert torch.equal(scaled.tensors[0], torch.ones_like(video)) and torch.equal(
+        scaled.tensors[1], torch.full_like(audio, 2.5)
+    )
+    summed = both + nested.NestedTensor([video, audio])
+    assert torch.equal(summed.tensors[1], audio * 2)
+    assert both[0:1].tensors[0].shape == video.shape and both.tensors[0] is video  # operations copy
+    joined = nested.cat_nested([both, both], dim=0)
+    assert [t.shape[0] for t in joined.unbind()] == [2, 2]
