@@ -186,6 +186,12 @@ class AutoencoderKL(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.encoder.conv_in.weight.dtype
 
+    @property
+    def device(self) -> torch.device:
+        # Read off the weights, so a ModelPatcher around the module (VAE.patcher) finds a device
+        # and does not write a stale one onto this shared, cached network.
+        return self.encoder.conv_in.weight.device
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (BCHW) -> the latent distribution's mean (deterministic)."""
         moments = self.quant_conv(self.encoder(x.to(self.dtype)))

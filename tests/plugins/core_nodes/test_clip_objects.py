@@ -153,6 +153,7 @@ def test_vae_reference_attributes(loaded: dict[str, Any]) -> None:
     model = vae.first_stage_model
     assert model is vae.vae.model and isinstance(model, torch.nn.Module)
     assert vae.patcher.model is model and vae.patcher is vae.patcher
+    assert "device" not in vars(model) and model.device == torch.device("cpu")  # nothing written on it
     assert vae.get_sd().keys() == model.state_dict().keys() and "decoder.conv_out.weight" in vae.get_sd()
     assert vae.device == torch.device("cpu") and vae.vae_dtype == torch.float32
     assert (vae.output_channels, vae.latent_channels, vae.latent_dim) == (3, 4, 2)
