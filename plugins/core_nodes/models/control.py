@@ -388,7 +388,9 @@ def _apply_difference(weights: dict[str, torch.Tensor], model: Any, name: str) -
     if model is None:
         log.warning("%s is a diff ControlNet but no model was given: loaded as it is", name)
         return weights
-    unet = getattr(getattr(model, "model", None), "diffusion_model", None) or getattr(model, "unet", None)
+    unet = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if unet is None:
+        unet = getattr(model, "unet", None)
     if unet is None:
         raise ControlNetLoadError(f"{name}: a diff ControlNet needs a MODEL with a UNet")
     base = unet.state_dict()

@@ -373,3 +373,19 @@ async def test_a_file_that_is_no_controlnet_fails_the_prompt_clearly(server_file
     assert "tiny_canny.safetensors holds no ControlNet weights" in error["exception_message"]
     status, _ = await server.json("POST", "/prompt", json={"prompt": {**_prompt(1.0), "5": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "missing.safetensors"}}}})
     assert status == 400
+
+
+def test_diff_controlnet_adds_the_models_unet_weights(tmp_path: Path) -> None:
+    from plugins.core_nodes.models.control import load_controlnet
+    from plugins.core_nodes.models.controlnet import ControlNetModel
+
+    model, _, _ = adapters.load_checkpoint(tiny_pipeline.write_checkpoint(tmp_path / "sd1.safetensors", "sd1"))
+    torch.manual_seed(8)
+    full = ControlNetModel(tiny_pipeline.UNETS["sd1"]).state_dict()
+    base = model.model.diffusion_model.state_dict()
+    shared = [k for k in full if k in base and base[k].shape == full[k].shape]
+    assert "input_blocks.1.1.proj_in.weight" in shared and "zero_convs.0.0.weight" not in shared
+    diff = {f"control_model.{k}": (v - base[k] if k in shared else v).contiguous() for k, v in full.items()}
+    save_file({**diff, "difference": torch.tensor([])}, str(tmp_path / "diff.safetensors"))
+    loaded = load_controlnet(tmp_path / "diff.safetensors", model).control_model.state_dict()
+    assert all(torch.allclose(loaded[k], full[k], atol=1e-6) for k in full)
