@@ -20,6 +20,7 @@ from plugins.core_nodes.nodes.compositing import (
     SplitImageWithAlpha,
 )
 
+from .golden import GOLDEN_DIR
 from .node_helpers import messages, run_prompt, start
 
 NAMES = (
@@ -53,10 +54,7 @@ def _mask(value: float, h: int = 1, w: int = 1, b: int = 1) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", NAMES)
 async def test_object_info_is_the_reference(comfy_server: Any, name: str) -> None:
-    path = Path("/work/shared/golden/object_info_core.json")
-    if not path.exists():
-        pytest.skip("the reference's golden object_info is not on this machine")
-    golden = json.loads(path.read_text())[name]
+    golden = json.loads((GOLDEN_DIR / "object_info_core.json").read_text())[name]
     server = await start(comfy_server)
     status, info = await server.json("GET", f"/object_info/{name}")
     assert status == 200

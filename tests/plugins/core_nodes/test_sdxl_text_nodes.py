@@ -18,6 +18,7 @@ from plugins.core_nodes.models.unet import ADM_SCALAR_DIM
 from plugins.core_nodes.nodes.conditioning_sdxl import CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner
 
 from . import tiny_pipeline
+from .golden import GOLDEN_DIR
 from .node_helpers import messages, run_prompt
 
 SIZE = 64
@@ -36,10 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _golden() -> dict[str, Any]:
-    path = Path("/work/shared/golden/object_info_core.json")
-    if not path.exists():
-        pytest.skip("the reference's golden object_info is not on this machine")
-    return json.loads(path.read_text())
+    return json.loads((GOLDEN_DIR / "object_info_core.json").read_text())
 
 
 @pytest.fixture(scope="module")
