@@ -14,9 +14,11 @@ uncached on the CPU. LoRA (:func:`apply_lora`) and every other MODEL patch apply
 same cached modules, so the cached model is never changed.
 
 Custom-node packs (``comfy_compat``) call the reference's object API on these values: the MODEL
-is a ``ModelPatcher``; the CLIP offers ``tokenize``, ``encode_from_tokens(_scheduled)``, ``clone``
-and ``clip_layer``; the VAE its ratios, crop and the keyword form of the tiled calls. Those
-methods give the same numbers as the core nodes' paths.
+is a ``ModelPatcher``; the CLIP offers ``tokenize``, ``encode_from_tokens(_scheduled)``, ``clone``,
+``clip_layer``, ``add_patches`` and the reference's ``cond_stage_model`` / ``tokenizer`` /
+``patcher`` objects (:mod:`~plugins.core_nodes.models.clip_objects`); the VAE its
+``first_stage_model``, ratios, crop, memory estimates and the keyword form of the tiled calls.
+Those give the same numbers as the core nodes' paths.
 """
 
 from __future__ import annotations
