@@ -192,6 +192,11 @@ class ClipSet(nn.Module):
     def dtypes(self) -> set[torch.dtype]:
         return {member.dtype for member in self.members()}
 
+    @property
+    def device(self) -> torch.device:
+        """Where the networks are now (the model manager moves them to the compute device to run)."""
+        return self.members()[0].transformer.get_input_embeddings().weight.device
+
     def set_clip_options(self, options: Mapping[str, Any]) -> None:
         for member in self.members():
             member.set_clip_options(options)

@@ -48,6 +48,7 @@ def test_cond_stage_model_has_the_reference_layout_and_keys(loaded: dict[str, An
     # The network is the CLIP's own (shared, not copied).
     assert sdxl.cond_stage_model.clip_g.transformer.text_model is sdxl.models["g"]
     assert sdxl.get_sd().keys() == xl
+    assert sdxl.cond_stage_model.device == torch.device("cpu") and "device" not in vars(sdxl.cond_stage_model)
     assert split_key("clip_g.transformer.text_projection.weight") == ("g", "text_projection.weight")
     assert split_key(FC1.format("l")) == ("l", "encoder.layers.0.mlp.fc1.weight")
     assert split_key("model.diffusion_model.x") is None
