@@ -143,9 +143,43 @@ class ControlNetApplyAdvanced(CoreNode):
         return (out[0], out[1])
 
 
+# The union ControlNet's control types, in the order of its type index.
+UNION_CONTROLNET_TYPES = [
+    "openpose",
+    "depth",
+    "hed/pidi/scribble/ted",
+    "canny/lineart/anime_lineart/mlsd",
+    "normal",
+    "segment",
+    "tile",
+    "repaint",
+]
+
+
+class SetUnionControlNetType(CoreNode):
+    """A copy of the CONTROL_NET with the union model's ``control_type`` argument set ("auto":
+    none). Plain ControlNets accept and ignore the argument."""
+
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_controlnet"
+    RETURN_TYPES = ("CONTROL_NET",)
+    FUNCTION = "set_controlnet_type"
+    CATEGORY = "model/conditioning/controlnet"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"control_net": ("CONTROL_NET", {}), "type": (["auto", *UNION_CONTROLNET_TYPES],)}}
+
+    def set_controlnet_type(self, control_net: Any, type: str) -> tuple[Any]:  # noqa: A002 - the reference's input name
+        control = control_net.copy()
+        index = UNION_CONTROLNET_TYPES.index(type) if type in UNION_CONTROLNET_TYPES else None
+        control.set_extra_arg("control_type", [] if index is None else [index])
+        return (control,)
+
+
 NODES: dict[str, tuple[type, str | None]] = {
     "ControlNetLoader": (ControlNetLoader, "Load ControlNet Model"),
     "DiffControlNetLoader": (DiffControlNetLoader, "Load ControlNet Model (diff)"),
     "ControlNetApply": (ControlNetApply, "Apply ControlNet (DEPRECATED)"),
     "ControlNetApplyAdvanced": (ControlNetApplyAdvanced, "Apply ControlNet"),
+    "SetUnionControlNetType": (SetUnionControlNetType, "Set Union ControlNet Type"),
 }

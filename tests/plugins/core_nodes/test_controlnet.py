@@ -389,3 +389,13 @@ def test_diff_controlnet_adds_the_models_unet_weights(tmp_path: Path) -> None:
     save_file({**diff, "difference": torch.tensor([])}, str(tmp_path / "diff.safetensors"))
     loaded = load_controlnet(tmp_path / "diff.safetensors", model).control_model.state_dict()
     assert all(torch.allclose(loaded[k], full[k], atol=1e-6) for k in full)
+
+
+def test_set_union_type_sets_the_control_type_on_a_copy() -> None:
+    from plugins.core_nodes.nodes.controlnet import SetUnionControlNetType
+
+    base = _FixedControl(1.0)
+    (depth,) = SetUnionControlNetType().set_controlnet_type(base, "depth")
+    (auto,) = SetUnionControlNetType().set_controlnet_type(depth, "auto")
+    assert depth.extra_args == {"control_type": [1]} and auto.extra_args == {"control_type": []}
+    assert base.extra_args == {} and depth is not base
