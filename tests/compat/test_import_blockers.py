@@ -303,3 +303,12 @@ async def test_nested_tensor_maps_operations_over_its_members(shims: Any) -> Non
     assert both[0:1].tensors[0].shape == video.shape and both.tensors[0] is video  # operations copy
     joined = nested.cat_nested([both, both], dim=0)
     assert [t.shape[0] for t in joined.unbind()] == [2, 2]
+
+
+async def test_an_sd1_clip_is_not_a_stable_cascade_clip(shims: Any, checkpoints: dict[str, Path]) -> None:
+    # ComfyUI_tinyterraNodes picks its encoding branch by these isinstance checks.
+    sdxl_clip, sd1_clip = _mod("comfy.sdxl_clip"), _mod("comfy.sd1_clip")
+    stack = _clip(checkpoints["base"]).cond_stage_model
+    assert isinstance(stack, sd1_clip.SD1ClipModel)
+    assert not isinstance(stack, sdxl_clip.StableCascadeClipModel)
+    assert not isinstance(stack, sdxl_clip.SDXLClipModel | sdxl_clip.SDXLRefinerClipModel)

@@ -182,6 +182,10 @@ class StableCascadeClipG(SDClipModel):
 class StableCascadeClipModel(SD1ClipModel):
     """Stable Cascade's text encoder: bigG alone, under ``"g"``."""
 
+    # No server text encoder is Stable Cascade's: without this, SD1ClipModel's families would
+    # make every SD1 / SD2 CLIP pass isinstance(..., StableCascadeClipModel) (tinyterra branches on it).
+    stack_families: tuple[str, ...] = ()
+
     def __init__(self, device: Any = "cpu", dtype: torch.dtype | None = None, model_options: Mapping[str, Any] | None = None) -> None:
         super().__init__(device=device, dtype=dtype, clip_name="g", clip_model=StableCascadeClipG, model_options=model_options)
 
