@@ -521,6 +521,8 @@ class TextEncoder:
         # The reference's hook-scheduling attributes; this server has no CLIP hooks (always off).
         self.use_clip_schedule = False
         self.apply_hooks_to_conds: Any = None
+        # Kept for packs that set and read them back; this server's tokenizers take no options.
+        self.tokenizer_options: dict[str, Any] = {}
         self._weights: dict[str, PatchedWeights] = {}
         self._weights_for: tuple[Any, ...] | None = None
         for encoder, changes in (patches or {}).items():
@@ -688,6 +690,7 @@ class TextEncoder:
         """A new CLIP over the same models, layer and patches; its patches, layer and
         ``cond_stage_model`` options are its own (:meth:`clip_layer` on it leaves this one)."""
         twin = copy.copy(self)
+        twin.tokenizer_options = dict(self.tokenizer_options)
         twin.patcher = self.patcher.clone()
         twin._weights, twin._weights_for = {}, None
         if not self._own_model():
@@ -721,11 +724,10 @@ class TextEncoder:
         )
 
     def get_tokenizer_options(self) -> dict[str, Any]:
-        return dict(self.__dict__.get("tokenizer_options", {}))
+        return dict(self.tokenizer_options)
 
     def set_tokenizer_option(self, option_name: str, value: Any) -> None:
-        """Stored for packs that read them back; this server's tokenizers take no options."""
-        self.__dict__.setdefault("tokenizer_options", {})[option_name] = value
+        self.tokenizer_options[option_name] = value
 
     def clip_layer(self, layer_idx: int | None) -> None:
         """Clip skip in place, as the reference's (packs call it on a clone): -1 last, -2 ..."""

@@ -108,6 +108,8 @@ def test_clone_has_its_own_patches_layer_and_options(loaded: dict[str, Any]) -> 
     via_model = twin.cond_stage_model.clip_g.encode_token_weights(_pairs(twin)["g"])
     plain = clip.cond_stage_model.clip_g.encode_token_weights(_pairs(clip)["g"])
     assert not torch.equal(via_model[1], plain[1]) and torch.equal(via_model[1], changed[1])
+    twin.set_tokenizer_option("clip_l_min_length", 100)
+    assert twin.get_tokenizer_options() == {"clip_l_min_length": 100} and clip.get_tokenizer_options() == {}
     # A clone of the patched clone keeps its patches and options.
     again = twin.clone()
     assert again.cond_stage_model.clip_g.layer_idx == -1 and torch.equal(again.encode(PROMPT)[0], changed[0])
