@@ -303,3 +303,36 @@ def test_pack_bench_names_the_innermost_frame_of_an_execution_error() -> None:
     assert bench.describe_execution_error(payload).endswith("[at plugins/core_nodes/ksampler.py:10 in run]")
     del payload["traceback"]
     assert bench.describe_execution_error(payload).endswith("'copy'")
+
+
+def test_pack_bench_models_read_back_as_their_formats(tmp_path: Path) -> None:
+    """The bench's stand-ins load with the readers the packs use (no pack needed for these)."""
+    import gguf
+    import numpy as np
+    import onnxruntime
+    from safetensors.torch import load_file
+
+    spec = importlib.util.spec_from_file_location("bench_pack_models", ROOT / "bench" / "pack_models.py")
+    assert spec is not None and spec.loader is not None
+    models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models)
+    written = models.write_models(tmp_path)
+    assert "sam2" not in written  # built only when its pack is under test
+
+    checkpoint = load_file(str(written["checkpoint"]))
+    unet = {k for k in checkpoint if k.startswith("model.diffusion_model.")}
+    assert unet and any(k.startswith("cond_stage_model.") for k in checkpoint)
+    reader = gguf.GGUFReader(str(written["gguf_unet"]))
+    assert {t.name for t in reader.tensors} == {k.removeprefix("model.diffusion_model.") for k in unet}
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "sd1"
+
+    session = onnxruntime.InferenceSession(str(written["tagger"]))
+    image = np.random.default_rng(0).random((1, models.TAGGER_SIZE, models.TAGGER_SIZE, 3), dtype=np.float32)
+    (scores,) = session.run(None, {session.get_inputs()[0].name: image})
+    rows = written["tagger"].with_suffix(".csv").read_text().splitlines()
+    assert scores.shape == (1, len(rows) - 1)  # one score per tag line under the header
+
+    lora = load_file(str(written["lora"]))
+    assert any(k.startswith("lora_unet_") for k in lora) and any(k.startswith("lora_te_") for k in lora)
+    assert (tmp_path / "models" / "upscale_models" / models.UPSCALER).is_file()
+    assert "wd14_tagger: wd14_tagger" in models.extra_model_paths(tmp_path)
