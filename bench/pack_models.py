@@ -4,7 +4,7 @@ Real packs load real model files by name from the server's model folders. The be
 download any, so it writes small random-weight stand-ins, built here from the test suite's tiny
 SD1 pipeline (``tests/plugins/core_nodes/tiny_pipeline.py``), into ``<home>/models`` before the
 server starts. The files have the layouts the real ones have (single-file checkpoint, ESRGAN,
-kohya LoRA, GGUF UNet, WD14 ONNX tagger with its tag list), so a pack's own loader reads them as
+kohya LoRA, GGUF UNet, IC-Light UNet, WD14 ONNX tagger with its tag list), so a pack's own loader reads them as
 it would read a download; the images they make are noise, which is all a smoke run needs. The
 DepthAnythingV2 file is only a name: that pack's loader tolerates a file without its keys.
 """
@@ -19,6 +19,7 @@ CHECKPOINT = "tiny_sd1.safetensors"
 UPSCALER = "tiny_esrgan_x2.safetensors"
 LORA = "tiny_lora.safetensors"
 GGUF_UNET = "tiny_sd1_unet.gguf"
+IC_LIGHT = "tiny_iclight_sd1.safetensors"
 TAGGER = "tiny-tagger"
 DEPTH_ANYTHING = "depth_anything_v2_vits_fp32.safetensors"
 SAM2 = "sam2.1_hiera_tiny.safetensors"
@@ -70,6 +71,7 @@ def write_models(home: Path, packs: dict[str, Path] | None = None) -> dict[str, 
     written["lora"] = _write_lora(models / "loras" / LORA)
     unet = {k.removeprefix("model.diffusion_model."): v for k, v in checkpoint.items() if k.startswith("model.")}
     written["gguf_unet"] = _write_gguf(models / "unet" / GGUF_UNET, unet)
+    written["ic_light"] = _write_ic_light(models / "unet" / IC_LIGHT, unet)
     written["tagger"] = _write_tagger(models / "wd14_tagger", TAGGER)
     written["depth_anything"] = _write_placeholder(models / "depthanything" / DEPTH_ANYTHING)
     sam2_pack = (packs or {}).get(SAM2_PACK)
@@ -143,6 +145,20 @@ def _write_lora(path: Path) -> Path:
             f"{te}.lora_up.weight": torch.randn(width, 2, generator=g) * 0.1,
         },
     )
+
+
+def _write_ic_light(path: Path, unet: dict) -> Path:
+    """An IC-Light UNet in the LDM layout its loader applies as ``diff`` patches: zero differences
+    everywhere except the first convolution, which takes 8 channels (latent + foreground), as
+    IC-Light's does; the loader pads the 4-channel base weight to match."""
+    import torch  # noqa: PLC0415
+
+    first = "input_blocks.0.0.weight"
+    diffs = {key: torch.zeros_like(value) for key, value in unet.items()}
+    out_channels, in_channels, *kernel = unet[first].shape
+    g = torch.Generator().manual_seed(11)
+    diffs[first] = torch.randn(out_channels, 2 * in_channels, *kernel, generator=g) * 0.01
+    return _save(path, diffs)
 
 
 def _write_gguf(path: Path, unet: dict) -> Path:
