@@ -1,6 +1,6 @@
 """Turn the compat-surface survey (markdown) into the data files ``tests/compat/test_surface_list.py`` reads.
 
-    python bench/compat_surface.py /work/shared/reference/compat-surface.md [--out tests/compat/data]
+    python bench/compat_surface.py ../shared/reference/compat-surface.md [--out tests/compat/data]
 
 Writes two tab-separated files:
 

@@ -1,6 +1,6 @@
 """Every ComfyUI symbol that two or more real custom-node packs use is there, under its reference name.
 
-The rows come from the survey of 41 packs (``/work/shared/reference/compat-surface.md``, turned
+The rows come from the survey of 41 packs (``shared/reference/compat-surface.md`` beside the repository, turned
 into ``data/*.tsv`` by ``bench/compat_surface.py``). One test per row, so a failure names the
 missing symbol. The rules:
 
