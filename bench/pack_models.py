@@ -4,7 +4,7 @@ Real packs load real model files by name from the server's model folders. The be
 download any, so it writes small random-weight stand-ins, built here from the test suite's tiny
 SD1 pipeline (``tests/plugins/core_nodes/tiny_pipeline.py``), into ``<home>/models`` before the
 server starts. The files have the layouts the real ones have (single-file checkpoint, ESRGAN,
-kohya LoRA, GGUF UNet, IC-Light UNet, WD14 ONNX tagger with its tag list), so a pack's own loader reads them as
+kohya LoRA, ControlNet, GGUF UNet, IC-Light UNet, WD14 ONNX tagger with its tag list), so a pack's own loader reads them as
 it would read a download; the images they make are noise, which is all a smoke run needs. The
 DepthAnythingV2 file is only a name: that pack's loader tolerates a file without its keys.
 """
@@ -20,6 +20,7 @@ UPSCALER = "tiny_esrgan_x2.safetensors"
 LORA = "tiny_lora.safetensors"
 GGUF_UNET = "tiny_sd1_unet.gguf"
 IC_LIGHT = "tiny_iclight_sd1.safetensors"
+CONTROLNET = "tiny_controlnet_sd1.safetensors"
 TAGGER = "tiny-tagger"
 DEPTH_ANYTHING = "depth_anything_v2_vits_fp32.safetensors"
 SAM2 = "sam2.1_hiera_tiny.safetensors"
@@ -68,6 +69,7 @@ def write_models(home: Path, packs: dict[str, Path] | None = None) -> dict[str, 
     written = {"checkpoint": models / "checkpoints" / CHECKPOINT}
     _save(written["checkpoint"], checkpoint)
     written["upscale_model"] = _write_esrgan(models / "upscale_models" / UPSCALER)
+    written["controlnet"] = _write_controlnet(models / "controlnet" / CONTROLNET)
     written["lora"] = _write_lora(models / "loras" / LORA)
     unet = {k.removeprefix("model.diffusion_model."): v for k, v in checkpoint.items() if k.startswith("model.")}
     written["gguf_unet"] = _write_gguf(models / "unet" / GGUF_UNET, unet)
@@ -115,6 +117,28 @@ def _write_sam2(path: Path, pack: Path) -> Path:
     if done.returncode != 0:  # the workflow then fails on the missing file, which says enough
         print(f"bench: could not build {path.name}:\n{done.stderr[-2000:]}", file=sys.stderr)
     return path
+
+
+def _write_controlnet(path: Path) -> Path:
+    """A ControlNet for the tiny UNet in the single-file layout (``control_model.`` + LDM names):
+    diffusers' ``ControlNetModel`` at the tiny UNet's sizes, renamed as the test suite does."""
+    import torch  # noqa: PLC0415
+    from diffusers import ControlNetModel  # noqa: PLC0415
+
+    from plugins.core_nodes.models.controlnet import from_diffusers  # noqa: PLC0415
+    from tests.plugins.core_nodes import tiny_pipeline, tiny_sd  # noqa: PLC0415
+
+    full = tiny_sd.diffusers_config(tiny_pipeline.UNETS["sd1"])
+    keep = (
+        "in_channels", "down_block_types", "block_out_channels", "layers_per_block", "cross_attention_dim",
+        "attention_head_dim", "use_linear_projection", "transformer_layers_per_block",
+    )  # fmt: skip
+    torch.manual_seed(5)
+    model = ControlNetModel(**{k: full[k] for k in keep if k in full})
+    with torch.no_grad():  # diffusers zero-initialises the output convolutions: make them count
+        for parameter in model.parameters():
+            parameter.copy_(0.05 * torch.randn_like(parameter))
+    return _save(path, {f"control_model.{k}": v for k, v in from_diffusers(model.state_dict()).items()})
 
 
 def _write_esrgan(path: Path) -> Path:
