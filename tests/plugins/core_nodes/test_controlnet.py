@@ -41,7 +41,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ATOL = 1e-5
 HINT_SIZE = (80, 96)  # (height, width): not the image size, so the hint is cropped and resized
-STEPS, CFG, SEED, STRENGTH = 3, 4.0, 11, 0.8
+STEPS, CFG, SEED, STRENGTH = 4, 4.0, 11, 0.8  # 4 divides 1000: "simple" = diffusers' "trailing"
 
 
 def _diffusers_config() -> dict[str, Any]:
@@ -252,7 +252,7 @@ def _prompt(strength: float | None, end_percent: float = 1.0, prefix: str = "cn"
         "class_type": "KSampler",
         "inputs": {
             "model": ["1", 0], "positive": pos, "negative": neg, "latent_image": ["4", 0], "seed": SEED,
-            "steps": STEPS, "cfg": CFG, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+            "steps": STEPS, "cfg": CFG, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
         },
     }  # fmt: skip
     return prompt
@@ -275,11 +275,59 @@ async def test_txt2img_with_controlnet_matches_the_direct_computation(server_fil
     positive = [[t, {**o, "control": control}] for t, o in clip_encode(clip, "a house by a lake")]
     negative = [[t, {**o, "control": control}] for t, o in clip_encode(clip, "blurry")]
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
-    direct = run_ksampler(model, SEED, STEPS, CFG, "euler", "normal", positive, negative, latent)["samples"]
+    direct = run_ksampler(model, SEED, STEPS, CFG, "euler", "simple", positive, negative, latent)["samples"]
     assert served.shape == direct.shape == (1, 4, 8, 8)
     plain = await _latent(server, root, _prompt(None, prefix="plain"))
     assert (served - plain).abs().max() > 1e-2  # the ControlNet changed the result...
     assert torch.allclose(served, direct, atol=1e-4), f"{(served - direct).abs().max():.2e}"  # ...as diffusers' would
+
+
+async def test_txt2img_with_controlnet_matches_diffusers(server_files: Any, reference: Any) -> None:
+    """All-diffusers: ``UNet2DConditionModel`` with the checkpoint's UNet, the ControlNet's
+    residuals as its additional residuals, ``EulerDiscreteScheduler`` (trailing spacing) and CFG
+    on the noise prediction, from the same seeded noise; tolerance as the trajectory tests'."""
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    from plugins.core_nodes.sampling.noise import prepare_noise
+    from plugins.core_nodes.sampling.schedules import ksampler_sigmas
+
+    server, root = server_files
+    served = await _latent(server, root, _prompt(STRENGTH, prefix="vs_diffusers"))
+    model, clip, _ = adapters.load_checkpoint(root / "models" / "checkpoints" / "tiny.safetensors")
+    config = {**tiny_sd.diffusers_unet_config("sd1"), "cross_attention_dim": tiny_pipeline.CLIP_WIDTH}
+    unet = UNet2DConditionModel(**config)
+    ldm = {f"model.diffusion_model.{k}": v for k, v in model.unet.state_dict().items()}
+    unet.load_state_dict(convert_ldm_unet_checkpoint(ldm, config), strict=True)
+    unet.eval()
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        timestep_spacing="trailing",
+    )  # fmt: skip
+    scheduler.set_timesteps(STEPS)
+    context = torch.cat([clip_encode(clip, "blurry")[0][0], clip_encode(clip, "a house by a lake")[0][0]])
+    hint = _center_nearest(_hint_image().movedim(-1, 1), 64, 64).repeat(2, 1, 1, 1)
+    sigmas = ksampler_sigmas(model.model_sampling, "simple", "euler", STEPS, 1.0)
+    torch.testing.assert_close(sigmas, scheduler.sigmas.float(), rtol=1e-5, atol=0)
+    # The same start as the server's: a full denoise scales the noise by sqrt(1 + sigma_max^2)
+    # (the reference's max-denoise noise scaling; diffusers' trailing Euler would use sigma_max).
+    latents = prepare_noise(torch.zeros(1, 4, 8, 8), SEED) * (1 + sigmas[0] ** 2) ** 0.5
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            down, mid = reference(
+                model_in, t, encoder_hidden_states=context, controlnet_cond=hint,
+                conditioning_scale=STRENGTH, return_dict=False,
+            )  # fmt: skip
+            eps_uncond, eps_cond = unet(
+                model_in, t, encoder_hidden_states=context,
+                down_block_additional_residuals=down, mid_block_additional_residual=mid,
+            ).sample.chunk(2)  # fmt: skip
+            latents = scheduler.step(eps_uncond + CFG * (eps_cond - eps_uncond), t, latents).prev_sample
+    theirs = model.latent_format.process_out(latents)
+    scale = theirs.abs().max().item()
+    assert scale > 1e-2
+    assert (served - theirs).abs().max().item() / scale <= 2e-5
 
 
 def clip_encode(clip: Any, text: str) -> list[list[Any]]:
