@@ -97,6 +97,9 @@ async def test_controlnet_loading_and_the_apply_node_as_packs_call_them(shims: A
     c = pos[0][1]["control"]
     assert c is neg[0][1]["control"] and c.strength == 0.7 and c.timestep_percent_range == (0.0, 0.5)
     assert c.control_model is loaded.control_model and c is not loaded
+    # Impact's detailer applies the deprecated node to its positive conditioning alone.
+    (impact,) = nodes.ControlNetApply().apply_controlnet(pos, loaded, image, 0.5)
+    assert impact[0][1]["control"].previous_controlnet is c and impact[0][1]["control"].strength == 0.5
     with pytest.raises(NotImplementedError, match="T2I"):
         cn.load_t2i_adapter({})
 
