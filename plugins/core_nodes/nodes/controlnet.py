@@ -144,7 +144,7 @@ class ControlNetApplyAdvanced(CoreNode):
 
 
 # The union ControlNet's control types, in the order of its type index.
-UNION_CONTROLNET_TYPES = [
+UNION_CONTROLNET_TYPES = (
     "openpose",
     "depth",
     "hed/pidi/scribble/ted",
@@ -153,7 +153,7 @@ UNION_CONTROLNET_TYPES = [
     "segment",
     "tile",
     "repaint",
-]
+)
 
 
 class SetUnionControlNetType(CoreNode):
