@@ -19,9 +19,11 @@ from plugins.core_nodes.nodes import (
     latent_files,
     loaders,
     mask,
+    model_patches,
     preview,
     primitives,
     sampling,
+    schedulers_extra,
     upscale,
 )
 from plugins.core_nodes.nodes.common import KernelNode, bind
@@ -45,6 +47,8 @@ FAMILIES = (
     preview,
     upscale,
     controlnet,
+    model_patches,
+    schedulers_extra,
 )
 
 
