@@ -410,7 +410,7 @@ def network_from_state_dict(sd: Mapping[str, torch.Tensor], model: Any = None, n
 
     weights = dict(sd)
     if not is_controlnet(weights):
-        raise ControlNetLoadError(f"{name} holds no ControlNet weights (T2I-Adapters and Control-LoRAs are not supported)")
+        raise ControlNetLoadError(f"{name} holds no ControlNet weights (T2I-Adapters are not supported)")
     if "difference" in weights:
         weights.pop("difference")
         weights = _apply_difference(weights, model, name)
@@ -430,7 +430,12 @@ def _wrap(network: ControlNetModel, path: str | Path | None) -> ControlNet:
 def controlnet_from_state_dict(
     sd: Mapping[str, torch.Tensor], model: Any = None, name: str = "the ControlNet weights", path: str | Path | None = None
 ) -> ControlNet:
-    """A :class:`ControlNet` over these weights (not cached: there is no file to key it by)."""
+    """A :class:`ControlNet` over these weights, or a Control-LoRA (not cached: there is no
+    file to key it by)."""
+    from plugins.core_nodes.models.control_lora import ControlLora, is_control_lora
+
+    if is_control_lora(sd):
+        return ControlLora(dict(sd))
     return _wrap(network_from_state_dict(sd, model, name), path)
 
 
@@ -444,11 +449,15 @@ def load_controlnet(path: str | Path, model: Any = None) -> ControlNet:
     if not path.is_file():
         raise FileNotFoundError(f"ControlNet file not found: {path.name}")
 
-    def build(p: Path, check: Callable[[], None], with_model: Any = None) -> ControlNetModel:
-        sd, _ = load_state_dict(p, check)
-        return network_from_state_dict(sd, with_model, path.name)
+    from plugins.core_nodes.models.control_lora import ControlLora, is_control_lora
 
-    if model is None:
-        return _wrap(adapters._load("controlnet", path, build), path)
+    def build(p: Path, check: Callable[[], None], with_model: Any = None) -> ControlNetModel | dict[str, torch.Tensor]:
+        sd, _ = load_state_dict(p, check)
+        # A Control-LoRA is only weights until a MODEL is sampled: those are what is kept.
+        return sd if is_control_lora(sd) else network_from_state_dict(sd, with_model, path.name)
+
     # A diff ControlNet depends on the MODEL's weights: built per call, not cached by file.
-    return _wrap(build(path, lambda: None, model), path)
+    built = adapters._load("controlnet", path, build) if model is None else build(path, lambda: None, model)
+    if isinstance(built, dict):
+        return ControlLora(built)
+    return _wrap(built, path)

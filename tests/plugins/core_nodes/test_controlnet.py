@@ -447,3 +447,52 @@ def test_set_union_type_sets_the_control_type_on_a_copy() -> None:
     (auto,) = SetUnionControlNetType().set_controlnet_type(depth, "auto")
     assert depth.extra_args == {"control_type": [1]} and auto.extra_args == {"control_type": []}
     assert base.extra_args == {} and depth is not base
+
+
+def test_control_lora_is_the_unet_plus_its_low_rank_deltas(tmp_path: Path) -> None:
+    """A Control-LoRA file built from a known full ControlNet: its UNet-shared layers stored as
+    ``up @ down`` differences from the MODEL's UNet (a conv and a linear layer) or left out (the
+    rest equal the UNet's); the loaded control's residuals equal the full network's."""
+    from plugins.core_nodes.models.control import load_controlnet
+    from plugins.core_nodes.models.control_lora import ControlLora
+    from plugins.core_nodes.models.controlnet import ControlNetModel
+
+    model, clip, _ = adapters.load_checkpoint(tiny_pipeline.write_checkpoint(tmp_path / "sd1.safetensors", "sd1"))
+    base = model.model.diffusion_model.state_dict()
+    torch.manual_seed(6)
+    full = ControlNetModel(tiny_pipeline.UNETS["sd1"]).state_dict()
+    g = torch.Generator().manual_seed(6)
+    file: dict[str, torch.Tensor] = {"lora_controlnet": torch.tensor([])}
+    low_rank = {"input_blocks.1.0.in_layers.2": 4, "input_blocks.1.1.transformer_blocks.0.attn1.to_q": 4}
+    for key, value in full.items():
+        module = key.rsplit(".", 1)[0]
+        if module in low_rank and key.endswith(".weight"):
+            up = torch.randn(value.shape[0], low_rank[module], generator=g) * 0.1
+            down = torch.randn(low_rank[module], value[0].numel(), generator=g) * 0.1
+            file[f"{module}.up"], file[f"{module}.down"] = up, down
+            full[key] = base[key] + (up @ down).reshape(value.shape)
+        elif key in base and base[key].shape == value.shape:
+            full[key] = base[key]  # taken from the UNet, not stored
+        else:
+            file[key] = value
+    save_file({k: v.contiguous() for k, v in file.items()}, str(tmp_path / "control-lora-canny.safetensors"))
+    control = load_controlnet(tmp_path / "control-lora-canny.safetensors")
+    assert isinstance(control, ControlLora) and control.control_model is None
+
+    reference = ControlNetModel(tiny_pipeline.UNETS["sd1"])
+    reference.load_state_dict(full)
+    (cond, _), = clip_encode(clip, "a tree")
+    hint = torch.rand(1, 64, 64, 3, generator=g)
+    (pos,), _ = ControlNetApplyAdvanced().apply_controlnet([[cond, {}]], [], control, hint, 1.0, 0.0, 1.0)
+    applied = pos[1]["control"]
+    applied.pre_run(model.model, model.model_sampling.percent_to_sigma)
+    x, sigma = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([3.0])
+    ours = applied.get_control(x, sigma, {"c_crossattn": cond}, 1)
+    ms = model.model_sampling
+    with torch.no_grad():
+        expected = reference(ms.calculate_input(sigma, x), hint.movedim(-1, 1), ms.timestep(sigma), cond)
+    for a, b in zip(ours["output"], expected["output"], strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(ours["middle"][0], expected["middle"][0], atol=1e-5)
+    applied.cleanup()
+    assert applied.control_model is None

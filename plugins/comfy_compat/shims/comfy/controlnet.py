@@ -3,9 +3,9 @@
 :class:`ControlBase` / :class:`ControlNet` are the server's own (``plugins.core_nodes.models.control``:
 the objects ControlNetLoader gives and the sampler evaluates), so packs such as Advanced-ControlNet
 subclass the classes the server uses. :func:`load_controlnet` / :func:`load_controlnet_state_dict`
-load SD1.x / SD2.x / SDXL ControlNets (single-file or diffusers layout). T2I-Adapters and
-Control-LoRAs are importable and subclassable, but loading or running them raises
-``NotImplementedError``.
+load SD1.x / SD2.x / SDXL ControlNets (single-file or diffusers layout).
+Control-LoRAs are loaded too (:class:`ControlLora`, built over the sampled MODEL's UNet). T2I-Adapters
+are importable and subclassable, but loading them raises ``NotImplementedError``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import comfy.model_management
@@ -30,10 +30,11 @@ from plugins.core_nodes.models.control import (
     controlnet_from_state_dict,
 )
 from plugins.core_nodes.models.control import load_controlnet as _load_controlnet
+from plugins.core_nodes.models.control_lora import ControlLora
 
 log = logging.getLogger("comfykernel.compat")
 
-NOT_SUPPORTED = "T2I-Adapters and Control-LoRAs are not supported by comfykernel yet"
+NOT_SUPPORTED = "T2I-Adapters are not supported by comfykernel yet"
 
 
 class ControlNetSD35(ControlNet):
@@ -42,39 +43,6 @@ class ControlNetSD35(ControlNet):
 
 class ControlLoraOps:
     """Mixin for ops classes whose Linear/Conv2d add a low-rank ``up @ down`` delta (Control-LoRA)."""
-
-
-class ControlLora(ControlNet):
-    """A Control-LoRA: low-rank ControlNet weights applied over the model's own UNet."""
-
-    def __init__(self, control_weights: Mapping[str, torch.Tensor], global_average_pooling: bool = False, model_options: Mapping[str, Any] | None = None) -> None:
-        ControlBase.__init__(self)
-        self.control_weights = control_weights
-        self.global_average_pooling = global_average_pooling
-        self.extra_conds += ["y"]
-        self.control_model = None
-        self.manual_cast_dtype = None
-        self.model_sampling_current = None
-        self.load_device = None
-
-    def pre_run(self, model: Any, percent_to_timestep_function: Callable[[float], Any]) -> None:
-        raise NotImplementedError(f"Control-LoRA: {NOT_SUPPORTED}")
-
-    def copy(self) -> ControlLora:
-        c = ControlLora(self.control_weights, global_average_pooling=self.global_average_pooling)
-        self.copy_to(c)
-        return c
-
-    def cleanup(self) -> None:
-        self.control_model = None
-        super().cleanup()
-
-    def get_models(self) -> list[Any]:
-        return ControlBase.get_models(self)
-
-    def inference_memory_requirements(self, dtype: torch.dtype) -> int:
-        own = comfy.utils.calculate_parameters(self.control_weights) * comfy.model_management.dtype_size(dtype)
-        return own + ControlBase.inference_memory_requirements(self, dtype)
 
 
 class T2IAdapter(ControlBase):
