@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from plugins.core_nodes.nodes import (
+    clip_vision,
     compositing,
     conditioning,
     conditioning_sdxl,
@@ -49,6 +50,7 @@ FAMILIES = (
     controlnet,
     model_patches,
     schedulers_extra,
+    clip_vision,
 )
 
 

@@ -1,0 +1,260 @@
+"""CLIP image encoders (the ViT towers of CLIP ViT-L/14, ViT-H/14, ViT-bigG/14) for CLIPVisionLoader.
+
+Weights use the transformers ``vision_model.*`` / ``visual_projection.weight`` layout of the
+``models/clip_vision`` files; the sizes are read off the weights, so test-sized towers load like
+real ones. :meth:`ClipVision.encode_image` gives the reference's CLIP_VISION_OUTPUT fields
+(``last_hidden_state``, ``penultimate_hidden_states``, ``image_embeds``, ``image_sizes``,
+``mm_projected``) after the reference's preprocessing: bicubic antialiased resize (of the short
+side when cropping), centre crop, rounding to 8 bits, CLIP mean/std.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PREFIX = "vision_model."
+# Every published CLIP vision tower uses 16 attention heads (the width is not a multiple of 64
+# for ViT-H and bigG, so the text model's 64-wide-head rule does not apply).
+HEADS = 16
+# The 24-layer ViT-L towers were trained with the sigmoid GELU approximation, the OpenCLIP
+# H and bigG towers (32 and 48 layers) with exact GELU.
+EXACT_GELU_LAYERS = frozenset({32, 48})
+
+
+class ClipVisionError(ValueError):
+    """The file is not a CLIP vision tower this server can build."""
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    width: int
+    layers: int
+    heads: int
+    mlp_width: int
+    patch_size: int
+    image_size: int
+    projection_dim: int
+    quick_gelu: bool
+    layer_norm_eps: float = 1e-5
+
+
+def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> VisionConfig:
+    """The tower's sizes, read off its weights (transformers layout)."""
+    layer0 = PREFIX + "encoder.layers.0."
+    if layer0 + "layer_norm1.weight" not in sd:
+        raise ClipVisionError(
+            "not a CLIP vision model in the transformers layout (no vision_model.encoder.layers.0.*)"
+        )
+    if "visual_projection.weight" not in sd:
+        raise ClipVisionError("the CLIP vision model has no visual_projection.weight")
+    width = sd[layer0 + "layer_norm1.weight"].shape[0]
+    layers = 1 + max(
+        int(k.split(".")[3]) for k in sd if k.startswith(PREFIX + "encoder.layers.")
+    )
+    patch = sd[PREFIX + "embeddings.patch_embedding.weight"].shape[-1]
+    grid = math.isqrt(sd[PREFIX + "embeddings.position_embedding.weight"].shape[0] - 1)
+    return VisionConfig(
+        width=width,
+        layers=layers,
+        heads=HEADS if width % HEADS == 0 else 1,
+        mlp_width=sd[layer0 + "mlp.fc1.weight"].shape[0],
+        patch_size=patch,
+        image_size=grid * patch,
+        projection_dim=sd["visual_projection.weight"].shape[0],
+        quick_gelu=layers not in EXACT_GELU_LAYERS,
+    )
+
+
+class _Embeddings(nn.Module):
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.class_embedding = nn.Parameter(torch.zeros(cfg.width))
+        self.patch_embedding = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.position_embedding = nn.Embedding((cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.width)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        patches = self.patch_embedding(pixels).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
+        return torch.cat([cls, patches], dim=1) + self.position_embedding.weight.to(patches.dtype)
+
+
+class _Attention(nn.Module):
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.q_proj = nn.Linear(cfg.width, cfg.width)
+        self.k_proj = nn.Linear(cfg.width, cfg.width)
+        self.v_proj = nn.Linear(cfg.width, cfg.width)
+        self.out_proj = nn.Linear(cfg.width, cfg.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, w = x.shape
+
+        def heads(proj: nn.Linear) -> torch.Tensor:
+            return proj(x).view(b, t, self.heads, w // self.heads).transpose(1, 2)
+
+        # Every patch sees every other: no causal mask, unlike the text tower.
+        out = F.scaled_dot_product_attention(heads(self.q_proj), heads(self.k_proj), heads(self.v_proj))
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, w))
+
+
+class _Mlp(nn.Module):
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.width, cfg.mlp_width)
+        self.fc2 = nn.Linear(cfg.mlp_width, cfg.width)
+        self.quick = cfg.quick_gelu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        return self.fc2(h * torch.sigmoid(1.702 * h) if self.quick else F.gelu(h))
+
+
+class _Layer(nn.Module):
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+        self.self_attn = _Attention(cfg)
+        self.layer_norm2 = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+        self.mlp = _Mlp(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class _Encoder(nn.Module):
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.layers))
+
+
+class _Tower(nn.Module):
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.embeddings = _Embeddings(cfg)
+        self.pre_layrnorm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)  # sic: the file's key
+        self.encoder = _Encoder(cfg)
+        self.post_layernorm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+
+
+class ClipVisionModel(nn.Module):
+    """The ViT tower and its projection; state dict keys are the transformers layout."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.vision_model = _Tower(cfg)
+        self.visual_projection = nn.Linear(cfg.width, cfg.projection_dim, bias=False)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(last hidden state, penultimate layer's output, projected class-token embedding)."""
+        tower = self.vision_model
+        x = tower.pre_layrnorm(tower.embeddings(pixels))
+        layers = tower.encoder.layers
+        penultimate = x
+        for index, layer in enumerate(layers):
+            x = layer(x)
+            if index == len(layers) - 2:
+                penultimate = x
+        pooled = tower.post_layernorm(x[:, 0, :])
+        return x, penultimate, self.visual_projection(pooled)
+
+
+def clip_preprocess(image: torch.Tensor, size: int, crop: bool = True) -> torch.Tensor:
+    """``[B, H, W, C]`` images in 0..1 -> normalised ``[B, 3, size, size]`` pixels.
+
+    With ``crop`` the short side is scaled to ``size`` and the centre cut out; without, the image
+    is squashed to a square. Values are rounded to 8 bits before the CLIP mean/std, as the
+    encoders were trained on 8-bit images.
+    """
+    pixels = image[..., :3].movedim(-1, 1).float()
+    if pixels.shape[2] != size or pixels.shape[3] != size:
+        if crop:
+            scale = size / min(pixels.shape[2], pixels.shape[3])
+            target = (round(scale * pixels.shape[2]), round(scale * pixels.shape[3]))
+        else:
+            target = (size, size)
+        pixels = F.interpolate(pixels, size=target, mode="bicubic", antialias=True)
+        top = (pixels.shape[2] - size) // 2
+        left = (pixels.shape[3] - size) // 2
+        pixels = pixels[:, :, top : top + size, left : left + size]
+    pixels = torch.clip(255.0 * pixels, 0, 255).round() / 255.0
+    mean = torch.tensor(CLIP_MEAN, dtype=pixels.dtype).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=pixels.dtype).view(3, 1, 1)
+    return (pixels - mean) / std
+
+
+class ClipVisionOutput:
+    """The reference's CLIP_VISION_OUTPUT: fields readable as attributes and as ``out["name"]``."""
+
+    last_hidden_state: torch.Tensor
+    penultimate_hidden_states: torch.Tensor
+    image_embeds: torch.Tensor
+    image_sizes: list[Any]
+    mm_projected: torch.Tensor | None
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        setattr(self, key, value)
+
+
+class _Holder:
+    """What packs hand to ``load_model_gpu`` as ``clip_vision.patcher``: the module and devices."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.load_device = torch.device("cpu")
+        self.offload_device = torch.device("cpu")
+
+
+class ClipVision:
+    """A loaded CLIP vision encoder (the CLIP_VISION value)."""
+
+    def __init__(self, model: ClipVisionModel) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.image_size = model.config.image_size
+        self.image_mean = list(CLIP_MEAN)
+        self.image_std = list(CLIP_STD)
+        self.patcher = _Holder(self.model)
+
+    def get_sd(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_sd(self, sd: Mapping[str, torch.Tensor]) -> Any:
+        return self.model.load_state_dict(dict(sd), strict=False)
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor, crop: bool = True) -> ClipVisionOutput:
+        """Encode ``[B, H, W, C]`` images (see the module docstring for the fields)."""
+        pixels = clip_preprocess(image, self.image_size, crop=crop)
+        last, penultimate, embeds = self.model(pixels)
+        out = ClipVisionOutput()
+        out["last_hidden_state"] = last
+        out["penultimate_hidden_states"] = penultimate
+        out["image_embeds"] = embeds
+        out["image_sizes"] = [pixels.shape[1:]] * pixels.shape[0]
+        out["mm_projected"] = None
+        return out
+
+
+def load_clip_vision(sd: Mapping[str, torch.Tensor]) -> ClipVision:
+    """A :class:`ClipVision` from a transformers-layout state dict; a clear error for anything else."""
+    cfg = config_from_state_dict(sd)
+    model = ClipVisionModel(cfg)
+    # transformers files may carry a position_ids buffer, which this model does not need.
+    missing, _ = model.load_state_dict({k: v for k, v in sd.items() if not k.endswith("position_ids")}, strict=False)
+    if missing:
+        raise ClipVisionError(f"the CLIP vision model is missing weights: {missing[:5]}")
+    return ClipVision(model)
