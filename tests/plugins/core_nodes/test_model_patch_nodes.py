@@ -399,3 +399,40 @@ async def test_patch_nodes_through_ksampler(
         assert torch.isfinite(latents[name]).all(), name
         assert not torch.allclose(latents[name], plain, atol=1e-3), name
     assert not torch.allclose(latents["dd_half"], latents["inpaint_half"], atol=1e-3)
+
+
+# --- as packs call them, through the compatibility modules ------------------------------------
+
+
+async def test_packs_import_and_call_the_nodes_through_the_shims(
+    comfy_server: Any, checkpoints: dict[str, Path]  # noqa: F811
+) -> None:
+    """tinyterra, Impact-Pack and Easy-Use's calls: ``comfy_extras.nodes_*`` / ``nodes`` serve
+    these classes and their reference method names return the reference's tuples."""
+    import importlib
+
+    from plugins.core_nodes.models import adapters
+
+    await comfy_server(plugins=["comfy_compat", "models", "core_nodes"])
+    advanced = importlib.import_module("comfy_extras.nodes_model_advanced")
+    downscale = importlib.import_module("comfy_extras.nodes_model_downscale")
+    differential = importlib.import_module("comfy_extras.nodes_differential_diffusion")
+    ays = importlib.import_module("comfy_extras.nodes_align_your_steps")
+    nodes = importlib.import_module("nodes")
+    model, _, _ = adapters.load_checkpoint(checkpoints["sd1"])
+
+    vpred = advanced.ModelSamplingDiscrete().patch(model, "v_prediction", True)[0]
+    assert vpred.get_model_object("model_sampling").prediction == "v"
+    assert model.get_model_object("model_sampling").prediction == "eps"  # the original is untouched
+    rescaled = advanced.RescaleCFG().patch(vpred, 0.7)[0]
+    assert callable(rescaled.model_options["sampler_cfg_function"])
+    assert "sampler_cfg_function" not in vpred.model_options
+    dd = differential.DifferentialDiffusion().apply(model)[0]
+    assert callable(dd.model_options["denoise_mask_function"])
+    shrunk = downscale.PatchModelAddDownscale().patch(model, 3, 2.0, 0.0, 0.35, True, "bicubic", "bicubic")[0]
+    patches = shrunk.model_options["transformer_options"]["patches"]
+    assert len(patches["input_block_patch_after_skip"]) == 1 and len(patches["output_block_patch"]) == 1
+    sigmas = ays.AlignYourStepsScheduler().get_sigmas("SD1", 10, 1.0)[0]
+    assert float(sigmas[0]) == pytest.approx(14.6146412293) and float(sigmas[-1]) == 0.0
+    gits = nodes.NODE_CLASS_MAPPINGS["GITSScheduler"]().get_sigmas(1.2, 10, 1.0)[0]
+    assert len(gits) == 11 and float(gits[-1]) == 0.0
