@@ -100,8 +100,8 @@ async def test_controlnet_loading_and_the_apply_node_as_packs_call_them(shims: A
     # Impact's detailer applies the deprecated node to its positive conditioning alone.
     (impact,) = nodes.ControlNetApply().apply_controlnet(pos, loaded, image, 0.5)
     assert impact[0][1]["control"].previous_controlnet is c and impact[0][1]["control"].strength == 0.5
-    with pytest.raises(NotImplementedError, match="T2I"):
-        cn.load_t2i_adapter({})
+    with pytest.raises(ValueError, match="no T2I-Adapter weights"):
+        cn.load_t2i_adapter({"adapter": {}})
 
 
 async def test_diffusers_convert_vae_and_text(shims: Any) -> None:

@@ -429,17 +429,20 @@ def _wrap(network: ControlNetModel, path: str | Path | None) -> ControlNet:
 
 def controlnet_from_state_dict(
     sd: Mapping[str, torch.Tensor], model: Any = None, name: str = "the ControlNet weights", path: str | Path | None = None
-) -> ControlNet:
-    """A :class:`ControlNet` over these weights, or a Control-LoRA (not cached: there is no
+) -> ControlBase:
+    """A :class:`ControlNet` over these weights, a Control-LoRA or a T2I-Adapter (not cached: there is no
     file to key it by)."""
     from plugins.core_nodes.models.control_lora import ControlLora, is_control_lora
+    from plugins.core_nodes.models.t2i_adapter import build_adapter, is_t2i_adapter, wrap_adapter
 
     if is_control_lora(sd):
         return ControlLora(dict(sd))
+    if not is_controlnet(sd) and is_t2i_adapter(sd):
+        return wrap_adapter(build_adapter(sd, name))
     return _wrap(network_from_state_dict(sd, model, name), path)
 
 
-def load_controlnet(path: str | Path, model: Any = None) -> ControlNet:
+def load_controlnet(path: str | Path, model: Any = None) -> ControlBase:
     """ControlNetLoader / DiffControlNetLoader: a fresh :class:`ControlNet` over the file's
     network (kept by the model manager, so one file is read once)."""
     from plugins.core_nodes.models import adapters
@@ -450,14 +453,21 @@ def load_controlnet(path: str | Path, model: Any = None) -> ControlNet:
         raise FileNotFoundError(f"ControlNet file not found: {path.name}")
 
     from plugins.core_nodes.models.control_lora import ControlLora, is_control_lora
+    from plugins.core_nodes.models.t2i_adapter import Adapter, build_adapter, is_t2i_adapter, wrap_adapter
 
-    def build(p: Path, check: Callable[[], None], with_model: Any = None) -> ControlNetModel | dict[str, torch.Tensor]:
+    def build(p: Path, check: Callable[[], None], with_model: Any = None) -> ControlNetModel | Adapter | dict[str, torch.Tensor]:
         sd, _ = load_state_dict(p, check)
-        # A Control-LoRA is only weights until a MODEL is sampled: those are what is kept.
-        return sd if is_control_lora(sd) else network_from_state_dict(sd, with_model, path.name)
+        if is_control_lora(sd):
+            # A Control-LoRA is only weights until a MODEL is sampled: those are what is kept.
+            return sd
+        if not is_controlnet(sd) and is_t2i_adapter(sd):
+            return build_adapter(sd, path.name)
+        return network_from_state_dict(sd, with_model, path.name)
 
     # A diff ControlNet depends on the MODEL's weights: built per call, not cached by file.
     built = adapters._load("controlnet", path, build) if model is None else build(path, lambda: None, model)
     if isinstance(built, dict):
         return ControlLora(built)
+    if isinstance(built, Adapter):
+        return wrap_adapter(built)
     return _wrap(built, path)

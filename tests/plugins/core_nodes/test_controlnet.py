@@ -496,3 +496,57 @@ def test_control_lora_is_the_unet_plus_its_low_rank_deltas(tmp_path: Path) -> No
     assert torch.allclose(ours["middle"][0], expected["middle"][0], atol=1e-5)
     applied.cleanup()
     assert applied.control_model is None
+
+
+# -- T2I-Adapters -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def t2i_reference() -> Any:
+    """diffusers' full T2I-Adapter sized for the tiny SD1 UNet (two levels, 32 and 64 channels)."""
+    from diffusers import T2IAdapter as DiffusersT2IAdapter
+
+    torch.manual_seed(12)
+    adapter = DiffusersT2IAdapter(in_channels=3, channels=[32, 64], num_res_blocks=2, downscale_factor=8, adapter_type="full_adapter")
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(0.2 * torch.randn_like(p))
+    return adapter.eval()
+
+
+def test_t2i_adapter_features_match_diffusers(t2i_reference: Any) -> None:
+    from plugins.core_nodes.models.t2i_adapter import build_adapter, from_diffusers
+
+    sd = {k: v.detach().clone() for k, v in t2i_reference.state_dict().items()}
+    assert "body.2.in_conv.weight" in from_diffusers(sd) and "body.1.block2.weight" in from_diffusers(sd)
+    ours = build_adapter(sd)
+    hint = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        theirs = t2i_reference(hint)
+        features = ours(hint)["input"][::-1]
+    assert [f is None for f in features] == [True, True, False, True, True, False]
+    for a, b in zip([f for f in features if f is not None], theirs, strict=True):
+        assert torch.allclose(a, b, atol=ATOL)
+    with pytest.raises(ControlNetLoadError, match="style and light"):
+        build_adapter({"body.0.in_conv.weight": torch.zeros(1)})
+
+
+def test_t2i_adapter_file_steers_sampling_through_the_input_blocks(
+    tmp_path: Path, t2i_reference: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from plugins.core_nodes.models.control import load_controlnet
+    from plugins.core_nodes.models.t2i_adapter import T2IAdapter
+
+    save_file({k: v.contiguous() for k, v in t2i_reference.state_dict().items()}, str(tmp_path / "t2iadapter_canny.safetensors"))
+    adapter = load_controlnet(tmp_path / "t2iadapter_canny.safetensors")
+    assert isinstance(adapter, T2IAdapter)
+    model, clip, _ = adapters.load_checkpoint(tiny_pipeline.write_checkpoint(tmp_path / "sd1.safetensors", "sd1"))
+    positive, negative = clip_encode(clip, "a castle"), clip_encode(clip, "")
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    plain = run_ksampler(model, SEED, 2, CFG, "euler", "normal", positive, negative, latent)["samples"]
+    pos, neg = ControlNetApplyAdvanced().apply_controlnet(positive, negative, adapter, _hint_image(), 1.0, 0.0, 1.0)
+    with caplog.at_level("WARNING"):
+        steered = run_ksampler(model, SEED, 2, CFG, "euler", "normal", pos, neg, latent)["samples"]
+    assert "does not fit" not in caplog.text  # every feature matched its input block's shape
+    assert (steered - plain).abs().max() > 1e-3
+    assert pos[0][1]["control"].control_input is None  # dropped by the run's cleanup
