@@ -1,7 +1,7 @@
 """CLIP image encoders (the ViT towers of CLIP ViT-L/14, ViT-H/14, ViT-bigG/14) for CLIPVisionLoader.
 
-Weights use the transformers ``vision_model.*`` / ``visual_projection.weight`` layout of the
-``models/clip_vision`` files; the sizes are read off the weights, so test-sized towers load like
+Weights use the transformers ``vision_model.*`` / ``visual_projection.weight`` layout of most
+``models/clip_vision`` files (OpenCLIP ``visual.*`` files are converted to it); the sizes are read off the weights, so test-sized towers load like
 real ones. :meth:`ClipVision.encode_image` gives the reference's CLIP_VISION_OUTPUT fields
 (``last_hidden_state``, ``penultimate_hidden_states``, ``image_embeds``, ``image_sizes``,
 ``mm_projected``) after the reference's preprocessing: bicubic antialiased resize (of the short
@@ -249,8 +249,39 @@ class ClipVision:
         return out
 
 
+# OpenCLIP's names for the tower's non-block weights -> transformers names.
+_OPENCLIP_VISUAL = {
+    "class_embedding": PREFIX + "embeddings.class_embedding",
+    "conv1.weight": PREFIX + "embeddings.patch_embedding.weight",
+    "positional_embedding": PREFIX + "embeddings.position_embedding.weight",
+    "ln_pre.weight": PREFIX + "pre_layrnorm.weight",
+    "ln_pre.bias": PREFIX + "pre_layrnorm.bias",
+    "ln_post.weight": PREFIX + "post_layernorm.weight",
+    "ln_post.bias": PREFIX + "post_layernorm.bias",
+}
+
+
+def openclip_visual_to_hf(sd: Mapping[str, torch.Tensor], prefix: str = "visual.") -> dict[str, torch.Tensor]:
+    """An OpenCLIP image tower (``{prefix}conv1``, ``{prefix}transformer.resblocks.N.*``,
+    ``{prefix}proj``...) in the transformers layout; the blocks convert as the text tower's do."""
+    from plugins.core_nodes.models.clip import openclip_to_hf
+
+    own = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    out = {PREFIX + k: v for k, v in openclip_to_hf(own).items() if k.startswith("encoder.")}
+    for old, new in _OPENCLIP_VISUAL.items():
+        if old in own:
+            out[new] = own[old]
+    if "proj" in own:
+        # OpenCLIP multiplies x @ proj; a Linear layer stores the matrix transposed.
+        out["visual_projection.weight"] = own["proj"].t().contiguous()
+    return out
+
+
 def load_clip_vision(sd: Mapping[str, torch.Tensor]) -> ClipVision:
-    """A :class:`ClipVision` from a transformers-layout state dict; a clear error for anything else."""
+    """A :class:`ClipVision` from a transformers- or OpenCLIP-layout state dict; a clear error
+    for anything else."""
+    if "visual.transformer.resblocks.0.attn.in_proj_weight" in sd:
+        sd = openclip_visual_to_hf(sd)
     cfg = config_from_state_dict(sd)
     model = ClipVisionModel(cfg)
     # transformers files may carry a position_ids buffer, which this model does not need.

@@ -116,6 +116,44 @@ def test_encode_node_crop_choice(tiny_file: tuple[Path, Any]) -> None:
     torch.testing.assert_close(centre.image_embeds, vision.encode_image(wide, crop=True).image_embeds)
 
 
+def _to_openclip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers layout -> OpenCLIP's ``visual.*`` layout (fused q/k/v, ``proj`` as a matrix)."""
+    out: dict[str, torch.Tensor] = {}
+    names = {
+        "vision_model.embeddings.class_embedding": "class_embedding",
+        "vision_model.embeddings.patch_embedding.weight": "conv1.weight",
+        "vision_model.embeddings.position_embedding.weight": "positional_embedding",
+        "vision_model.pre_layrnorm.weight": "ln_pre.weight",
+        "vision_model.pre_layrnorm.bias": "ln_pre.bias",
+        "vision_model.post_layernorm.weight": "ln_post.weight",
+        "vision_model.post_layernorm.bias": "ln_post.bias",
+    }
+    for key, name in names.items():
+        out["visual." + name] = sd[key]
+    out["visual.proj"] = sd["visual_projection.weight"].t()
+    parts = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+             "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    for i in range(3):
+        src, dst = f"vision_model.encoder.layers.{i}.", f"visual.transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[dst + f"attn.in_proj_{kind}"] = torch.cat(
+                [sd[src + f"self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")]
+            )
+            for ours, theirs in parts.items():
+                out[dst + f"{theirs}.{kind}"] = sd[src + f"{ours}.{kind}"]
+    return out
+
+
+def test_openclip_layout_loads_to_the_same_encoder(tiny_file: tuple[Path, Any]) -> None:
+    from safetensors.torch import load_file
+
+    sd = load_file(str(tiny_file[0]))
+    hf = load_clip_vision(sd).encode_image(_images())
+    converted = load_clip_vision(_to_openclip(sd)).encode_image(_images())
+    assert torch.equal(converted.image_embeds, hf.image_embeds)
+    assert torch.equal(converted.penultimate_hidden_states, hf.penultimate_hidden_states)
+
+
 def test_other_files_are_refused_clearly() -> None:
     with pytest.raises(ClipVisionError, match="transformers layout"):
         load_clip_vision({"model.diffusion_model.x": torch.zeros(1)})
