@@ -156,18 +156,23 @@ class ClipVisionModel(nn.Module):
         self.vision_model = _Tower(cfg)
         self.visual_projection = nn.Linear(cfg.width, cfg.projection_dim, bias=False)
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(last hidden state, penultimate layer's output, projected class-token embedding)."""
+    def forward(
+        self, pixel_values: torch.Tensor, intermediate_output: int | None = -2
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, None]:
+        """(last hidden state, the output of layer ``intermediate_output`` (negative counts from
+        the end), projected class-token embedding, None): the reference's tuple, which
+        IP-Adapter reads by position after calling the model itself."""
         tower = self.vision_model
-        x = tower.pre_layrnorm(tower.embeddings(pixels))
+        x = tower.pre_layrnorm(tower.embeddings(pixel_values))
         layers = tower.encoder.layers
-        penultimate = x
+        wanted = None if intermediate_output is None else intermediate_output % len(layers)
+        intermediate = None
         for index, layer in enumerate(layers):
             x = layer(x)
-            if index == len(layers) - 2:
-                penultimate = x
+            if index == wanted:
+                intermediate = x
         pooled = tower.post_layernorm(x[:, 0, :])
-        return x, penultimate, self.visual_projection(pooled)
+        return x, intermediate, self.visual_projection(pooled), None
 
 
 def clip_preprocess(image: torch.Tensor, size: int, crop: bool = True) -> torch.Tensor:
@@ -228,6 +233,9 @@ class ClipVision:
         self.image_mean = list(CLIP_MEAN)
         self.image_std = list(CLIP_STD)
         self.patcher = _Holder(self.model)
+        # Packs move images here before calling ``model`` themselves (IP-Adapter).
+        self.load_device = self.patcher.load_device
+        self.offload_device = self.patcher.offload_device
 
     def get_sd(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
@@ -239,7 +247,7 @@ class ClipVision:
     def encode_image(self, image: torch.Tensor, crop: bool = True) -> ClipVisionOutput:
         """Encode ``[B, H, W, C]`` images (see the module docstring for the fields)."""
         pixels = clip_preprocess(image, self.image_size, crop=crop)
-        last, penultimate, embeds = self.model(pixels)
+        last, penultimate, embeds, _ = self.model(pixel_values=pixels, intermediate_output=-2)
         out = ClipVisionOutput()
         out["last_hidden_state"] = last
         out["penultimate_hidden_states"] = penultimate

@@ -87,6 +87,23 @@ def test_encoder_matches_transformers(tiny_file: tuple[Path, Any]) -> None:
     assert out.image_sizes == [pixels.shape[1:]] * 2 and out.mm_projected is None
 
 
+def test_model_called_directly_as_ip_adapter_does(tiny_file: tuple[Path, Any]) -> None:
+    """IP-Adapter preprocesses itself, calls ``clip_vision.model(pixel_values=..., intermediate_output=-2)``
+    and reads the tuple by position."""
+    from safetensors.torch import load_file
+
+    vision = load_clip_vision(load_file(str(tiny_file[0])))
+    images = _images()
+    pixels = clip_preprocess(images.to(vision.load_device), IMAGE_SIZE).float()
+    last, penultimate, embeds, projected = vision.model(pixel_values=pixels, intermediate_output=-2)
+    encoded = vision.encode_image(images)
+    assert torch.equal(last, encoded.last_hidden_state) and torch.equal(embeds, encoded.image_embeds)
+    assert torch.equal(penultimate, encoded.penultimate_hidden_states) and projected is None
+    first = vision.model(pixel_values=pixels, intermediate_output=0)[1]
+    assert first is not None and not torch.equal(first, penultimate)
+    assert vision.model(pixel_values=pixels, intermediate_output=None)[1] is None
+
+
 def test_preprocess_rounds_normalises_and_crops() -> None:
     images = _images()
     pixels = clip_preprocess(images, IMAGE_SIZE)
