@@ -39,13 +39,15 @@ class DiscreteSampling(ModelSamplingDiscrete):
 
     def __init__(self, settings: Mapping[str, Any] | None = None, zsnr: bool = False) -> None:
         settings = dict(settings or {})
-        super().__init__(
-            linear_start=float(settings.get("linear_start", 0.00085)),
-            linear_end=float(settings.get("linear_end", 0.012)),
-            timesteps=int(settings.get("timesteps", 1000)),
-        )
+        start = float(settings.get("linear_start", 0.00085))
+        end = float(settings.get("linear_end", 0.012))
+        timesteps = int(settings.get("timesteps", 1000))
+        super().__init__(linear_start=start, linear_end=end, timesteps=timesteps)
         if zsnr:
-            self.set_sigmas(rescale_zero_terminal_snr_sigmas(self.sigmas))
+            # Rescaled in float64 before the float32 table, as the reference does.
+            betas = torch.linspace(start**0.5, end**0.5, timesteps, dtype=torch.float64) ** 2
+            alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+            self.set_sigmas(rescale_zero_terminal_snr_sigmas(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5))
 
     def set_sigmas(self, sigmas: torch.Tensor) -> None:
         """Replace the table (packs call this, e.g. to apply zsnr themselves)."""

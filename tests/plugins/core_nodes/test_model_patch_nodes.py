@@ -142,7 +142,10 @@ def test_model_sampling_tables() -> None:
     top = ((1 - 4.8973451890853435e-08) / 4.8973451890853435e-08) ** 0.5
     assert float(zsnr.sigma_max) == pytest.approx(top, rel=1e-5)
     assert float(zsnr.sigma_min) == pytest.approx(float(core.sigma_min), rel=1e-4)
-    assert torch.equal(zsnr.sigmas, rescale_zero_terminal_snr_sigmas(core.sigmas).float())
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+    exact = rescale_zero_terminal_snr_sigmas(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+    assert torch.equal(zsnr.sigmas, exact.float())
     # LCM: 50 of the 1000 timesteps (19, 39, ... 999) and timesteps mapped back onto them.
     lcm = make_sampling("lcm")
     assert len(lcm.sigmas) == 50
