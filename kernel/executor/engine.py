@@ -8,6 +8,7 @@ the server loop as bus events published thread-safely, in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
@@ -100,6 +101,12 @@ class Executor:
     def _work(self) -> None:
         loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
+        # The reference runs prompts under torch.inference_mode(): pack nodes return tensors that
+        # need no .detach() and keep no autograd graph. /free runs here too, inside the same mode.
+        with _inference_mode():
+            self._serve(loop)
+
+    def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             while not self._stop.is_set():
                 self._apply_free()
@@ -141,6 +148,16 @@ class Executor:
                     type="executing", data={"node": None, "prompt_id": item.prompt_id}, sid=run.client_id
                 )
             )
+
+
+def _inference_mode() -> contextlib.AbstractContextManager[Any]:
+    """``torch.inference_mode()`` when torch is installed (a torch-free deployment runs without)."""
+    try:
+        import torch
+    except ImportError:
+        return contextlib.nullcontext()
+    mode = getattr(torch, "inference_mode", None)  # a stand-in module (tests fake torch) has none
+    return mode() if callable(mode) else contextlib.nullcontext()
 
 
 def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
