@@ -324,6 +324,8 @@ def _prompt(ckpt: str) -> dict[str, Any]:
         },
         "dd": {"class_type": "DifferentialDiffusion", "inputs": {"model": ["ckpt", 0]}},
     }
+    for kind in ("lcm", "x0"):
+        p[kind] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["ckpt", 0], "sampling": kind, "zsnr": True}}
     shrink = {
         "downscale_factor": 2.0,
         "start_percent": 0.0,
@@ -341,6 +343,8 @@ def _prompt(ckpt: str) -> dict[str, Any]:
         "rescale7": ("rescale7", "empty"),
         "eps": ("eps", "empty"),
         "vpred": ("vpred", "empty"),
+        "lcm": ("lcm", "empty"),
+        "x0": ("x0", "empty"),
         "shrink": ("shrink", "empty"),
         "noshrink": ("noshrink", "empty"),
         "inpaint_ones": ("ckpt", "masked_ones"),
@@ -388,7 +392,7 @@ async def test_patch_nodes_through_ksampler(
             (entry,) = done["output"]["latents"]
             path = out_root / entry["subfolder"] / entry["filename"]
             latents[done["node"][5:]] = load_file(str(path))["latent_tensor"]
-    assert len(latents) == 11
+    assert len(latents) == 13
     plain = latents["plain"]
     assert torch.isfinite(plain).all()
     # Neutral patches: bit for bit the unpatched run.
@@ -398,7 +402,7 @@ async def test_patch_nodes_through_ksampler(
     # RescaleCFG at 0 is plain CFG, up to the v-space round trip's float error.
     torch.testing.assert_close(latents["rescale0"], plain, rtol=1e-4, atol=1e-4)
     # Real patches change the result.
-    for name in ("rescale7", "vpred", "shrink"):
+    for name in ("rescale7", "vpred", "shrink", "lcm", "x0"):
         assert torch.isfinite(latents[name]).all(), name
         assert not torch.allclose(latents[name], plain, atol=1e-3), name
     assert not torch.allclose(latents["dd_half"], latents["inpaint_half"], atol=1e-3)
