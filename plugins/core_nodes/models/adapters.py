@@ -752,6 +752,35 @@ class TextEncoder:
 # --- VAE --------------------------------------------------------------------------------------
 
 
+class _assignable:  # noqa: N801 - used as a decorator, like property
+    """A computed attribute that an instance may also assign, as the reference's plain attributes.
+
+    Packs subclass ``comfy.sd.VAE`` without calling its constructor and set ``device``,
+    ``vae_dtype``, ``first_stage_model``... themselves; an assigned value wins over the computed one.
+    """
+
+    def __init__(self, compute: Callable[[Any], Any]) -> None:
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        if self.name in obj.__dict__:
+            return obj.__dict__[self.name]
+        return self.compute(obj)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+    def __delete__(self, obj: Any) -> None:
+        obj.__dict__.pop(self.name, None)
+
+
 class Autoencoder:
     """``contracts.ImageAutoencoder`` over :class:`~plugins.core_nodes.models.vae.VAE`.
 
@@ -782,34 +811,37 @@ class Autoencoder:
         self.output_device = torch.device("cpu")
         self._patcher: ModelPatcher | None = None
 
-    # The reference's attributes.
+    # The reference's attributes: plain attributes there, so packs' subclasses assign them.
 
-    @property
+    @_assignable
     def first_stage_model(self) -> nn.Module:
-        """The autoencoder network this VAE runs (the cached module: packs must not write it)."""
+        """The autoencoder network this VAE runs (the cached module: assigning replaces it for this
+        object only, never in the cache)."""
         return self.vae.model
 
-    @property
+    @_assignable
     def device(self) -> torch.device:
         """Where encoding and decoding run."""
         return self.manager.compute_device if self.manager is not None else torch.device("cpu")
 
-    @property
+    @_assignable
     def vae_dtype(self) -> torch.dtype:
-        return self.vae.model.dtype
+        model = self.first_stage_model
+        dtype = getattr(model, "dtype", None)
+        return dtype if isinstance(dtype, torch.dtype) else next(model.parameters()).dtype
 
-    @property
+    @_assignable
     def working_dtypes(self) -> list[torch.dtype]:
         return [self.vae_dtype]
 
-    @property
+    @_assignable
     def size(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.vae.model.state_dict().values())
+        return sum(t.numel() * t.element_size() for t in self.first_stage_model.state_dict().values())
 
-    @property
+    @_assignable
     def patcher(self) -> ModelPatcher:
         """A ``ModelPatcher`` over ``first_stage_model`` (what packs hand to model management)."""
-        if self._patcher is None:
+        if getattr(self, "_patcher", None) is None:  # a pack's subclass may skip our __init__
             self._patcher = ModelPatcher(self.first_stage_model, self.device, torch.device("cpu"), size=self.size)
         return self._patcher
 
