@@ -1,4 +1,5 @@
-"""CLIPVisionLoader and CLIPVisionEncode: CLIP image encoders from ``models/clip_vision``.
+"""CLIPVisionLoader, CLIPVisionEncode and unCLIPConditioning: CLIP image encoders from
+``models/clip_vision`` and their outputs attached to conditioning.
 
 Packs (IP-Adapter, Inspire, Impact) call ``CLIPVisionLoader().load_clip(clip_name=...)`` and
 ``encode_image(image, crop=...)`` on the result, so the method names are the reference's.
@@ -49,7 +50,47 @@ class CLIPVisionEncode(CoreNode):
         return (clip_vision.encode_image(image, crop=crop == "center"),)
 
 
+class unCLIPConditioning(CoreNode):  # noqa: N801 - the reference's class name
+    """Attaches an image embedding to every conditioning entry (``unclip_conditioning``, a list
+    that grows with each application). Only unCLIP checkpoints read it; other models sample as
+    if it were absent, as in the reference."""
+
+    CATEGORY = "model/conditioning"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "apply_adm"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "conditioning": ("CONDITIONING",),
+                "clip_vision_output": ("CLIP_VISION_OUTPUT",),
+                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
+                "noise_augmentation": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            }
+        }
+
+    def apply_adm(
+        self, conditioning: list[Any], clip_vision_output: Any, strength: float, noise_augmentation: float
+    ) -> tuple[list[Any]]:
+        if strength == 0:
+            return (conditioning,)
+        entry = {
+            "clip_vision_output": clip_vision_output,
+            "strength": strength,
+            "noise_augmentation": noise_augmentation,
+        }
+        out = []
+        for tensor, options in conditioning:
+            # New dicts and lists: the input conditioning may feed other nodes too.
+            updated = dict(options)
+            updated["unclip_conditioning"] = [*options.get("unclip_conditioning", []), entry]
+            out.append([tensor, updated])
+        return (out,)
+
+
 NODES: dict[str, tuple[type, str | None]] = {
     "CLIPVisionLoader": (CLIPVisionLoader, "Load CLIP Vision"),
     "CLIPVisionEncode": (CLIPVisionEncode, "CLIP Vision Encode"),
+    "unCLIPConditioning": (unCLIPConditioning, None),
 }

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from plugins.core_nodes.models.clip_vision import (
     CLIP_MEAN,
@@ -21,9 +21,10 @@ from plugins.core_nodes.models.clip_vision import (
     config_from_state_dict,
     load_clip_vision,
 )
-from plugins.core_nodes.nodes.clip_vision import CLIPVisionEncode
+from plugins.core_nodes.nodes.clip_vision import CLIPVisionEncode, unCLIPConditioning
 
 from .node_helpers import messages, run_prompt
+from .test_workflows_e2e import checkpoints  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -64,16 +65,12 @@ def _images() -> torch.Tensor:
 
 
 def test_config_is_read_off_the_weights(tiny_file: tuple[Path, Any]) -> None:
-    from safetensors.torch import load_file
-
     cfg = config_from_state_dict(load_file(str(tiny_file[0])))
     assert (cfg.width, cfg.layers, cfg.heads, cfg.mlp_width) == (32, 3, 16, 64)
     assert (cfg.patch_size, cfg.image_size, cfg.projection_dim, cfg.quick_gelu) == (4, 16, 8, True)
 
 
 def test_encoder_matches_transformers(tiny_file: tuple[Path, Any]) -> None:
-    from safetensors.torch import load_file
-
     path, reference = tiny_file
     ours = load_clip_vision(load_file(str(path)))
     images = _images()
@@ -90,8 +87,6 @@ def test_encoder_matches_transformers(tiny_file: tuple[Path, Any]) -> None:
 def test_model_called_directly_as_ip_adapter_does(tiny_file: tuple[Path, Any]) -> None:
     """IP-Adapter preprocesses itself, calls ``clip_vision.model(pixel_values=..., intermediate_output=-2)``
     and reads the tuple by position."""
-    from safetensors.torch import load_file
-
     vision = load_clip_vision(load_file(str(tiny_file[0])))
     images = _images()
     pixels = clip_preprocess(images.to(vision.load_device), IMAGE_SIZE).float()
@@ -123,8 +118,6 @@ def test_preprocess_rounds_normalises_and_crops() -> None:
 
 
 def test_encode_node_crop_choice(tiny_file: tuple[Path, Any]) -> None:
-    from safetensors.torch import load_file
-
     vision = load_clip_vision(load_file(str(tiny_file[0])))
     wide = torch.rand(1, 16, 40, 3, generator=torch.Generator().manual_seed(2))
     (centre,) = CLIPVisionEncode().encode(vision, wide, "center")
@@ -162,8 +155,6 @@ def _to_openclip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def test_openclip_layout_loads_to_the_same_encoder(tiny_file: tuple[Path, Any]) -> None:
-    from safetensors.torch import load_file
-
     sd = load_file(str(tiny_file[0]))
     hf = load_clip_vision(sd).encode_image(_images())
     converted = load_clip_vision(_to_openclip(sd)).encode_image(_images())
@@ -171,16 +162,35 @@ def test_openclip_layout_loads_to_the_same_encoder(tiny_file: tuple[Path, Any]) 
     assert torch.equal(converted.penultimate_hidden_states, hf.penultimate_hidden_states)
 
 
+def test_unclip_conditioning_appends_to_copies() -> None:
+    vision_out = object()
+    cond = [[torch.zeros(1, 2, 3), {"pooled_output": None}], [torch.ones(1, 2, 3), {}]]
+    (same,) = unCLIPConditioning().apply_adm(cond, vision_out, 0.0, 0.5)
+    assert same is cond
+    (once,) = unCLIPConditioning().apply_adm(cond, vision_out, 0.8, 0.1)
+    (twice,) = unCLIPConditioning().apply_adm(once, vision_out, -1.0, 0.0)
+    entry = {"clip_vision_output": vision_out, "strength": 0.8, "noise_augmentation": 0.1}
+    assert [o["unclip_conditioning"] for _, o in once] == [[entry], [entry]]
+    assert twice[0][1]["unclip_conditioning"][1]["strength"] == -1.0 and len(once[0][1]["unclip_conditioning"]) == 1
+    assert once[0][1]["pooled_output"] is None and "unclip_conditioning" not in cond[0][1]
+    assert once[1][0] is cond[1][0]
+
+
 def test_other_files_are_refused_clearly() -> None:
     with pytest.raises(ClipVisionError, match="transformers layout"):
         load_clip_vision({"model.diffusion_model.x": torch.zeros(1)})
 
 
-async def test_nodes_through_the_server(comfy_server: Any, tmp_path: Path, tiny_file: tuple[Path, Any]) -> None:
+async def test_nodes_through_the_server(
+    comfy_server: Any, tmp_path: Path, tiny_file: tuple[Path, Any], checkpoints: dict[str, Path]  # noqa: F811
+) -> None:
     folder = tmp_path / "models" / "clip_vision"
     folder.mkdir(parents=True)
     (folder / "tiny.safetensors").symlink_to(tiny_file[0])
     save_file({"not_clip": torch.zeros(2)}, str(folder / "broken.safetensors"))
+    ckpts = tmp_path / "models" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "sd1.safetensors").symlink_to(checkpoints["sd1"])
     server = await comfy_server(plugins=["core_nodes", "models"])
     status, info = await server.json("GET", "/object_info/CLIPVisionLoader")
     assert status == 200
@@ -197,6 +207,32 @@ async def test_nodes_through_the_server(comfy_server: Any, tmp_path: Path, tiny_
     frames = await run_prompt(server, prompt("tiny.safetensors"))
     assert not messages(frames, "execution_error")
     assert messages(frames, "execution_success")
+    # unCLIP conditioning on an SD1 checkpoint: ignored by the model, as in the reference.
+    graph = {
+        **prompt("tiny.safetensors"),
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd1.safetensors"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["ckpt", 1]}},
+        "unclip": {
+            "class_type": "unCLIPConditioning",
+            "inputs": {"conditioning": ["pos", 0], "clip_vision_output": ["enc", 0], "strength": 1.0, "noise_augmentation": 0.1},
+        },
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    }
+    for name, positive in (("plain", "pos"), ("unclip", "unclip")):
+        graph[f"k_{name}"] = {
+            "class_type": "KSampler",
+            "inputs": {"seed": 3, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+                       "model": ["ckpt", 0], "positive": [positive, 0], "negative": ["pos", 0], "latent_image": ["empty", 0]},
+        }
+        graph[f"save_{name}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"k_{name}", 0], "filename_prefix": name}}
+    frames = await run_prompt(server, graph)
+    assert not messages(frames, "execution_error")
+    saved = {d["node"]: d["output"]["latents"][0] for d in messages(frames, "executed") if d["node"].startswith("save_")}
+    root = Path(server.kernel.settings.output_path)
+    plain, unclip = (load_file(str(root / saved[n]["subfolder"] / saved[n]["filename"]))["latent_tensor"]
+                     for n in ("save_plain", "save_unclip"))
+    assert torch.equal(plain, unclip)
+
     frames = await run_prompt(server, prompt("broken.safetensors"))
     (error,) = messages(frames, "execution_error")
     assert error["node_type"] == "CLIPVisionLoader"
