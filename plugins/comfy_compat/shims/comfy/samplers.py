@@ -19,6 +19,7 @@ from typing import Any
 
 import comfy.k_diffusion.sampling as k_diffusion_sampling
 
+from plugins.comfy_compat.reference_conds import get_area_and_mult, process_conds
 from plugins.core_nodes import sampler_objects as _objects
 from plugins.core_nodes.cfg import calc_cond_batch, cfg_function, sampling_function
 from plugins.core_nodes.guidance import CFGGuider
@@ -47,8 +48,10 @@ __all__ = [
     "calculate_sigmas",
     "cast_transformer_options",
     "cfg_function",
+    "get_area_and_mult",
     "k_diffusion_sampling",
     "ksampler",
+    "process_conds",
     "sample",
     "sampler_object",
     "sampling_function",
