@@ -122,7 +122,12 @@ def _write_sam2(path: Path, pack: Path) -> Path:
 def _write_controlnet(path: Path) -> Path:
     """A ControlNet for the tiny UNet in the single-file layout (``control_model.`` + LDM names):
     diffusers' ``ControlNetModel`` at the tiny UNet's sizes, renamed as the test suite does."""
+    import logging  # noqa: PLC0415
+
     import torch  # noqa: PLC0415
+
+    # diffusers imports bitsandbytes, which warns on CPU about GPU kernels no tiny ControlNet uses.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from diffusers import ControlNetModel  # noqa: PLC0415
 
     from plugins.core_nodes.models.controlnet import from_diffusers  # noqa: PLC0415
