@@ -85,3 +85,19 @@ async def test_process_conds_resolves_areas_masks_ranges_and_model_conds(sampler
     assert torch.equal(cond["model_conds"]["c_crossattn"].cond, text)
     assert "uuid" in cond
     assert "timestep_start" not in given["positive"][0]  # the caller's dicts are left alone
+
+
+async def test_v3_combo_output_with_options_is_typed_by_its_choices(samplers: Any) -> None:
+    """comfyui-tooling-nodes declares ``io.Combo.Output(display_name=..., options=KSampler.SAMPLERS)``."""
+    import enum
+
+    io = importlib.import_module("comfy_api.latest.io")
+    spec = io.Combo.Output(display_name="sampler name", options=samplers.KSampler.SAMPLERS)
+    assert spec.io_type == list(samplers.KSampler.SAMPLERS) and spec.display_name == "sampler name"
+
+    class Mode(enum.Enum):
+        A = "a"
+        B = "b"
+
+    assert io.Combo.Output("mode", options=Mode).io_type == ["a", "b"]
+    assert io.Combo.Output("plain").io_type == "COMBO"

@@ -127,6 +127,24 @@ class Combo(_ReferenceArgs, _v3.Combo):
             extra["default"] = default
         return super().Input(id, display_name, optional, tooltip, lazy, **extra)
 
+    @classmethod
+    def Output(  # noqa: N802
+        cls,
+        id: str | None = None,  # noqa: A002
+        display_name: str | None = None,
+        options: Any = None,
+        tooltip: str | None = None,
+        is_output_list: bool = False,
+    ) -> OutputSpec:
+        """A combo output; with ``options`` its type is that list of choices, as a V1 node's
+        ``RETURN_TYPES = (KSampler.SAMPLERS,)``, so it links into combo inputs."""
+        spec = super().Output(id, display_name, tooltip, is_output_list)
+        if options is not None:
+            if isinstance(options, type) and issubclass(options, Enum):
+                options = [member.value for member in options]
+            spec.io_type = list(options)
+        return spec
+
 
 def Custom(io_type: str) -> type[ComfyType]:  # noqa: N802 - the reference's spelling
     """A type known only by name (``Custom("MY_DATA")``); links match by that name."""
