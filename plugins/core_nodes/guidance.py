@@ -60,6 +60,42 @@ class ResolvedCond:
     uuid: uuid.UUID = field(default_factory=uuid.uuid4)
     # The entry's CONTROL_NET chain (``options["control"]``), evaluated for each of its model calls.
     control: Any = None
+    # The CONDITIONING entry's own options, as the node chain left them (pack keys included).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    # Read-only dict access, as on the reference's cond dicts: packs that replace the sampling
+    # functions read ``cond.get("weight")`` (ComfyUI_smZNodes) or ``cond["control"]`` on them.
+    def reference_view(self) -> dict[str, Any]:
+        """The entry as the reference's processed cond dict: its options, then the placed values."""
+        view = {k: v for k, v in self.options.items() if k != "area"}
+        view.update(
+            cross_attn=self.cross_attn,
+            model_conds={"c_crossattn": self.cross_attn},
+            area=[*self.area],
+            strength=self.strength,
+            timestep_start=self.sigma_start,
+            timestep_end=self.sigma_end,
+            uuid=self.uuid,
+        )
+        if self.pooled is not None:
+            view["pooled_output"] = self.pooled
+        if self.mask is not None:
+            view["mask"] = self.mask
+        if self.control is not None:
+            view["control"] = self.control
+        return view
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.reference_view().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.reference_view()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.reference_view()
+
+    def keys(self) -> Any:
+        return self.reference_view().keys()
 
     def active(self, sigma: float) -> bool:
         return self.sigma_end <= sigma <= self.sigma_start
@@ -149,6 +185,7 @@ def resolve(conditioning: list[list[Any]], latent: torch.Tensor, model: Diffusio
                 concat_latent=options.get("concat_latent_image"),
                 concat_mask=options.get("concat_mask"),
                 control=options.get("control"),
+                options=options,
             )
         )
     return resolved
