@@ -385,6 +385,21 @@ FAMILY_CLASSES: dict[str, type[BaseModel]] = {
 }
 
 
+def _config_class(reference_name: str) -> type[ModelConfig]:
+    # Packs tell families apart by the config's class name (ComfyUI-IC-Light requires "SD15" in
+    # type(model.model.model_config).__name__), so each family's config carries the reference's.
+    return type(reference_name, (ModelConfig,), {"__doc__": f"The model config of the reference's {reference_name}."})
+
+
+# Our family name -> its config class, named as the reference's comfy.supported_models classes.
+CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
+    "sd1": _config_class("SD15"),
+    "sd2": _config_class("SD20"),
+    "sdxl": _config_class("SDXL"),
+    "sdxl_refiner": _config_class("SDXLRefiner"),
+}
+
+
 def model_type_for(prediction: str) -> ModelType:
     return ModelType.V_PREDICTION if prediction == "v" else ModelType.EPS
 
@@ -398,7 +413,8 @@ def build_base_model(
 ) -> BaseModel:
     """The reference class of this family around our UNet (a new, thin object: the UNet is shared)."""
     cls = FAMILY_CLASSES.get(family_name, BaseModel)
-    config = ModelConfig(reference_unet_config(unet.config), latent_format, {}, name=family_name)
+    config_cls = CONFIG_CLASSES.get(family_name, ModelConfig)
+    config = config_cls(reference_unet_config(unet.config), latent_format, {}, name=family_name)
     model_type = model_type_for(prediction)
     return cls(
         config,

@@ -25,3 +25,12 @@ def test_reads_see_the_options_and_the_placed_values() -> None:
     assert {"cross_attn", "strength", "weight"} <= set(cond.keys())
     with pytest.raises(KeyError):
         cond["absent"]
+
+
+def test_model_config_classes_carry_the_reference_family_names() -> None:
+    """ComfyUI-IC-Light refuses a MODEL whose config class name lacks "SD15"."""
+    from plugins.core_nodes.models import model_base
+
+    names = {family: cls.__name__ for family, cls in model_base.CONFIG_CLASSES.items()}
+    assert names == {"sd1": "SD15", "sd2": "SD20", "sdxl": "SDXL", "sdxl_refiner": "SDXLRefiner"}
+    assert all(issubclass(cls, model_base.ModelConfig) for cls in model_base.CONFIG_CLASSES.values())
