@@ -16,6 +16,9 @@ from typing import Any
 
 import torch
 
+# One implementation of the zero-terminal-SNR rescale: the ModelSamplingDiscrete node's.
+from plugins.core_nodes.sampling.prediction import rescale_zero_terminal_snr_sigmas
+
 __all__ = [
     "CONST",
     "EDM",
@@ -128,18 +131,6 @@ class CONST:
     def inverse_noise_scaling(self, sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         sigma = _per_item(sigma, latent.ndim)
         return latent / (1.0 - sigma)
-
-
-def rescale_zero_terminal_snr_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
-    """The schedule shifted so its last step has zero SNR (Lin et al. 2023, algorithm 1)."""
-    alphas_cumprod = 1 / ((sigmas * sigmas) + 1)
-    alphas_bar_sqrt = alphas_cumprod.sqrt()
-    first = alphas_bar_sqrt[0].clone()
-    last = alphas_bar_sqrt[-1].clone()
-    alphas_bar_sqrt = (alphas_bar_sqrt - last) * first / (first - last)
-    alphas_bar = alphas_bar_sqrt**2
-    alphas_bar[-1] = 4.8973451890853435e-08
-    return ((1 - alphas_bar) / alphas_bar) ** 0.5
 
 
 class ModelSamplingDiscrete(torch.nn.Module):
