@@ -51,18 +51,33 @@ class _Node(KernelNode):
 # --- schedulers -----------------------------------------------------------------------------
 
 
-class BasicScheduler(_Node):
+# The inputs the sigma-schedule nodes share, with the reference's defaults and limits (fresh
+# dicts per call: INPUT_TYPES results must not share mutable options).
+def _steps() -> tuple[str, dict[str, Any]]:
+    return ("INT", {"default": 20, "min": 1, "max": 10000})
+
+
+def _sigma_range() -> dict[str, Any]:
+    """``sigma_max`` / ``sigma_min`` as the table schedulers take them (SD1/SDXL's range)."""
+    return {"sigma_max": _advanced(14.614642, 5000.0), "sigma_min": _advanced(0.0291675, 5000.0)}
+
+
+class _Scheduler(_Node):
+    """A node that outputs a sigma schedule."""
+
     CATEGORY = "model/sampling/schedulers"
     RETURN_TYPES = ("SIGMAS",)
     FUNCTION = "get_sigmas"
 
+
+class BasicScheduler(_Scheduler):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "model": ("MODEL",),
                 "scheduler": (list(SCHEDULER_NAMES),),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "steps": _steps(),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
             }
         }
@@ -81,18 +96,13 @@ class BasicScheduler(_Node):
         return (sigmas[-(steps + 1) :],)
 
 
-class KarrasScheduler(_Node):
-    CATEGORY = "model/sampling/schedulers"
-    RETURN_TYPES = ("SIGMAS",)
-    FUNCTION = "get_sigmas"
-
+class KarrasScheduler(_Scheduler):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-                "sigma_max": _advanced(14.614642, 5000.0),
-                "sigma_min": _advanced(0.0291675, 5000.0),
+                "steps": _steps(),
+                **_sigma_range(),
                 "rho": _advanced(7.0),
             }
         }
@@ -103,18 +113,13 @@ class KarrasScheduler(_Node):
         return (get_sigmas_karras(n=steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho),)
 
 
-class ExponentialScheduler(_Node):
-    CATEGORY = "model/sampling/schedulers"
-    RETURN_TYPES = ("SIGMAS",)
-    FUNCTION = "get_sigmas"
-
+class ExponentialScheduler(_Scheduler):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-                "sigma_max": _advanced(14.614642, 5000.0),
-                "sigma_min": _advanced(0.0291675, 5000.0),
+                "steps": _steps(),
+                **_sigma_range(),
             }
         }
 
@@ -124,18 +129,13 @@ class ExponentialScheduler(_Node):
         return (get_sigmas_exponential(n=steps, sigma_min=sigma_min, sigma_max=sigma_max),)
 
 
-class PolyexponentialScheduler(_Node):
-    CATEGORY = "model/sampling/schedulers"
-    RETURN_TYPES = ("SIGMAS",)
-    FUNCTION = "get_sigmas"
-
+class PolyexponentialScheduler(_Scheduler):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-                "sigma_max": _advanced(14.614642, 5000.0),
-                "sigma_min": _advanced(0.0291675, 5000.0),
+                "steps": _steps(),
+                **_sigma_range(),
                 "rho": _advanced(1.0),
             }
         }
@@ -146,16 +146,12 @@ class PolyexponentialScheduler(_Node):
         return (get_sigmas_polyexponential(n=steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho),)
 
 
-class VPScheduler(_Node):
-    CATEGORY = "model/sampling/schedulers"
-    RETURN_TYPES = ("SIGMAS",)
-    FUNCTION = "get_sigmas"
-
+class VPScheduler(_Scheduler):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "steps": _steps(),
                 "beta_d": _advanced(19.9, 5000.0),
                 "beta_min": _advanced(0.1, 5000.0),
                 "eps_s": _float(0.001, 0.0, 1.0, 0.0001, advanced=True),
@@ -168,11 +164,7 @@ class VPScheduler(_Node):
         return (get_sigmas_vp(n=steps, beta_d=beta_d, beta_min=beta_min, eps_s=eps_s),)
 
 
-class SDTurboScheduler(_Node):
-    CATEGORY = "model/sampling/schedulers"
-    RETURN_TYPES = ("SIGMAS",)
-    FUNCTION = "get_sigmas"
-
+class SDTurboScheduler(_Scheduler):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
@@ -194,17 +186,13 @@ class SDTurboScheduler(_Node):
         return (torch.cat([sigmas, sigmas.new_zeros([1])]),)
 
 
-class BetaSamplingScheduler(_Node):
-    CATEGORY = "model/sampling/schedulers"
-    RETURN_TYPES = ("SIGMAS",)
-    FUNCTION = "get_sigmas"
-
+class BetaSamplingScheduler(_Scheduler):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "model": ("MODEL",),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "steps": _steps(),
                 "alpha": _advanced(0.6, 50.0),
                 "beta": _advanced(0.6, 50.0),
             }
@@ -216,18 +204,13 @@ class BetaSamplingScheduler(_Node):
         return (beta_scheduler(_model_sampling(model), steps, alpha=alpha, beta=beta),)
 
 
-class LaplaceScheduler(_Node):
-    CATEGORY = "model/sampling/schedulers"
-    RETURN_TYPES = ("SIGMAS",)
-    FUNCTION = "get_sigmas"
-
+class LaplaceScheduler(_Scheduler):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-                "sigma_max": _advanced(14.614642, 5000.0),
-                "sigma_min": _advanced(0.0291675, 5000.0),
+                "steps": _steps(),
+                **_sigma_range(),
                 "mu": _float(0.0, -10.0, 10.0, 0.1, advanced=True),
                 "beta": _float(0.5, 0.0, 10.0, 0.1, advanced=True),
             }
