@@ -209,7 +209,7 @@ def default_bpe() -> ClipBpe:
 _ESC_CLOSE, _ESC_OPEN = "\x00\x01", "\x00\x02"
 
 
-def _split_parentheses(text: str) -> list[str]:
+def split_parentheses(text: str) -> list[str]:
     """Top-level pieces: plain text, and ``(...)`` groups with their parentheses kept.
 
     An unmatched ``(`` leaves the rest of the text as one plain piece. An unmatched ``)`` drives
@@ -242,9 +242,9 @@ def _split_parentheses(text: str) -> list[str]:
     return pieces
 
 
-def _weigh(text: str, weight: float) -> list[tuple[str, float]]:
+def weigh(text: str, weight: float) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
-    for piece in _split_parentheses(text):
+    for piece in split_parentheses(text):
         if len(piece) >= 2 and piece[0] == "(" and piece[-1] == ")":
             inner = piece[1:-1]
             inner_weight = weight * PAREN_WEIGHT
@@ -255,7 +255,7 @@ def _weigh(text: str, weight: float) -> list[tuple[str, float]]:
                     inner = inner[:colon]
                 except ValueError:
                     pass
-            out.extend(_weigh(inner, inner_weight))
+            out.extend(weigh(inner, inner_weight))
         else:
             out.append((piece, weight))
     return out
@@ -263,10 +263,17 @@ def _weigh(text: str, weight: float) -> list[tuple[str, float]]:
 
 def parse_weights(text: str, weight: float = 1.0) -> list[tuple[str, float]]:
     """A prompt as ``(segment, weight)`` pairs in order, escapes resolved."""
-    hidden = text.replace("\\)", _ESC_CLOSE).replace("\\(", _ESC_OPEN)
-    return [
-        (segment.replace(_ESC_CLOSE, ")").replace(_ESC_OPEN, "("), w) for segment, w in _weigh(hidden, weight)
-    ]
+    return [(unescape_important(segment), w) for segment, w in weigh(escape_important(text), weight)]
+
+
+def escape_important(text: str) -> str:
+    """Hide ``\\(`` / ``\\)`` from the parenthesis parser."""
+    return text.replace("\\)", _ESC_CLOSE).replace("\\(", _ESC_OPEN)
+
+
+def unescape_important(text: str) -> str:
+    """Undo :func:`escape_important`, leaving literal parentheses."""
+    return text.replace(_ESC_CLOSE, ")").replace(_ESC_OPEN, "(")
 
 
 # --- chunking --------------------------------------------------------------------------------
@@ -402,7 +409,9 @@ class PromptTokenizer:
     def untokenize(self, token_weight_pair: Sequence[tuple[Any, ...]]) -> list[tuple[tuple[Any, ...], str]]:
         """Each pair with its vocabulary entry (``""`` for embedding vectors), as the reference's."""
         inv = self.inv_vocab
-        return [(pair, inv.get(pair[0], "") if isinstance(pair[0], int) else "") for pair in token_weight_pair]
+        return [
+            (pair, inv.get(pair[0], "") if isinstance(pair[0], int) else "") for pair in token_weight_pair
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         return {}

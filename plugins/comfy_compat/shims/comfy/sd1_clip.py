@@ -27,6 +27,7 @@ import torch
 from plugins.core_nodes.models import clip as core_clip
 from plugins.core_nodes.models import clip_objects as core_objects
 from plugins.core_nodes.models import text_encoder as core_te
+from plugins.core_nodes.models import tokenizer as _tokenizer
 from plugins.core_nodes.models import tokenizer as core_tok
 
 log = logging.getLogger("comfykernel.compat")
@@ -37,62 +38,11 @@ TokenChunks = list[list[tuple[Any, ...]]]
 # --- prompt syntax -------------------------------------------------------------------------
 
 
-def parse_parentheses(string: str) -> list[str]:
-    """Top-level pieces of ``string``: plain runs and ``(...)`` groups (parentheses kept)."""
-    result: list[str] = []
-    current = ""
-    depth = 0
-    for char in string:
-        if char == "(":
-            if depth == 0:
-                if current:
-                    result.append(current)
-                current = "("
-            else:
-                current += char
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth == 0:
-                result.append(current + ")")
-                current = ""
-            else:
-                current += char
-        else:
-            current += char
-    if current:
-        result.append(current)
-    return result
-
-
-def token_weights(string: str, current_weight: float) -> list[tuple[str, float]]:
-    """``(text, weight)`` pairs: ``(x)`` multiplies by 1.1 per level, ``(x:1.3)`` sets 1.3."""
-    out: list[tuple[str, float]] = []
-    for piece in parse_parentheses(string):
-        if len(piece) >= 2 and piece[0] == "(" and piece[-1] == ")":
-            inner = piece[1:-1]
-            weight = current_weight * 1.1
-            colon = inner.rfind(":")
-            if colon > 0:
-                try:
-                    weight = float(inner[colon + 1 :])
-                    inner = inner[:colon]
-                except ValueError:
-                    pass
-            out += token_weights(inner, weight)
-        else:
-            out.append((piece, current_weight))
-    return out
-
-
-def escape_important(text: str) -> str:
-    """Hide ``\\(`` / ``\\)`` from the parenthesis parser."""
-    return text.replace("\\)", "\0\1").replace("\\(", "\0\2")
-
-
-def unescape_important(text: str) -> str:
-    """Undo :func:`escape_important`, leaving literal parentheses."""
-    return text.replace("\0\1", ")").replace("\0\2", "(")
+# The core tokenizer's parser, under the reference's names (one implementation of the syntax).
+parse_parentheses = _tokenizer.split_parentheses
+token_weights = _tokenizer.weigh
+escape_important = _tokenizer.escape_important
+unescape_important = _tokenizer.unescape_important
 
 
 # --- textual inversions --------------------------------------------------------------------
@@ -145,13 +95,18 @@ def safe_load_embed_zip(embed_path: str) -> torch.Tensor | None:
 
 
 def load_embed(
-    embedding_name: str, embedding_directory: str | Sequence[str] | None, embedding_size: int, embed_key: str | None = None
+    embedding_name: str,
+    embedding_directory: str | Sequence[str] | None,
+    embedding_size: int,
+    embed_key: str | None = None,
 ) -> torch.Tensor | None:
     """The ``[n, embedding_size]`` vectors of the textual inversion ``embedding_name`` found in
     ``embedding_directory`` (a folder or a list; sub-folders count), or None."""
     if not embedding_directory:
         return None
-    directories = [embedding_directory] if isinstance(embedding_directory, str | Path) else list(embedding_directory)
+    directories = (
+        [embedding_directory] if isinstance(embedding_directory, str | Path) else list(embedding_directory)
+    )
     path = _embedding_file(embedding_name, [str(d) for d in directories])
     if path is None:
         return None
@@ -243,7 +198,10 @@ class SDTokenizer:
 
     def untokenize(self, token_weight_pair: Sequence[tuple[Any, ...]]) -> list[tuple[tuple[Any, ...], str]]:
         """Each pair with its vocabulary entry: ``((token, weight), "word</w>")``."""
-        return [(pair, self.inv_vocab.get(pair[0], "") if isinstance(pair[0], int) else "") for pair in token_weight_pair]
+        return [
+            (pair, self.inv_vocab.get(pair[0], "") if isinstance(pair[0], int) else "")
+            for pair in token_weight_pair
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -263,10 +221,18 @@ class SD1Tokenizer:
         self.clip_name = name if name is not None else clip_name
         self.clip = f"clip_{self.clip_name}"
         self.tokenizer_data = dict(tokenizer_data or {})
-        setattr(self, self.clip, tokenizer(embedding_directory=embedding_directory, tokenizer_data=self.tokenizer_data))
+        setattr(
+            self,
+            self.clip,
+            tokenizer(embedding_directory=embedding_directory, tokenizer_data=self.tokenizer_data),
+        )
 
-    def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs: Any) -> dict[str, TokenChunks]:
-        return {self.clip_name: getattr(self, self.clip).tokenize_with_weights(text, return_word_ids, **kwargs)}
+    def tokenize_with_weights(
+        self, text: str, return_word_ids: bool = False, **kwargs: Any
+    ) -> dict[str, TokenChunks]:
+        return {
+            self.clip_name: getattr(self, self.clip).tokenize_with_weights(text, return_word_ids, **kwargs)
+        }
 
     def untokenize(self, token_weight_pair: Sequence[tuple[Any, ...]]) -> Any:
         return getattr(self, self.clip).untokenize(token_weight_pair)
@@ -305,7 +271,9 @@ class ClipTokenWeightEncoder:
         return self._encoder().encode([[tuple(t) for t in chunk] for chunk in token_weight_pairs])  # type: ignore[attr-defined]
 
 
-def _config_from_json(config: Mapping[str, Any] | core_clip.ClipTextConfig | None) -> core_clip.ClipTextConfig:
+def _config_from_json(
+    config: Mapping[str, Any] | core_clip.ClipTextConfig | None,
+) -> core_clip.ClipTextConfig:
     if isinstance(config, core_clip.ClipTextConfig):
         return config
     if not config:
@@ -359,7 +327,10 @@ class SDClipModel(torch.nn.Module, ClipTokenWeightEncoder, metaclass=_StackFamil
             with open(textmodel_json_config) as f:
                 textmodel_json_config = json.load(f)
         self.max_length = max_length
-        self.special_tokens = dict(special_tokens or {"start": core_tok.START_TOKEN, "end": core_tok.END_TOKEN, "pad": core_tok.END_TOKEN})
+        self.special_tokens = dict(
+            special_tokens
+            or {"start": core_tok.START_TOKEN, "end": core_tok.END_TOKEN, "pad": core_tok.END_TOKEN}
+        )
         self.layer_norm_hidden_state = layer_norm_hidden_state
         self.return_projected_pooled = return_projected_pooled
         if encoder is None:
@@ -449,7 +420,9 @@ class SD1ClipModel(torch.nn.Module, metaclass=_StackFamily):
         super().__init__()
         self.clip_name = name if name is not None else clip_name
         self.clip = f"clip_{self.clip_name}"
-        setattr(self, self.clip, clip_model(device=device, dtype=dtype, model_options=model_options, **kwargs))
+        setattr(
+            self, self.clip, clip_model(device=device, dtype=dtype, model_options=model_options, **kwargs)
+        )
         self.dtypes = {dtype}
 
     def set_clip_options(self, options: Mapping[str, Any]) -> None:
@@ -458,7 +431,9 @@ class SD1ClipModel(torch.nn.Module, metaclass=_StackFamily):
     def reset_clip_options(self) -> None:
         getattr(self, self.clip).reset_clip_options()
 
-    def encode_token_weights(self, token_weight_pairs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_token_weights(
+        self, token_weight_pairs: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return getattr(self, self.clip).encode_token_weights(token_weight_pairs[self.clip_name])
 
     def load_sd(self, sd: Mapping[str, torch.Tensor]) -> Any:
