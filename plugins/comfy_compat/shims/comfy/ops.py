@@ -107,12 +107,28 @@ def _wants_cast(layer: Any) -> bool:
     return bool(layer.comfy_cast_weights or layer.weight_function or layer.bias_function)
 
 
+def _no_init(self: Any) -> None:
+    """``reset_parameters`` of these layers: weights come from a file, never from an init."""
+    return None
+
+
+def _cast_forward(base: type[torch.nn.Module]) -> Callable[..., torch.Tensor]:
+    """The ``forward`` every layer here shares: cast when asked, else the torch layer's own."""
+
+    def forward(self: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        run_every_op()
+        if _wants_cast(self):
+            return self.forward_comfy_cast_weights(*args, **kwargs)
+        return base.forward(self, *args, **kwargs)
+
+    return forward
+
+
 class disable_weight_init:  # noqa: N801 - the reference's class name
     """Torch layers without weight initialisation; they cast only when asked (see module doc)."""
 
     class Linear(torch.nn.Linear, CastWeightBiasOp):
-        def reset_parameters(self) -> None:
-            return None
+        reset_parameters = _no_init
 
         def forward_comfy_cast_weights(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
             weight, bias, stream = cast_bias_weight(self, input, offloadable=True)
@@ -120,15 +136,10 @@ class disable_weight_init:  # noqa: N801 - the reference's class name
             uncast_bias_weight(self, weight, bias, stream)
             return out
 
-        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-            run_every_op()
-            if _wants_cast(self):
-                return self.forward_comfy_cast_weights(*args, **kwargs)
-            return super().forward(*args, **kwargs)
+        forward = _cast_forward(torch.nn.Linear)
 
     class Conv1d(torch.nn.Conv1d, CastWeightBiasOp):
-        def reset_parameters(self) -> None:
-            return None
+        reset_parameters = _no_init
 
         def forward_comfy_cast_weights(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
             weight, bias, stream = cast_bias_weight(self, input, offloadable=True)
@@ -136,15 +147,10 @@ class disable_weight_init:  # noqa: N801 - the reference's class name
             uncast_bias_weight(self, weight, bias, stream)
             return out
 
-        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-            run_every_op()
-            if _wants_cast(self):
-                return self.forward_comfy_cast_weights(*args, **kwargs)
-            return super().forward(*args, **kwargs)
+        forward = _cast_forward(torch.nn.Conv1d)
 
     class Conv2d(torch.nn.Conv2d, CastWeightBiasOp):
-        def reset_parameters(self) -> None:
-            return None
+        reset_parameters = _no_init
 
         def forward_comfy_cast_weights(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
             weight, bias, stream = cast_bias_weight(self, input, offloadable=True)
@@ -152,15 +158,10 @@ class disable_weight_init:  # noqa: N801 - the reference's class name
             uncast_bias_weight(self, weight, bias, stream)
             return out
 
-        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-            run_every_op()
-            if _wants_cast(self):
-                return self.forward_comfy_cast_weights(*args, **kwargs)
-            return super().forward(*args, **kwargs)
+        forward = _cast_forward(torch.nn.Conv2d)
 
     class Conv3d(torch.nn.Conv3d, CastWeightBiasOp):
-        def reset_parameters(self) -> None:
-            return None
+        reset_parameters = _no_init
 
         def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Any, autopad: str | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:  # noqa: A002
             if autopad == "causal_zero":
@@ -181,8 +182,7 @@ class disable_weight_init:  # noqa: N801 - the reference's class name
             return super().forward(*args, **kwargs)
 
     class GroupNorm(torch.nn.GroupNorm, CastWeightBiasOp):
-        def reset_parameters(self) -> None:
-            return None
+        reset_parameters = _no_init
 
         def forward_comfy_cast_weights(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
             weight, bias, stream = cast_bias_weight(self, input, offloadable=True)
@@ -190,15 +190,10 @@ class disable_weight_init:  # noqa: N801 - the reference's class name
             uncast_bias_weight(self, weight, bias, stream)
             return out
 
-        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-            run_every_op()
-            if _wants_cast(self):
-                return self.forward_comfy_cast_weights(*args, **kwargs)
-            return super().forward(*args, **kwargs)
+        forward = _cast_forward(torch.nn.GroupNorm)
 
     class BatchNorm2d(torch.nn.BatchNorm2d, CastWeightBiasOp):
-        def reset_parameters(self) -> None:
-            return None
+        reset_parameters = _no_init
 
         def forward_comfy_cast_weights(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
             weight, bias, stream = cast_bias_weight(self, input, offloadable=True)
@@ -208,15 +203,10 @@ class disable_weight_init:  # noqa: N801 - the reference's class name
             uncast_bias_weight(self, weight, bias, stream)
             return out
 
-        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-            run_every_op()
-            if _wants_cast(self):
-                return self.forward_comfy_cast_weights(*args, **kwargs)
-            return super().forward(*args, **kwargs)
+        forward = _cast_forward(torch.nn.BatchNorm2d)
 
     class LayerNorm(torch.nn.LayerNorm, CastWeightBiasOp):
-        def reset_parameters(self) -> None:
-            return None
+        reset_parameters = _no_init
 
         def forward_comfy_cast_weights(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
             weight = bias = stream = None
@@ -226,11 +216,7 @@ class disable_weight_init:  # noqa: N801 - the reference's class name
             uncast_bias_weight(self, weight, bias, stream)
             return out
 
-        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-            run_every_op()
-            if _wants_cast(self):
-                return self.forward_comfy_cast_weights(*args, **kwargs)
-            return super().forward(*args, **kwargs)
+        forward = _cast_forward(torch.nn.LayerNorm)
 
     class RMSNorm(torch.nn.RMSNorm, CastWeightBiasOp):
         def reset_parameters(self) -> None:
@@ -245,15 +231,10 @@ class disable_weight_init:  # noqa: N801 - the reference's class name
             uncast_bias_weight(self, weight, bias, stream)
             return out
 
-        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-            run_every_op()
-            if _wants_cast(self):
-                return self.forward_comfy_cast_weights(*args, **kwargs)
-            return super().forward(*args, **kwargs)
+        forward = _cast_forward(torch.nn.RMSNorm)
 
     class ConvTranspose2d(torch.nn.ConvTranspose2d, CastWeightBiasOp):
-        def reset_parameters(self) -> None:
-            return None
+        reset_parameters = _no_init
 
         def forward_comfy_cast_weights(self, input: torch.Tensor, output_size: Any = None) -> torch.Tensor:  # noqa: A002
             padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation)
@@ -262,15 +243,10 @@ class disable_weight_init:  # noqa: N801 - the reference's class name
             uncast_bias_weight(self, weight, bias, stream)
             return out
 
-        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-            run_every_op()
-            if _wants_cast(self):
-                return self.forward_comfy_cast_weights(*args, **kwargs)
-            return super().forward(*args, **kwargs)
+        forward = _cast_forward(torch.nn.ConvTranspose2d)
 
     class ConvTranspose1d(torch.nn.ConvTranspose1d, CastWeightBiasOp):
-        def reset_parameters(self) -> None:
-            return None
+        reset_parameters = _no_init
 
         def forward_comfy_cast_weights(self, input: torch.Tensor, output_size: Any = None) -> torch.Tensor:  # noqa: A002
             padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size, 1, self.dilation)
@@ -279,11 +255,7 @@ class disable_weight_init:  # noqa: N801 - the reference's class name
             uncast_bias_weight(self, weight, bias, stream)
             return out
 
-        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-            run_every_op()
-            if _wants_cast(self):
-                return self.forward_comfy_cast_weights(*args, **kwargs)
-            return super().forward(*args, **kwargs)
+        forward = _cast_forward(torch.nn.ConvTranspose1d)
 
     class Embedding(torch.nn.Embedding, CastWeightBiasOp):
         def reset_parameters(self) -> None:
