@@ -83,13 +83,14 @@ class _Embeddings(nn.Module):
 
 
 class _Attention(nn.Module):
-    def __init__(self, cfg: ClipTextConfig) -> None:
+    def __init__(self, width: int, heads: int, causal: bool) -> None:
         super().__init__()
-        self.heads = cfg.heads
-        self.q_proj = nn.Linear(cfg.width, cfg.width)
-        self.k_proj = nn.Linear(cfg.width, cfg.width)
-        self.v_proj = nn.Linear(cfg.width, cfg.width)
-        self.out_proj = nn.Linear(cfg.width, cfg.width)
+        self.heads = heads
+        self.causal = causal  # text tokens see only earlier ones; image patches see every patch
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, w = x.shape
@@ -98,17 +99,17 @@ class _Attention(nn.Module):
             return proj(x).view(b, t, self.heads, w // self.heads).transpose(1, 2)
 
         out = F.scaled_dot_product_attention(
-            heads(self.q_proj), heads(self.k_proj), heads(self.v_proj), is_causal=True
+            heads(self.q_proj), heads(self.k_proj), heads(self.v_proj), is_causal=self.causal
         )
         return self.out_proj(out.transpose(1, 2).reshape(b, t, w))
 
 
 class _Mlp(nn.Module):
-    def __init__(self, cfg: ClipTextConfig) -> None:
+    def __init__(self, width: int, mlp_width: int, quick_gelu: bool) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(cfg.width, cfg.mlp_width)
-        self.fc2 = nn.Linear(cfg.mlp_width, cfg.width)
-        self.quick = cfg.activation == "quick_gelu"
+        self.fc1 = nn.Linear(width, mlp_width)
+        self.fc2 = nn.Linear(mlp_width, width)
+        self.quick = quick_gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)
@@ -117,22 +118,38 @@ class _Mlp(nn.Module):
 
 
 class _Layer(nn.Module):
-    def __init__(self, cfg: ClipTextConfig) -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_width: int, quick_gelu: bool, eps: float, causal: bool
+    ) -> None:
         super().__init__()
-        self.layer_norm1 = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
-        self.self_attn = _Attention(cfg)
-        self.layer_norm2 = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
-        self.mlp = _Mlp(cfg)
+        self.layer_norm1 = nn.LayerNorm(width, eps=eps)
+        self.self_attn = _Attention(width, heads, causal)
+        self.layer_norm2 = nn.LayerNorm(width, eps=eps)
+        self.mlp = _Mlp(width, mlp_width, quick_gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x))
         return x + self.mlp(self.layer_norm2(x))
 
 
-class _Encoder(nn.Module):
-    def __init__(self, cfg: ClipTextConfig) -> None:
+class ClipEncoderLayers(nn.Module):
+    """CLIP's pre-norm transformer layers (``layers.N.self_attn.q_proj``... in the transformers
+    layout), shared by the text tower (causal) and the vision tower (not)."""
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_width: int,
+        layers: int,
+        quick_gelu: bool,
+        eps: float,
+        causal: bool,
+    ) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(
+            _Layer(width, heads, mlp_width, quick_gelu, eps, causal) for _ in range(layers)
+        )
 
 
 class ClipTextModel(nn.Module):
@@ -143,7 +160,15 @@ class ClipTextModel(nn.Module):
         super().__init__()
         self.config = cfg
         self.embeddings = _Embeddings(cfg)
-        self.encoder = _Encoder(cfg)
+        self.encoder = ClipEncoderLayers(
+            cfg.width,
+            cfg.heads,
+            cfg.mlp_width,
+            cfg.layers,
+            cfg.activation == "quick_gelu",
+            cfg.layer_norm_eps,
+            causal=True,
+        )
         self.final_layer_norm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         self.text_projection = (
             nn.Linear(cfg.width, cfg.projection_dim, bias=False) if cfg.projection_dim is not None else None

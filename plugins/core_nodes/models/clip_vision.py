@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plugins.core_nodes.models.clip import ClipEncoderLayers
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PREFIX = "vision_model."
@@ -57,9 +59,7 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> VisionConfig:
     if "visual_projection.weight" not in sd:
         raise ClipVisionError("the CLIP vision model has no visual_projection.weight")
     width = sd[layer0 + "layer_norm1.weight"].shape[0]
-    layers = 1 + max(
-        int(k.split(".")[3]) for k in sd if k.startswith(PREFIX + "encoder.layers.")
-    )
+    layers = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith(PREFIX + "encoder.layers."))
     patch = sd[PREFIX + "embeddings.patch_embedding.weight"].shape[-1]
     grid = math.isqrt(sd[PREFIX + "embeddings.position_embedding.weight"].shape[0] - 1)
     return VisionConfig(
@@ -87,63 +87,14 @@ class _Embeddings(nn.Module):
         return torch.cat([cls, patches], dim=1) + self.position_embedding.weight.to(patches.dtype)
 
 
-class _Attention(nn.Module):
-    def __init__(self, cfg: VisionConfig) -> None:
-        super().__init__()
-        self.heads = cfg.heads
-        self.q_proj = nn.Linear(cfg.width, cfg.width)
-        self.k_proj = nn.Linear(cfg.width, cfg.width)
-        self.v_proj = nn.Linear(cfg.width, cfg.width)
-        self.out_proj = nn.Linear(cfg.width, cfg.width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, w = x.shape
-
-        def heads(proj: nn.Linear) -> torch.Tensor:
-            return proj(x).view(b, t, self.heads, w // self.heads).transpose(1, 2)
-
-        # Every patch sees every other: no causal mask, unlike the text tower.
-        out = F.scaled_dot_product_attention(heads(self.q_proj), heads(self.k_proj), heads(self.v_proj))
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, w))
-
-
-class _Mlp(nn.Module):
-    def __init__(self, cfg: VisionConfig) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(cfg.width, cfg.mlp_width)
-        self.fc2 = nn.Linear(cfg.mlp_width, cfg.width)
-        self.quick = cfg.quick_gelu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)
-        return self.fc2(h * torch.sigmoid(1.702 * h) if self.quick else F.gelu(h))
-
-
-class _Layer(nn.Module):
-    def __init__(self, cfg: VisionConfig) -> None:
-        super().__init__()
-        self.layer_norm1 = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
-        self.self_attn = _Attention(cfg)
-        self.layer_norm2 = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
-        self.mlp = _Mlp(cfg)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
-
-
-class _Encoder(nn.Module):
-    def __init__(self, cfg: VisionConfig) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.layers))
-
-
 class _Tower(nn.Module):
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
         self.embeddings = _Embeddings(cfg)
         self.pre_layrnorm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)  # sic: the file's key
-        self.encoder = _Encoder(cfg)
+        self.encoder = ClipEncoderLayers(
+            cfg.width, cfg.heads, cfg.mlp_width, cfg.layers, cfg.quick_gelu, cfg.layer_norm_eps, causal=False
+        )
         self.post_layernorm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
 
 
@@ -293,7 +244,9 @@ def load_clip_vision(sd: Mapping[str, torch.Tensor]) -> ClipVision:
     cfg = config_from_state_dict(sd)
     model = ClipVisionModel(cfg)
     # transformers files may carry a position_ids buffer, which this model does not need.
-    missing, _ = model.load_state_dict({k: v for k, v in sd.items() if not k.endswith("position_ids")}, strict=False)
+    missing, _ = model.load_state_dict(
+        {k: v for k, v in sd.items() if not k.endswith("position_ids")}, strict=False
+    )
     if missing:
         raise ClipVisionError(f"the CLIP vision model is missing weights: {missing[:5]}")
     return ClipVision(model)
