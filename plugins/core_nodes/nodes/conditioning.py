@@ -314,6 +314,30 @@ class InpaintModelConditioning(CoreNode):
         return (set_values(positive, values), set_values(negative, values), latent)
 
 
+class ConditioningMultiply(_Cond):
+    """Scales every entry's text embedding and its pooled output by ``multiplier``."""
+
+    FUNCTION = "multiply"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "conditioning": ("CONDITIONING",),
+                "multiplier": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
+            }
+        }
+
+    def multiply(self, conditioning: Conditioning, multiplier: float) -> tuple[Conditioning]:
+        out: Conditioning = []
+        for tensor, options in conditioning:
+            new_options = dict(options)
+            if new_options.get("pooled_output") is not None:
+                new_options["pooled_output"] = new_options["pooled_output"] * multiplier
+            out.append([tensor * multiplier, new_options])
+        return (out,)
+
+
 NODES: dict[str, tuple[type, str | None]] = {
     "CLIPTextEncode": (CLIPTextEncode, "CLIP Text Encode (Prompt)"),
     "CLIPSetLastLayer": (CLIPSetLastLayer, "CLIP Set Last Layer"),
@@ -330,4 +354,5 @@ NODES: dict[str, tuple[type, str | None]] = {
     "ConditioningZeroOut": (ConditioningZeroOut, "Conditioning Zero Out"),
     "ConditioningSetTimestepRange": (ConditioningSetTimestepRange, None),
     "InpaintModelConditioning": (InpaintModelConditioning, None),
+    "ConditioningMultiply": (ConditioningMultiply, "Conditioning (Multiply)"),
 }

@@ -289,9 +289,23 @@ class LoadImageMask(_Loader):
         return (mask.unsqueeze(0),)
 
 
+class LoadImageOutput(LoadImage):
+    """LoadImage for pictures this server made: the frontend lists the output folder through
+    ``/internal/files/output`` and sends names annotated `` [output]``. Names resolve as
+    LoadImage's do (an unannotated name is looked up in the input folder, as in the reference)."""
+
+    EXPERIMENTAL = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        remote = {"route": "/internal/files/output", "refresh_button": True, "control_after_refresh": "first"}
+        return {"required": {"image": ("COMBO", {"image_upload": True, "image_folder": "output", "remote": remote})}}
+
+
 NODES: dict[str, tuple[type, str | None]] = {
     "SaveImage": (SaveImage, "Save Image"),
     "PreviewImage": (PreviewImage, "Preview Image"),
     "LoadImage": (LoadImage, "Load Image"),
     "LoadImageMask": (LoadImageMask, "Load Image (as Mask)"),
+    "LoadImageOutput": (LoadImageOutput, "Load Image (from Outputs)"),
 }

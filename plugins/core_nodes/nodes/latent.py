@@ -396,6 +396,79 @@ class RepeatLatentBatch(_Latent):
         return (out,)
 
 
+class _LatentTransform(_Latent):
+    CATEGORY = "model/latent/transform"
+
+
+class LatentCrop(_LatentTransform):
+    """A window of the latent, given in pixels (multiples of 8 become latent pixels)."""
+
+    FUNCTION = "crop"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        size = {"min": 64, "max": MAX_RESOLUTION, "step": 8}
+        offset = {"default": 0, "min": 0, "max": MAX_RESOLUTION, "step": 8}
+        return {
+            "required": {
+                "samples": ("LATENT",),
+                "width": ("INT", {"default": 512, **size}),
+                "height": ("INT", {"default": 512, **size}),
+                "x": ("INT", dict(offset)),
+                "y": ("INT", dict(offset)),
+            }
+        }
+
+    def crop(self, samples: Latent, width: int, height: int, x: int, y: int) -> tuple[Latent]:
+        s = samples["samples"]
+        # As the reference: the start is kept at least 8 latent pixels (64 pixels) from the far
+        # edges, the size is not clipped further, and the noise mask passes through uncropped.
+        x0 = min(x // 8, s.shape[-1] - 8)
+        y0 = min(y // 8, s.shape[-2] - 8)
+        out = dict(samples)
+        out["samples"] = s[..., y0 : y0 + height // 8, x0 : x0 + width // 8]
+        return (out,)
+
+
+class LatentFlip(_LatentTransform):
+    FUNCTION = "flip"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"samples": ("LATENT",), "flip_method": (["x-axis: vertically", "y-axis: horizontally"],)}}
+
+    def flip(self, samples: Latent, flip_method: str) -> tuple[Latent]:
+        import torch
+
+        # "x-axis" mirrors across the horizontal axis (rows reversed), "y-axis" across the vertical one.
+        dim = -2 if flip_method.startswith("x") else -1
+        out = dict(samples)
+        out["samples"] = torch.flip(samples["samples"], dims=[dim])
+        return (out,)
+
+
+class LatentRotate(_LatentTransform):
+    FUNCTION = "rotate"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "samples": ("LATENT",),
+                "rotation": (["none", "90 degrees", "180 degrees", "270 degrees"],),
+            }
+        }
+
+    def rotate(self, samples: Latent, rotation: str) -> tuple[Latent]:
+        import torch
+
+        turns = {"90": 1, "180": 2, "270": 3}.get(rotation.split(" ")[0], 0)
+        out = dict(samples)
+        # Clockwise, as the reference turns images: from the width axis towards the height axis.
+        out["samples"] = torch.rot90(samples["samples"], k=turns, dims=[-1, -2])
+        return (out,)
+
+
 NODES: dict[str, tuple[type, str | None]] = {
     "EmptyLatentImage": (EmptyLatentImage, "Empty Latent Image"),
     "VAEDecode": (VAEDecode, "VAE Decode"),
@@ -410,4 +483,7 @@ NODES: dict[str, tuple[type, str | None]] = {
     "LatentBlend": (LatentBlend, "Latent Blend"),
     "LatentFromBatch": (LatentFromBatch, "Get Latent From Batch"),
     "RepeatLatentBatch": (RepeatLatentBatch, "Repeat Latent Batch"),
+    "LatentCrop": (LatentCrop, "Crop Latent"),
+    "LatentFlip": (LatentFlip, "Flip Latent"),
+    "LatentRotate": (LatentRotate, "Rotate Latent"),
 }
