@@ -344,6 +344,10 @@ class ModelPatcher:
     def set_model_sampler_calc_cond_batch_function(self, fn: Callable[..., Any]) -> None:
         self.model_options["sampler_calc_cond_batch_function"] = fn
 
+    def disable_model_cfg1_optimization(self) -> None:
+        """Always run the unconditional pass, even at cfg 1 (patches that read it need it)."""
+        self.model_options["disable_cfg1_optimization"] = True
+
     def set_model_unet_function_wrapper(self, unet_wrapper_function: Callable[..., Any]) -> None:
         self.model_options["model_function_wrapper"] = unet_wrapper_function
 
