@@ -103,7 +103,7 @@ class PromptRun:
             spec = self._specs.get(class_type)
             if spec is None:
                 raise NodeNotFoundError(f"Node type {class_type!r} is not registered")
-            info = self._infos[class_type] = ClassInfo(spec, spec.input_types())
+            info = self._infos[class_type] = ClassInfo(spec, spec.execution_input_types())
         return info
 
     def _traits(self, class_type: str) -> tuple[frozenset[str], bool, bool]:

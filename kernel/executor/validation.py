@@ -177,7 +177,7 @@ class _Walker:
         inputs = node.setdefault("inputs", {})
         if not isinstance(inputs, dict):
             raise TypeError(f"inputs of node {node_id} must be an object")
-        types = spec.input_types()
+        types = spec.execution_input_types()
         names = [
             *(types.get("required") or {}),
             *(n for n in (types.get("optional") or {}) if n not in (types.get("required") or {})),

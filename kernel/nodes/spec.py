@@ -14,6 +14,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from kernel.nodes.dynamic import AutogrowSlots, autogrow_slots, expand_autogrow, folding
 from kernel.nodes.graph import ExecutionBlocker
 from kernel.nodes.v3 import HiddenHolder, NodeOutput, Schema
 
@@ -117,6 +118,16 @@ class NodeSpec:
         if schema.hidden:
             groups["hidden"] = {h.name: h.value for h in schema.hidden}
         return groups
+
+    def execution_input_types(self) -> dict[str, Any]:
+        """``input_types()`` as validation and the executor check a prompt against it: each V3
+        autogrow input is replaced by its slots (``values.a``...), see :mod:`kernel.nodes.dynamic`."""
+        return expand_autogrow(self.input_types())
+
+    @cached_property
+    def autogrow_slots(self) -> AutogrowSlots:
+        """Autogrow input -> slot names; the node gets each input's slots folded into one dict."""
+        return autogrow_slots(self.input_types())
 
     def input_info(self, name: str, types: dict[str, Any] | None = None) -> InputInfo | None:
         types = self.input_types() if types is None else types
@@ -268,11 +279,14 @@ class NodeSpec:
         """The callable that runs the node; keyword arguments include hidden values by name.
 
         For V3 the hidden values are moved onto ``cls.hidden`` of a per-call subclass, as the
-        reference does. The result is a coroutine function when the node's function is one.
+        reference does. Calling it returns a coroutine when the node's function is async.
+        Autogrow slots (``values.a``...) reach the node folded into one dict per input.
         """
         if not self.is_v3:
-            return getattr(instance, self.cls.FUNCTION)  # type: ignore[attr-defined]
-        return self._v3_callable("execute")
+            fn = getattr(instance, self.cls.FUNCTION)  # type: ignore[attr-defined]
+        else:
+            fn = self._v3_callable("execute")
+        return folding(fn, self.autogrow_slots)
 
     @cached_property
     def is_async(self) -> bool:
@@ -340,9 +354,12 @@ class NodeSpec:
 
     def check_lazy_status(self, instance: Any) -> Callable[..., Any] | None:
         """The lazy-input check for ``instance`` (V1: a method; V3: the classmethod), or None."""
-        if self.is_v3:
-            return self._v3_callable("check_lazy_status")
-        return getattr(instance, "check_lazy_status", None)
+        check = (
+            self._v3_callable("check_lazy_status")
+            if self.is_v3
+            else getattr(instance, "check_lazy_status", None)
+        )
+        return folding(check, self.autogrow_slots) if check is not None else None
 
     # --- results ---------------------------------------------------------------------------
 
@@ -406,6 +423,11 @@ class NodeSpec:
         }
         if self.output_tooltips is not None:
             info["output_tooltips"] = list(self.output_tooltips)
+        matchtypes = getattr(self.cls, "OUTPUT_MATCHTYPES", None)
+        if matchtypes is not None:
+            # Per output, the V3 match-type template it follows (None: a fixed type); the
+            # frontend gives a COMFY_MATCHTYPE_V3 output the type linked to that template's inputs.
+            info["output_matchtypes"] = list(matchtypes)
         schema = self.schema
         if schema is not None:
             info["deprecated"] = bool(schema.is_deprecated)
