@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .operations import Operations, TorchOperations, cast_plain_weights, is_default, load_into
+
 __all__ = [
     "CLIP_G",
     "CLIP_H",
@@ -76,21 +78,21 @@ class ClipOutput:
 
 
 class _Embeddings(nn.Module):
-    def __init__(self, cfg: ClipTextConfig) -> None:
+    def __init__(self, cfg: ClipTextConfig, ops: Operations = TorchOperations) -> None:
         super().__init__()
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.position_embedding = nn.Embedding(cfg.max_positions, cfg.width)
+        self.token_embedding = ops.Embedding(cfg.vocab_size, cfg.width)
+        self.position_embedding = ops.Embedding(cfg.max_positions, cfg.width)
 
 
 class _Attention(nn.Module):
-    def __init__(self, width: int, heads: int, causal: bool) -> None:
+    def __init__(self, width: int, heads: int, causal: bool, ops: Operations = TorchOperations) -> None:
         super().__init__()
         self.heads = heads
         self.causal = causal  # text tokens see only earlier ones; image patches see every patch
-        self.q_proj = nn.Linear(width, width)
-        self.k_proj = nn.Linear(width, width)
-        self.v_proj = nn.Linear(width, width)
-        self.out_proj = nn.Linear(width, width)
+        self.q_proj = ops.Linear(width, width)
+        self.k_proj = ops.Linear(width, width)
+        self.v_proj = ops.Linear(width, width)
+        self.out_proj = ops.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, w = x.shape
@@ -105,10 +107,10 @@ class _Attention(nn.Module):
 
 
 class _Mlp(nn.Module):
-    def __init__(self, width: int, mlp_width: int, quick_gelu: bool) -> None:
+    def __init__(self, width: int, mlp_width: int, quick_gelu: bool, ops: Operations = TorchOperations) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(width, mlp_width)
-        self.fc2 = nn.Linear(mlp_width, width)
+        self.fc1 = ops.Linear(width, mlp_width)
+        self.fc2 = ops.Linear(mlp_width, width)
         self.quick = quick_gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,13 +121,20 @@ class _Mlp(nn.Module):
 
 class _Layer(nn.Module):
     def __init__(
-        self, width: int, heads: int, mlp_width: int, quick_gelu: bool, eps: float, causal: bool
+        self,
+        width: int,
+        heads: int,
+        mlp_width: int,
+        quick_gelu: bool,
+        eps: float,
+        causal: bool,
+        ops: Operations = TorchOperations,
     ) -> None:
         super().__init__()
-        self.layer_norm1 = nn.LayerNorm(width, eps=eps)
-        self.self_attn = _Attention(width, heads, causal)
-        self.layer_norm2 = nn.LayerNorm(width, eps=eps)
-        self.mlp = _Mlp(width, mlp_width, quick_gelu)
+        self.layer_norm1 = ops.LayerNorm(width, eps=eps)
+        self.self_attn = _Attention(width, heads, causal, ops)
+        self.layer_norm2 = ops.LayerNorm(width, eps=eps)
+        self.mlp = _Mlp(width, mlp_width, quick_gelu, ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x))
@@ -145,10 +154,11 @@ class ClipEncoderLayers(nn.Module):
         quick_gelu: bool,
         eps: float,
         causal: bool,
+        ops: Operations = TorchOperations,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            _Layer(width, heads, mlp_width, quick_gelu, eps, causal) for _ in range(layers)
+            _Layer(width, heads, mlp_width, quick_gelu, eps, causal, ops) for _ in range(layers)
         )
 
 
@@ -156,10 +166,11 @@ class ClipTextModel(nn.Module):
     """A causal pre-norm text transformer; its state dict is the transformers layout minus
     ``text_model.`` (plus ``text_projection.weight`` when projected)."""
 
-    def __init__(self, cfg: ClipTextConfig) -> None:
+    def __init__(self, cfg: ClipTextConfig, operations: Operations | None = None) -> None:
         super().__init__()
+        ops = TorchOperations if operations is None else operations
         self.config = cfg
-        self.embeddings = _Embeddings(cfg)
+        self.embeddings = _Embeddings(cfg, ops)
         self.encoder = ClipEncoderLayers(
             cfg.width,
             cfg.heads,
@@ -168,10 +179,11 @@ class ClipTextModel(nn.Module):
             cfg.activation == "quick_gelu",
             cfg.layer_norm_eps,
             causal=True,
+            ops=ops,
         )
-        self.final_layer_norm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+        self.final_layer_norm = ops.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         self.text_projection = (
-            nn.Linear(cfg.width, cfg.projection_dim, bias=False) if cfg.projection_dim is not None else None
+            ops.Linear(cfg.width, cfg.projection_dim, bias=False) if cfg.projection_dim is not None else None
         )
 
     def forward(
@@ -343,18 +355,39 @@ def extract_text_encoders(
     return found
 
 
+# Checkpoints carry a few buffers we have no use for (position ids, logit scale, masks).
+_UNUSED_KEYS = ("position_ids", "logit_scale", "attn_mask")
+
+
 def build_model(
-    sd: Mapping[str, torch.Tensor], kind: EncoderKind | None = None, heads: int | None = None
+    sd: Mapping[str, torch.Tensor],
+    kind: EncoderKind | None = None,
+    heads: int | None = None,
+    operations: Operations | None = None,
+    weight_dtype: torch.dtype | None = None,
 ) -> ClipTextModel:
-    """A model sized from ``sd`` (transformers layout) with its weights loaded, in their dtype."""
+    """A model sized from ``sd`` (transformers layout) with its weights loaded, in their dtype.
+
+    With a caller's ``operations`` (see :mod:`.operations`) its layers are handed the tensors as
+    they are; plain floating-point ones end up in ``weight_dtype`` (default: the first plain
+    tensor's dtype)."""
     cfg = config_from_state_dict(sd, kind, heads)
+    if not is_default(operations):
+        with torch.device("meta"):
+            model = ClipTextModel(cfg, operations)
+        try:
+            load_into(model, {k: v for k, v in sd.items() if not k.endswith(_UNUSED_KEYS)}, operations)
+        except (RuntimeError, KeyError) as e:
+            raise ValueError(f"CLIP weights do not fit: {str(e).splitlines()[0][:300]}") from None
+        plain = next((v.dtype for v in sd.values() if type(v) is torch.Tensor and v.is_floating_point()), None)
+        cast_plain_weights(model, weight_dtype or plain or torch.float32)
+        return model.eval().requires_grad_(False)
     with torch.device("meta"):
         model = ClipTextModel(cfg)
     dtype = sd["embeddings.token_embedding.weight"].dtype
     model = model.to_empty(device="cpu").to(dtype)
     missing, unexpected = model.load_state_dict(dict(sd), strict=False)
-    # Checkpoints carry a few buffers we have no use for (position ids, logit scale, masks).
-    unexpected = [k for k in unexpected if not k.endswith(("position_ids", "logit_scale", "attn_mask"))]
+    unexpected = [k for k in unexpected if not k.endswith(_UNUSED_KEYS)]
     if missing or unexpected:
         raise ValueError(f"CLIP weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval().requires_grad_(False)

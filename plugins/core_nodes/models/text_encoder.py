@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .clip import ClipTextModel, EncoderKind, build_model, extract_text_encoders
+from .operations import Operations
 from .tokenizer import END_TOKEN, START_TOKEN, EmbeddingLookup, PromptTokenizer, make_tokenizers
 
 __all__ = [
@@ -167,16 +168,21 @@ def stack_from_state_dict(
     embeddings: EmbeddingLookup | None = None,
     kinds: Mapping[str, EncoderKind] | None = None,
     heads: Mapping[str, int] | None = None,
+    operations: Operations | None = None,
+    weight_dtype: torch.dtype | None = None,
 ) -> TextEncoderStack:
     """The text encoders of a single-file checkpoint or of standalone encoder files merged into one
-    dict. ``kinds``/``heads`` override what the layout and shapes imply, per encoder name."""
+    dict. ``kinds``/``heads`` override what the layout and shapes imply, per encoder name;
+    ``operations`` / ``weight_dtype`` are :func:`~.clip.build_model`'s."""
     found = extract_text_encoders(sd)
     if not found:
         raise ValueError("no CLIP text encoder weights found")
     family = _family(set(found))
     encoders: dict[str, ClipEncoder] = {}
     for name, (kind, weights) in found.items():
-        model = build_model(weights, (kinds or {}).get(name, kind), (heads or {}).get(name))
+        model = build_model(
+            weights, (kinds or {}).get(name, kind), (heads or {}).get(name), operations, weight_dtype
+        )
         layer, norm = _FAMILY_LAYERS[family][name]
         pad = END_TOKEN if name == "l" else 0
         encoders[name] = ClipEncoder(model, layer, norm, pad)
@@ -187,11 +193,14 @@ def stack_from_encoder_files(
     parts: Mapping[str, Mapping[str, torch.Tensor]],
     embeddings: EmbeddingLookup | None = None,
     heads: Mapping[str, int] | None = None,
+    operations: Operations | None = None,
+    weight_dtype: torch.dtype | None = None,
 ) -> TextEncoderStack:
     """Standalone ``text_encoders/`` files, each named by its role: ``l`` (CLIP-L), ``h`` or ``g``.
 
     The caller knows the roles (CLIPLoader's type, DualCLIPLoader's pair), so shapes are not
     used to guess them; each file may be in the transformers or the OpenCLIP layout.
+    ``operations`` / ``weight_dtype`` are :func:`~.clip.build_model`'s.
     """
     kinds: dict[str, EncoderKind] = {"l": "clip_l", "h": "clip_h", "g": "clip_g"}
     family = _family(set(parts))
@@ -201,7 +210,7 @@ def stack_from_encoder_files(
         if len(found) != 1:
             raise ValueError(f"expected one text encoder for {name!r}, found {len(found)}")
         ((_, (_, weights)),) = found.items()
-        model = build_model(weights, kinds[name], (heads or {}).get(name))
+        model = build_model(weights, kinds[name], (heads or {}).get(name), operations, weight_dtype)
         layer, norm = _FAMILY_LAYERS[family][name]
         encoders[name] = ClipEncoder(model, layer, norm, END_TOKEN if name == "l" else 0)
     return _stack(family, encoders, embeddings)

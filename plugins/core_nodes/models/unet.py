@@ -23,6 +23,13 @@ from torch import nn
 from plugins.core_nodes import patchpoints
 from plugins.core_nodes.models import attention
 from plugins.core_nodes.models.extension import WrapperExecutor, WrappersMP, get_all_wrappers
+from plugins.core_nodes.models.operations import (
+    Operations,
+    TorchOperations,
+    cast_plain_weights,
+    is_default,
+    load_into,
+)
 
 log = logging.getLogger("comfykernel.core_nodes")
 # The compatibility module whose ``forward_timestep_embed`` packs replace.
@@ -107,8 +114,9 @@ def sdxl_adm(
     return torch.cat([pooled, emb], dim=1)
 
 
-def _norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
-    return nn.GroupNorm(32 if channels % 32 == 0 else math.gcd(32, channels), channels, eps=eps)
+def _norm(channels: int, eps: float = 1e-5, ops: Operations = TorchOperations) -> nn.GroupNorm:
+    groups = 32 if channels % 32 == 0 else math.gcd(32, channels)
+    return ops.GroupNorm(groups, channels, eps=eps)
 
 
 Options = dict[str, Any]
@@ -122,20 +130,22 @@ class TimestepBlock(nn.Module):
 
 
 class ResBlock(TimestepBlock):
-    def __init__(self, channels: int, emb_channels: int, out_channels: int) -> None:
+    def __init__(
+        self, channels: int, emb_channels: int, out_channels: int, ops: Operations = TorchOperations
+    ) -> None:
         super().__init__()
         self.in_layers = nn.Sequential(
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            _norm(channels, ops=ops), nn.SiLU(), ops.Conv2d(channels, out_channels, 3, padding=1)
         )
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.emb_layers = nn.Sequential(nn.SiLU(), ops.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            _norm(out_channels),
+            _norm(out_channels, ops=ops),
             nn.SiLU(),
             nn.Dropout(0.0),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            ops.Conv2d(out_channels, out_channels, 3, padding=1),
         )
         self.skip_connection: nn.Module = (
-            nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+            nn.Identity() if channels == out_channels else ops.Conv2d(channels, out_channels, 1)
         )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -148,17 +158,24 @@ class Attention(nn.Module):
     """Multi-head attention (the reference's ``CrossAttention``): ``to_q`` / ``to_k`` / ``to_v`` /
     ``to_out``; the attention itself is :func:`attention.current`, looked up on every call."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        head_dim: int,
+        context_dim: int | None = None,
+        ops: Operations = TorchOperations,
+    ) -> None:
         super().__init__()
         inner = heads * head_dim
         kv_dim = dim if context_dim is None else context_dim
         self.heads = heads
         self.dim_head = head_dim
         self.attn_precision: torch.dtype | None = None
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_k = nn.Linear(kv_dim, inner, bias=False)
-        self.to_v = nn.Linear(kv_dim, inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(0.0))
+        self.to_q = ops.Linear(dim, inner, bias=False)
+        self.to_k = ops.Linear(kv_dim, inner, bias=False)
+        self.to_v = ops.Linear(kv_dim, inner, bias=False)
+        self.to_out = nn.Sequential(ops.Linear(inner, dim), nn.Dropout(0.0))
 
     def forward(
         self,
@@ -179,9 +196,9 @@ class Attention(nn.Module):
 
 
 class GEGLU(nn.Module):
-    def __init__(self, dim_in: int, dim_out: int) -> None:
+    def __init__(self, dim_in: int, dim_out: int, ops: Operations = TorchOperations) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = ops.Linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)
@@ -189,9 +206,9 @@ class GEGLU(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, dim: int, mult: int = 4) -> None:
+    def __init__(self, dim: int, mult: int = 4, ops: Operations = TorchOperations) -> None:
         super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim))
+        self.net = nn.Sequential(GEGLU(dim, dim * mult, ops), nn.Dropout(0.0), ops.Linear(dim * mult, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -217,14 +234,16 @@ class TransformerBlock(nn.Module):
     ``attn2_output_patch`` ``(out, extra_options) -> out``; ``middle_patch`` ``(x, extra_options)``.
     """
 
-    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None) -> None:
+    def __init__(
+        self, dim: int, heads: int, head_dim: int, context_dim: int | None, ops: Operations = TorchOperations
+    ) -> None:
         super().__init__()
-        self.attn1 = Attention(dim, heads, head_dim)
-        self.ff = FeedForward(dim)
-        self.attn2 = Attention(dim, heads, head_dim, context_dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads, head_dim, ops=ops)
+        self.ff = FeedForward(dim, ops=ops)
+        self.attn2 = Attention(dim, heads, head_dim, context_dim, ops=ops)
+        self.norm1 = ops.LayerNorm(dim)
+        self.norm2 = ops.LayerNorm(dim)
+        self.norm3 = ops.LayerNorm(dim)
         self.n_heads = heads
         self.d_head = head_dim
         # The reference's attributes, for packs whose replacement ``_forward`` reads them.
@@ -295,19 +314,26 @@ class TransformerBlock(nn.Module):
 
 class SpatialTransformer(nn.Module):
     def __init__(
-        self, channels: int, heads: int, head_dim: int, depth: int, context_dim: int | None, linear: bool
+        self,
+        channels: int,
+        heads: int,
+        head_dim: int,
+        depth: int,
+        context_dim: int | None,
+        linear: bool,
+        ops: Operations = TorchOperations,
     ) -> None:
         super().__init__()
         inner = heads * head_dim
         self.linear = linear
         self.use_linear = linear  # the reference's name
         self.in_channels = channels
-        self.norm = _norm(channels, eps=1e-6)
-        self.proj_in: nn.Module = nn.Linear(channels, inner) if linear else nn.Conv2d(channels, inner, 1)
+        self.norm = _norm(channels, eps=1e-6, ops=ops)
+        self.proj_in: nn.Module = ops.Linear(channels, inner) if linear else ops.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
-            TransformerBlock(inner, heads, head_dim, context_dim) for _ in range(depth)
+            TransformerBlock(inner, heads, head_dim, context_dim, ops) for _ in range(depth)
         )
-        self.proj_out: nn.Module = nn.Linear(inner, channels) if linear else nn.Conv2d(inner, channels, 1)
+        self.proj_out: nn.Module = ops.Linear(inner, channels) if linear else ops.Conv2d(inner, channels, 1)
 
     def forward(
         self,
@@ -340,20 +366,20 @@ class SpatialTransformer(nn.Module):
 
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, ops: Operations = TorchOperations) -> None:
         super().__init__()
         self.channels = channels
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = ops.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
 
 
 class Upsample(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, ops: Operations = TorchOperations) -> None:
         super().__init__()
         self.channels = channels
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = ops.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, output_shape: Sequence[int] | None = None) -> torch.Tensor:
         # Upsampling to the skip's size (not just x2) keeps odd latent sizes working.
@@ -436,45 +462,55 @@ def apply_control(h: torch.Tensor, control: Mapping[str, list[Any]] | None, name
 
 
 class UNetModel(nn.Module):
-    def __init__(self, config: UNetConfig) -> None:
+    """The network. ``operations`` is the layer set it is built from (see
+    :mod:`~plugins.core_nodes.models.operations`; torch's layers by default); ``compute_dtype``
+    the dtype inputs are cast to, for layers whose stored weights are not in it (quantized
+    storage): None means the weights' own dtype."""
+
+    def __init__(
+        self, config: UNetConfig, operations: Operations | None = None, compute_dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
+        ops = TorchOperations if operations is None else operations
         self.config = config
+        self.operations = ops
+        self.compute_dtype = compute_dtype
         mc = config.model_channels
         emb_dim = mc * 4
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_embed = nn.Sequential(ops.Linear(mc, emb_dim), nn.SiLU(), ops.Linear(emb_dim, emb_dim))
         if config.adm_in_channels is not None:
             self.label_emb = nn.Sequential(
                 nn.Sequential(
-                    nn.Linear(config.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+                    ops.Linear(config.adm_in_channels, emb_dim), nn.SiLU(), ops.Linear(emb_dim, emb_dim)
                 )
             )
 
         def transformer(ch: int, depth: int) -> SpatialTransformer:
             heads, head_dim = config.heads_for(ch)
             return SpatialTransformer(
-                ch, heads, head_dim, depth, config.context_dim, config.use_linear_in_transformer
+                ch, heads, head_dim, depth, config.context_dim, config.use_linear_in_transformer, ops
             )
 
-        self.input_blocks = nn.ModuleList([Block([nn.Conv2d(config.in_channels, mc, 3, padding=1)])])
+        self.input_blocks = nn.ModuleList([Block([ops.Conv2d(config.in_channels, mc, 3, padding=1)])])
         skip_channels = [mc]
         ch = mc
         levels = len(config.channel_mult)
         for level, mult in enumerate(config.channel_mult):
             for _ in range(config.num_res_blocks[level]):
-                layers: list[nn.Module] = [ResBlock(ch, emb_dim, mult * mc)]
+                layers: list[nn.Module] = [ResBlock(ch, emb_dim, mult * mc, ops)]
                 ch = mult * mc
                 if config.transformer_depth[level] > 0:
                     layers.append(transformer(ch, config.transformer_depth[level]))
                 self.input_blocks.append(Block(layers))
                 skip_channels.append(ch)
             if level != levels - 1:
-                self.input_blocks.append(Block([Downsample(ch)]))
+                self.input_blocks.append(Block([Downsample(ch, ops)]))
                 skip_channels.append(ch)
 
-        middle: list[nn.Module] = [ResBlock(ch, emb_dim, ch)]
+        middle: list[nn.Module] = [ResBlock(ch, emb_dim, ch, ops)]
         if config.transformer_depth_middle > 0:
             middle.append(transformer(ch, config.transformer_depth_middle))
-        middle.append(ResBlock(ch, emb_dim, ch))
+        middle.append(ResBlock(ch, emb_dim, ch, ops))
         self.middle_block = Block(middle)
 
         self.output_blocks = nn.ModuleList()
@@ -482,20 +518,25 @@ class UNetModel(nn.Module):
         for level in reversed(range(levels)):
             mult = config.channel_mult[level]
             for i in range(config.num_res_blocks[level] + 1):
-                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mult * mc)]
+                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mult * mc, ops)]
                 ch = mult * mc
                 depth = config.transformer_depth_output[out_index]
                 if depth > 0:
                     layers.append(transformer(ch, depth))
                 if level and i == config.num_res_blocks[level]:
-                    layers.append(Upsample(ch))
+                    layers.append(Upsample(ch, ops))
                 self.output_blocks.append(Block(layers))
                 out_index += 1
 
-        self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            _norm(ch, ops=ops), nn.SiLU(), ops.Conv2d(ch, config.out_channels, 3, padding=1)
+        )
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype the network computes in."""
+        if self.compute_dtype is not None:
+            return self.compute_dtype
         return self.input_blocks[0][0].weight.dtype
 
     def forward(
@@ -657,13 +698,38 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> UNetConfig:
 
 
 def build_unet(
-    sd: Mapping[str, torch.Tensor], config: UNetConfig | None = None, dtype: torch.dtype | None = None
+    sd: Mapping[str, torch.Tensor],
+    config: UNetConfig | None = None,
+    dtype: torch.dtype | None = None,
+    operations: Operations | None = None,
+    weight_dtype: torch.dtype | None = None,
 ) -> UNetModel:
-    """A UNet with exactly these (un-prefixed) weights; missing or extra tensors are an error."""
+    """A UNet with exactly these (un-prefixed) weights; missing or extra tensors are an error.
+
+    With our layers every weight is cast to ``dtype`` (default: the first conv's). With a
+    caller's ``operations`` the layers keep what they load (a quantized tensor stays quantized);
+    plain floating-point weights are cast to ``weight_dtype`` (default ``dtype``) and the
+    network computes in ``dtype`` (default: float32, or the dtype of the plain weights).
+    """
     config = config or config_from_state_dict(sd)
+    if is_default(operations):
+        with torch.device("meta"):
+            model = UNetModel(config)
+        load_into(model, sd, None)
+        # Files sometimes mix precisions (fp16 weights, fp32 norms); one dtype keeps every op legal.
+        model.to(dtype or sd["input_blocks.0.0.weight"].dtype)
+        return model.eval().requires_grad_(False)
+    compute = dtype or _plain_dtype(sd) or torch.float32
     with torch.device("meta"):
-        model = UNetModel(config)
-    model.load_state_dict(dict(sd), strict=True, assign=True)
-    # Files sometimes mix precisions (fp16 weights, fp32 norms); one dtype keeps every op legal.
-    model.to(dtype or sd["input_blocks.0.0.weight"].dtype)
+        model = UNetModel(config, operations, compute)
+    load_into(model, sd, operations)
+    cast_plain_weights(model, weight_dtype or compute)
     return model.eval().requires_grad_(False)
+
+
+def _plain_dtype(sd: Mapping[str, torch.Tensor]) -> torch.dtype | None:
+    """The dtype of the first plain floating-point tensor (not a pack's tensor subclass)."""
+    for value in sd.values():
+        if type(value) is torch.Tensor and value.is_floating_point():
+            return value.dtype
+    return None

@@ -19,9 +19,15 @@ files are cached by the server's model manager like the loader nodes' are.
 * ``VAE(sd=...)`` -> VAE from a state dict (``load_torch_file``'s result); not cached.
 * ``load_torch_file`` (from ``comfy.utils``).
 
-``model_options`` / ``te_model_options`` are accepted and not used: weights load at the server's
-compute dtype on its devices. ``embedding_directory`` is not used either: textual inversions come
-from the server's ``embeddings`` folders. A missing file is a ``FileNotFoundError`` naming it; a
+``model_options`` / ``te_model_options`` are read as the reference reads them:
+``custom_operations`` (a pack's layer classes, e.g. ComfyUI-GGUF's dequantizing ones; see
+``plugins.core_nodes.models.operations``) builds the UNet / text encoders from those layers,
+which load the weights themselves; ``dtype`` / ``weight_dtype`` store the weights in that dtype
+and compute in the server's (through ``comfy.ops.manual_cast`` when no layers are given). A model
+loaded with options is built for the caller, not taken from the server's cache. Without options,
+weights load at the server's compute dtype on its devices. ``embedding_directory`` is only read
+by ``load_text_encoder_state_dicts``: the loaders take textual inversions from the server's
+``embeddings`` folders. A missing file is a ``FileNotFoundError`` naming it; a
 file this server cannot read is the core loaders' ``CheckpointError`` / ``LoraError``.
 ``load_checkpoint(config_path, ckpt_path, ...)`` is the deprecated YAML-config form, reading the
 family from the file instead; ``isinstance(clip, CLIP)`` holds for the CLIP values.
@@ -110,6 +116,40 @@ def _model_file(path: str | Path, caller: str) -> Path:
     return file
 
 
+def _storage_dtype(model_options: Mapping[str, Any] | None) -> Any:
+    """The weight dtype ``model_options`` asks for (``dtype``, or ``weight_dtype``), or None."""
+    if not model_options:
+        return None
+    import torch
+
+    for key in ("dtype", "weight_dtype"):
+        value = model_options.get(key)
+        if isinstance(value, torch.dtype):
+            return value
+    return None
+
+
+def _wants_own_build(model_options: Mapping[str, Any] | None) -> bool:
+    """True when ``model_options`` change how a model is built (so the server's cache is not used)."""
+    return bool(model_options) and (
+        model_options.get("custom_operations") is not None or _storage_dtype(model_options) is not None
+    )
+
+
+def _operations(model_options: Mapping[str, Any] | None, file_dtype: Any) -> tuple[Any, Any]:
+    """``(layer classes, weight dtype)`` for a build: the caller's layers if any; else, when the
+    weights are to be stored in another dtype than they come in, the reference's casting layers."""
+    from plugins.core_nodes.models.operations import custom_operations
+
+    ops = custom_operations(model_options)
+    storage = _storage_dtype(model_options)
+    if ops is None and storage is not None and storage != file_dtype:
+        import comfy.ops
+
+        ops = comfy.ops.manual_cast
+    return ops, storage
+
+
 def load_checkpoint_guess_config(
     ckpt_path: str | Path,
     output_vae: bool = True,
@@ -122,7 +162,12 @@ def load_checkpoint_guess_config(
 ) -> tuple[Any, Any, Any, None]:
     """``(MODEL, CLIP, VAE, CLIP vision)`` of a single-file checkpoint, None where not asked for."""
     path = _model_file(ckpt_path, "load_checkpoint_guess_config")
-    model, clip, vae = _adapters().load_checkpoint(path)
+    if _wants_own_build(model_options) or _wants_own_build(te_model_options):
+        model, clip, vae = _checkpoint_with_options(
+            path, output_model, output_clip, output_vae, embedding_directory, model_options, te_model_options
+        )
+    else:
+        model, clip, vae = _adapters().load_checkpoint(path)
     return (
         model if output_model else None,
         clip if output_clip else None,
@@ -163,14 +208,45 @@ def _fresh(result: Any, given: Any) -> Any:
     return result
 
 
+def _checkpoint_with_options(
+    path: Path,
+    output_model: bool,
+    output_clip: bool,
+    output_vae: bool,
+    embedding_directory: str | Sequence[str] | None,
+    model_options: Mapping[str, Any] | None,
+    te_model_options: Mapping[str, Any] | None,
+) -> tuple[Any, Any, Any]:
+    """A checkpoint's parts built for this caller (not cached): the UNet and the text encoders
+    with the layers / dtypes their options ask for, the VAE as the server builds it."""
+    from plugins.core_nodes.models import checkpoint as ckpt
+
+    sd, metadata = load_torch_file(str(path), return_metadata=True)
+    model = clip = vae = None
+    if output_model:
+        unet_sd = ckpt.strip_prefix(sd, ckpt.UNET_PREFIX)
+        model = _diffusion_model(unet_sd, model_options, metadata, sd.keys(), path.name)
+    if output_clip:
+        text = {k: v for k, v in sd.items() if k.startswith(ckpt.TEXT_ENCODER_PREFIXES)}
+        if text:
+            clip = _text_encoder(text, None, te_model_options, path.name, embedding_directory)
+    if output_vae and any(k.startswith(ckpt.VAE_PREFIXES) for k in sd):
+        vae = VAE(sd=sd)
+    return model, clip, vae
+
+
 def load_diffusion_model(unet_path: str | Path, model_options: Mapping[str, Any] | None = None) -> Any:
     """MODEL from a standalone UNet file (``diffusion_models/``)."""
-    return _adapters().load_unet(_model_file(unet_path, "load_diffusion_model"))
+    path = _model_file(unet_path, "load_diffusion_model")
+    if _wants_own_build(model_options):
+        sd, metadata = load_torch_file(str(path), return_metadata=True)
+        return load_diffusion_model_state_dict(sd, model_options, metadata)
+    return _adapters().load_unet(path)
 
 
 def load_unet(unet_path: str | Path, dtype: Any = None) -> Any:
-    """The reference's older name for :func:`load_diffusion_model`."""
-    return _adapters().load_unet(_model_file(unet_path, "load_unet"))
+    """The reference's older name for :func:`load_diffusion_model` (``dtype``: the weights')."""
+    return load_diffusion_model(_model_file(unet_path, "load_unet"), {"dtype": dtype} if dtype is not None else None)
 
 
 def _core_clip_type(clip_type: Any, count: int) -> str:
@@ -203,26 +279,39 @@ def load_clip(
     return _adapters().load_clip(paths, core_type)
 
 
-def _refuse_custom_operations(model_options: Mapping[str, Any] | None, caller: str) -> None:
-    # Quantized loaders (GGUF) hand their own layer classes and tensor types here; the server's
-    # networks cannot run them, so say so instead of failing on mismatched weight shapes.
-    if model_options and model_options.get("custom_operations") is not None:
-        raise NotImplementedError(
-            f"comfy.sd.{caller}: model_options['custom_operations'] (quantized weights such as GGUF) "
-            "are not supported by comfykernel"
-        )
+def _diffusion_model(
+    unet_sd: Mapping[str, Any],
+    model_options: Mapping[str, Any] | None,
+    metadata: Any,
+    all_keys: Any,
+    name: str,
+) -> Any:
+    """MODEL from un-prefixed UNet weights, built with the layers / dtype ``model_options`` ask for."""
+    from plugins.core_nodes.models import checkpoint as ckpt
+    from plugins.core_nodes.models.unet import build_unet
+
+    meta = metadata if isinstance(metadata, Mapping) else None
+    family = ckpt.detect_family(unet_sd, name, all_keys, meta)
+    first = unet_sd.get("input_blocks.0.0.weight")
+    ops, storage = _operations(model_options, getattr(first, "dtype", None))
+    try:
+        unet = build_unet(unet_sd, family.unet_config, None, operations=ops, weight_dtype=storage)
+    except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as e:
+        raise ckpt.CheckpointError(f"{name} does not fit the detected model ({str(e).splitlines()[0][:300]})") from None
+    return _adapters().DiffusionModel(unet, family)
 
 
 def load_diffusion_model_state_dict(
     sd: Mapping[str, Any], model_options: Mapping[str, Any] | None = None, metadata: Any = None
 ) -> Any:
     """MODEL from a UNet state dict (``model.diffusion_model.`` prefix or none; the ldm layout or
-    a known diffusers layout). Not cached, like the reference's; errors are ``CheckpointError``."""
+    a known diffusers layout). Not cached, like the reference's; errors are ``CheckpointError``.
+
+    ``model_options["custom_operations"]`` builds the network from those layer classes, which
+    are handed the state dict's tensors as they are (ComfyUI-GGUF's quantized ones included)."""
     if not isinstance(sd, Mapping):
         raise TypeError("comfy.sd.load_diffusion_model_state_dict needs a state dict")
-    _refuse_custom_operations(model_options, "load_diffusion_model_state_dict")
     from plugins.core_nodes.models import checkpoint as ckpt
-    from plugins.core_nodes.models.unet import build_unet
 
     unet_sd = ckpt.strip_prefix(sd, ckpt.UNET_PREFIX) or dict(sd)
     if "conv_in.weight" in unet_sd and "input_blocks.0.0.weight" not in unet_sd:
@@ -233,17 +322,12 @@ def load_diffusion_model_state_dict(
         except ValueError as e:
             raise ckpt.CheckpointError(f"the UNet state dict given to load_diffusion_model_state_dict: {e}") from None
     name = "the UNet state dict given to load_diffusion_model_state_dict"
-    family = ckpt.detect_family(unet_sd, name, unet_sd.keys(), metadata if isinstance(metadata, Mapping) else None)
-    try:
-        unet = build_unet(unet_sd, family.unet_config, None)
-    except (RuntimeError, KeyError, ValueError, IndexError) as e:
-        raise ckpt.CheckpointError(f"{name} does not fit the detected model ({str(e).splitlines()[0][:300]})") from None
-    return _adapters().DiffusionModel(unet, family)
+    return _diffusion_model(unet_sd, model_options, metadata, unet_sd.keys(), name)
 
 
 def load_unet_state_dict(sd: Mapping[str, Any], dtype: Any = None) -> Any:
-    """The reference's older name for :func:`load_diffusion_model_state_dict`."""
-    return load_diffusion_model_state_dict(sd)
+    """The reference's older name for :func:`load_diffusion_model_state_dict` (``dtype``: the weights')."""
+    return load_diffusion_model_state_dict(sd, {"dtype": dtype} if dtype is not None else None)
 
 
 class StyleModel:
@@ -310,19 +394,25 @@ def load_text_encoder_state_dicts(
 ) -> Any:
     """CLIP from text-encoder state dicts already read (``load_clip`` without the files): one
     (CLIP-L, or OpenCLIP-H told by its width) or SDXL's two, in either order. Textual inversions
-    are looked up in ``embedding_directory``; the result is not cached."""
+    are looked up in ``embedding_directory``; ``model_options`` as in the module doc (a pack's
+    ``custom_operations`` build the encoders from its layers); the result is not cached."""
     dicts = [dict(sd) for sd in state_dicts]
     _core_clip_type(clip_type, len(dicts))
-    _refuse_custom_operations(model_options, "load_text_encoder_state_dicts")
-    from plugins.core_nodes.models import checkpoint as ckpt
-    from plugins.core_nodes.models.text_encoder import stack_from_encoder_files
+    return _text_encoder(None, dicts, model_options, "load_text_encoder_state_dicts", embedding_directory)
 
-    if len(dicts) == 2:
-        # CLIP-L is the narrower of SDXL's pair, whichever slot it came in.
-        dicts.sort(key=_text_encoder_width)
-        roles: tuple[str, ...] = ("l", "g")
-    else:
-        roles = ("h",) if _text_encoder_width(dicts[0]) == 1024 else ("l",)
+
+def _text_encoder(
+    checkpoint_sd: Mapping[str, Any] | None,
+    files: Sequence[Mapping[str, Any]] | None,
+    model_options: Mapping[str, Any] | None,
+    name: str,
+    embedding_directory: str | Sequence[str] | None = None,
+) -> Any:
+    """CLIP built for a caller: from a checkpoint's text-encoder weights (``checkpoint_sd``) or
+    from standalone encoder files (``files``), with the layers / dtype ``model_options`` ask for."""
+    from plugins.core_nodes.models import checkpoint as ckpt
+    from plugins.core_nodes.models.text_encoder import stack_from_encoder_files, stack_from_state_dict
+
     embeddings = None
     if embedding_directory:
         import comfy.sd1_clip
@@ -330,10 +420,25 @@ def load_text_encoder_state_dicts(
         def embeddings(name: str, key: str, size: int) -> Any:
             return comfy.sd1_clip.load_embed(name, embedding_directory, size, key)
 
+    weights = checkpoint_sd if checkpoint_sd is not None else {k: v for f in files or () for k, v in f.items()}
+    first = next((v for k, v in weights.items() if k.endswith("token_embedding.weight")), None)
+    ops, storage = _operations(model_options, getattr(first, "dtype", None))
     try:
-        stack = stack_from_encoder_files(dict(zip(roles, dicts, strict=True)), embeddings=embeddings)
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise ckpt.CheckpointError(f"load_text_encoder_state_dicts: not text encoders this server knows ({e})") from None
+        if checkpoint_sd is not None:
+            stack = stack_from_state_dict(checkpoint_sd, embeddings=embeddings, operations=ops, weight_dtype=storage)
+        else:
+            dicts = [dict(f) for f in files or ()]
+            if len(dicts) == 2:
+                # CLIP-L is the narrower of SDXL's pair, whichever slot it came in.
+                dicts.sort(key=_text_encoder_width)
+                roles: tuple[str, ...] = ("l", "g")
+            else:
+                roles = ("h",) if _text_encoder_width(dicts[0]) == 1024 else ("l",)
+            stack = stack_from_encoder_files(
+                dict(zip(roles, dicts, strict=True)), embeddings=embeddings, operations=ops, weight_dtype=storage
+            )
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise ckpt.CheckpointError(f"{name}: not text encoders this server knows ({e})") from None
     return _adapters().TextEncoder(stack)
 
 
