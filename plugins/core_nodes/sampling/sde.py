@@ -10,6 +10,7 @@ import torch
 from .brownian import BrownianTreeNoiseSampler
 from .common import SamplerContext, ancestral_step, ei_h_phi_1, ei_h_phi_2, half_log_snr
 from .noise import NoiseSampler
+from .sde_options import er_sde_default_scaler, simple_order2_coefficients
 
 
 def _brownian(ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, cpu: bool) -> NoiseSampler:
@@ -200,13 +201,18 @@ def sample_dpmpp_3m_sde(
 
 
 def sample_er_sde(
-    ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, s_noise: float = 1.0, max_stage: int = 3
+    ctx: SamplerContext,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    s_noise: float = 1.0,
+    max_stage: int = 3,
+    noise_scaler: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Extended reverse-time SDE solver, VP form, up to third stage (Cui et al. 2023, arXiv:2309.06169)."""
-    noise = ctx.noise_sampler(x)
+    """Extended reverse-time SDE solver, VP form, up to third stage (Cui et al. 2023, arXiv:2309.06169).
 
-    def scaler(v: torch.Tensor) -> torch.Tensor:
-        return v * ((v**0.3).exp() + 10.0)
+    ``noise_scaler`` replaces the solver's own (see :mod:`.sde_options`)."""
+    noise = ctx.noise_sampler(x)
+    scaler = noise_scaler if noise_scaler is not None else er_sde_default_scaler
 
     points = 200.0
     point_index = torch.arange(0, points, dtype=torch.float32, device=x.device)
@@ -401,12 +407,26 @@ def sample_sa_solver(
     corrector_order: int = 4,
     use_pece: bool = False,
     tau_func: Callable[[torch.Tensor], float] | None = None,
+    simple_order_2: bool = False,
 ) -> torch.Tensor:
     """SA-Solver (Xue et al. 2023, arXiv:2309.05019): stochastic Adams predictor-corrector.
 
     By default the noise is on (tau = 1) only for sigmas between the 20% and 80% points of the
-    model's schedule.
+    model's schedule. ``simple_order_2`` uses the closed-form weights for two-estimate steps.
     """
+
+    def coefficients(
+        sigma_next: torch.Tensor,
+        lams: torch.Tensor,
+        lam_s: torch.Tensor,
+        lam_t: torch.Tensor,
+        tau: float,
+        corrector: bool,
+    ) -> torch.Tensor:
+        if simple_order_2 and lams.shape[0] == 2:
+            return simple_order2_coefficients(sigma_next, lams, lam_s, lam_t, tau, corrector)
+        return _sa_coefficients(sigma_next, lams, lam_s, lam_t, tau)
+
     if len(sigmas) <= 1:
         return x
     noise_sampler = ctx.noise_sampler(x)
@@ -443,8 +463,8 @@ def sample_sa_solver(
         if corr_order == 0:
             x = x_pred
         else:
-            b = _sa_coefficients(
-                sigmas[i], lambdas[i - corr_order + 1 : i + 1], lambdas[i - 1], lambdas[i], tau_t
+            b = coefficients(
+                sigmas[i], lambdas[i - corr_order + 1 : i + 1], lambdas[i - 1], lambdas[i], tau_t, True
             )
             stacked = torch.stack(history[-corr_order:], dim=1)
             corr = torch.tensordot(stacked, b, dims=([1], [0]))
@@ -459,8 +479,8 @@ def sample_sa_solver(
             x_pred = denoised
         else:
             tau_t = tau_func(sigmas[i + 1])
-            b = _sa_coefficients(
-                sigmas[i + 1], lambdas[i - pred_order + 1 : i + 1], lambdas[i], lambdas[i + 1], tau_t
+            b = coefficients(
+                sigmas[i + 1], lambdas[i - pred_order + 1 : i + 1], lambdas[i], lambdas[i + 1], tau_t, False
             )
             stacked = torch.stack(history[-pred_order:], dim=1)
             pred = torch.tensordot(stacked, b, dims=([1], [0]))
