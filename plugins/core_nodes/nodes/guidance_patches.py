@@ -3,7 +3,7 @@ FreSca, NAG, skip-layer guidance, epsilon scaling and temporal score rescaling (
 
 Every node clones the MODEL and installs functions from :mod:`plugins.core_nodes.patches`
 through the MODEL's patch API (pre-/post-CFG functions, a CFG function, attention replacements
-and output patches, a ``calc_cond_batch`` function or wrapper); the sampler applies them. The
+and output patches, a ``calc_cond_batch`` function); the sampler applies them. The
 method names and return tuples are the reference's (``patch`` and the newer ``execute``), so packs
 calling them directly get what they expect.
 """
@@ -348,15 +348,10 @@ class NAGuidance(_ModelPatch):
         }
 
     def patch(self, model: Any, nag_scale: float, nag_alpha: float, nag_tau: float) -> tuple[Any]:  # type: ignore[override]
-        from plugins.core_nodes.models.extension import WrappersMP
-        from plugins.core_nodes.patches.nag import WRAPPER_KEY, NormalizedAttentionGuidance
+        from plugins.core_nodes.patches.nag import nag_output_patch
 
-        nag = NormalizedAttentionGuidance(nag_scale, nag_alpha, nag_tau)
         m = model.clone()
-        m.set_model_attn1_output_patch(nag.output_patch)
-        # Our sampler predicts cond and uncond in separate calls: the wrapper runs the uncond
-        # first so the cond's layers can be guided against its outputs (see patches.nag).
-        m.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, nag.calc_cond_batch_wrapper)
+        m.set_model_attn1_output_patch(nag_output_patch(nag_scale, nag_alpha, nag_tau))
         m.disable_model_cfg1_optimization()
         return (m,)
 

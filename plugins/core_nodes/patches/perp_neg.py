@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from plugins.core_nodes.cfg import calc_cond_batch
-from plugins.core_nodes.guidance import CFGGuider, resolve
+from plugins.core_nodes.cond_prep import convert_cond, encode_model_conds
+from plugins.core_nodes.guidance import CFGGuider
 from plugins.core_nodes.patchpoints import lookup
 
 Args = dict[str, Any]
@@ -46,15 +47,17 @@ def _calc_cond_batch() -> Callable[..., list[torch.Tensor]]:
 
 
 def perp_neg_cfg_function(empty_conditioning: list[list[Any]], neg_scale: float) -> Callable[[Args], torch.Tensor]:
-    """The ``PerpNeg`` node's CFG function: evaluates ``empty_conditioning`` at each step and
-    returns the Perp-Neg result as a noise prediction (``input - denoised``)."""
+    """The ``PerpNeg`` node's CFG function: evaluates ``empty_conditioning`` at each step (its
+    model conds encoded for the latent as a negative prompt's) and returns the Perp-Neg result
+    as a noise prediction (``input - denoised``)."""
+    nocond = convert_cond(empty_conditioning)
 
     def cfg_function(args: Args) -> torch.Tensor:
         model = args["model"]
         x = args["input"]
         sigma = args["sigma"]
-        nocond = resolve(empty_conditioning, x, model)
-        (nocond_pred,) = _calc_cond_batch()(model, [nocond], x, sigma, args["model_options"])
+        encoded = encode_model_conds(model.extra_conds, list(nocond), x, x.device, "negative")
+        (nocond_pred,) = _calc_cond_batch()(model, [encoded], x, sigma, args["model_options"])
         guided = perp_neg(
             x, args["cond_denoised"], args["uncond_denoised"], nocond_pred, neg_scale, args["cond_scale"]
         )
