@@ -102,9 +102,10 @@ def gather_inputs(
                 data[name] = [None]
             else:
                 data[name] = entry.outputs[index]
-        elif declared is not None or name in info.hidden_literal:
+        elif declared is not None or name in info.hidden_literal or info.spec.accept_all_inputs:
             data[name] = [value]
-        # Undeclared literals are dropped (undeclared links above are kept, for **kwargs nodes).
+        # Undeclared literals are dropped (undeclared links above are kept, for **kwargs nodes),
+        # except for a node that accepts all inputs (its widgets exist only in the frontend).
     for name, token in info.hidden.items():
         if token == "PROMPT":
             data[name] = [dynprompt.get_original_prompt() if dynprompt is not None else {}]
