@@ -205,26 +205,19 @@ _GUIDER: type | None = None
 
 def _make_guider_class() -> type:
     from plugins.core_nodes.cfg import ModelView, calc_cond_batch, cfg_function
-    from plugins.core_nodes.guidance import CFGGuider, copy_model_options, resolve
+    from plugins.core_nodes.guidance import CFGGuider, copy_model_options
     from plugins.core_nodes.patchpoints import lookup
 
     class DualModelCFGGuider(CFGGuider):
         """CFG with the conditional pass on ``model`` and the unconditional one on
         ``model_negative`` (a second MODEL, e.g. a distilled unconditional network); without a
-        second MODEL it is the plain :class:`CFGGuider`."""
+        second MODEL it is the plain :class:`CFGGuider`. The conds are prepared once, for
+        ``model``: the two MODELs are expected to share a family (and so a cond format)."""
 
         def __init__(self, model_patcher: Any, model_negative: Any = None) -> None:
             super().__init__(model_patcher)
             self.model_negative = model_negative
             self.negative_model = ModelView(model_negative) if model_negative is not None else None
-
-        def prepare(self, latent_image: torch.Tensor, denoise_mask: torch.Tensor | None = None) -> None:
-            super().prepare(latent_image, denoise_mask)
-            if self.model_negative is not None and "negative" in self.original_conds:
-                # The negative entries are placed for the MODEL that evaluates them.
-                self.conds["negative"] = resolve(
-                    self.original_conds["negative"], latent_image, self.model_negative
-                )
 
         def _negative_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
             own = copy_model_options(getattr(self.model_negative, "model_options", None) or {})
