@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from plugins.core_nodes.models.patcher import ModelPatcher
 from plugins.core_nodes.nodes import custom_sampler as cs
 from plugins.core_nodes.nodes import custom_sampler_extra as extra
 from plugins.core_nodes.sampler_objects import KSAMPLER
@@ -22,7 +21,8 @@ from plugins.core_nodes.sampling.sde_options import simple_order2_coefficients
 
 from .golden import GOLDEN_DIR
 from .node_helpers import messages, run_prompt
-from .toy_stack import TOY_FORMAT, TOY_PLUGIN, ToyModel
+from .toy_guidance import SIGMAS, cond, guided_offsets, toy_patcher
+from .toy_stack import TOY_PLUGIN, ToyModel
 
 GOLDEN = json.loads((GOLDEN_DIR / "samplers.json").read_text())
 TENSORS = load_file(GOLDEN_DIR / "samplers.safetensors")
@@ -142,67 +142,6 @@ def test_simple_order_2_changes_an_order_2_run() -> None:
 
 
 # --- guiders -------------------------------------------------------------------------------------
-
-
-class ToyNet(torch.nn.Module):
-    """The toy denoiser as a reference ``BaseModel``: plus ``bias`` times each item's text mean."""
-
-    def __init__(self, bias: float) -> None:
-        super().__init__()
-        self.bias = bias
-        self.model_sampling = ModelSamplingDiscrete()
-        self.latent_format = TOY_FORMAT
-        self.sigmas_seen: list[float] = []
-
-    def apply_model(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        c_concat: Any = None,
-        c_crossattn: Any = None,
-        control: Any = None,
-        transformer_options: Any = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        self.sigmas_seen.append(float(t.reshape(-1)[0]))
-        text = c_crossattn.reshape(c_crossattn.shape[0], -1).mean(dim=1).reshape(-1, 1, 1, 1)
-        return toy_denoiser(x, t) + self.bias * text
-
-
-def toy_patcher(bias: float) -> ModelPatcher:
-    return ModelPatcher(ToyNet(bias), "cpu", "cpu")
-
-
-def cond(value: float) -> list[list[Any]]:
-    return [[torch.full((1, 77, 8), value), {"pooled_output": torch.full((1, 8), value)}]]
-
-
-def recording_sampler(outputs: list[tuple[float, torch.Tensor]]) -> KSAMPLER:
-    """A sampler that asks the guider for one prediction per sigma and records them."""
-
-    def run(
-        model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Any, callback: Any, disable: Any
-    ) -> Any:
-        for sigma in sigmas[:-1]:
-            outputs.append((float(sigma), model(x, sigma * x.new_ones([x.shape[0]]), **extra_args)))
-        return x
-
-    return KSAMPLER(run)
-
-
-def guided_offsets(guider: Any, sigmas: torch.Tensor) -> list[tuple[float, float]]:
-    """(sigma, prediction minus the plain toy denoiser) for each step of a run of ``guider``."""
-    outputs: list[tuple[float, torch.Tensor]] = []
-    latent = torch.zeros(1, 4, 8, 8)
-    guider.sample(torch.zeros_like(latent), latent, recording_sampler(outputs), sigmas, seed=0)
-    offsets = []
-    for sigma, out in outputs:
-        x = torch.zeros_like(latent)  # the recording sampler never moves x
-        offsets.append((sigma, float((out - toy_denoiser(x, torch.tensor([sigma]))).mean())))
-    return offsets
-
-
-SIGMAS = torch.tensor([14.6, 6.0, 2.0, 0.5, 0.0])
 
 
 def test_cfg_override_replaces_cfg_inside_its_range_and_the_last_override_wins() -> None:
