@@ -404,7 +404,7 @@ class NodeSpec:
         """This node's ``NodeInfo`` as ``GET /object_info`` reports it."""
         types = self.input_types()
         info: dict[str, Any] = {
-            "input": types,
+            "input": self._published_inputs(types),
             "input_order": {
                 group: list(entries) for group, entries in types.items() if isinstance(entries, dict)
             },
@@ -450,6 +450,18 @@ class NodeSpec:
         if hasattr(self.cls, "ESSENTIALS_CATEGORY"):
             info["essentials_category"] = self.cls.ESSENTIALS_CATEGORY  # type: ignore[attr-defined]
         return info
+
+    def _published_inputs(self, types: dict[str, Any]) -> dict[str, Any]:
+        """``types`` as ``/object_info`` shows them.
+
+        The reference publishes a schema node's hidden inputs as one-item lists (``["PROMPT"]``).
+        A classic class standing in for one declares plain tokens, which the engine fills, and
+        sets ``PUBLISH_SCHEMA_HIDDEN = True`` so its published interface is the reference's.
+        """
+        hidden = types.get("hidden")
+        if not getattr(self.cls, "PUBLISH_SCHEMA_HIDDEN", False) or not isinstance(hidden, dict):
+            return types
+        return {**types, "hidden": {name: [token] for name, token in hidden.items()}}
 
     def _description(self) -> str:
         if self.schema is not None:
