@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from plugins.core_nodes.nodes.common import MAX_RESOLUTION, CoreNode
+from plugins.core_nodes.nodes.common import MAX_RESOLUTION, CoreNode, KernelNode, bind
 
 CHANNELS = ["red", "green", "blue", "alpha"]
 OPERATIONS = ["multiply", "add", "subtract", "and", "or", "xor"]
@@ -218,6 +218,47 @@ class ThresholdMask(_Mask):
         return ((mask > value).float(),)
 
 
+class ImageColorToMask(_Mask):
+    FUNCTION = "image_to_mask"
+    SEARCH_ALIASES = ["color keying", "chroma key"]
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        color = {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1, "display": "number"}
+        return {"required": {"image": ("IMAGE", {}), "color": ("INT", color)}}
+
+    def image_to_mask(self, image: Any, color: int) -> tuple[Any]:
+        """1 where the pixel, in 8-bit RGB (rounded), is exactly ``color`` (0xRRGGBB), else 0."""
+        import torch
+
+        if image.shape[-1] < 3:
+            raise ValueError(f"the image needs red, green and blue channels, it has {image.shape[-1]}")
+        rgb = (torch.clamp(image[..., :3], 0.0, 1.0) * 255.0).round().to(torch.int64)
+        packed = (rgb[..., 0] << 16) + (rgb[..., 1] << 8) + rgb[..., 2]
+        return ((packed == color).float(),)
+
+
+class MaskPreview(_Mask, KernelNode):
+    PUBLISH_SCHEMA_HIDDEN = True
+    RETURN_TYPES = ()
+    FUNCTION = "preview"
+    OUTPUT_NODE = True
+    SEARCH_ALIASES = ["show mask", "view mask", "inspect mask", "debug mask"]
+    DESCRIPTION = "Shows the mask as a grey picture (saved to the temp folder)."
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"mask": ("MASK", {})}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    def preview(self, mask: Any, prompt: Any = None, extra_pnginfo: Any = None) -> dict[str, Any]:
+        from plugins.core_nodes.nodes.io import PreviewImage
+
+        # Like the reference's mask preview: grey RGB, and no prompt in the file.
+        grey = mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])).movedim(1, -1).expand(-1, -1, -1, 3)
+        images = bind(PreviewImage, self.kernel())().save_images(grey)["ui"]["images"]
+        return {"ui": {"images": images, "animated": (False,)}, "result": ()}
+
+
 NODES: dict[str, tuple[type, str | None]] = {
     "SolidMask": (SolidMask, "Create Solid Mask"),
     "InvertMask": (InvertMask, "Invert Mask"),
@@ -228,4 +269,6 @@ NODES: dict[str, tuple[type, str | None]] = {
     "ImageToMask": (ImageToMask, "Convert Image to Mask"),
     "MaskToImage": (MaskToImage, "Convert Mask to Image"),
     "ThresholdMask": (ThresholdMask, "Threshold Mask"),
+    "ImageColorToMask": (ImageColorToMask, "Convert Image Color to Mask"),
+    "MaskPreview": (MaskPreview, "Preview Mask"),
 }
