@@ -183,8 +183,8 @@ class ImageCropV2(_Images, KernelNode):
             int(crop_region.get(k, d)) for k, d in (("x", 0), ("y", 0), ("width", 512), ("height", 512))
         )
         # The corner stays inside the image, so the crop is never empty.
-        x = min(x, image.shape[2] - 1)
-        y = min(y, image.shape[1] - 1)
+        x = max(0, min(x, image.shape[2] - 1))
+        y = max(0, min(y, image.shape[1] - 1))
         out = image[:, y : y + height, x : x + width, :]
         return {"ui": {"images": _preview(self.kernel(), out), "animated": (False,)}, "result": (out,)}
 
