@@ -23,6 +23,8 @@ from .vae import LATENT_SCALE, VAE, build_vae
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 TEXT_ENCODER_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
+# unCLIP checkpoints: the image-embedding noise augmentor and the CLIP vision tower they carry.
+UNCLIP_PREFIXES = ("noise_augmentor.", "embedder.model.visual.")
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -187,6 +189,11 @@ def detect_family(
     except (KeyError, ValueError, IndexError) as e:
         raise CheckpointError(f"{name} has an unrecognised UNet layout ({e})") from None
     keys = set(all_keys) | set(unet_sd)
+    if config.adm_in_channels is not None and any(k.startswith(UNCLIP_PREFIXES) for k in keys):
+        # Its ADM input is a noise-augmented CLIP image embedding, not SDXL's size conditioning.
+        raise CheckpointError(
+            f"{name} is an SD2.1 unCLIP checkpoint: sampling unCLIP models is not supported by this server yet"
+        )
     if config.adm_in_channels is not None:
         if config.context_dim is None:
             raise CheckpointError(

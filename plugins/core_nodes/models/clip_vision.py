@@ -250,3 +250,30 @@ def load_clip_vision(sd: Mapping[str, torch.Tensor]) -> ClipVision:
     if missing:
         raise ClipVisionError(f"the CLIP vision model is missing weights: {missing[:5]}")
     return ClipVision(model)
+
+
+# Where unCLIP checkpoints keep their image encoder (OpenCLIP layout).
+CHECKPOINT_VISION_PREFIX = "embedder.model.visual."
+
+
+def clip_vision_from_checkpoint(path: Any) -> ClipVision | None:
+    """The CLIP vision tower a checkpoint carries (unCLIP models), or None when it has none.
+
+    Only the tower's tensors are read from a ``.safetensors`` file; a pickle is read whole.
+    """
+    from pathlib import Path
+
+    from plugins.core_nodes.models.checkpoint import SAFETENSORS_SUFFIXES, load_state_dict
+
+    path = Path(path)
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            sd = {k: f.get_tensor(k) for k in f.keys() if k.startswith(CHECKPOINT_VISION_PREFIX)}  # noqa: SIM118
+    else:
+        sd = {k: v for k, v in load_state_dict(path)[0].items() if k.startswith(CHECKPOINT_VISION_PREFIX)}
+    if not sd:
+        return None
+    visual = {"visual." + k[len(CHECKPOINT_VISION_PREFIX) :]: v for k, v in sd.items()}
+    return load_clip_vision(visual)

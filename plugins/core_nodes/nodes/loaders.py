@@ -20,6 +20,7 @@ missing function; listing the nodes (``/object_info``) works either way.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -263,6 +264,103 @@ class UNETLoader(_Loader):
         return (_adapter("load_unet")(self.path("diffusion_models", unet_name), weight_dtype),)
 
 
+class CheckpointLoader(CheckpointLoaderSimple):
+    """The original latent-diffusion way: a checkpoint plus its YAML config. The model is still
+    recognised from its weights; from the config this server takes what changes the result: a
+    ``parameterization: "v"`` model samples as v-prediction, and the text encoder's
+    ``cond_stage_config.params.layer_idx`` sets its clip skip (as the reference does)."""
+
+    DEPRECATED = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"config_name": (cls.names("configs"),), "ckpt_name": (cls.names("checkpoints"),)}}
+
+    def load_checkpoint(self, config_name: str, ckpt_name: str) -> tuple[Any, Any, Any]:  # type: ignore[override]
+        params = read_ldm_config(self.path("configs", config_name))
+        model, clip, vae = super().load_checkpoint(ckpt_name)
+        if params.get("parameterization") == "v":
+            from plugins.core_nodes.sampling.prediction import make_sampling
+
+            config = getattr(getattr(model, "model", None), "model_config", None)
+            model = model.clone()
+            model.add_object_patch(
+                "model_sampling", make_sampling("v_prediction", dict(getattr(config, "sampling_settings", None) or {}))
+            )
+        layer_idx = ((params.get("cond_stage_config") or {}).get("params") or {}).get("layer_idx")
+        if clip is not None and layer_idx is not None:
+            clip = clip.clone()
+            clip.clip_layer(int(layer_idx))
+        return (model, clip, vae)
+
+
+def read_ldm_config(path: Path) -> dict[str, Any]:
+    """``model.params`` of a latent-diffusion YAML config; a clear error when it has none."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        params = config["model"]["params"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise ValueError(f"{path.name} is not a latent-diffusion model config ({type(e).__name__}: {e})") from None
+    if not isinstance(params, dict):
+        raise ValueError(f"{path.name} is not a latent-diffusion model config (model.params is not a mapping)")
+    return params
+
+
+class DiffusersLoader(_Loader):
+    """A model saved by diffusers: a folder under ``models/diffusers`` with ``model_index.json``."""
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load_checkpoint"
+    DEPRECATED = True
+
+    @classmethod
+    def folders(cls) -> list[Path]:
+        models = cls.KERNEL.models if cls.KERNEL is not None else None
+        if models is None:
+            return []
+        try:
+            return [Path(p) for p in models.folder_paths("diffusers")]
+        except KeyError:
+            return []
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        found: list[str] = []
+        for root in cls.folders():
+            for where, _dirs, files in os.walk(root, followlinks=True):
+                if "model_index.json" in files:
+                    found.append(Path(os.path.relpath(where, root)).as_posix())
+        return {"required": {"model_path": (sorted(found),)}}
+
+    def load_checkpoint(self, model_path: str, output_vae: bool = True, output_clip: bool = True) -> tuple[Any, Any, Any]:
+        from kernel.paths import UnsafePath, safe_join
+        from plugins.core_nodes.models.diffusers_format import load_diffusers
+
+        for root in self.folders():
+            try:
+                folder = safe_join(root, model_path, allow_root=True)
+            except UnsafePath:
+                continue
+            if folder.is_dir():
+                model, clip, vae = load_diffusers(folder)
+                return (model, clip if output_clip else None, vae if output_vae else None)
+        raise FileNotFoundError(f"diffusers model folder {model_path!r} not found in diffusers")
+
+
+class unCLIPCheckpointLoader(CheckpointLoaderSimple):  # noqa: N801 - the reference's class name
+    """A checkpoint and the CLIP vision encoder stored inside it (None when it has none)."""
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE", "CLIP_VISION")
+
+    def load_checkpoint(self, ckpt_name: str) -> tuple[Any, Any, Any, Any]:  # type: ignore[override]
+        from plugins.core_nodes.models.clip_vision import clip_vision_from_checkpoint
+
+        model, clip, vae = super().load_checkpoint(ckpt_name)
+        return (model, clip, vae, clip_vision_from_checkpoint(self.path("checkpoints", ckpt_name)))
+
+
 NODES: dict[str, tuple[type, str | None]] = {
     "CheckpointLoaderSimple": (CheckpointLoaderSimple, "Load Checkpoint"),
     "VAELoader": (VAELoader, "Load VAE"),
@@ -271,4 +369,7 @@ NODES: dict[str, tuple[type, str | None]] = {
     "CLIPLoader": (CLIPLoader, "Load CLIP"),
     "DualCLIPLoader": (DualCLIPLoader, "Load CLIP (Dual)"),
     "UNETLoader": (UNETLoader, "Load Diffusion Model"),
+    "CheckpointLoader": (CheckpointLoader, "Load Checkpoint With Config (DEPRECATED)"),
+    "DiffusersLoader": (DiffusersLoader, "Load Diffusers Model (DEPRECATED)"),
+    "unCLIPCheckpointLoader": (unCLIPCheckpointLoader, "Load unCLIP Checkpoint"),
 }
