@@ -522,3 +522,39 @@ async def test_chained_guidance_patches_through_the_server(
     for name in ("chain", "perpneg"):
         assert torch.isfinite(latents[name]).all()
         assert not torch.allclose(latents[name], latents["plain"], atol=1e-3), name
+
+
+async def test_packs_reach_the_nodes_through_comfy_extras(comfy_server: Any, model: Any) -> None:
+    """Packs import these classes from the reference's modules and call ``patch`` / ``execute``."""
+    import importlib
+
+    await comfy_server(plugins=["comfy_compat", "models", "core_nodes"])
+    modules = {
+        "nodes_apg": ["APG"],
+        "nodes_cfg": ["CFGZeroStar", "CFGNorm"],
+        "nodes_mahiro": ["Mahiro"],
+        "nodes_tcfg": ["TCFG"],
+        "nodes_fresca": ["FreSca"],
+        "nodes_eps": ["Epsilon Scaling", "TemporalScoreRescaling"],
+        "nodes_perpneg": ["PerpNeg", "PerpNegGuider"],
+        "nodes_sag": ["SelfAttentionGuidance"],
+        "nodes_pag": ["PerturbedAttentionGuidance"],
+        "nodes_nag": ["NAGuidance"],
+        "nodes_slg": ["SkipLayerGuidanceDiT", "SkipLayerGuidanceDiTSimple"],
+        "nodes_freelunch": ["FreeU", "FreeU_V2"],
+        "nodes_hypertile": ["HyperTile"],
+        "nodes_tomesd": ["TomePatchModel"],
+        "nodes_attention_multiply": [
+            "UNetSelfAttentionMultiply", "UNetCrossAttentionMultiply", "CLIPAttentionMultiply", "UNetTemporalAttentionMultiply",
+        ],
+    }  # fmt: skip
+    for module, names in modules.items():
+        mappings = importlib.import_module(f"comfy_extras.{module}").NODE_CLASS_MAPPINGS
+        assert set(mappings) == set(names), module
+    pag = importlib.import_module("comfy_extras.nodes_pag").PerturbedAttentionGuidance
+    patched = pag().patch(model, 3.0)[0]
+    assert len(patched.model_options["sampler_post_cfg_function"]) == 1
+    freeu = importlib.import_module("comfy_extras.nodes_freelunch").FreeU_V2
+    again = freeu.execute(patched, 1.3, 1.4, 0.9, 0.2)[0]
+    assert len(again.model_options["transformer_options"]["patches"]["output_block_patch"]) == 1
+    assert len(again.model_options["sampler_post_cfg_function"]) == 1
