@@ -29,31 +29,62 @@ class _Node(CoreNode):
     FUNCTION = "execute"
 
 
-def _option(kwargs: Mapping[str, Any], combo: str, name: str) -> Any:
-    """The selected option's widget ``name`` of dynamic combo ``combo`` (``combo.name``)."""
-    key = f"{combo}.{name}"
-    if key not in kwargs:
-        raise ValueError(f"{combo}: the selected option needs its input {name!r}")
-    return kwargs[key]
+def option_values(
+    combo: str, spec: Mapping[str, Any], choice: str, kwargs: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The widgets of option ``choice`` of dynamic combo ``combo`` (declared by ``spec``, the
+    combo's options dict) from a node's keyword arguments (``combo.name``), by plain name.
+
+    The prompt's validation does not see these widgets (only the combo), so their types and
+    limits are checked here: a bad value is a clear node error.
+    """
+    option = next((o for o in spec.get("options") or () if o.get("key") == choice), None)
+    if option is None:
+        raise ValueError(f"{combo}: unknown option {choice!r}")
+    values: dict[str, Any] = {}
+    for name, (kind, limits) in (option.get("inputs", {}).get("required") or {}).items():
+        key = f"{combo}.{name}"
+        if key not in kwargs:
+            raise ValueError(f"{combo}: the option {choice!r} needs its input {name!r}")
+        values[name] = _checked(key, kwargs[key], kind, limits)
+    return values
+
+
+def _checked(key: str, value: Any, kind: str, limits: Mapping[str, Any]) -> Any:
+    if kind in ("INT", "FLOAT"):
+        try:
+            number = int(value) if kind == "INT" else float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: expected a number, got {value!r}") from None
+        if not limits.get("min", number) <= number <= limits.get("max", number):
+            raise ValueError(f"{key}: {number} is outside [{limits.get('min')}, {limits.get('max')}]")
+        return number
+    if kind == "COMBO":
+        if value not in limits.get("options", ()):
+            raise ValueError(f"{key}: {value!r} is not one of {limits.get('options')}")
+        return value
+    if not hasattr(value, "shape"):
+        raise ValueError(f"{key}: expected a {kind} input")
+    return value
 
 
 # --- blend ---------------------------------------------------------------------------------------
 
 
 def alpha_fix(destination: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bring two images to one channel count: extra source channels are dropped, a missing
-    destination alpha is added as opaque (the reference's ``image_alpha_fix``)."""
+    """Bring the source to the destination's channel count: an extra source alpha is dropped, a
+    missing one is added as opaque. (The reference's ``image_alpha_fix`` pads the destination
+    instead in the second case, which then fails on the channel mismatch.)"""
     import torch
 
     if destination.shape[-1] < source.shape[-1]:
         source = source[..., : destination.shape[-1]]
     elif destination.shape[-1] > source.shape[-1]:
-        destination = torch.nn.functional.pad(destination, (0, 1))
-        destination[..., -1] = 1.0
+        source = torch.nn.functional.pad(source, (0, destination.shape[-1] - source.shape[-1]), value=1.0)
     return destination, source
 
 
-def blend_mode(a: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
+def blend_layers(a: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
     """``b`` laid over ``a`` with a layer blend mode (before mixing by the blend factor)."""
     import torch
 
@@ -97,7 +128,7 @@ class ImageBlend(_Node):
         if image1.shape != image2.shape:
             moved = image2.movedim(-1, 1)
             image2 = upscale(moved, image1.shape[2], image1.shape[1], "bicubic", "center").movedim(1, -1)
-        blended = blend_mode(image1, image2, blend_mode)
+        blended = blend_layers(image1, image2, blend_mode)
         return (torch.clamp(image1 * (1 - blend_factor) + blended * blend_factor, 0, 1),)
 
 
@@ -411,6 +442,9 @@ class ResizeImageMaskNode(_Node):
     RETURN_NAMES = ("resized",)
     # The output takes the type linked to the "input_type" template (an IMAGE or a MASK).
     OUTPUT_MATCHTYPES = ("input_type",)
+    # ``resize_type`` is a dynamic combo: the chosen option's widgets come as "resize_type.width"
+    # and so on, which only a node that accepts all inputs receives.
+    ACCEPT_ALL_INPUTS = True
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -428,11 +462,7 @@ class ResizeImageMaskNode(_Node):
     def execute(self, input: Any, resize_type: str, scale_method: str, **widgets: Any) -> tuple[Any]:
         if not hasattr(input, "ndim") or input.ndim not in (3, 4):
             raise ValueError("Resize Image/Mask takes an IMAGE or a MASK")
-        if resize_type not in RESIZE_TYPES:
-            raise ValueError(f"unknown resize type {resize_type!r}")
-        option = next(o for o in _resize_inputs()["options"] if o["key"] == resize_type)
-        names = list(option["inputs"]["required"])
-        values = {name: _option(widgets, "resize_type", name) for name in names}
+        values = option_values("resize_type", _resize_inputs(), resize_type, widgets)
         return (resize_image_or_mask(input, resize_type, scale_method, values),)
 
 
@@ -543,7 +573,6 @@ class BatchLatentsNode(_Node):
 # --- colour transfer -------------------------------------------------------------------------------
 
 TRANSFER_METHODS = ["reinhard_lab", "mkl_lab", "histogram"]
-SOURCE_STATS = ["per_frame", "uniform", "target_frame"]
 
 
 def color_transfer(
@@ -560,23 +589,30 @@ def color_transfer(
     return transfer(target, reference, method, stats, target_index, strength)
 
 
-class ColorTransfer(_Node):
-    RETURN_NAMES = ("image",)
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        index = {"target_index": ["INT", {"default": 0, "min": 0, "max": 10000}]}
-        stats = [
+def _source_stats() -> dict[str, Any]:
+    index = {"target_index": ["INT", {"default": 0, "min": 0, "max": 10000}]}
+    return {
+        "options": [
             {"key": "per_frame", "inputs": {"required": {}}},
             {"key": "uniform", "inputs": {"required": {}}},
             {"key": "target_frame", "inputs": {"required": index}},
         ]
+    }
+
+
+class ColorTransfer(_Node):
+    RETURN_NAMES = ("image",)
+    # ``source_stats`` is a dynamic combo (its "target_frame" option brings "source_stats.target_index").
+    ACCEPT_ALL_INPUTS = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "image_target": ("IMAGE",),
                 "image_ref": ("IMAGE",),
                 "method": (list(TRANSFER_METHODS),),
-                "source_stats": ("COMFY_DYNAMICCOMBO_V3", {"options": stats}),
+                "source_stats": ("COMFY_DYNAMICCOMBO_V3", _source_stats()),
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
             }
         }
@@ -592,13 +628,12 @@ class ColorTransfer(_Node):
     ) -> tuple[Any]:
         if method not in TRANSFER_METHODS:
             raise ValueError(f"unknown colour transfer method {method!r}")
-        if source_stats not in SOURCE_STATS:
-            raise ValueError(f"unknown source_stats {source_stats!r}")
+        options = option_values("source_stats", _source_stats(), source_stats, widgets)
         if strength == 0 or image_ref is None:
             return (image_target,)
         if image_target.shape[-1] != 3 or image_ref.shape[-1] != 3:
             raise ValueError("Transfer Color works on RGB images")
-        index = int(widgets.get("source_stats.target_index", 0)) if source_stats == "target_frame" else 0
+        index = int(options.get("target_index", 0))
         return (color_transfer(image_target, image_ref, method, source_stats, index, strength),)
 
 
