@@ -448,13 +448,19 @@ def _forward_timestep_embed() -> Callable[..., torch.Tensor]:
 
 def apply_control(h: torch.Tensor, control: Mapping[str, list[Any]] | None, name: str) -> torch.Tensor:
     """``h`` plus the next ControlNet residual for ``name`` (``input`` / ``middle`` / ``output``),
-    taken off the end of ``control[name]`` as the reference does; a residual of another shape is skipped."""
+    taken off the end of ``control[name]`` as the reference does. A residual of one batch item
+    applies to every item (a T2I adapter's features from a one-image hint, while cond and uncond
+    run as one batch); one that does not broadcast to ``h`` is skipped."""
     if control is None or not control.get(name):
         return h
     residual = control[name].pop()
     if residual is None:
         return h
-    if residual.shape != h.shape:
+    try:
+        fits = torch.broadcast_shapes(residual.shape, h.shape) == h.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
         log.warning("ControlNet residual of shape %s does not fit %s; skipped", tuple(residual.shape), tuple(h.shape))
         return h
     return h + residual.to(h)
