@@ -7,6 +7,7 @@ The sampler nodes build the reference's ``KSAMPLER`` objects with options; the g
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -192,18 +193,9 @@ def zeroed_conditioning(conditioning: list[list[Any]]) -> list[list[Any]]:
     return out
 
 
+@functools.cache
 def _guider_class() -> type:
-    """:class:`DualModelGuider`'s class, built on first use (guidance imports torch)."""
-    global _GUIDER
-    if _GUIDER is None:
-        _GUIDER = _make_guider_class()
-    return _GUIDER
-
-
-_GUIDER: type | None = None
-
-
-def _make_guider_class() -> type:
+    """:class:`DualModelGuider`'s guider class, built on first use (guidance imports torch)."""
     from plugins.core_nodes.cfg import ModelView, calc_cond_batch, cfg_function
     from plugins.core_nodes.guidance import CFGGuider, copy_model_options
     from plugins.core_nodes.patchpoints import lookup
