@@ -1,41 +1,59 @@
 """The reference's per-step guidance functions, with its names, signatures and argument dicts.
 
 Custom-node packs call and replace these under ``comfy.samplers`` (``sampling_function``,
-``calc_cond_batch``, ``cfg_function``) and hook into them through a MODEL's ``model_options``
-(``sampler_cfg_function``, ``sampler_pre_cfg_function``, ``sampler_post_cfg_function``,
-``sampler_calc_cond_batch_function``, ``model_function_wrapper``, ``disable_cfg1_optimization``),
-so the guider (:mod:`plugins.core_nodes.guidance`) runs every model evaluation through them.
+``calc_cond_batch``, ``cfg_function``, ``get_area_and_mult``) and hook into them through a
+MODEL's ``model_options`` (``sampler_cfg_function``, ``sampler_pre_cfg_function``,
+``sampler_post_cfg_function``, ``sampler_calc_cond_batch_function``, ``model_function_wrapper``,
+``disable_cfg1_optimization``), so the guider (:mod:`plugins.core_nodes.guidance`) runs every
+model evaluation through them.
 
-Two deliberate differences from the reference:
-
-* the conds are lists of :class:`plugins.core_nodes.guidance.ResolvedCond`, not the reference's
-  dicts of ``model_conds``; packs that only pass them on (``calc_cond_batch(model, conds, ...)``)
-  work, packs that read cond internals do not;
-* every cond entry is its own model call (``cond_or_uncond`` has one item), never a cond and an
-  uncond concatenated into one batch, so the numbers are those of the unbatched computation.
+The conds are the reference's processed cond dicts (:mod:`plugins.core_nodes.cond_prep`). For
+each evaluation, :func:`get_area_and_mult` cuts every active entry's region out of the latent
+and weighs it: ``strength`` times its mask (times ``mask_strength``), or, without a mask, with
+the area's borders inside the latent faded in linearly over ``min(8, side // 4)`` latent
+pixels (weights ``(t + 1) / rr`` from the border inwards). Entries whose regions have the same
+shape and whose model conds :meth:`~plugins.core_nodes.conds.CONDRegular.can_concat` share one
+model call (cond and uncond batched together, as much as memory allows); each output is added,
+times its weight, into its prompt's prediction, which is divided by the summed weights.
 
 The ``model`` argument is a :class:`ModelView`: the reference's ``BaseModel`` as these
 functions use it, ``apply_model(x, t, c_concat=None, c_crossattn=None, control=None,
-transformer_options={}, **kwargs)`` returning the denoised latent.
+transformer_options={}, **kwargs)`` returning the denoised latent, ``extra_conds`` through the
+MODEL's object patches.
 """
 
 from __future__ import annotations
 
+import collections
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import torch
 
-if TYPE_CHECKING:
-    from plugins.core_nodes.guidance import ResolvedCond
+from plugins.core_nodes.patchpoints import lookup
 
 # The reference's indices in ``conds`` and values in ``cond_or_uncond``.
 COND = 0
 UNCOND = 1
 # Starting weight of every pixel, so a region no entry covers divides to 0 instead of NaN.
 _EMPTY_COUNT = 1e-37
+# An area's borders inside the latent fade in over at most this many latent pixels.
+AREA_FADE = 8
+
+
+class CondObj(NamedTuple):
+    """One active cond entry on one evaluation (the reference's ``cond_obj`` fields)."""
+
+    input_x: torch.Tensor
+    mult: torch.Tensor
+    conditioning: dict[str, Any]
+    area: list[int] | None
+    control: Any
+    patches: dict[str, Any] | None
+    uuid: Any
+    hooks: Any
 
 
 def _accepts_transformer_options(fn: Callable[..., Any]) -> bool:
@@ -50,8 +68,11 @@ class ModelView:
     """A MODEL as the reference's ``BaseModel`` (``model.model``) looks to sampling functions.
 
     ``apply_model`` runs the MODEL's denoiser; ``current_patcher`` is the MODEL itself (the
-    reference's back-reference); any other attribute is read from the MODEL's ``model`` view
-    (``model_sampling``, ``latent_format``, ``diffusion_model``...) or the MODEL.
+    reference's back-reference); any other attribute is the MODEL's object patch of that name
+    (the reference writes those onto its model for the run: IC-Light's ``extra_conds``), else
+    read from the MODEL's ``model`` (``model_sampling``, ``latent_format``,
+    ``diffusion_model``...) or the MODEL. A stand-in model without ``extra_conds`` gets its
+    text as ``c_crossattn`` and nothing else.
     """
 
     def __init__(self, patcher: Any) -> None:
@@ -99,7 +120,19 @@ class ModelView:
     def process_latent_out(self, latent: torch.Tensor) -> torch.Tensor:
         return self.latent_format.process_out(latent)
 
+    @property
+    def extra_conds(self) -> Callable[..., dict[str, Any]]:
+        try:
+            return self._part("extra_conds")
+        except AttributeError:
+            from plugins.core_nodes.models.model_base import text_conds
+
+            return lambda **kwargs: text_conds(kwargs)
+
     def _part(self, name: str) -> Any:
+        patches = getattr(self.current_patcher, "object_patches", None)
+        if isinstance(patches, Mapping) and name in patches:
+            return patches[name]
         inner = getattr(self.current_patcher, "model", None)
         if inner is not None and hasattr(inner, name):
             return getattr(inner, name)
@@ -131,27 +164,171 @@ def _without_registered(options: dict[str, Any], patcher: Any) -> dict[str, Any]
     return options
 
 
-def _transformer_options(
-    model_options: Mapping[str, Any], cond_or_uncond: list[int], uuids: list[Any], sigmas: torch.Tensor
-) -> dict[str, Any]:
-    """The reference's per-call ``transformer_options``: the MODEL's own, plus where we are."""
-    options = dict(model_options.get("transformer_options", {}))
-    options["cond_or_uncond"] = cond_or_uncond
-    options["uuids"] = uuids
-    options["sigmas"] = sigmas
-    return options
+def get_area_and_mult(conds: Mapping[str, Any], x_in: torch.Tensor, timestep_in: torch.Tensor) -> CondObj | None:
+    """The region of ``x_in`` a cond dict applies to, its weight and its model conds fitted to
+    the batch; None when sigma ``timestep_in`` is outside ``timestep_start`` /
+    ``timestep_end`` (start is the larger sigma) or the area lies outside the latent.
+
+    ``area`` is sizes then offsets (``[h, w, y, x]`` for images). The weight is ``strength``
+    times the mask (times ``mask_strength``); without a mask, each border of the area that lies
+    inside the latent fades in over ``rr = min(8, side // 4)`` latent pixels, the ``t``-th
+    pixel from it weighted ``(t + 1) / rr``.
+    """
+    dims = tuple(x_in.shape[2:])
+    n = len(dims)
+    level = float(timestep_in.reshape(-1)[0])
+    if "timestep_start" in conds and level > conds["timestep_start"]:
+        return None
+    if "timestep_end" in conds and level < conds["timestep_end"]:
+        return None
+    area = None
+    if "area" in conds:
+        from plugins.core_nodes.cond_prep import add_area_dims
+
+        area = add_area_dims(conds["area"], n)
+        if len(area) // 2 > n:
+            area = area[:n] + area[len(area) // 2 : len(area) // 2 + n]
+    strength = conds.get("strength", 1.0)
+    input_x = x_in
+    if area is not None:
+        for i in range(n):
+            area[i] = min(x_in.shape[i + 2] - area[n + i], area[i])
+            if area[i] <= 0 or area[n + i] < 0:
+                return None  # nothing of the latent is inside this area
+            input_x = input_x.narrow(i + 2, area[n + i], area[i])
+    if "mask" in conds:
+        mask = conds["mask"][: input_x.shape[0]]
+        if area is not None:
+            for i in range(n):
+                mask = mask.narrow(i + 1, area[n + i], area[i])
+        mask = mask * conds.get("mask_strength", 1.0)
+        mask = mask.unsqueeze(1).repeat((input_x.shape[0] // mask.shape[0], input_x.shape[1]) + (1,) * (mask.ndim - 1))
+        mult = mask.to(input_x) * strength
+    else:
+        mult = torch.ones_like(input_x) * strength
+    if "mask" not in conds and area is not None:
+        for i in range(n):
+            rr = min(AREA_FADE, mult.shape[i + 2] // 4)
+            for t in range(rr):
+                factor = (t + 1) / rr
+                if area[n + i] != 0:
+                    mult.narrow(i + 2, t, 1).mul_(factor)
+                if area[i] + area[n + i] < x_in.shape[i + 2]:
+                    mult.narrow(i + 2, area[i] - 1 - t, 1).mul_(factor)
+    conditioning = {
+        name: value.process_cond(batch_size=x_in.shape[0], device=x_in.device, area=area)
+        for name, value in conds["model_conds"].items()
+    }
+    patches = None
+    gligen = conds.get("gligen")
+    if gligen is not None:
+        kind, gligen_model = gligen[0], gligen[1]
+        if kind == "position":
+            patch = gligen_model.model.set_position(input_x.shape, gligen[2], input_x.device)
+        else:
+            patch = gligen_model.model.set_empty(input_x.shape, input_x.device)
+        patches = {"middle_patch": [patch]}
+    return CondObj(
+        input_x, mult, conditioning, area, conds.get("control"), patches, conds.get("uuid"), conds.get("hooks")
+    )
+
+
+def cond_equal_size(c1: Mapping[str, Any], c2: Mapping[str, Any]) -> bool:
+    """Whether two entries' model conds can share a call (same keys, each concatenable)."""
+    if c1 is c2:
+        return True
+    if c1.keys() != c2.keys():
+        return False
+    return all(c1[k].can_concat(c2[k]) for k in c1)
+
+
+def can_concat_cond(c1: CondObj, c2: CondObj) -> bool:
+    """Whether two active entries can be one batch: same region shape, the same control and
+    patch objects, concatenable model conds."""
+    if c1.input_x.shape != c2.input_x.shape:
+        return False
+    for a, b in ((c1.control, c2.control), (c1.patches, c2.patches)):
+        if (a is None) != (b is None) or (a is not None and a is not b):
+            return False
+    return cond_equal_size(c1.conditioning, c2.conditioning)
+
+
+def cond_cat(c_list: Sequence[Mapping[str, Any]], device: Any = None) -> dict[str, Any]:
+    """The model-call keywords of several entries' model conds, joined per key."""
+    grouped: dict[str, list[Any]] = {}
+    for c in c_list:
+        for k, v in c.items():
+            grouped.setdefault(k, []).append(v)
+    out: dict[str, Any] = {}
+    for k, values in grouped.items():
+        out[k] = values[0].concat(values[1:])
+        if device is not None and hasattr(out[k], "to"):
+            out[k] = out[k].to(device)
+    return out
+
+
+def finalize_default_conds(
+    model: Any,
+    hooked_to_run: dict[Any, list[tuple[CondObj, int]]],
+    default_conds: Sequence[Sequence[Mapping[str, Any]]],
+    x_in: torch.Tensor,
+    timestep: torch.Tensor,
+    model_options: Mapping[str, Any],
+) -> None:
+    """Add each prompt's ``default`` entries where its other entries leave weight unused:
+    their weight is 1 minus what the others put there (never below 0)."""
+    area_and_mult = lookup("comfy.samplers", "get_area_and_mult", get_area_and_mult)
+    default_mults = [torch.ones_like(x_in) for _ in default_conds]
+    for to_run in hooked_to_run.values():
+        for cond_obj, i in to_run:
+            if not default_conds[i]:
+                continue
+            area = cond_obj.area
+            if area is None:
+                default_mults[i] -= cond_obj.mult
+                continue
+            region = default_mults[i]
+            dims = len(area) // 2
+            for d in range(dims):
+                region = region.narrow(d + 2, area[d + dims], area[d])
+            region -= cond_obj.mult
+    for i, mult in enumerate(default_mults):
+        if not default_conds[i]:
+            continue
+        torch.nn.functional.relu(mult, inplace=True)
+        if torch.max(mult) == 0.0:
+            continue
+        for x in default_conds[i]:
+            p = area_and_mult(x, x_in, timestep)
+            if p is None:
+                continue
+            hooked_to_run.setdefault(p.hooks, []).append((p._replace(mult=mult), i))
 
 
 def calc_cond_batch(
     model: ModelView,
-    conds: Sequence[Sequence[ResolvedCond] | None],
+    conds: Sequence[Sequence[Mapping[str, Any]] | None],
     x_in: torch.Tensor,
     timestep: torch.Tensor,
     model_options: Mapping[str, Any],
 ) -> list[torch.Tensor]:
-    """One prediction per list in ``conds`` (None gives zeros): the weighted average of every
-    entry active at ``timestep`` (a sigma per batch item), each over its area and mask; inside
-    the ``calc_cond_batch`` wrappers of ``model_options``."""
+    """One prediction per list in ``conds`` (None or empty gives zeros): the weighted average of
+    its entries active at ``timestep`` (sigmas), each over its region (see the module
+    docstring); through a ``context_handler`` of ``model_options`` when it takes the call, and
+    inside the ``calc_cond_batch`` wrappers."""
+    handler = model_options.get("context_handler")
+    if handler is not None and handler.should_use_context(model, conds, x_in, timestep, model_options):
+        return handler.execute(_calc_cond_batch_outer, model, conds, x_in, timestep, model_options)
+    return _calc_cond_batch_outer(model, conds, x_in, timestep, model_options)
+
+
+def _calc_cond_batch_outer(
+    model: ModelView,
+    conds: Sequence[Sequence[Mapping[str, Any]] | None],
+    x_in: torch.Tensor,
+    timestep: torch.Tensor,
+    model_options: Mapping[str, Any],
+) -> list[torch.Tensor]:
     from plugins.core_nodes.models.extension import WrapperExecutor, WrappersMP, get_all_wrappers
 
     wrappers = get_all_wrappers(WrappersMP.CALC_COND_BATCH, dict(model_options), is_model_options=True)
@@ -161,61 +338,113 @@ def calc_cond_batch(
     return executor.execute(model, conds, x_in, timestep, model_options)
 
 
+def _free_memory(model: Any, device: torch.device) -> float:
+    """Bytes free where the model computes (unbounded when nobody can say)."""
+    patcher = getattr(model, "current_patcher", None)
+    ask = getattr(patcher, "get_free_memory", None)
+    if callable(ask):
+        return float(ask(device))
+    target = torch.device(getattr(patcher, "load_device", None) or device)
+    if target.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(target)
+        return float(free)
+    return math.inf
+
+
+def _batch_fits(model: Any, input_shape: list[int], cond_shapes: Mapping[str, list[Any]], free: float) -> bool:
+    try:
+        required = model.memory_required(input_shape, cond_shapes=cond_shapes)
+    except (AttributeError, TypeError):
+        return True  # a stand-in model with no estimate: one call for everything
+    return float(required) * 1.5 < free
+
+
+def _pick_batch(model: Any, to_run: list[tuple[CondObj, int]], free: float) -> list[int]:
+    """Indices in ``to_run`` of the entries the next call takes: those that can join the first,
+    as many as fit in memory (the reference's order: the last added first)."""
+    first = to_run[0][0]
+    joinable = [i for i, (p, _) in enumerate(to_run) if can_concat_cond(p, first)]
+    joinable.reverse()
+    for parts in range(1, len(joinable) + 1):
+        batch = joinable[: len(joinable) // parts]
+        input_shape = [len(batch) * first.input_x.shape[0], *first.input_x.shape[1:]]
+        cond_shapes: dict[str, list[Any]] = collections.defaultdict(list)
+        for index in batch:
+            for k, v in to_run[index][0].conditioning.items():
+                cond_shapes[k].append(v.size())
+        if _batch_fits(model, input_shape, cond_shapes, free):
+            return batch
+    return joinable[:1]
+
+
 def _calc_cond_batch(
     model: ModelView,
-    conds: Sequence[Sequence[ResolvedCond] | None],
+    conds: Sequence[Sequence[Mapping[str, Any]] | None],
     x_in: torch.Tensor,
     timestep: torch.Tensor,
     model_options: Mapping[str, Any],
 ) -> list[torch.Tensor]:
-    from plugins.core_nodes.guidance import cond_weights
-
-    _, _, height, width = x_in.shape
-    level = float(timestep.reshape(-1)[0])
-    wrapper = model_options.get("model_function_wrapper")
-    outputs: list[torch.Tensor] = []
-    for index, entries in enumerate(conds):
-        out = torch.zeros_like(x_in)
-        count = torch.full_like(x_in, _EMPTY_COUNT)
-        for cond in entries or ():
-            if not cond.active(level):
+    area_and_mult = lookup("comfy.samplers", "get_area_and_mult", get_area_and_mult)
+    out_conds: list[torch.Tensor] = []
+    out_counts: list[torch.Tensor] = []
+    hooked_to_run: dict[Any, list[tuple[CondObj, int]]] = {}
+    default_conds: list[list[Mapping[str, Any]]] = []
+    for i, entries in enumerate(conds):
+        out_conds.append(torch.zeros_like(x_in))
+        out_counts.append(torch.ones_like(x_in) * _EMPTY_COUNT)
+        defaults: list[Mapping[str, Any]] = []
+        for x in entries or ():
+            if "default" in x:
+                defaults.append(x)
                 continue
-            h, w, y, x0 = cond.area
-            region = (slice(None), slice(None), slice(y, y + h), slice(x0, x0 + w))
-            input_x = x_in[region]
-            c = cond.model_inputs(x_in, region)
-            c["transformer_options"] = _transformer_options(model_options, [index], [cond.uuid], timestep)
-            if cond.control is not None:
-                control = cond.control.get_control(
-                    input_x, timestep, _control_cond(model, c, input_x), 1, c["transformer_options"]
-                )
-                if control is not None:
-                    c["control"] = control
+            p = area_and_mult(x, x_in, timestep)
+            if p is not None:
+                hooked_to_run.setdefault(p.hooks, []).append((p, i))
+        default_conds.append(defaults)
+    if any(default_conds):
+        finalize_default_conds(model, hooked_to_run, default_conds, x_in, timestep, model_options)
+
+    free = _free_memory(model, x_in.device)
+    wrapper = model_options.get("model_function_wrapper")
+    # Conditioning hooks (scheduled LoRA) are not supported: entries are grouped by them only.
+    for to_run in hooked_to_run.values():
+        while to_run:
+            picked = [to_run.pop(i) for i in _pick_batch(model, to_run, free)]
+            objs = [p for p, _ in picked]
+            cond_or_uncond = [i for _, i in picked]
+            chunks = len(picked)
+            input_x = torch.cat([p.input_x for p in objs])
+            c = cond_cat([p.conditioning for p in objs])
+            timestep_ = torch.cat([timestep] * chunks)
+            transformer_options = dict(model_options.get("transformer_options", {}))
+            patches = objs[-1].patches
+            if patches is not None:
+                merged = {k: list(v) for k, v in transformer_options.get("patches", {}).items()}
+                for k, v in patches.items():
+                    merged[k] = merged.get(k, []) + list(v)
+                transformer_options["patches"] = merged
+            transformer_options["cond_or_uncond"] = cond_or_uncond[:]
+            transformer_options["uuids"] = [p.uuid for p in objs]
+            transformer_options["sigmas"] = timestep
+            c["transformer_options"] = transformer_options
+            control = objs[-1].control
+            if control is not None:
+                c["control"] = control.get_control(input_x, timestep_, c, chunks, transformer_options)
             if wrapper is not None:
-                args = {"input": input_x, "timestep": timestep, "c": c, "cond_or_uncond": [index]}
-                prediction = wrapper(model.apply_model, args)
+                args = {"input": input_x, "timestep": timestep_, "c": c, "cond_or_uncond": cond_or_uncond}
+                output = wrapper(model.apply_model, args).chunk(chunks)
             else:
-                prediction = model.apply_model(input_x, timestep, **c)
-            mult = cond_weights(cond, x_in, height, width)
-            out[region] += prediction * mult
-            count[region] += mult
-        outputs.append(out / count)
-    return outputs
-
-
-def _control_cond(model: ModelView, c: Mapping[str, Any], x: torch.Tensor) -> dict[str, Any]:
-    """The cond a control reads: the call's inputs plus the ADM vector ``y`` the MODEL derives
-    from them (SDXL ControlNets take it as the UNet does)."""
-    out = dict(c)
-    if "y" not in out:
-        try:
-            encode_adm = model.encode_adm
-        except AttributeError:
-            return out
-        y = encode_adm(out, x)
-        if y is not None:
-            out["y"] = y
-    return out
+                output = model.apply_model(input_x, timestep_, **c).chunk(chunks)
+            for o, p in enumerate(objs):
+                out_c, out_cts = out_conds[cond_or_uncond[o]], out_counts[cond_or_uncond[o]]
+                if p.area is not None:
+                    dims = len(p.area) // 2
+                    for d in range(dims):
+                        out_c = out_c.narrow(d + 2, p.area[d + dims], p.area[d])
+                        out_cts = out_cts.narrow(d + 2, p.area[d + dims], p.area[d])
+                out_c += output[o] * p.mult
+                out_cts += p.mult
+    return [out / count for out, count in zip(out_conds, out_counts, strict=True)]
 
 
 def cfg_function(
@@ -245,6 +474,8 @@ def cfg_function(
             "uncond_denoised": uncond_pred,
             "model": model,
             "model_options": options,
+            "input_cond": cond,
+            "input_uncond": uncond,
         }
         result = x - cfg_fn(args)
     else:
@@ -270,8 +501,8 @@ def sampling_function(
     model: ModelView,
     x: torch.Tensor,
     timestep: torch.Tensor,
-    uncond: Sequence[ResolvedCond] | None,
-    cond: Sequence[ResolvedCond] | None,
+    uncond: Sequence[Mapping[str, Any]] | None,
+    cond: Sequence[Mapping[str, Any]] | None,
     cond_scale: float,
     model_options: Mapping[str, Any] | None = None,
     seed: int | None = None,
@@ -281,8 +512,6 @@ def sampling_function(
     With ``cond_scale`` 1 the unconditional pass is skipped (its prediction is 0) unless the
     MODEL sets ``disable_cfg1_optimization``.
     """
-    from plugins.core_nodes.patchpoints import lookup
-
     options = model_options if model_options is not None else {}
     skip_uncond = math.isclose(cond_scale, 1.0) and not options.get("disable_cfg1_optimization", False)
     uncond_ = None if skip_uncond else uncond
@@ -324,11 +553,18 @@ def with_post_cfg_function(
 
 
 __all__ = [
+    "AREA_FADE",
     "COND",
     "UNCOND",
+    "CondObj",
     "ModelView",
     "calc_cond_batch",
+    "can_concat_cond",
     "cfg_function",
+    "cond_cat",
+    "cond_equal_size",
+    "finalize_default_conds",
+    "get_area_and_mult",
     "sampling_function",
     "with_post_cfg_function",
 ]

@@ -360,8 +360,9 @@ async def test_sdxl_models_take_the_same_patches(shims: Any, xl_checkpoint: Path
         m = model.clone()
         m.set_model_attn2_patch(lambda n, c, v, extra, s=scale: (n, c, v * s))
         assert torch.equal(m(x, sigma, cond), plain) is same
-    # The ADM vector can also come in ready-made, as the reference's ``y``.
-    y = model.model.encode_adm(cond, x)
+    # The ADM vector can also come in ready-made, as the reference's ``y`` (the reference's
+    # encode_adm keywords; the size a plain prompt gets is the latent's times 8).
+    y = model.model.encode_adm(pooled_output=cond["pooled_output"], width=64, height=64, noise=x, device=x.device)
     assert y is not None and torch.equal(model(x, sigma, {**cond, "y": y}), plain)
 
 

@@ -1,8 +1,8 @@
 """``comfy.samplers.get_area_and_mult`` / ``process_conds`` on the reference's cond dicts.
 
 ComfyUI_smZNodes wraps ``get_area_and_mult`` (and reads the original at import);
-comfyui-tooling-nodes calls ``process_conds`` for regional prompts. Expected values are worked
-out by hand from the reference's rules.
+comfyui-tooling-nodes calls ``process_conds`` for regional prompts. They are the core
+sampler's own functions. Expected values are worked out by hand from the reference's rules.
 """
 
 from __future__ import annotations
@@ -76,15 +76,16 @@ async def test_process_conds_resolves_areas_masks_ranges_and_model_conds(sampler
             }
         ]
     }
+    entry = given["positive"][0]
     out = samplers.process_conds(model, torch.zeros(1, 4, 16, 16), given, "cpu")
     [cond] = out["positive"]
-    assert cond["area"] == [8, 4, 8, 0]
+    assert tuple(cond["area"]) == (8, 4, 8, 0)
     assert cond["mask"].shape == (1, 16, 16)
     assert cond["timestep_start"] == sampling.percent_to_sigma(0.25)
     assert cond["timestep_end"] == sampling.percent_to_sigma(0.75)
     assert torch.equal(cond["model_conds"]["c_crossattn"].cond, text)
-    assert "uuid" in cond
-    assert "timestep_start" not in given["positive"][0]  # the caller's dicts are left alone
+    # The caller's cond dicts are left alone (as in the reference, the lists are replaced).
+    assert "timestep_start" not in entry and "model_conds" in entry and not entry["model_conds"]
 
 
 async def test_v3_combo_output_with_options_is_typed_by_its_choices(samplers: Any) -> None:

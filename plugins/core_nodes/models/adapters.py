@@ -256,7 +256,7 @@ class DiffusionModel(ModelPatcher):
 
     def adm(self, cond: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor | None:
         """SDXL's ADM vector for ``cond`` on latents ``x`` (None for models without one)."""
-        return self.model.encode_adm(cond, x)
+        return self.model.adm_for(cond, x)
 
     @property
     def weights(self) -> PatchedWeights:

@@ -7,11 +7,18 @@ Packs reach through it (``model.model.diffusion_model``, ``.model_sampling``, ``
 class: :class:`BaseModel` for SD1.x / SD2.x, :class:`SDXL`, :class:`SDXLRefiner`. The other
 reference class names exist for ``isinstance`` checks only; this server builds none of them.
 
+:meth:`BaseModel.extra_conds` is what the sampler's ``process_conds`` asks of the model for each
+cond entry (the reference's keyword arguments: the entry's options plus ``noise``, ``device``,
+``latent_image``, ``denoise_mask``, ``width`` / ``height`` defaulting to the latent's size times
+8, ``prompt_type``...): the ``model_conds`` of the call, ``c_crossattn`` from the encoded text,
+``y`` from :meth:`encode_adm` (SDXL: pooled text + size, crop and target size, or the refiner's
+aesthetic score, 6 for positive prompts and 2.5 for negative ones) and ``c_concat`` from
+:meth:`concat_cond` (inpainting models: the repaint mask and the masked latent). Packs replace it
+with ``add_object_patch("extra_conds", fn)`` (ComfyUI-IC-Light) and the sampler honours that.
+
 :meth:`BaseModel.denoise` is the one place a UNet becomes a denoiser: the network sees
-``x / sqrt(sigma^2 + 1)`` at the nearest discrete timestep and predicts eps or v; SDXL's ADM vector
-is built from the pooled text output and the size / crop conditioning (as in the reference, a
-missing ``width`` / ``height`` is the latent's size times 8, the target size defaults to it, the
-crop to 0, the refiner's aesthetic score to 6).
+``x / sqrt(sigma^2 + 1)`` (with ``c_concat`` appended along the channels) at the nearest discrete
+timestep and predicts eps or v.
 """
 
 from __future__ import annotations
@@ -24,6 +31,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from plugins.core_nodes.conds import (
+    CONDCrossAttn,
+    CONDNoiseShape,
+    CONDRegular,
+    repeat_to_batch_size,
+    resize_to_batch_size,
+)
 from plugins.core_nodes.contracts import LatentFormat
 from plugins.core_nodes.models.extension import WrapperExecutor, WrappersMP, get_all_wrappers
 from plugins.core_nodes.models.unet import ADM_SCALAR_DIM, UNetConfig, UNetModel, sdxl_adm
@@ -32,6 +46,9 @@ from plugins.core_nodes.sampling.schedules import ModelSamplingDiscrete
 # The reference sizes SDXL's default size conditioning by 8 pixels per latent pixel whatever
 # the VAE, so this is not the VAE's downscale ratio.
 _ADM_PIXELS_PER_LATENT = 8
+# An SD latent of an all-black image, per channel: what an inpainting model sees as the masked
+# image when no mask is given (the reference's values).
+_BLACK_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
 
 UNetCall = Callable[..., torch.Tensor]
 
@@ -185,11 +202,91 @@ class BaseModel(nn.Module):
         config = self.diffusion_model.config
         return max(0, config.in_channels - config.out_channels)
 
-    # -- running the network -----------------------------------------------------------------
+    # -- conditioning (what process_conds asks for each cond entry) -----------------------------
 
-    def encode_adm(self, cond: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor | None:
-        """The ADM vector for ``cond`` on latents ``x`` (None for models without one)."""
+    def set_inpaint(self) -> None:
+        """An inpainting UNet: its ``c_concat`` is the repaint mask then the masked latent."""
+        self.concat_keys = ("mask", "masked_image")
+        self.inpaint_model = True
+
+    def blank_inpaint_image_like(self, latent_image: torch.Tensor) -> torch.Tensor:
+        """The masked latent of an image with nothing kept (a black one), shaped like ``latent_image``."""
+        blank = torch.ones_like(latent_image)
+        for channel, value in enumerate(_BLACK_LATENT[: blank.shape[1]]):
+            blank[:, channel] *= value
+        return blank
+
+    def encode_adm(self, **kwargs: Any) -> torch.Tensor | None:
+        """The ADM vector ``y`` for one cond entry's keywords (None: this model has none)."""
         return None
+
+    def adm_for(self, cond: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor | None:
+        """:meth:`encode_adm` for model inputs ``cond`` on latents ``x``, with the defaults
+        ``process_conds`` gives (size = latent size times 8), one row per batch item."""
+        kwargs = {
+            "width": x.shape[-1] * _ADM_PIXELS_PER_LATENT,
+            "height": x.shape[-2] * _ADM_PIXELS_PER_LATENT,
+            **cond,
+            "noise": x,
+            "device": x.device,
+        }
+        y = self.encode_adm(**kwargs)
+        return None if y is None else repeat_to_batch_size(y.to(x.device), x.shape[0])
+
+    def concat_cond(self, **kwargs: Any) -> torch.Tensor | None:
+        """An inpainting model's ``c_concat`` (per :attr:`concat_keys`), None for other models.
+
+        The mask is the entry's ``concat_mask`` or the sampling's ``denoise_mask`` (rounded, at
+        the noise's size); the image is the entry's ``concat_latent_image`` (VAE space) or the
+        sampled latent. Without a mask the model sees everything repainted over a black image.
+        """
+        if not self.concat_keys:
+            return None
+        from plugins.core_nodes.nodes.resize import upscale
+
+        noise = kwargs["noise"]
+        device = kwargs["device"]
+        mask = kwargs.get("concat_mask", kwargs.get("denoise_mask"))
+        image = kwargs.get("concat_latent_image")
+        image = kwargs.get("latent_image") if image is None else self.process_latent_in(image)
+        if image is None:
+            image = torch.zeros_like(noise)
+        if image.shape[1:] != noise.shape[1:]:
+            image = upscale(image, noise.shape[-1], noise.shape[-2], "bilinear", "center")
+        image = resize_to_batch_size(image, noise.shape[0])
+        if mask is not None:
+            if mask.ndim == noise.ndim:
+                mask = mask[:, :1]
+            mask = mask.reshape(-1, 1, *mask.shape[-2:])
+            if mask.shape[-2:] != noise.shape[-2:]:
+                mask = upscale(mask, noise.shape[-1], noise.shape[-2], "bilinear", "center")
+            mask = resize_to_batch_size(mask.round(), noise.shape[0])
+        parts: list[torch.Tensor] = []
+        for key in self.concat_keys:
+            if key == "mask":
+                parts.append(mask.to(device) if mask is not None else torch.ones_like(noise)[:, :1])
+            elif key == "masked_image":
+                parts.append(image.to(device) if mask is not None else self.blank_inpaint_image_like(noise))
+            elif key == "mask_inverted":
+                parts.append(1.0 - mask.to(device) if mask is not None else torch.zeros_like(noise)[:, :1])
+            elif key == "concat_image":
+                parts.append(image.to(device))
+        return torch.cat(parts, dim=1)
+
+    def extra_conds(self, **kwargs: Any) -> dict[str, CONDRegular]:
+        """The ``model_conds`` of one cond entry: ``c_concat``, ``y``, ``c_crossattn`` (and a
+        ControlNet's own ``crossattn_controlnet``), from the entry's keywords."""
+        out: dict[str, CONDRegular] = {}
+        concat = self.concat_cond(**kwargs)
+        if concat is not None:
+            out["c_concat"] = CONDNoiseShape(concat)
+        adm = self.encode_adm(**kwargs)
+        if adm is not None:
+            out["y"] = CONDRegular(adm)
+        out.update(text_conds(kwargs))
+        return out
+
+    # -- running the network -----------------------------------------------------------------
 
     def apply_model(
         self,
@@ -254,51 +351,70 @@ class BaseModel(nn.Module):
         xd = x.to(device)
         inputs = model_sampling.calculate_input(sigma.to(device), xd)
         concat = cond.get("c_concat")
-        if concat is not None and self.concat_channels():
+        if concat is not None:
             inputs = torch.cat([inputs, concat.to(inputs)], dim=1)
         timesteps = model_sampling.timestep(sigma).float().to(device)
         context = cond["c_crossattn"].to(device)
         y = cond.get("y")
-        y = y.to(device) if y is not None else self.encode_adm(cond, xd)
+        # A direct call may leave the ADM vector to the model (the sampler always passes it).
+        y = y.to(device) if y is not None else self.adm_for(cond, xd)
         transformer_options.setdefault("sigmas", sigma.to(device))
         output = unet(inputs, timesteps, context, y, cond.get("control"), transformer_options)
         denoised = model_sampling.calculate_denoised(sigma.to(device), output.float(), xd.float())
         return denoised.to(x.device, x.dtype)
 
 
-def _sdxl_adm(model: BaseModel, cond: Mapping[str, Any], x: torch.Tensor, refiner: bool) -> torch.Tensor | None:
+def text_conds(kwargs: Mapping[str, Any]) -> dict[str, CONDRegular]:
+    """The model conds every model takes from a cond entry's keywords: the encoded text
+    (``cross_attn``), a ControlNet's own text (``cross_attn_controlnet``) and channels to
+    append to the input (``noise_concat``)."""
+    out: dict[str, CONDRegular] = {}
+    cross_attn = kwargs.get("cross_attn")
+    if cross_attn is not None:
+        out["c_crossattn"] = CONDCrossAttn(cross_attn)
+    controlnet_text = kwargs.get("cross_attn_controlnet")
+    if controlnet_text is not None:
+        out["crossattn_controlnet"] = CONDCrossAttn(controlnet_text)
+    noise_concat = kwargs.get("noise_concat")
+    if noise_concat is not None:
+        out["c_concat"] = CONDNoiseShape(noise_concat)
+    return out
+
+
+def _sdxl_adm(model: BaseModel, kwargs: Mapping[str, Any], refiner: bool) -> torch.Tensor | None:
     if not model.adm_channels:
         return None
-    pooled_width = model.adm_channels - (5 if refiner else 6) * ADM_SCALAR_DIM
-    pooled = cond.get("pooled_output")
+    # unCLIP image embeddings (``unclip_conditioning``) need the reference's noise augmentor,
+    # which this server does not have: the pooled text is used, as for a plain prompt.
+    pooled = kwargs.get("pooled_output")
     if pooled is None:
-        pooled = torch.zeros(x.shape[0], pooled_width)
-    pooled = pooled.to(device=x.device, dtype=torch.float32)
-    if pooled.shape[0] != x.shape[0]:
-        pooled = pooled[:1].expand(x.shape[0], -1)
-    width = float(cond.get("width", x.shape[-1] * _ADM_PIXELS_PER_LATENT))
-    height = float(cond.get("height", x.shape[-2] * _ADM_PIXELS_PER_LATENT))
-    crop_w, crop_h = float(cond.get("crop_w", 0)), float(cond.get("crop_h", 0))
+        pooled_width = model.adm_channels - (5 if refiner else 6) * ADM_SCALAR_DIM
+        pooled = torch.zeros(1, pooled_width)
+    pooled = pooled.to(torch.float32)
+    width = float(kwargs.get("width", 768))
+    height = float(kwargs.get("height", 768))
+    crop_w, crop_h = float(kwargs.get("crop_w", 0)), float(kwargs.get("crop_h", 0))
     if refiner:
-        score = float(cond.get("aesthetic_score", 6.0))
+        default_score = 2.5 if kwargs.get("prompt_type", "") == "negative" else 6.0
+        score = float(kwargs.get("aesthetic_score", default_score))
         return sdxl_adm(pooled, height, width, crop_h, crop_w, aesthetic_score=score)
-    target_w = float(cond.get("target_width", width))
-    target_h = float(cond.get("target_height", height))
+    target_w = float(kwargs.get("target_width", width))
+    target_h = float(kwargs.get("target_height", height))
     return sdxl_adm(pooled, height, width, crop_h, crop_w, target_h, target_w)
 
 
 class SDXL(BaseModel):
     """SDXL base: the ADM vector is pooled text + size, crop and target size."""
 
-    def encode_adm(self, cond: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor | None:
-        return _sdxl_adm(self, cond, x, refiner=False)
+    def encode_adm(self, **kwargs: Any) -> torch.Tensor | None:
+        return _sdxl_adm(self, kwargs, refiner=False)
 
 
 class SDXLRefiner(BaseModel):
     """SDXL refiner: the ADM vector is pooled text + size, crop and an aesthetic score."""
 
-    def encode_adm(self, cond: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor | None:
-        return _sdxl_adm(self, cond, x, refiner=True)
+    def encode_adm(self, **kwargs: Any) -> torch.Tensor | None:
+        return _sdxl_adm(self, kwargs, refiner=True)
 
 
 # The reference's other families, by name, for packs' isinstance checks; this server loads none.
@@ -416,13 +532,17 @@ def build_base_model(
     config_cls = CONFIG_CLASSES.get(family_name, ModelConfig)
     config = config_cls(reference_unet_config(unet.config), latent_format, {}, name=family_name)
     model_type = model_type_for(prediction)
-    return cls(
+    model = cls(
         config,
         model_type,
         diffusion_model=unet,
         model_sampling=model_sampling or ModelSamplingDiscrete(prediction=prediction),
         latent_format=latent_format,
     )
+    # The reference's rule: a UNet taking more than the latent's 4 channels is an inpainting one.
+    if unet.config.in_channels > 4:
+        model.set_inpaint()
+    return model
 
 
 __all__ = [
@@ -435,4 +555,5 @@ __all__ = [
     "build_base_model",
     "model_type_for",
     "reference_unet_config",
+    "text_conds",
 ]

@@ -120,18 +120,24 @@ def test_cfg_one_skips_uncond_unless_disabled() -> None:
     model = OptionsModel()
     Guider(model, cond(2.0), cond(0.5), 1.0, X)(X, SIGMA)
     assert len(model.calls) == 1
+    assert model.calls[0]["shape"] == (1, 4, 8, 8)
     model.model_options["disable_cfg1_optimization"] = True
     Guider(model, cond(2.0), cond(0.5), 1.0, X)(X, SIGMA)
-    assert len(model.calls) == 3
+    # The negative is evaluated again, in the same call as the positive.
+    assert len(model.calls) == 2 and model.calls[1]["shape"] == (2, 4, 8, 8)
 
 
 def test_transformer_options_reach_the_model() -> None:
     model = OptionsModel()
     Guider(model, cond(2.0), cond(0.5), 3.0, X)(X, SIGMA)
-    first, second = model.options_seen
-    assert first["cond_or_uncond"] == [0] and second["cond_or_uncond"] == [1]
-    assert first["mine"] == 1 and torch.equal(first["sigmas"], SIGMA)
-    assert len(first["uuids"]) == 1 and first["uuids"] != second["uuids"]
+    # Cond and uncond share one call, uncond first (the reference's batching order).
+    (options,) = model.options_seen
+    assert options["cond_or_uncond"] == [1, 0]
+    assert options["mine"] == 1 and torch.equal(options["sigmas"], SIGMA)
+    assert len(options["uuids"]) == 2 and options["uuids"][0] != options["uuids"][1]
+    (call,) = model.calls
+    assert call["shape"] == (2, 4, 8, 8) and call["sigma"] == 1.0
+    assert call["c_crossattn"][:, 0, 0].tolist() == [0.5, 2.0]
     # The MODEL's own dict is never written to.
     assert model.model_options["transformer_options"] == {"mine": 1}
 
@@ -147,7 +153,7 @@ def test_model_function_wrapper_wraps_each_call() -> None:
 
     model.model_options["model_function_wrapper"] = wrapper
     out = Guider(model, cond(2.0), cond(0.5), 3.0, X)(X, SIGMA)
-    assert seen == [[0], [1]]
+    assert seen == [[1, 0]]
     assert torch.allclose(out, torch.full_like(X, 1.5 + 3.0 * 1.5))
 
 

@@ -1,7 +1,8 @@
 """A toy model stack satisfying ``plugins.core_nodes.contracts``, and a test plugin exposing it.
 
 The diffusion model is the golden data's toy denoiser, ``x / (1 + sigma^2) + 0.1 * sin(x)``,
-plus ``bias`` times the mean of the text embedding, so positive and negative prompts differ.
+plus ``bias`` times the mean of each batch item's text embedding, so positive and negative
+prompts differ.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ class ToyModel:
         s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
         out = x / (1 + s**2) + 0.1 * torch.sin(x)
         if self.bias:
-            out = out + self.bias * cond["c_crossattn"].mean()
+            # Per batch item: the sampler runs cond and uncond as one batch.
+            text = cond["c_crossattn"]
+            out = out + self.bias * text.reshape(text.shape[0], -1).mean(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
         return out
 
 

@@ -2,18 +2,18 @@
 
 This server loads models on use (its model manager), so the load / cleanup helpers have nothing
 to do: they keep the reference's signatures and return values so packs that call them around
-their own sampling keep working. ``convert_cond`` and ``prepare_mask`` compute what the
-reference's do.
+their own sampling keep working. ``convert_cond`` is the core sampler's own (CONDITIONING ->
+cond dicts) and ``prepare_mask`` computes what the reference's does.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
+from plugins.core_nodes.cond_prep import convert_cond
 from plugins.core_nodes.sampling.masks import prepare_mask as _prepare_mask
 
 __all__ = [
@@ -25,21 +25,6 @@ __all__ = [
     "prepare_mask",
     "prepare_sampling",
 ]
-
-
-def convert_cond(cond: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
-    """A CONDITIONING list as the reference's cond dicts: each entry's options plus
-    ``cross_attn`` (its tensor), ``model_conds`` and a fresh ``uuid``."""
-    out = []
-    for entry in cond:
-        converted = dict(entry[1])
-        model_conds = converted.get("model_conds", {})
-        if entry[0] is not None:
-            converted["cross_attn"] = entry[0]
-        converted["model_conds"] = model_conds
-        converted["uuid"] = uuid.uuid4()
-        out.append(converted)
-    return out
 
 
 def get_models_from_cond(cond: Iterable[Any], model_type: str) -> list[Any]:
