@@ -164,9 +164,22 @@ async def test_int8_layers_of_a_pack_sample_as_the_dequantized_checkpoint(comfy_
     assert reports["unet"]["int8"] > 0
 
 
+def write_lora(path: Path) -> None:
+    """A kohya LoRA on a cross-attention key projection (a Q8_0 weight in the GGUF file)."""
+    g = torch.Generator().manual_seed(3)
+    name = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k"
+    save_file({
+        f"{name}.lora_down.weight": torch.randn(4, tiny_pipeline.CLIP_WIDTH, generator=g) * 0.3,
+        f"{name}.lora_up.weight": torch.randn(32, 4, generator=g) * 0.3,
+        f"{name}.alpha": torch.tensor(4.0),
+    }, str(path))  # fmt: skip
+
+
 async def test_a_real_gguf_file_loads_through_a_packs_dequantizing_layers(comfy_server: Any, tmp_path: Path) -> None:
     """A ``.gguf`` UNet (Q8_0 Linear weights kept as raw blocks in a tensor subclass, as
-    ComfyUI-GGUF keeps them) samples as a checkpoint holding the dequantized weights."""
+    ComfyUI-GGUF keeps them) samples as a checkpoint holding the dequantized weights; a LoRA on
+    it, applied by the pack's own ``ModelPatcher`` class after dequantizing, samples as the same
+    LoRA on that checkpoint, and the MODEL without the LoRA is unchanged afterwards."""
     full = tiny_pipeline.checkpoint_dict("sd1")
     unet = {k.removeprefix(UNET): v for k, v in full.items() if k.startswith(UNET)}
     quantized: list[int] = []
@@ -179,17 +192,30 @@ async def test_a_real_gguf_file_loads_through_a_packs_dequantizing_layers(comfy_
     server = await _server(comfy_server, tmp_path, {
         "diffusion_models/tiny_unet.gguf": write_gguf,
         "checkpoints/plain.safetensors": lambda p: save_file(full, str(p)),
+        "loras/tiny_lora.safetensors": write_lora,
     })  # fmt: skip
     assert quantized[0] > 20
 
     g = Graph()
     g.add("plain", "CheckpointLoaderSimple", ckpt_name="plain.safetensors")
     g.add("gguf", "QuantOpsUNetLoader", unet_name="tiny_unet.gguf")
+    lora = {"lora_name": "tiny_lora.safetensors", "strength_model": 1.0}
+    g.add("plain_lora", "LoraLoaderModelOnly", model=["plain", 0], **lora)
+    g.add("gguf_lora", "LoraLoaderModelOnly", model=["gguf", 0], **lora)
     g.branch("plain", ["plain", 0], ["plain", 1])
     g.branch("gguf", ["gguf", 0], ["plain", 1], report=True)
+    g.branch("plain_lora", ["plain_lora", 0], ["plain", 1])
+    g.branch("gguf_lora", ["gguf_lora", 0], ["plain", 1])
     latents, reports = await _run(server, g)
 
     assert torch.equal(latents["gguf"], latents["plain"])
+    assert not torch.equal(latents["plain_lora"], latents["plain"])
+    assert torch.equal(latents["gguf_lora"], latents["plain_lora"])
+    g2 = Graph()
+    g2.add("gguf", "QuantOpsUNetLoader", unet_name="tiny_unet.gguf")
+    g2.add("plain", "CheckpointLoaderSimple", ckpt_name="plain.safetensors")
+    g2.branch("again", ["gguf", 0], ["plain", 1])
+    assert torch.equal((await _run(server, g2))[0]["again"], latents["plain"])
     assert reports["gguf"]["unet_layers"] == quantized[0]
     assert reports["gguf"]["q8_0"] > 0
 

@@ -1069,6 +1069,15 @@ def apply_lora(
     return apply_lora_state_dict(model, clip, sd, strength_model, strength_clip, name=path.name)
 
 
+def _unet_of(model: Any) -> UNetModel | None:
+    """The UNet a MODEL runs: ours, or the one under a pack's ``ModelPatcher`` class that took
+    over our MODEL (ComfyUI-GGUF's ``GGUFModelPatcher.clone`` turns the loader's MODEL into one)."""
+    if isinstance(model, DiffusionModel):
+        return model.unet
+    inner = getattr(getattr(model, "model", None), "diffusion_model", None)
+    return inner if isinstance(inner, UNetModel) else None
+
+
 def apply_lora_state_dict(
     model: DiffusionModel | None,
     clip: TextEncoder | None,
@@ -1081,7 +1090,7 @@ def apply_lora_state_dict(
     deltas = read_deltas(sd)
     if not deltas:
         raise LoraError(f"{name} holds no LoRA weights this server knows")
-    unet = model.unet if isinstance(model, DiffusionModel) else None
+    unet = _unet_of(model)
     encoders = clip.models if isinstance(clip, TextEncoder) else {}
     found = resolve(deltas, unet, encoders)
     if found.unmatched:
@@ -1099,6 +1108,11 @@ def apply_lora_state_dict(
     new_model, new_clip = model, clip
     if isinstance(model, DiffusionModel) and found.unet and strength_model != 0:
         new_model = model.with_patches({name: ((strength_model, delta),) for name, delta in found.unet.items()})
+    elif unet is not None and found.unet and strength_model != 0:
+        # A pack's patcher class over our model merges the patches itself (patch_weight_to_device),
+        # as the reference's ModelPatcher subclasses do.
+        new_model = model.clone()
+        new_model.add_patches({_UNET_PREFIX + name: delta for name, delta in found.unet.items()}, strength_model)
     if isinstance(clip, TextEncoder) and any(found.text.values()) and strength_clip != 0:
         new_clip = clip.clone()
         for encoder, deltas in found.text.items():

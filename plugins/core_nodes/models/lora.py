@@ -577,7 +577,9 @@ def misfit(delta: Delta, param: torch.Tensor) -> str | None:
         return str(e)
     if delta.kind == "diff" and shape != param.shape:
         return f"a difference of shape {tuple(shape)} for a {delta.param} of shape {tuple(param.shape)}"
-    if shape.numel() != param.numel():
+    # From the shape, not numel(): a pack's quantized tensor (GGUF) reports the layer's shape
+    # while holding fewer, packed elements.
+    if shape.numel() != math.prod(param.shape):
         return f"a change of {shape.numel()} elements for a {delta.param} of shape {tuple(param.shape)}"
     if delta.dora_scale is not None and _dora_axis(param.shape, delta.dora_scale.shape) is None:
         return f"a DoRA scale of shape {tuple(delta.dora_scale.shape)} for a {delta.param} of shape {tuple(param.shape)}"

@@ -9,14 +9,18 @@ dequantize them in ``forward``:
   ``QuantOpsCheckpointLoader`` loads a whole checkpoint so (``load_checkpoint_guess_config`` with
   ``model_options`` and ``te_model_options``), ``QuantOpsUNetLoader`` a UNet state dict
   (``load_diffusion_model_state_dict``).
-* ``Q8Ops``: ``QuantOpsGGUFLoader`` reads a ``.gguf`` file with the ``gguf`` package; Q8_0 tensors
+* ``Q8Ops``: ``QuantOpsUNetLoader`` reads a ``.gguf`` file with the ``gguf`` package; Q8_0 tensors
   stay raw blocks in a tensor subclass that reports the layer's shape (as ComfyUI-GGUF's
-  ``GGMLTensor`` does) and are dequantized with ``gguf.quants`` on every call.
+  ``GGMLTensor`` does) and are dequantized with ``gguf.quants`` on every call. The MODEL is turned
+  into the pack's own ``ModelPatcher`` class (``QuantOpsPatcher.clone(model)``, GGUF's trick),
+  which hands weight patches (LoRA) to the tensors so they apply after dequantizing.
 
 ``QuantOpsReport`` tells how many layers of a MODEL / CLIP hold quantized weights and how many
 dequantizing calls have run, so a test knows the pack's layers did the work.
 """
 
+import comfy.lora
+import comfy.model_patcher
 import comfy.ops
 import comfy.sd
 import comfy.utils
@@ -79,6 +83,7 @@ class Q8Tensor(torch.Tensor):
     def __new__(cls, raw, shape):
         t = raw.as_subclass(cls)
         t.layer_shape = torch.Size(shape)
+        t.patches = []  # [(patches, key)] while a patched MODEL runs
         return t
 
     @property
@@ -93,15 +98,19 @@ class Q8Tensor(torch.Tensor):
         return self
 
     def to(self, *args, **kwargs):
-        moved = torch.Tensor.to(self.as_subclass(torch.Tensor), *args, **kwargs)
-        return Q8Tensor(moved, self.layer_shape)
+        moved = Q8Tensor(torch.Tensor.to(self.as_subclass(torch.Tensor), *args, **kwargs), self.layer_shape)
+        moved.patches = list(self.patches)
+        return moved
 
     def dequantize(self):
         import gguf
 
         raw = self.as_subclass(torch.Tensor).cpu().numpy()
         values = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q8_0)
-        return torch.from_numpy(values).reshape(self.layer_shape)
+        weight = torch.from_numpy(values).reshape(self.layer_shape)
+        for patches, key in self.patches:
+            weight = comfy.lora.calculate_weight(patches, weight, key)
+        return weight
 
 
 class _Q8Layer:
@@ -128,6 +137,35 @@ class _Q8Layer:
 class Q8Ops(comfy.ops.manual_cast):
     class Linear(_Q8Layer, comfy.ops.manual_cast.Linear):
         pass
+
+
+class QuantOpsPatcher(comfy.model_patcher.ModelPatcher):
+    """Weight patches on Q8_0 weights ride on the tensor and apply after dequantizing."""
+
+    def patch_weight_to_device(self, key, device_to=None, inplace_update=False):
+        weight = comfy.utils.get_attr(self.model, key)
+        if key in self.patches and isinstance(weight, Q8Tensor):
+            weight.patches = [(self.patches[key], key)]
+            return
+        super().patch_weight_to_device(key, device_to, inplace_update)
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True):
+        if unpatch_weights:
+            for param in self.model.parameters():
+                if isinstance(param, Q8Tensor):
+                    param.patches = []
+        return super().unpatch_model(device_to=device_to, unpatch_weights=unpatch_weights)
+
+    def clone(self, *args, **kwargs):
+        # Called on the loader's MODEL too (QuantOpsPatcher.clone(model)): the copy is ours.
+        source = self.__class__
+        self.__class__ = QuantOpsPatcher
+        try:
+            copy = super().clone(*args, **kwargs)
+        finally:
+            self.__class__ = source
+        copy.__class__ = QuantOpsPatcher
+        return copy
 
 
 def read_gguf(path):
@@ -182,10 +220,10 @@ class QuantOpsUNetLoader:
     def load(self, unet_name):
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
         if path.endswith(".gguf"):
-            sd, ops = read_gguf(path), Q8Ops
-        else:
-            sd, ops = comfy.utils.load_torch_file(path), Int8Ops
-        return (comfy.sd.load_diffusion_model_state_dict(sd, model_options={"custom_operations": ops}),)
+            model = comfy.sd.load_diffusion_model_state_dict(read_gguf(path), model_options={"custom_operations": Q8Ops})
+            return (QuantOpsPatcher.clone(model),)
+        sd = comfy.utils.load_torch_file(path)
+        return (comfy.sd.load_diffusion_model_state_dict(sd, model_options={"custom_operations": Int8Ops}),)
 
 
 def _quantized_layers(module):
