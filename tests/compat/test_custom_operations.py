@@ -132,35 +132,42 @@ async def _server(comfy_server: Any, tmp_path: Path, files: dict[str, Callable[[
 
 async def test_int8_layers_of_a_pack_sample_as_the_dequantized_checkpoint(comfy_server: Any, tmp_path: Path) -> None:
     """A checkpoint whose UNet and CLIP layers are int8 (``load_checkpoint_guess_config`` with
-    ``model_options`` / ``te_model_options``), and its UNet alone (``load_diffusion_model_state_dict``),
-    sample as a plain checkpoint holding ``int8 * scale``."""
+    ``model_options`` / ``te_model_options``), its UNet alone (``load_diffusion_model_state_dict``)
+    and its text encoder alone (``load_text_encoder_state_dicts``) sample as a plain checkpoint
+    holding ``int8 * scale``."""
     full = tiny_pipeline.checkpoint_dict("sd1")
     unet_keys, text_keys = _layer_weights(full, UNET), _layer_weights(full, TEXT)
     stored, plain = quantize_int8(full, unet_keys + text_keys)
     unet_only = {k.removeprefix(UNET): v for k, v in stored.items() if k.startswith(UNET)}
+    text_only = {k.removeprefix(TEXT + "transformer."): v for k, v in stored.items() if k.startswith(TEXT)}
     server = await _server(comfy_server, tmp_path, {
         "checkpoints/plain.safetensors": lambda p: save_file(plain, str(p)),
         "checkpoints/int8.safetensors": lambda p: save_file(stored, str(p)),
         "diffusion_models/unet_int8.safetensors": lambda p: save_file(unet_only, str(p)),
+        "text_encoders/clip_l_int8.safetensors": lambda p: save_file(text_only, str(p)),
     })  # fmt: skip
 
     g = Graph()
     g.add("plain", "CheckpointLoaderSimple", ckpt_name="plain.safetensors")
     g.add("int8", "QuantOpsCheckpointLoader", ckpt_name="int8.safetensors")
     g.add("unet", "QuantOpsUNetLoader", unet_name="unet_int8.safetensors")
+    g.add("clip", "QuantOpsCLIPLoader", clip_name="clip_l_int8.safetensors")
     g.branch("plain", ["plain", 0], ["plain", 1])
     g.branch("int8", ["int8", 0], ["int8", 1], report=True)
     g.branch("unet", ["unet", 0], ["plain", 1], report=True)
+    g.branch("clip", ["plain", 0], ["clip", 0], report=True)
     latents, reports = await _run(server, g)
 
     assert latents["plain"].shape == (1, 4, SIZE // 8, SIZE // 8)
     assert torch.equal(latents["int8"], latents["plain"])
     assert torch.equal(latents["unet"], latents["plain"])
+    assert torch.equal(latents["clip"], latents["plain"])
     # The pack's layers hold every quantized weight, of the UNet and of CLIP, and did the work.
     assert reports["int8"]["unet_layers"] == len(unet_keys)
     assert reports["int8"]["clip_layers"] == len(text_keys)
     assert reports["unet"]["unet_layers"] == len(unet_keys)
     assert reports["unet"]["clip_layers"] == 0
+    assert reports["clip"]["clip_layers"] == len(text_keys)
     assert reports["unet"]["int8"] > 0
 
 

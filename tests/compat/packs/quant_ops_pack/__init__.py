@@ -8,7 +8,8 @@ dequantize them in ``forward``:
   (weight = int8 * scale), taken out of the state dict by the layer's own ``_load_from_state_dict``.
   ``QuantOpsCheckpointLoader`` loads a whole checkpoint so (``load_checkpoint_guess_config`` with
   ``model_options`` and ``te_model_options``), ``QuantOpsUNetLoader`` a UNet state dict
-  (``load_diffusion_model_state_dict``).
+  (``load_diffusion_model_state_dict``), ``QuantOpsCLIPLoader`` a text encoder
+  (``load_text_encoder_state_dicts``, its ``patcher`` then the pack's class, as GGUF's CLIP loader does).
 * ``Q8Ops``: ``QuantOpsUNetLoader`` reads a ``.gguf`` file with the ``gguf`` package; Q8_0 tensors
   stay raw blocks in a tensor subclass that reports the layer's shape (as ComfyUI-GGUF's
   ``GGMLTensor`` does) and are dequantized with ``gguf.quants`` on every call. The MODEL is turned
@@ -226,6 +227,27 @@ class QuantOpsUNetLoader:
         return (comfy.sd.load_diffusion_model_state_dict(sd, model_options={"custom_operations": Int8Ops}),)
 
 
+class QuantOpsCLIPLoader:
+    CATEGORY = "compat/quant"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"clip_name": (folder_paths.get_filename_list("text_encoders"),)}}
+
+    def load(self, clip_name):
+        path = folder_paths.get_full_path_or_raise("text_encoders", clip_name)
+        clip = comfy.sd.load_text_encoder_state_dicts(
+            state_dicts=[comfy.utils.load_torch_file(path)],
+            clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION,
+            model_options={"custom_operations": Int8Ops},
+            embedding_directory=folder_paths.get_folder_paths("embeddings"),
+        )
+        clip.patcher = QuantOpsPatcher.clone(clip.patcher)
+        return (clip,)
+
+
 def _quantized_layers(module):
     return sum(
         1
@@ -257,5 +279,6 @@ class QuantOpsReport:
 NODE_CLASS_MAPPINGS = {
     "QuantOpsCheckpointLoader": QuantOpsCheckpointLoader,
     "QuantOpsUNetLoader": QuantOpsUNetLoader,
+    "QuantOpsCLIPLoader": QuantOpsCLIPLoader,
     "QuantOpsReport": QuantOpsReport,
 }
