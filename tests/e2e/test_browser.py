@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 from playwright.async_api import ConsoleMessage, Page, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 import tests.e2e.uipack as uipack
 from kernel.plugins import discover_entry_points
@@ -321,3 +322,70 @@ async def test_manager_dialog_opens(chromium_path, tmp_path):
     assert page_errors == []
     # The dialog (and the UI's manager store) talked to the Manager's own routes, which answered.
     assert any(status == 200 for _, status in manager_answers), manager_answers
+
+
+async def _search_and_add(page: Page, query: str, result: str) -> dict[str, object]:
+    """On an emptied canvas, double-click, type ``query`` in the node search box, add the first
+    hit and return the node the frontend built (type, title, widget/input/output names)."""
+    await page.evaluate("() => app.graph.clear()")
+    search = page.get_by_placeholder("Add a node...")
+    # Right after the previous search box closed the canvas may still swallow a double-click:
+    # double-click again until the box is there.
+    for _ in range(10):
+        await page.mouse.dblclick(700, 450)
+        try:
+            await search.wait_for(timeout=1_500)
+            break
+        except PlaywrightTimeoutError:
+            continue
+    await search.wait_for(timeout=5_000)
+    await search.type(query, delay=20)
+    await page.get_by_text(result, exact=True).first.wait_for(timeout=15_000)
+    await search.press("Enter")
+    await search.wait_for(state="hidden", timeout=15_000)
+    await page.wait_for_function("() => app.graph.nodes.length === 1", timeout=15_000)
+    return await page.evaluate(
+        """() => app.graph.nodes.map(n => ({
+            type: n.type,
+            title: n.title,
+            widgets: (n.widgets || []).map(w => w.name),
+            inputs: (n.inputs || []).map(i => i.name),
+            outputs: (n.outputs || []).map(o => o.name),
+        }))[0]"""
+    )
+
+
+async def test_node_search_adds_core_nodes(comfy_server, chromium_path):
+    """The frontend's node search finds core nodes by class name and puts them on the canvas,
+    built from our /object_info: the text node's widgets, the math node's autogrow sockets."""
+    server = await comfy_server(plugins=None)
+    status, _ = await server.json("POST", "/settings", json=OFFLINE_SETTINGS)
+    assert status == 200
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            ui = Browser(page, server.url)
+            await ui.block_the_world()
+            await ui.boot()
+            concat = await _search_and_add(page, "StringConcatenate", "Concatenate Text")
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "node_search.png"))
+            math_node = await _search_and_add(page, "ComfyMathExpression", "Math Expression")
+            page_errors, console_errors = list(ui.page_errors), list(ui.console_errors)
+        finally:
+            await browser.close()
+
+    assert concat == {
+        "type": "StringConcatenate",
+        "title": "Concatenate Text",
+        "widgets": ["string_a", "string_b", "delimiter"],
+        "inputs": concat["inputs"],  # widget inputs vary by frontend version; not compared
+        "outputs": ["STRING"],
+    }
+    assert math_node["type"] == "ComfyMathExpression" and math_node["title"] == "Math Expression"
+    # Autogrow: the required slot "a" plus one spare, named as a prompt names them.
+    assert math_node["inputs"][:2] == ["values.a", "values.b"]
+    assert math_node["outputs"] == ["FLOAT", "INT", "BOOL"]
+    assert page_errors == []
+    assert console_errors == [], "\n".join(console_errors)
