@@ -45,6 +45,7 @@ from plugins.core_nodes.models.clip_objects import (
     clip_set,
     is_built_clip_set,
     member_attr,
+    replaces_encoding,
     split_key,
 )
 from plugins.core_nodes.models.extension import (
@@ -172,6 +173,8 @@ def _embedding_lookup() -> EmbeddingLookup | None:
                     return None
         return None
 
+    # The folders it reads: the tokenizers' embedding_directory (packs look embeddings up there too).
+    lookup.directories = [str(p) for p in models.folder_paths("embeddings")]  # type: ignore[attr-defined]
     return lookup
 
 
@@ -532,7 +535,7 @@ class TextEncoder:
 
     def _new_cond_stage_model(self) -> ClipSet:
         members = {
-            name: ClipMember(name, encoder, self._encode_member) for name, encoder in self.stack.encoders.items()
+            name: ClipMember(name, encoder, self._run_member) for name, encoder in self.stack.encoders.items()
         }
         return clip_set(self.stack.family, members)
 
@@ -589,20 +592,21 @@ class TextEncoder:
         }
         return TextEncoderStack(self.stack.family, self.stack.tokenizers, encoders)
 
-    def _encode_member(
-        self, name: str, layer: int | None, chunks: Chunks, projected: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One encoder on ``chunks`` at ``layer`` with this CLIP's patches (``cond_stage_model``'s way)."""
+    def _run_member(
+        self, name: str, layer: int | None, projected: bool, work: Callable[[ClipEncoder], T]
+    ) -> T:
+        """``work`` on one encoder at ``layer`` with this CLIP's patches, on the device it runs
+        on (how ``cond_stage_model``'s members encode)."""
         view = self._encoder_view(name, layer, projected)
         with _using(self.manager, [self.stack.encoders[name].model]):
-            cond, pooled = view.encode(chunks)
-        return cond.float().cpu(), pooled.float().cpu()
+            return work(view)
 
     def _own_model(self) -> bool:
         """Whether ``cond_stage_model`` is still the one this CLIP built: a pack may put its own
-        there or replace its ``encode_token_weights``, and then encoding goes through it."""
+        there or replace its (or a member's) ``encode_token_weights``, and then encoding goes
+        through it."""
         model = self.cond_stage_model
-        return is_built_clip_set(model) and "encode_token_weights" not in vars(model)
+        return is_built_clip_set(model) and not replaces_encoding(model)
 
     def _encode_through_model(
         self, tokens: Mapping[str, Chunks], unprojected: bool

@@ -12,8 +12,9 @@ number of attention heads is not in the weights: every CLIP text model uses 64-w
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -31,6 +32,7 @@ __all__ = [
     "ClipTextModel",
     "ClipOutput",
     "EncoderKind",
+    "TokenEmbedding",
     "build_model",
     "config_from_state_dict",
     "extract_text_encoders",
@@ -77,11 +79,32 @@ class ClipOutput:
     unprojected: torch.Tensor | None = None
 
 
+class TokenEmbedding(nn.Embedding):
+    """An embedding table called as the reference's text encoders call theirs:
+    ``(ids, out_dtype=None)``, the vectors cast to ``out_dtype`` when given. Packs that wrap a
+    CLIP's ``token_embedding`` (smZNodes' textual-inversion hook) pass both on to it."""
+
+    def forward(self, input: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:  # noqa: A002
+        out = super().forward(input)
+        return out if out_dtype is None else out.to(out_dtype)
+
+
+def _takes_out_dtype(module: nn.Module) -> bool:
+    """Whether ``module`` is called with ``out_dtype`` (ours, the reference's layers, a pack's
+    wrapper of them) rather than as a plain ``torch.nn.Embedding``."""
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "out_dtype" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 class _Embeddings(nn.Module):
     def __init__(self, cfg: ClipTextConfig, ops: Operations = TorchOperations) -> None:
         super().__init__()
-        self.token_embedding = ops.Embedding(cfg.vocab_size, cfg.width)
-        self.position_embedding = ops.Embedding(cfg.max_positions, cfg.width)
+        table = TokenEmbedding if ops.Embedding is nn.Embedding else ops.Embedding
+        self.token_embedding = table(cfg.vocab_size, cfg.width)
+        self.position_embedding = table(cfg.max_positions, cfg.width)
 
 
 class _Attention(nn.Module):
@@ -186,23 +209,41 @@ class ClipTextModel(nn.Module):
             ops.Linear(cfg.width, cfg.projection_dim, bias=False) if cfg.projection_dim is not None else None
         )
 
+    def token_embeds(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` [batch, tokens] through ``embeddings.token_embedding`` (whatever module is
+        there now), one row per call with ``out_dtype=float32``, as the reference's encoder
+        calls it: a pack's wrapper sees the calls it was written for."""
+        table = self.embeddings.token_embedding
+        if not _takes_out_dtype(table):
+            return torch.cat([table(ids[r : r + 1]).float() for r in range(ids.shape[0])])
+        return torch.cat([table(ids[r : r + 1], out_dtype=torch.float32) for r in range(ids.shape[0])])
+
     def forward(
         self,
         ids: torch.Tensor,
         embeds: torch.Tensor | None = None,
         hidden_layer: int | None = None,
         norm_hidden: bool = True,
+        vectors: Sequence[tuple[int, int, torch.Tensor]] | None = None,
     ) -> ClipOutput:
         """Encode ``ids`` [batch, tokens].
 
-        ``embeds`` replaces the token embeddings when given (textual inversion vectors spliced
-        in); positions still come from ``ids``' length. ``hidden_layer`` (negative counts from the
-        end, -1 is the last layer) also returns that layer's output, final-normed when
-        ``norm_hidden``. The pooled vector sits at the first end token of each row.
+        ``embeds`` replaces the token embeddings when given; ``vectors`` (``(row, position,
+        vector)``: textual inversions) replace single positions' embeddings. Positions still
+        come from ``ids``' length. ``hidden_layer`` (negative counts from the end, -1 is the
+        last layer) also returns that layer's output, final-normed when ``norm_hidden``. The
+        pooled vector sits at the first end token of each row (the last token of a row
+        without one).
         """
-        x = embeds if embeds is not None else self.embeddings.token_embedding(ids)
+        x = embeds if embeds is not None else self.token_embeds(ids)
         positions = self.embeddings.position_embedding.weight[: ids.shape[1]]
-        x = x.to(positions.dtype) + positions
+        x = x.to(positions.dtype)
+        if vectors:
+            rows = torch.tensor([r for r, _, _ in vectors], device=x.device)
+            cols = torch.tensor([c for _, c, _ in vectors], device=x.device)
+            values = torch.stack([v.to(x.device, x.dtype) for _, _, v in vectors])
+            x = x.index_put((rows, cols), values)
+        x = x + positions
         layers = self.encoder.layers
         wanted = None if hidden_layer is None else hidden_layer % len(layers)
         hidden = None
@@ -213,7 +254,9 @@ class ClipTextModel(nn.Module):
         last = self.final_layer_norm(x)
         if hidden is not None and norm_hidden:
             hidden = self.final_layer_norm(hidden)
-        eos_at = (ids == self.config.eos_token).int().argmax(dim=-1)
+        is_end = ids == self.config.eos_token
+        last_token = torch.full_like(ids[:, 0], ids.shape[1] - 1)
+        eos_at = torch.where(is_end.any(dim=-1), is_end.int().argmax(dim=-1), last_token)
         unprojected = last[torch.arange(last.shape[0], device=last.device), eos_at]
         pooled = self.text_projection(unprojected) if self.text_projection is not None else unprojected
         return ClipOutput(last=last, hidden=hidden, pooled=pooled, unprojected=unprojected)

@@ -9,16 +9,21 @@ layout is the reference's: a set module (``SD1ClipModel`` / ``SD2ClipModel`` / `
 keys are the reference's (``clip_l.transformer.text_model.encoder.layers.0...``) and weight patches
 written for the reference (``clip.add_patches``) find their weights.
 
-The members encode through their CLIP (the ``encode`` callable they are built with), so its
-weight patches apply per call and the cached network is never written; each member keeps the
-reference's clip options (``layer`` ``"last"`` / ``"hidden"`` with ``layer_idx``), which
-``encode_token_weights`` reads.
+The members run their network through their CLIP (the ``run`` callable they are built with),
+so its weight patches apply per call and the cached network is never written; each member keeps
+the reference's clip options (``layer`` ``"last"`` / ``"hidden"`` with ``layer_idx``), which
+``encode_token_weights`` and ``forward`` read. ``forward(tokens)`` is the reference's
+``SDClipModel.forward``: rows of token ids (embedding vectors among them), embedded through
+``transformer.text_model.embeddings.token_embedding`` as it is at call time (one row per call,
+``out_dtype=float32``), unweighted ``(z, pooled)`` back. Packs that run their own prompt engine
+on a member (smZNodes wraps the token embedding, replaces ``encode_token_weights`` and calls the
+member with token rows) get the reference's answers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -40,11 +45,14 @@ __all__ = [
     "clip_set",
     "is_built_clip_set",
     "member_attr",
+    "replaces_encoding",
     "split_key",
 ]
 
-# encode(encoder name, layer or None for the last normed one, chunks, projected pooled) -> (cond, pooled)
-MemberEncode = Callable[[str, int | None, Chunks, bool], tuple[torch.Tensor, torch.Tensor]]
+_T = TypeVar("_T")
+# run(encoder name, layer or None for the last normed one, projected pooled, work) -> work's
+# answer for the encoder seen through the CLIP's weight patches, on the device it runs on.
+MemberRun = Callable[[str, int | None, bool, Callable[[ClipEncoder], _T]], _T]
 
 _TEXT_MODEL = ".transformer.text_model."
 _PROJECTION = ".transformer.text_projection."
@@ -72,7 +80,8 @@ def split_key(key: str) -> tuple[str, str] | None:
 
 
 class TransformerLayout(nn.Module):
-    """A member's ``transformer``: the network as ``text_model`` (the reference's nesting)."""
+    """A member's ``transformer``: the network as ``text_model`` (the reference's nesting), and
+    the reference's ``CLIPTextModel`` call (see :meth:`forward`)."""
 
     def __init__(self, model: ClipTextModel) -> None:
         super().__init__()
@@ -80,9 +89,23 @@ class TransformerLayout(nn.Module):
         self.num_layers = model.config.layers
 
     @property
-    def text_projection(self) -> nn.Module | None:
-        # A property, not a child: registering it twice would list its weight under two keys.
-        return self.text_model.text_projection
+    def text_projection(self) -> nn.Module:
+        """The pooled output's projection; CLIP-L, which has none, answers the identity the
+        reference loads for it. A property, not a child: registering it twice would list its
+        weight under two keys."""
+        projection = self.text_model.text_projection
+        if projection is not None:
+            return projection
+        weight = self.get_input_embeddings().weight
+        identity: nn.Linear | None = self.__dict__.get("_identity")
+        if identity is None or identity.weight.device != weight.device or identity.weight.dtype != weight.dtype:
+            width = self.text_model.config.width
+            identity = nn.Linear(width, width, bias=False, device=weight.device, dtype=weight.dtype)
+            with torch.no_grad():
+                identity.weight.copy_(torch.eye(width))
+            identity.requires_grad_(False)
+            self.__dict__["_identity"] = identity  # outside the module tree: no state-dict key
+        return identity
 
     @property
     def dtype(self) -> torch.dtype:
@@ -94,15 +117,53 @@ class TransformerLayout(nn.Module):
     def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
         self.text_model.embeddings.token_embedding = embeddings
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.text_model(*args, **kwargs)
+    @torch.no_grad()
+    def forward(
+        self,
+        input_tokens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        embeds: torch.Tensor | None = None,
+        num_tokens: Sequence[int] | None = None,
+        intermediate_output: int | None = None,
+        final_layer_norm_intermediate: bool = True,
+        dtype: torch.dtype = torch.float32,
+        embeds_info: Sequence[Any] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The reference's ``CLIPTextModel`` call on this network (without any CLIP's patches):
+        ``(last layer normed, layer intermediate_output or None, projected pooled, pooled)``,
+        in ``dtype``. ``embeds`` [batch, tokens, width] stand in for the token embeddings of
+        ``input_tokens``; the pooled state is at ``num_tokens - 1`` when given, else at each
+        row's first end token. Only causal attention: a mask that hides tokens is refused."""
+        if attention_mask is not None and not bool((attention_mask != 0).all()):
+            raise ValueError("this CLIP text encoder attends causally only: attention masks are not supported")
+        if intermediate_output is not None and not isinstance(intermediate_output, int):
+            raise ValueError(f"intermediate_output must be a layer index, not {intermediate_output!r}")
+        if input_tokens is None and embeds is None:
+            raise ValueError("give input_tokens or embeds")
+        if input_tokens is not None:
+            ids = input_tokens.round().long() if input_tokens.is_floating_point() else input_tokens.long()
+        else:
+            assert embeds is not None
+            # No ids: no end token to find, so the pooled state is the last one unless num_tokens says.
+            ids = torch.zeros(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        out = self.text_model(
+            ids, embeds=embeds, hidden_layer=intermediate_output, norm_hidden=final_layer_norm_intermediate
+        )
+        pooled = out.unprojected
+        if num_tokens is not None:
+            rows = torch.arange(out.last.shape[0], device=out.last.device)
+            pooled = out.last[rows, torch.tensor([n - 1 for n in num_tokens], device=out.last.device)]
+        assert pooled is not None
+        hidden = None if out.hidden is None else out.hidden.to(dtype)
+        return out.last.to(dtype), hidden, self.text_projection(pooled).to(dtype), pooled.to(dtype)
 
 
 class ClipMember(nn.Module):
-    """One encoder as the reference's ``SDClipModel``: ``transformer``, clip options and
-    ``encode_token_weights(chunks) -> (cond, pooled)`` through its CLIP."""
+    """One encoder as the reference's ``SDClipModel``: ``transformer``, clip options,
+    ``forward(token rows) -> (z, pooled)`` and ``encode_token_weights(chunks) -> (cond,
+    pooled)``, both through its CLIP's weight patches."""
 
-    def __init__(self, name: str, encoder: ClipEncoder, encode: MemberEncode) -> None:
+    def __init__(self, name: str, encoder: ClipEncoder, run: MemberRun[Any]) -> None:
         super().__init__()
         self.name = name
         self.transformer = TransformerLayout(encoder.model)
@@ -110,23 +171,28 @@ class ClipMember(nn.Module):
         self.max_length = 77
         self.layer_norm_hidden_state = encoder.norm_hidden
         self.special_tokens = {"start": 49406, "end": 49407, "pad": encoder.pad_token}
+        # The reference's switches for encoders that mask padding (T5...); off for CLIP, as there.
         self.enable_attention_masks = False
         self.zero_out_masked = False
+        self.return_attention_masks = False
+        # Where the reference runs the encoder when set; here the model manager places it.
+        self.execution_device: torch.device | None = None
         default = encoder.default_layer
         self.options_default = ("last" if default is None else "hidden", default, True)
         self.layer, self.layer_idx, self.return_projected_pooled = self.options_default
         # Stored outside the module's attributes so torch does not walk into the CLIP.
-        self.__dict__["_encode"] = encode
+        self.__dict__["_run"] = run
 
     @property
     def dtype(self) -> torch.dtype:
         return self.transformer.dtype
 
     def set_clip_options(self, options: Mapping[str, Any]) -> None:
-        """``{"layer": idx, "projected_pooled": bool}``: a layer deeper than the model, or None,
-        reads the last layer."""
+        """``{"layer": idx, "projected_pooled": bool, "execution_device": device}``: a layer
+        deeper than the model, or None, reads the last layer."""
         layer_idx = options.get("layer", self.layer_idx)
         self.return_projected_pooled = options.get("projected_pooled", self.return_projected_pooled)
+        self.execution_device = options.get("execution_device", self.execution_device)
         if layer_idx is None or abs(layer_idx) > self.num_layers:
             self.layer = "last"
         else:
@@ -134,6 +200,13 @@ class ClipMember(nn.Module):
 
     def reset_clip_options(self) -> None:
         self.layer, self.layer_idx, self.return_projected_pooled = self.options_default
+        self.execution_device = None
+
+    def freeze(self) -> None:
+        """The reference's: evaluation mode, no gradients (the shared networks already are)."""
+        self.transformer.eval()
+        for param in self.parameters():
+            param.requires_grad = False
 
     def clip_layer(self, layer_idx: int) -> None:
         """The older form of ``set_clip_options({"layer": layer_idx})``."""
@@ -145,20 +218,31 @@ class ClipMember(nn.Module):
     def _layer(self) -> int | None:
         return self.layer_idx if self.layer == "hidden" else None
 
+    def _on_cpu(self, work: Callable[[ClipEncoder], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        run: MemberRun[tuple[torch.Tensor, torch.Tensor]] = self.__dict__["_run"]
+        cond, pooled = run(self.name, self._layer(), bool(self.return_projected_pooled), work)
+        return cond.float().cpu(), pooled.float().cpu()
+
     def encode_token_weights(self, token_weight_pairs: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cond [1, 77 * chunks, width], pooled [1, dim])`` for chunks of ``(token, weight[, id])``;
         weights move each token's output from the empty prompt's, as CLIPTextEncode does."""
         chunks = [[tuple(t) if isinstance(t, Sequence) else (t, 1.0) for t in chunk] for chunk in token_weight_pairs]
         if not chunks:
             raise ValueError("encode_token_weights needs at least one chunk of tokens")
-        return self.__dict__["_encode"](self.name, self._layer(), chunks, bool(self.return_projected_pooled))
+        return self._on_cpu(lambda encoder: encoder.encode(chunks))
 
-    def encode(self, tokens: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows of token ids (or ``(token, weight)`` pairs), all at weight 1 unless given."""
-        return self.encode_token_weights([[t if isinstance(t, tuple) else (t, 1.0) for t in row] for row in tokens])
+    def forward(self, tokens: Sequence[Sequence[Any]] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's ``SDClipModel.forward``: rows of token ids (a list of lists or an
+        integer tensor; embedding vectors may stand among the ids) -> ``(z [rows, tokens,
+        width], pooled [rows, dim])`` at this member's clip options, unweighted, float32."""
+        if len(tokens) == 0:
+            raise ValueError("no token rows to encode")
+        return self._on_cpu(lambda encoder: encoder.forward_rows(tokens))
 
-    def forward(self, tokens: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode(tokens)
+    def encode(self, tokens: Sequence[Sequence[Any]] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's name for calling the member: :meth:`forward`."""
+        result: tuple[torch.Tensor, torch.Tensor] = self(tokens)
+        return result
 
 
 class ClipSet(nn.Module):
@@ -262,6 +346,14 @@ def clip_set(family: str, members: Mapping[str, ClipMember]) -> ClipSet:
 def is_built_clip_set(obj: Any) -> bool:
     """Whether ``obj`` is a set :func:`clip_set` built (not a pack's subclass or own module)."""
     return type(obj) is ClipSet or type(obj) in FAMILY_CLASSES.values()
+
+
+def replaces_encoding(model: ClipSet) -> bool:
+    """Whether a pack put its own ``encode_token_weights`` on the set or on one of its members
+    (smZNodes hooks each member while its node encodes): the CLIP must then encode through them."""
+    if "encode_token_weights" in vars(model):
+        return True
+    return any("encode_token_weights" in vars(member) for member in model.members())
 
 
 class TokenizerSet:

@@ -13,8 +13,10 @@ norm rule; ``-1`` is the last layer.
 
 from __future__ import annotations
 
+import logging
+import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,19 @@ __all__ = [
 ]
 
 Chunks = list[list[tuple[Any, ...]]]
+# One row of a batch: token ids, and embedding vectors ([width] or [n, width]) standing in for tokens.
+Row = Sequence[Any]
+
+log = logging.getLogger(__name__)
+
+
+def _token_id(item: Any) -> int | None:
+    """``item`` as a token id, or None when it is an embedding vector."""
+    if isinstance(item, numbers.Integral):
+        return int(item)
+    if isinstance(item, torch.Tensor) and item.ndim == 0 and not item.is_floating_point():
+        return int(item)
+    return None
 
 
 @dataclass
@@ -58,49 +73,79 @@ class ClipEncoder:
             layer = None
         self.layer = layer
 
-    def _inputs(self, chunks: Chunks) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Token ids and, when a chunk holds embedding vectors, the input embeddings."""
-        table = self.model.embeddings.token_embedding
-        ids = torch.tensor(
-            [[t if isinstance(t, int) else 0 for t, *_ in chunk] for chunk in chunks],
-            dtype=torch.long,
-            device=table.weight.device,
-        )
-        vectors = [
-            (r, c, t)
-            for r, chunk in enumerate(chunks)
-            for c, (t, *_) in enumerate(chunk)
-            if not isinstance(t, int)
-        ]
-        if not vectors:
-            return ids, None
-        embeds = table(ids)
-        width = embeds.shape[-1]
-        for r, c, vector in vectors:
-            if vector.shape[-1] == width:
-                embeds[r, c] = vector.to(embeds.device, embeds.dtype)
-        return ids, embeds
+    def _inputs(self, rows: Sequence[Row]) -> tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]]]:
+        """Token ids [batch, tokens] and the embedding vectors as ``(row, position, vector)``.
+
+        As the reference's encoder reads a row: a vector ``[n, width]`` takes n positions (0
+        stands for it among the ids); one of another width than the model's is left out (the
+        row gets shorter). A tensor row counts as its ids.
+        """
+        width = self.model.config.width
+        ids: list[list[int]] = []
+        vectors: list[tuple[int, int, torch.Tensor]] = []
+        for r, row in enumerate(rows):
+            items = row.tolist() if isinstance(row, torch.Tensor) else row
+            out: list[int] = []
+            for item in items:
+                token = _token_id(item)
+                if token is not None:
+                    out.append(token)
+                    continue
+                vector = torch.as_tensor(item)
+                if vector.ndim == 0 or vector.shape[-1] != width:
+                    log.warning(
+                        "an embedding of width %s does not fit this text encoder (%s wide): left out",
+                        tuple(vector.shape)[-1:] or "scalar", width,
+                    )
+                    continue
+                for v in vector.reshape(-1, width):
+                    vectors.append((r, len(out), v))
+                    out.append(0)
+            ids.append(out)
+        if len({len(row) for row in ids}) > 1:
+            raise ValueError(f"token rows of one batch must be equally long, got lengths {[len(r) for r in ids]}")
+        if ids and len(ids[0]) > self.model.config.max_positions:
+            raise ValueError(
+                f"a row of {len(ids[0])} tokens is longer than this text encoder's "
+                f"{self.model.config.max_positions} positions"
+            )
+        device = self.model.embeddings.token_embedding.weight.device
+        return torch.tensor(ids, dtype=torch.long, device=device), vectors
+
+    @torch.no_grad()
+    def forward_rows(self, rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's ``SDClipModel.forward``: rows of token ids (embedding vectors among
+        them) -> ``(z [rows, tokens, width], pooled [rows, dim])`` in float32, unweighted.
+
+        ``z`` is the final-normed last layer, or ``layer``'s output (final-normed when
+        ``norm_hidden``); ``pooled`` is each row's state at its first end token (its last token
+        when it has none), projected unless ``project_pooled`` is off.
+        """
+        if len(rows) == 0:
+            raise ValueError("no token rows to encode")
+        ids, vectors = self._inputs(rows)
+        out = self.model(ids, vectors=vectors, hidden_layer=self.layer, norm_hidden=self.norm_hidden)
+        z = out.last if self.layer is None else out.hidden
+        pooled = out.pooled if self.project_pooled or out.unprojected is None else out.unprojected
+        return z.float(), pooled.float()  # type: ignore[union-attr]
 
     @torch.no_grad()
     def encode(self, chunks: Chunks) -> tuple[torch.Tensor, torch.Tensor]:
         """Conditioning [1, 77 * chunks, width] and pooled [1, dim] (first chunk's), float32."""
         weighted = any(w != 1.0 for chunk in chunks for _, w, *_ in chunk)
-        batch = list(chunks)
+        rows: list[Row] = [[t for t, *_ in chunk] for chunk in chunks]
         if weighted:
-            length = len(chunks[0])
-            batch.append([(START_TOKEN, 1.0), (END_TOKEN, 1.0)] + [(self.pad_token, 1.0)] * (length - 2))
-        ids, embeds = self._inputs(batch)
-        out = self.model(ids, embeds=embeds, hidden_layer=self.layer, norm_hidden=self.norm_hidden)
-        z = (out.last if self.layer is None else out.hidden).float()  # type: ignore[union-attr]
+            length = max(len(chunk) for chunk in chunks)
+            rows.append([START_TOKEN, END_TOKEN] + [self.pad_token] * (length - 2))
+        z, pooled = self.forward_rows(rows)
         if weighted:
             empty, z = z[-1], z[:-1].clone()
             weights = torch.tensor(
-                [[w for _, w, *_ in chunk] for chunk in chunks], dtype=z.dtype, device=z.device
+                [[w for _, w, *_ in chunk][: z.shape[1]] for chunk in chunks], dtype=z.dtype, device=z.device
             ).unsqueeze(-1)
             # Only weighted tokens are touched, so weight-1 outputs stay bit-identical.
             z = torch.where(weights != 1.0, empty + (z - empty) * weights, z)
-        pooled = out.pooled if self.project_pooled or out.unprojected is None else out.unprojected
-        return z.reshape(1, -1, z.shape[-1]), pooled[0:1].float()
+        return z.reshape(1, -1, z.shape[-1]), pooled[0:1]
 
 
 @dataclass
@@ -156,7 +201,9 @@ def _family(names: set[str]) -> str:
 def _stack(
     family: str, encoders: dict[str, ClipEncoder], embeddings: EmbeddingLookup | None
 ) -> TextEncoderStack:
-    tokenizers = make_tokenizers(family, embeddings)
+    # A lookup over folders names them in ``directories``: the tokenizers' embedding_directory.
+    directories = getattr(embeddings, "directories", None)
+    tokenizers = make_tokenizers(family, embeddings, embedding_directory=directories)
     for name, tokenizer in tokenizers.items():
         # Embedding files are matched by vector width; ask for what this model really takes.
         tokenizer.embedding_size = encoders[name].model.config.width

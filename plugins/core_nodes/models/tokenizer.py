@@ -147,6 +147,28 @@ class ClipBpe:
         # Prompts repeat words a lot; the per-instance memo keeps re-tokenizing cheap.
         self._memo: dict[str, tuple[int, ...]] = {}
 
+    def inverse_vocab(self) -> dict[int, str]:
+        """Token id -> vocabulary entry (built on first use: most callers never ask)."""
+        table: dict[int, str] | None = self.__dict__.get("_inverse")
+        if table is None:
+            table = {i: tok for tok, i in self.vocab.items()}
+            self._inverse = table
+        return table
+
+    def decode_entries(self, entries: Sequence[str]) -> str:
+        """Vocabulary entries as text: each character back to its byte, the UTF-8 decoded
+        (a broken sequence becomes U+FFFD), every word end a space, outer spaces stripped."""
+        to_byte = self.__dict__.get("_to_byte")
+        if to_byte is None:
+            to_byte = {ch: b for b, ch in enumerate(self._bytes)}
+            self._to_byte = to_byte
+        text = "".join(entries)
+        raw = bytearray()
+        for piece in text.split(_END_OF_WORD):
+            raw += bytes(to_byte[ch] for ch in piece if ch in to_byte)
+            raw += b" "
+        return raw[:-1].decode("utf-8", errors="replace").strip()
+
     @classmethod
     def from_file(cls, path: Path = VOCAB_PATH) -> ClipBpe:
         with gzip.open(path, "rt", encoding="utf-8") as fh:
@@ -288,7 +310,9 @@ def _rows(vectors: Any) -> list[Any]:
 class IdsTokenizer:
     """A tokenizer's ``tokenizer`` attribute, called as packs call the reference's (a transformers
     ``CLIPTokenizer`` there): ``tok(text)["input_ids"]`` is the start token, the text's BPE ids and
-    the end token, without padding or truncation; a list of texts gives a list of such rows."""
+    the end token, without padding or truncation (``add_special_tokens=False``: the BPE ids alone);
+    a list of texts gives a list of such rows. Attributes a pack sets on it stay set: each
+    :class:`PromptTokenizer` keeps one."""
 
     def __init__(self, bpe: ClipBpe, start_token: int, end_token: int, pad_token: int) -> None:
         self.bpe = bpe
@@ -296,20 +320,33 @@ class IdsTokenizer:
         self.eos_token_id = end_token
         self.pad_token_id = pad_token
 
-    def _ids(self, text: str) -> list[int]:
-        return [self.bos_token_id, *self.bpe.encode(text), self.eos_token_id]
+    def _ids(self, text: str, special: bool) -> list[int]:
+        ids = self.bpe.encode(text)
+        return [self.bos_token_id, *ids, self.eos_token_id] if special else ids
 
-    def __call__(self, text: str | Sequence[str], **kwargs: Any) -> dict[str, Any]:
+    def __call__(
+        self, text: str | Sequence[str], add_special_tokens: bool = True, **kwargs: Any
+    ) -> dict[str, Any]:
+        # Other transformers options (truncation, padding=False...) ask for nothing this does not do.
         if isinstance(text, str):
-            ids: Any = self._ids(text)
+            ids: Any = self._ids(text, add_special_tokens)
             mask: Any = [1] * len(ids)
         else:
-            ids = [self._ids(t) for t in text]
+            ids = [self._ids(t, add_special_tokens) for t in text]
             mask = [[1] * len(row) for row in ids]
         return {"input_ids": ids, "attention_mask": mask}
 
     def get_vocab(self) -> dict[str, int]:
         return dict(self.bpe.vocab)
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        """Vocabulary entries of ``ids`` (``"cat</w>"``); unknown ids give ``""``."""
+        inv = self.bpe.inverse_vocab()
+        return [inv.get(int(i), "") for i in ids]
+
+    def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
+        """Vocabulary entries back to text: bytes decoded, each word end a space, ends stripped."""
+        return self.bpe.decode_entries(tokens)
 
 
 class PromptTokenizer:
@@ -317,7 +354,12 @@ class PromptTokenizer:
 
     ``pad_token`` is what fills a chunk after its end token (CLIP-L pads with the end token,
     OpenCLIP models with 0). ``embedding_key``/``embedding_size`` tell the lookup which vectors
-    this text encoder takes.
+    this text encoder takes; ``embedding_directory`` names the folders it reads them from (the
+    reference's attribute: packs that look embeddings up themselves read it).
+
+    The reference tokenizer's state is plain instance attributes here too (``tokenizer``,
+    ``start_token``, ``embedding_directory``...): packs copy ``vars(tokenizer)`` into their own
+    prompt engines (smZNodes) and replace ``tokenize_with_weights`` on the instance.
     """
 
     def __init__(
@@ -332,6 +374,7 @@ class PromptTokenizer:
         embedding_size: int = 768,
         embeddings: EmbeddingLookup | None = None,
         on_missing_embedding: Callable[[str], None] | None = None,
+        embedding_directory: str | Sequence[str] | None = None,
     ) -> None:
         self.bpe = bpe if bpe is not None else default_bpe()
         self.max_length = max_length
@@ -342,6 +385,10 @@ class PromptTokenizer:
         self.embedding_size = embedding_size
         self.embeddings = embeddings
         self.on_missing_embedding = on_missing_embedding
+        folders = [embedding_directory] if isinstance(embedding_directory, str) else embedding_directory
+        self.embedding_directory = [str(f) for f in folders] if folders is not None else None
+        # The BPE tokenizer alone, callable like the reference's (see :class:`IdsTokenizer`).
+        self.tokenizer = IdsTokenizer(self.bpe, start_token, end_token, pad_token)
 
     def _groups(self, text: str) -> list[list[WeightedToken]]:
         """Token groups in prompt order: one per text segment, one per embedding."""
@@ -363,34 +410,43 @@ class PromptTokenizer:
 
     def _embedding(self, spec: str) -> tuple[Any, str]:
         """Look up the embedding named by the first word of ``spec``; return it and the rest."""
-        assert self.embeddings is not None
         words = spec.split()
         if not words:
             return None, ""
         name, rest = words[0], " ".join(words[1:])
-        vectors = self.embeddings(name, self.embedding_key, self.embedding_size)
-        if vectors is None:
-            # "embedding:name," — a trailing comma is prompt punctuation, not part of the name.
-            bare = name.strip(",")
-            if len(bare) < len(name):
-                vectors = self.embeddings(bare, self.embedding_key, self.embedding_size)
-                rest = f"{name[len(bare) :]} {rest}"
+        vectors, leftover = self._try_get_embedding(name)
+        if leftover:
+            rest = f"{leftover} {rest}"
         if vectors is None and self.on_missing_embedding is not None:
             self.on_missing_embedding(name)
         return vectors, rest
 
+    def _try_get_embedding(self, embedding_name: str) -> tuple[Any, str]:
+        """``(vectors or None, leftover)`` for ``embedding_name``, as the reference's tokenizer
+        answers it: a name not found is tried again without trailing commas ("embedding:name,"
+        ends a phrase), and those commas come back as the leftover text."""
+        if self.embeddings is None:
+            return None, ""
+        vectors = self.embeddings(embedding_name, self.embedding_key, self.embedding_size)
+        if vectors is None:
+            bare = embedding_name.strip(",")
+            if len(bare) < len(embedding_name):
+                vectors = self.embeddings(bare, self.embedding_key, self.embedding_size)
+                return vectors, embedding_name[len(bare) :]
+        return vectors, ""
+
     # The reference tokenizer's fixed settings, read by packs that rebuild chunks themselves.
     has_start_token = True
     has_end_token = True
+    tokenizer_adds_end_token = True
     pad_to_max_length = True
+    pad_left = False
+    disable_weights = False
     min_length: int | None = None
+    min_padding: int | None = None
     tokens_start = 1
+    max_word_length = _SPLITTABLE_GROUP
     embedding_identifier = _EMBEDDING_PREFIX
-
-    @property
-    def tokenizer(self) -> IdsTokenizer:
-        """The BPE tokenizer alone, callable like the reference's (see :class:`IdsTokenizer`)."""
-        return IdsTokenizer(self.bpe, self.start_token, self.end_token, self.pad_token)
 
     @property
     def pad_with_end(self) -> bool:
@@ -399,12 +455,8 @@ class PromptTokenizer:
 
     @property
     def inv_vocab(self) -> dict[int, str]:
-        """Token id -> vocabulary entry (built on first use: most callers never ask)."""
-        table: dict[int, str] | None = self.__dict__.get("_inv_vocab")
-        if table is None:
-            table = {i: tok for tok, i in self.bpe.vocab.items()}
-            self._inv_vocab = table
-        return table
+        """Token id -> vocabulary entry."""
+        return self.bpe.inverse_vocab()
 
     def untokenize(self, token_weight_pair: Sequence[tuple[Any, ...]]) -> list[tuple[tuple[Any, ...], str]]:
         """Each pair with its vocabulary entry (``""`` for embedding vectors), as the reference's."""
@@ -455,12 +507,16 @@ class PromptTokenizer:
 
 
 def make_tokenizers(
-    family: str, embeddings: EmbeddingLookup | None = None, bpe: ClipBpe | None = None
+    family: str,
+    embeddings: EmbeddingLookup | None = None,
+    bpe: ClipBpe | None = None,
+    embedding_directory: str | Sequence[str] | None = None,
 ) -> dict[str, PromptTokenizer]:
     """The tokenizers a model family's text encoders need, by encoder name.
 
     ``sd1``: ``l`` (CLIP-L). ``sd2``: ``h`` (OpenCLIP-H, zero padding). ``sdxl``: ``l`` and ``g``
-    (OpenCLIP-G, zero padding). ``sdxl_refiner``: ``g`` only.
+    (OpenCLIP-G, zero padding). ``sdxl_refiner``: ``g`` only. ``embedding_directory``: the
+    folders ``embeddings`` reads (what the tokenizers tell packs).
     """
     bpe = bpe if bpe is not None else default_bpe()
     clip_l = {"embedding_key": "clip_l", "embedding_size": 768}
@@ -475,7 +531,8 @@ def make_tokenizers(
     if family not in layouts:
         raise ValueError(f"unknown text-encoder family {family!r}; expected one of {sorted(layouts)}")
     return {
-        name: PromptTokenizer(bpe, embeddings=embeddings, **opts) for name, opts in layouts[family].items()
+        name: PromptTokenizer(bpe, embeddings=embeddings, embedding_directory=embedding_directory, **opts)
+        for name, opts in layouts[family].items()
     }
 
 

@@ -16,6 +16,7 @@ the core nodes' text-encoder stacks of the matching family, because packs test a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -263,6 +264,13 @@ class _StackFamily(type):
         return obj.family in families
 
 
+def gen_empty_tokens(special_tokens: Mapping[str, int | None], length: int) -> list[int]:
+    """The empty prompt's row of ``length`` ids: start and end token (those the encoder has),
+    then its pad token."""
+    row = [special_tokens[k] for k in ("start", "end") if special_tokens.get(k) is not None]
+    return [int(t) for t in row] + [int(special_tokens["pad"])] * (length - len(row))  # type: ignore[arg-type]
+
+
 class ClipTokenWeightEncoder:
     """``encode_token_weights(chunks)``: encode chunks, applying each token's weight by moving
     its output away from the empty prompt's (``empty + (z - empty) * weight``)."""
@@ -293,7 +301,9 @@ def _config_from_json(
 
 class SDClipModel(torch.nn.Module, ClipTokenWeightEncoder, metaclass=_StackFamily):
     """One CLIP text transformer read at ``layer`` (``"last"``, ``"pooled"`` or ``"hidden"`` with
-    ``layer_idx``), the way SD1 uses CLIP-L."""
+    ``layer_idx``), the way SD1 uses CLIP-L. ``transformer`` is the reference's layout
+    (``transformer.text_model.embeddings.token_embedding``...); calling the model with rows of
+    token ids is the reference's ``forward``: unweighted ``(z, pooled)``."""
 
     stack_families: tuple[str, ...] = ()
     LAYERS = ("last", "pooled", "hidden", "all")
@@ -343,8 +353,12 @@ class SDClipModel(torch.nn.Module, ClipTokenWeightEncoder, metaclass=_StackFamil
                 norm_hidden=layer_norm_hidden_state,
                 pad_token=self.special_tokens.get("pad", core_tok.END_TOKEN),
             )
+        self.enable_attention_masks = enable_attention_masks
+        self.zero_out_masked = zero_out_masked
+        self.return_attention_masks = return_attention_masks
+        self.execution_device: Any = None
         self.encoder = encoder
-        self.transformer = encoder.model
+        self.transformer = core_objects.TransformerLayout(encoder.model)
         self.num_layers = encoder.model.config.layers
         self.layer = layer
         self.layer_idx = layer_idx
@@ -354,7 +368,10 @@ class SDClipModel(torch.nn.Module, ClipTokenWeightEncoder, metaclass=_StackFamil
             self.freeze()
 
     def _encoder(self) -> core_te.ClipEncoder:
-        return self.encoder
+        """The encoder at this model's options (its layer, projected or not pooled output)."""
+        view = dataclasses.replace(self.encoder, project_pooled=bool(self.return_projected_pooled))
+        view.set_layer(self.encoder.layer)
+        return view
 
     def _apply_layer(self) -> None:
         self.encoder.set_layer(self.layer_idx if self.layer == "hidden" else None)
@@ -377,25 +394,34 @@ class SDClipModel(torch.nn.Module, ClipTokenWeightEncoder, metaclass=_StackFamil
         self._apply_layer()
 
     def set_clip_options(self, options: Mapping[str, Any]) -> None:
-        if "layer" in options and options["layer"] is not None:
-            self.clip_layer(options["layer"])
+        """``{"layer": idx, "projected_pooled": bool, "execution_device": device}``; a layer
+        deeper than the model, or None, reads the last layer."""
+        layer_idx = options.get("layer", self.layer_idx)
+        if layer_idx is None:
+            self.layer = "last"
+            self._apply_layer()
+        else:
+            self.clip_layer(layer_idx)
         self.return_projected_pooled = options.get("projected_pooled", self.return_projected_pooled)
+        self.execution_device = options.get("execution_device", self.execution_device)
 
     def reset_clip_options(self) -> None:
         self.reset_clip_layer()
+        self.execution_device = None
 
-    def encode(self, tokens: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token-id rows (lists of ints, or of ``(token, weight)`` pairs) -> ``(cond, pooled)``."""
-        chunks = [[t if isinstance(t, tuple) else (t, 1.0) for t in row] for row in tokens]
-        return self.encoder.encode(chunks)
+    def forward(self, tokens: Sequence[Sequence[Any]] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of token ids (embedding vectors may stand among them) -> ``(z [rows, tokens,
+        width], pooled [rows, dim])`` at this model's options, unweighted, float32."""
+        return self._encoder().forward_rows(tokens)
 
-    def forward(self, tokens: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode(tokens)
+    def encode(self, tokens: Sequence[Sequence[Any]] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        result: tuple[torch.Tensor, torch.Tensor] = self(tokens)
+        return result
 
     def load_sd(self, sd: Mapping[str, torch.Tensor]) -> Any:
         """Load CLIP weights in the transformers layout (``text_model.`` prefix optional)."""
         stripped = {k.removeprefix("text_model."): v for k, v in sd.items()}
-        return self.transformer.load_state_dict(stripped, strict=False)
+        return self.transformer.text_model.load_state_dict(stripped, strict=False)
 
 
 class SD1CheckpointClipModel(SDClipModel):
