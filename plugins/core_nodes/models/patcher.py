@@ -404,6 +404,19 @@ class ModelPatcher:
     def set_model_forward_timestep_embed_patch(self, patch: Any) -> None:
         self.set_model_patch(patch, "forward_timestep_embed_patch")
 
+    # The DiT families' patch points (model patch nodes register on them; our UNets have none).
+    def set_model_double_block_patch(self, patch: Any) -> None:
+        self.set_model_patch(patch, "double_block")
+
+    def set_model_post_input_patch(self, patch: Any) -> None:
+        self.set_model_patch(patch, "post_input")
+
+    def set_model_noise_refiner_patch(self, patch: Any) -> None:
+        self.set_model_patch(patch, "noise_refiner")
+
+    def set_model_middle_block_after_patch(self, patch: Any) -> None:
+        self.set_model_patch(patch, "middle_block_after_patch")
+
     def set_model_compute_dtype(self, dtype: torch.dtype | None) -> None:
         """The dtype the network computes in (kept as the reference's ``manual_cast_dtype`` object patch)."""
         self.add_object_patch("manual_cast_dtype", dtype)
