@@ -225,6 +225,7 @@ async def test_a_real_gguf_file_loads_through_a_packs_dequantizing_layers(comfy_
     assert torch.equal((await _run(server, g2))[0]["again"], latents["plain"])
     assert reports["gguf"]["unet_layers"] == quantized[0]
     assert reports["gguf"]["q8_0"] > 0
+    assert reports["gguf"]["model_dtype_float32"] == 1
 
 
 async def test_layer_classes_without_the_needed_layers_are_refused_by_name(comfy_server: Any) -> None:
@@ -238,3 +239,29 @@ async def test_layer_classes_without_the_needed_layers_are_refused_by_name(comfy
 
     with pytest.raises(TypeError, match="NoLayers.*has no Conv2d, GroupNorm, LayerNorm"):
         comfy.sd.load_diffusion_model_state_dict(unet_sd, model_options={"custom_operations": NoLayers})
+
+
+async def test_a_storage_dtype_alone_keeps_weights_in_it_and_computes_in_float(comfy_server: Any) -> None:
+    """``model_options["dtype"]`` without layer classes: the weights are stored in that dtype and
+    the reference's casting layers (``comfy.ops.manual_cast``) compute in float32, giving the
+    output of float32 weights rounded to it."""
+    await comfy_server(plugins=PLUGINS)
+    import comfy.ops
+    import comfy.sd
+
+    unet_sd = {k: v for k, v in tiny_pipeline.checkpoint_dict("sd1").items() if k.startswith(UNET)}
+    rounded = {k: v.to(torch.bfloat16).float() for k, v in unet_sd.items()}
+    stored = comfy.sd.load_diffusion_model_state_dict(unet_sd, model_options={"dtype": torch.bfloat16})
+    plain = comfy.sd.load_diffusion_model_state_dict(rounded)
+
+    unet = stored.model.diffusion_model
+    assert {p.dtype for p in unet.parameters()} == {torch.bfloat16}
+    assert isinstance(unet.input_blocks[0][0], comfy.ops.manual_cast.Conv2d)
+    assert stored.model_dtype() == torch.float32
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    context = torch.randn(1, 77, tiny_pipeline.CLIP_WIDTH, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        out = unet(x, t, context)
+        assert out.dtype == torch.float32
+        assert torch.equal(out, plain.model.diffusion_model(x, t, context))

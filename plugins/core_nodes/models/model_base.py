@@ -176,6 +176,11 @@ class BaseModel(nn.Module):
         self._device = device
 
     def get_dtype(self) -> torch.dtype:
+        """The dtype the network computes in: the UNet's own (not its first weight's, which a
+        pack's quantized layers keep packed as integers), else the first weight's."""
+        dtype = getattr(self.diffusion_model, "dtype", None)
+        if isinstance(dtype, torch.dtype):
+            return dtype
         first = next(self.parameters(), None)
         return first.dtype if first is not None else torch.float32
 

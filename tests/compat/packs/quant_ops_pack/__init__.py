@@ -271,6 +271,8 @@ class QuantOpsReport:
         text = {
             "unet_layers": _quantized_layers(model.model.diffusion_model),
             "clip_layers": _quantized_layers(clip.cond_stage_model) if clip is not None else 0,
+            # What packs cast their inputs to: the compute dtype, not the packed weights'.
+            "model_dtype_float32": int(model.model_dtype() == torch.float32),
             **DEQUANTIZED_CALLS,
         }
         return {"ui": {"text": [f"{k}={v}" for k, v in text.items()]}}
