@@ -142,13 +142,34 @@ def sample_ddpm(ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor) -> t
     return x
 
 
-def sample_lcm(ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """Latent consistency sampling: jump to the x0 estimate, then re-noise to the next sigma."""
+def sample_lcm(
+    ctx: SamplerContext,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    s_noise: float = 1.0,
+    s_noise_end: float | None = None,
+    noise_clip_std: float = 0.0,
+) -> torch.Tensor:
+    """Latent consistency sampling: jump to the x0 estimate, then re-noise to the next sigma.
+
+    The re-noising noise is scaled by a multiplier going linearly from ``s_noise`` (first step)
+    to ``s_noise_end`` (last step; default ``s_noise``) and, with ``noise_clip_std`` > 0, clamped
+    to that many of its standard deviations first (the SamplerLCM node's options)."""
     noise = ctx.noise_sampler(x)
+    steps = max(1, len(sigmas) - 1)
+    start = float(s_noise)
+    end = start if s_noise_end is None else float(s_noise_end)
     for i in range(len(sigmas) - 1):
         denoised = ctx.denoise(x, sigmas[i])
         ctx.report(i, denoised, x)
         x = denoised
         if sigmas[i + 1] > 0:
-            x = ctx.model_sampling.noise_scaling(sigmas[i + 1], noise(sigmas[i], sigmas[i + 1]), x)
+            fresh = noise(sigmas[i], sigmas[i + 1])
+            if noise_clip_std > 0:
+                bound = noise_clip_std * fresh.std()
+                fresh = fresh.clamp(min=-bound, max=bound)
+            scale = start + (end - start) * (i / (steps - 1) if steps > 1 else 0.0)
+            if scale != 1.0:
+                fresh = fresh * scale
+            x = ctx.model_sampling.noise_scaling(sigmas[i + 1], fresh, x)
     return x

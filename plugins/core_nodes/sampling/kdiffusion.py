@@ -137,6 +137,12 @@ def _make(name: str, fn: SamplerFn) -> KDiffusionSampler:
     return sample
 
 
+def k_diffusion_sampler(name: str, fn: SamplerFn) -> KDiffusionSampler:
+    """``fn`` (one of our ``(ctx, x, sigmas, **options)`` samplers) with k-diffusion's calling
+    convention, for sampler objects built outside the named table (``KSAMPLER(fn)``)."""
+    return _make(name, fn)
+
+
 def _fake_sigmas(sigma_min: Any, sigma_max: Any, n: int) -> torch.Tensor:
     """A schedule from ``sigma_max`` to ``sigma_min`` with ``n`` steps: all our dpm_fast /
     dpm_adaptive read of ``sigmas`` is its end points and its length."""
@@ -281,6 +287,7 @@ __all__ = [
     "get_sigmas_karras",
     "get_sigmas_polyexponential",
     "get_sigmas_vp",
+    "k_diffusion_sampler",
     "sample_dpm_adaptive",
     "sample_dpm_fast",
     "sample_unipc",
