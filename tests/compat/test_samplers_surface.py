@@ -147,15 +147,16 @@ async def test_model_function_wrapper_sees_every_model_call(server: Any, checkpo
     }
     wrapped, executed = await run(server, prompt)
     (calls,) = [d["output"]["calls"] for d in executed if d["node"] == "report"]
-    # Euler: one guided evaluation per step, each a cond and an uncond model call.
-    assert len(calls) == 2 * STEPS
-    assert [c["cond_or_uncond"] for c in calls] == [[0], [1]] * STEPS
+    # Euler: one guided evaluation per step, cond and uncond batched in one model call (uncond
+    # first), as the reference batches them.
+    assert len(calls) == STEPS
+    assert [c["cond_or_uncond"] for c in calls] == [[1, 0]] * STEPS
     for call in calls:
         assert call["options_cond_or_uncond"] == call["cond_or_uncond"]
         assert call["options_sigma"] == call["sigma"]
         assert call["sample_sigmas"] == STEPS + 1
-        assert call["shape"] == [1, 4, SIZE // 8, SIZE // 8]
-    sigmas = [c["sigma"] for c in calls[::2]]
+        assert call["shape"] == [2, 4, SIZE // 8, SIZE // 8]
+    sigmas = [c["sigma"] for c in calls]
     assert sigmas == sorted(sigmas, reverse=True) and len(set(sigmas)) == STEPS
     # A wrapper that passes the call on changes nothing.
     plain, _ = await run(server, graph(ckpt, [], cfg=7.0))
