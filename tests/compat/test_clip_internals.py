@@ -351,3 +351,26 @@ async def test_tokenizer_state_is_plain_reference_attributes(
     vectors, leftover = tokenizer._try_get_embedding("tiny_style,,")
     assert leftover == ",," and vectors is not None and vectors.shape == (3, tiny_pipeline.CLIP_WIDTH)
     assert tokenizer._try_get_embedding("no_such_style") == (None, "")
+
+
+async def test_clip_model_builds_the_reference_text_model(shims: Any) -> None:
+    clip_model = importlib.import_module("comfy.clip_model")
+    cfg = tiny_pipeline.CLIP_L
+    config = {
+        "hidden_size": cfg.width,
+        "num_hidden_layers": cfg.layers,
+        "num_attention_heads": cfg.heads,
+        "intermediate_size": cfg.mlp_width,
+        "hidden_act": "quick_gelu",
+        "max_position_embeddings": cfg.max_positions,
+        "eos_token_id": 49407,
+    }
+    transformer = clip_model.CLIPTextModel(config, torch.float32, "cpu", None)
+    assert transformer.num_layers == cfg.layers
+    weights = tiny_pipeline.clip_weights(cfg, SEEDS["l"])
+    transformer.load_sd({f"text_model.{k}": v for k, v in weights.items()})
+    rows = [[49406, 320, 1125, 539, 320, 2368, 49407] + [49407] * 70]
+    last, _, projected, pooled = transformer(torch.tensor(rows))
+    hf = _hf_out(_hf("l"), rows)
+    torch.testing.assert_close(last, hf.last_hidden_state, **TOL)
+    torch.testing.assert_close(projected, hf.pooler_output, **TOL)
