@@ -241,7 +241,9 @@ async def test_layer_classes_without_the_needed_layers_are_refused_by_name(comfy
         comfy.sd.load_diffusion_model_state_dict(unet_sd, model_options={"custom_operations": NoLayers})
 
 
-async def test_a_storage_dtype_alone_keeps_weights_in_it_and_computes_in_float(comfy_server: Any) -> None:
+async def test_a_storage_dtype_alone_keeps_weights_in_it_and_computes_in_float(
+    comfy_server: Any, tmp_path: Path
+) -> None:
     """``model_options["dtype"]`` without layer classes: the weights are stored in that dtype and
     the reference's casting layers (``comfy.ops.manual_cast``) compute in float32, giving the
     output of float32 weights rounded to it."""
@@ -249,7 +251,8 @@ async def test_a_storage_dtype_alone_keeps_weights_in_it_and_computes_in_float(c
     import comfy.ops
     import comfy.sd
 
-    unet_sd = {k: v for k, v in tiny_pipeline.checkpoint_dict("sd1").items() if k.startswith(UNET)}
+    full = tiny_pipeline.checkpoint_dict("sd1")
+    unet_sd = {k: v for k, v in full.items() if k.startswith(UNET)}
     rounded = {k: v.to(torch.bfloat16).float() for k, v in unet_sd.items()}
     stored = comfy.sd.load_diffusion_model_state_dict(unet_sd, model_options={"dtype": torch.bfloat16})
     plain = comfy.sd.load_diffusion_model_state_dict(rounded)
@@ -258,6 +261,16 @@ async def test_a_storage_dtype_alone_keeps_weights_in_it_and_computes_in_float(c
     assert {p.dtype for p in unet.parameters()} == {torch.bfloat16}
     assert isinstance(unet.input_blocks[0][0], comfy.ops.manual_cast.Conv2d)
     assert stored.model_dtype() == torch.float32
+    # The file loaders take the same options (and build for the caller, past the cache).
+    path = tmp_path / "unet.safetensors"
+    save_file({k.removeprefix(UNET): v for k, v in unet_sd.items()}, str(path))
+    from_file = comfy.sd.load_diffusion_model(str(path), model_options={"dtype": torch.bfloat16})
+    assert {p.dtype for p in from_file.model.diffusion_model.parameters()} == {torch.bfloat16}
+    text = {k.removeprefix(TEXT + "transformer."): v for k, v in full.items() if k.startswith(TEXT)}
+    save_file(text, str(tmp_path / "clip_l.safetensors"))
+    clip = comfy.sd.load_clip([str(tmp_path / "clip_l.safetensors")], model_options={"dtype": torch.bfloat16})
+    assert {p.dtype for p in clip.cond_stage_model.parameters()} == {torch.bfloat16}
+    assert clip.encode_from_tokens(clip.tokenize("a kite")).dtype == torch.float32
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     context = torch.randn(1, 77, tiny_pipeline.CLIP_WIDTH, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([500.0])

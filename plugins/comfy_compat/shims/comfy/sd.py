@@ -276,6 +276,9 @@ def load_clip(
         ckpt_paths = [ckpt_paths]
     core_type = _core_clip_type(clip_type, len(ckpt_paths))
     paths = [_model_file(p, "load_clip") for p in ckpt_paths]
+    if _wants_own_build(model_options):
+        files = [load_torch_file(str(p)) for p in paths]
+        return _text_encoder(None, files, model_options, "load_clip", embedding_directory)
     return _adapters().load_clip(paths, core_type)
 
 
