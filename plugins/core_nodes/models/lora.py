@@ -546,6 +546,10 @@ def text_key_map(encoders: Mapping[str, nn.Module]) -> dict[str, tuple[str, str]
             for prefix in scheme["diffusers"]:
                 keys[prefix + hf] = (enc_name, name)
                 keys[prefix + name] = (enc_name, name)
+            # The reference's own module paths (what its LoRA extraction writes); its
+            # text_projection sits beside text_model.
+            ref = name if name.startswith("text_projection") else hf
+            keys[f"text_encoders.clip_{enc_name}.transformer.{ref}"] = (enc_name, name)
     return keys
 
 
