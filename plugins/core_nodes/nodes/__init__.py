@@ -33,6 +33,7 @@ from plugins.core_nodes.nodes import (
     model_patch_loaders,
     model_patches,
     morphology,
+    photomaker,
     post_processing,
     preview,
     primitives,
@@ -85,6 +86,7 @@ FAMILIES = (
     conditioning_extra,
     model_merging,
     lora_tools,
+    photomaker,
 )
 
 
