@@ -143,6 +143,65 @@ class ControlNetApplyAdvanced(CoreNode):
         return (out[0], out[1])
 
 
+class ControlNetInpaintingAliMamaApply(CoreNode):
+    """ControlNetApplyAdvanced for inpainting ControlNets (AliMama's): for a control that takes
+    the mask as extra hint channels (``concat_mask``), the masked-out pixels of the image are
+    zeroed (the mask resized to the image, bilinear, centre-cropped, rounded) and the kept-area
+    mask (1 - mask) goes along as the extra channel; any other control gets the plain apply."""
+
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_controlnet"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("positive", "negative")
+    FUNCTION = "apply_inpaint_controlnet"
+    CATEGORY = "model/conditioning/controlnet"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        percent = {"advanced": True, "min": 0.0, "max": 1.0, "step": 0.001}
+        return {
+            "required": {
+                "positive": ("CONDITIONING", {}),
+                "negative": ("CONDITIONING", {}),
+                "control_net": ("CONTROL_NET", {}),
+                "vae": ("VAE", {}),
+                "image": ("IMAGE", {}),
+                "mask": ("MASK", {}),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+                "start_percent": ("FLOAT", {"default": 0.0, **percent}),
+                "end_percent": ("FLOAT", {"default": 1.0, **percent}),
+            }
+        }
+
+    def apply_inpaint_controlnet(
+        self,
+        positive: Conditioning,
+        negative: Conditioning,
+        control_net: Any,
+        vae: Any,
+        image: Any,
+        mask: Any,
+        strength: float,
+        start_percent: float,
+        end_percent: float,
+    ) -> tuple[Conditioning, Conditioning]:
+        extra_concat: list[Any] = []
+        if getattr(control_net, "concat_mask", False):
+            from plugins.core_nodes.nodes.resize import upscale
+
+            keep = 1.0 - mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1]))
+            keep_pixels = upscale(keep, image.shape[2], image.shape[1], "bilinear", "center").round()
+            image = image * keep_pixels.movedim(1, -1).repeat(1, 1, 1, image.shape[3])
+            extra_concat = [keep]
+        return ControlNetApplyAdvanced().apply_controlnet(
+            positive, negative, control_net, image, strength, start_percent, end_percent, vae=vae, extra_concat=extra_concat
+        )
+
+    @classmethod
+    def execute(cls, *args: Any, **kwargs: Any) -> tuple[Conditioning, Conditioning]:
+        """The reference's newer entry point, for packs that call it on the class."""
+        return cls().apply_inpaint_controlnet(*args, **kwargs)
+
+
 # The union ControlNet's control types, in the order of its type index.
 UNION_CONTROLNET_TYPES = (
     "openpose",
@@ -182,4 +241,5 @@ NODES: dict[str, tuple[type, str | None]] = {
     "ControlNetApply": (ControlNetApply, "Apply ControlNet (DEPRECATED)"),
     "ControlNetApplyAdvanced": (ControlNetApplyAdvanced, "Apply ControlNet"),
     "SetUnionControlNetType": (SetUnionControlNetType, "Set Union ControlNet Type"),
+    "ControlNetInpaintingAliMamaApply": (ControlNetInpaintingAliMamaApply, "Apply ControlNet Inpainting (AliMama)"),
 }
