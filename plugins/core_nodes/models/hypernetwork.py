@@ -38,9 +38,10 @@ class HypernetworkError(ValueError):
 
 
 def _mlp(weights: Mapping[str, torch.Tensor], options: Mapping[str, Any]) -> nn.Sequential:
-    """One MLP: its linears in file order, each followed by the activation (not after the last
-    unless ``activate_output``), a layer norm (the next weight in the file) when ``is_layer_norm``,
-    and dropout as the trainer placed it."""
+    """One MLP: its linears in file order, each followed by the activation, a layer norm (the next
+    weight in the file) when ``is_layer_norm``, and dropout as the trainer placed it. "The last
+    layer" (no activation unless ``activate_output``, no dropout) is, as in the reference, the
+    last *weight* of the file: with layer norms that is a norm, so every linear is activated."""
     activation = options["activation_func"]
     names = [k[: -len(".weight")] for k in weights if k.endswith(".weight")]
     layers: list[nn.Module] = []
