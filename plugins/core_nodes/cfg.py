@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from plugins.core_nodes.hooks.sampling import apply_group, prepare_keyframes
 from plugins.core_nodes.patchpoints import lookup
 
 # The reference's indices in ``conds`` and values in ``cond_or_uncond``.
@@ -302,6 +303,7 @@ def finalize_default_conds(
             p = area_and_mult(x, x_in, timestep)
             if p is None:
                 continue
+            prepare_keyframes(model, timestep, p.hooks, model_options)
             hooked_to_run.setdefault(p.hooks, []).append((p._replace(mult=mult), i))
 
 
@@ -399,6 +401,7 @@ def _calc_cond_batch(
                 continue
             p = area_and_mult(x, x_in, timestep)
             if p is not None:
+                prepare_keyframes(model, timestep, p.hooks, model_options)
                 hooked_to_run.setdefault(p.hooks, []).append((p, i))
         default_conds.append(defaults)
     if any(default_conds):
@@ -406,8 +409,8 @@ def _calc_cond_batch(
 
     free = _free_memory(model, x_in.device)
     wrapper = model_options.get("model_function_wrapper")
-    # Conditioning hooks (scheduled LoRA) are not supported: entries are grouped by them only.
-    for to_run in hooked_to_run.values():
+    # Each hook group's calls run with its weights (plugins.core_nodes.hooks); None: the MODEL's own.
+    for hooks, to_run in hooked_to_run.items():
         while to_run:
             picked = [to_run.pop(i) for i in _pick_batch(model, to_run, free)]
             objs = [p for p, _ in picked]
@@ -416,7 +419,7 @@ def _calc_cond_batch(
             input_x = torch.cat([p.input_x for p in objs])
             c = cond_cat([p.conditioning for p in objs])
             timestep_ = torch.cat([timestep] * chunks)
-            transformer_options = dict(model_options.get("transformer_options", {}))
+            transformer_options = apply_group(model, hooks, model_options)
             patches = objs[-1].patches
             if patches is not None:
                 merged = {k: list(v) for k, v in transformer_options.get("patches", {}).items()}

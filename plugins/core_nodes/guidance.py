@@ -24,6 +24,9 @@ import torch
 from kernel.progress import throw_if_interrupted
 from plugins.core_nodes.cfg import ModelView, sampling_function, with_post_cfg_function
 from plugins.core_nodes.cond_prep import CondDict, controls_of, convert_cond, process_conds
+from plugins.core_nodes.hooks.sampling import begin_sampling as begin_hook_sampling
+from plugins.core_nodes.hooks.sampling import end_sampling as end_hook_sampling
+from plugins.core_nodes.hooks.sampling import prepare_conds as prepare_hook_conds
 from plugins.core_nodes.patchpoints import lookup
 
 if TYPE_CHECKING:
@@ -85,6 +88,8 @@ class CFGGuider:
         (1 = repaint, at latent size) and the latent feed inpainting models' ``c_concat``; the
         model's ``extra_conds`` see ``noise`` (default: the latent, for its shape)."""
         conds = {name: [dict(c) for c in entries] for name, entries in self.original_conds.items()}
+        # Only the hooks registered for this run stay on the conds, their keyframes restarted.
+        prepare_hook_conds(self.inner_model, conds, self.model_options)
         noise = latent_image if noise is None else noise
         self.conds = process_conds(
             self.inner_model, noise, conds, noise.device, latent_image, denoise_mask, seed
@@ -184,6 +189,8 @@ class CFGGuider:
             registry = getattr(self.model_patcher, kind, None)
             if isinstance(registry, dict):
                 to[kind] = copy_nested_dicts(registry)
+        # The conds' hooks are registered on the MODEL for this run (undone below).
+        hooked = begin_hook_sampling(self.model_patcher, self.original_conds, self.model_options)
         try:
             wrappers = self._wrappers(WrappersMP.OUTER_SAMPLE, self.model_options)
             executor = WrapperExecutor.new_class_executor(self.outer_sample, self, wrappers)
@@ -192,6 +199,8 @@ class CFGGuider:
             )
         finally:
             self.model_options = original
+            if hooked:
+                end_hook_sampling(self.model_patcher)
 
     def outer_sample(
         self,

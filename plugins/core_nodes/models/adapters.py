@@ -37,6 +37,7 @@ from torch import nn
 
 from kernel.progress import throw_if_interrupted
 from plugins.core_nodes.contracts import SD15, SDXL, LatentFormat
+from plugins.core_nodes.hooks.state import hooked_weights
 from plugins.core_nodes.models import checkpoint as ckpt
 from plugins.core_nodes.models.clip_objects import (
     ClipMember,
@@ -221,8 +222,11 @@ class DiffusionModel(ModelPatcher):
     UNet, ``object_patches`` under ``diffusion_model.`` run on a copy of the module tree with
     those attributes replaced (``model_sampling`` and the other top-level names are read through
     :meth:`get_model_object`), and ``patches`` (``add_patches``, LoRA) are merged into fresh
-    tensors swapped in for the call. ``patch_model`` / ``unpatch_model`` write nothing.
+    tensors swapped in for the call. ``patch_model`` / ``unpatch_model`` write nothing; hook
+    weights (:mod:`plugins.core_nodes.hooks`) are merged per call too.
     """
+
+    HOOKS_IN_PLACE = False
 
     def __init__(
         self,
@@ -263,8 +267,12 @@ class DiffusionModel(ModelPatcher):
 
     @property
     def weights(self) -> PatchedWeights:
-        """The UNet (or its object-patched copy) seen through this MODEL's weight patches."""
+        """The UNet (or its object-patched copy) seen through this MODEL's weight patches (and,
+        while a hook group is applied, that group's weights on top)."""
         unet = self._unet_view()
+        if self.current_hooks is not None and self.hook_patches:
+            own = {k[len(_UNET_PREFIX) :]: tuple(v) for k, v in self.patches.items() if k.startswith(_UNET_PREFIX)}
+            return hooked_weights(self, unet, own, self.current_hooks, _UNET_PREFIX, self.manager, self.unet)
         key = (self.patches_uuid, id(unet), tuple((k, len(v)) for k, v in self.patches.items()))
         if self._weights is None or self._weights_for != key:
             by_param = {
@@ -465,6 +473,8 @@ class ClipPatcher(ModelPatcher):
     ``unpatch_model`` write nothing into the cached encoders.
     """
 
+    HOOKS_IN_PLACE = False
+
     def __init__(self, model: ClipSet, load_device: torch.device, offload_device: torch.device) -> None:
         super().__init__(model, load_device, offload_device)
         self.is_clip = True
@@ -521,7 +531,7 @@ class TextEncoder:
         self.tokenizer = TokenizerSet(stack.tokenizers)
         self.cond_stage_model = self._new_cond_stage_model()
         self.patcher = ClipPatcher(self.cond_stage_model, device, torch.device("cpu"))
-        # The reference's hook-scheduling attributes; this server has no CLIP hooks (always off).
+        # SetClipHooks: encode scheduled by the forced hooks' keyframes; hooks put on the conds.
         self.use_clip_schedule = False
         self.apply_hooks_to_conds: Any = None
         # Kept for packs that set and read them back; this server's tokenizers take no options.
@@ -556,8 +566,22 @@ class TextEncoder:
         return out
 
     def _patched(self) -> dict[str, PatchedWeights]:
-        """Each encoder seen through this CLIP's patches (rebuilt when the patches change)."""
+        """Each encoder seen through this CLIP's patches (rebuilt when the patches change), and
+        through the weights of the hooks forced on it (SetClipHooks) at their current strengths."""
         patches = self.patcher.patches
+        hooks = self.patcher.forced_hooks
+        if hooks is not None and self.patcher.hook_patches:
+            own: dict[str, dict[str, list[Any]]] = {name: {} for name in self.stack.encoders}
+            for k, entries in patches.items():
+                found = split_key(k)
+                if found is not None and found[0] in own and entries:
+                    own[found[0]].setdefault(found[1], []).extend(entries)
+            return {
+                name: hooked_weights(
+                    self, encoder.model, own[name], hooks, _text_key(name, ""), self.manager, encoder.model
+                )
+                for name, encoder in self.stack.encoders.items()
+            }
         key = (self.patcher.patches_uuid, tuple((k, len(v)) for k, v in patches.items()))
         if self._weights_for != key:
             by_encoder: dict[str, dict[str, list[Any]]] = {name: {} for name in self.stack.encoders}
@@ -673,7 +697,7 @@ class TextEncoder:
         ``return_dict``. ``return_pooled="unprojected"``: the pooled output before the text projection."""
         cond, pooled = self._encode_tokens(tokens, unprojected=return_pooled == "unprojected")
         if return_dict:
-            return {"cond": cond, "pooled_output": pooled}
+            return self.add_hooks_to_dict({"cond": cond, "pooled_output": pooled})
         if return_pooled:
             return cond, pooled
         return cond
@@ -685,10 +709,42 @@ class TextEncoder:
         add_dict: Mapping[str, Any] | None = None,
         show_pbar: bool = True,
     ) -> list[list[Any]]:
-        """A CONDITIONING, as CLIPTextEncode gives: ``[[cond, {"pooled_output": pooled, **add_dict}]]``
-        (this server has no hook schedules, so there is always one entry)."""
-        cond, pooled = self._encode_tokens(tokens, unprojected=unprojected)
-        return [[cond, {"pooled_output": pooled, **(add_dict or {})}]]
+        """A CONDITIONING, as CLIPTextEncode gives: ``[[cond, {"pooled_output": pooled, **add_dict}]]``.
+
+        With hooks set on this CLIP to be scheduled (SetClipHooks' ``schedule_clip``), one entry
+        per percent range over which the hooks' keyframe strengths stay constant, encoded at those
+        strengths and marked ``clip_start_percent`` / ``clip_end_percent`` (ranges outside
+        ``add_dict``'s ``start_percent`` / ``end_percent`` are left out)."""
+        extra = dict(add_dict or {})
+        hooks = self.patcher.forced_hooks
+        if hooks is None or not self.use_clip_schedule:
+            cond, pooled = self._encode_tokens(tokens, unprojected=unprojected)
+            options = self.add_hooks_to_dict({"pooled_output": pooled})
+            options.update(extra)
+            return [[cond, options]]
+        out: list[list[Any]] = []
+        hooks.reset()
+        try:
+            for (low, high), picks in hooks.get_hooks_for_clip_schedule():
+                if "start_percent" in extra and high < extra["start_percent"]:
+                    continue
+                if "end_percent" in extra and low > extra["end_percent"]:
+                    continue
+                for hook, keyframe in picks:
+                    hook.hook_keyframe._current_keyframe = keyframe
+                cond, pooled = self._encode_tokens(tokens, unprojected=unprojected)
+                options = {"pooled_output": pooled, "clip_start_percent": low, "clip_end_percent": high, **extra}
+                out.append([cond, self.add_hooks_to_dict(options)])
+                throw_if_interrupted()
+        finally:
+            hooks.reset()
+        return out
+
+    def add_hooks_to_dict(self, pooled_dict: dict[str, Any]) -> dict[str, Any]:
+        """``pooled_dict`` with this CLIP's hooks for its conds (``apply_to_conds``), if any."""
+        if self.apply_hooks_to_conds:
+            pooled_dict["hooks"] = self.apply_hooks_to_conds
+        return pooled_dict
 
     def clone(self) -> TextEncoder:
         """A new CLIP over the same models, layer and patches; its patches, layer and

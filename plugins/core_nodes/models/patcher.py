@@ -24,7 +24,7 @@ import inspect
 import logging
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -155,6 +155,10 @@ def module_size(module: Any) -> int:
 class ModelPatcher:
     """A model and the changes to make when it runs (see the module docstring)."""
 
+    # Hook weights are written into the module (a pack's own); the server's MODEL and CLIP
+    # merge them per call instead.
+    HOOKS_IN_PLACE: ClassVar[bool] = True
+
     def __init__(
         self,
         model: Any,
@@ -185,9 +189,9 @@ class ModelPatcher:
         self.is_injected = False
         self.skip_injection = False
         self.injections: dict[str, list[PatcherInjection]] = {}
-        # Hooks (scheduled LoRA) are not supported; the attributes exist for packs that read them.
+        # Hooks (plugins.core_nodes.hooks): weight patches by hook, the group applied now.
         self.hook_patches: dict[Any, Any] = {}
-        self.hook_patches_backup: dict[Any, Any] = {}
+        self.hook_patches_backup: dict[Any, Any] | None = None
         self.hook_backup: dict[str, Any] = {}
         self.cached_hook_patches: dict[Any, Any] = {}
         self.current_hooks: Any = None
@@ -279,8 +283,9 @@ class ModelPatcher:
         n.callbacks = copy_registry(self.callbacks)
         n.wrappers = copy_registry(self.wrappers)
         n.injections = {k: list(v) for k, v in self.injections.items()}
-        n.hook_patches = dict(self.hook_patches)
-        n.hook_patches_backup = dict(self.hook_patches_backup)
+        n.hook_patches = {ref: {k: list(v) for k, v in ps.items()} for ref, ps in self.hook_patches.items()}
+        n.hook_patches_backup = None if self.hook_patches_backup is None else dict(self.hook_patches_backup)
+        n.hook_backup = {}
         n.cached_hook_patches = dict(self.cached_hook_patches)
         for callback in self.get_all_callbacks(CallbacksMP.ON_CLONE):
             callback(self, n)
@@ -689,29 +694,70 @@ class ModelPatcher:
             if was_injected or skip_and_inject_on_exit_only:
                 self.inject_model()
 
-    # --- hooks: not supported, answered as "none" ------------------------------------------------
+    # --- hooks (plugins.core_nodes.hooks): weights scheduled per cond group ------------------------
 
     def set_hook_mode(self, hook_mode: Any) -> None:
         self.hook_mode = hook_mode
 
-    def register_all_hook_patches(self, hooks_dict: Any, target: Any, model_options: Any = None) -> None:
-        if hooks_dict:
-            log.warning("hook patches (scheduled LoRA / keyframes) are not supported by this server")
+    def register_all_hook_patches(
+        self, hooks: Any, target_dict: Any, model_options: Any = None, registered: Any = None
+    ) -> Any:
+        """Register the weight hooks of ``hooks`` (a HookGroup) not registered yet; undone by
+        :meth:`restore_hook_patches`. Returns the group of registered hooks."""
+        from plugins.core_nodes.hooks import state
+
+        return state.register_all_hook_patches(self, hooks, target_dict, model_options, registered)
+
+    def add_hook_patches(
+        self, hook: Any, patches: Mapping[Any, Any], strength_patch: float = 1.0, strength_model: float = 1.0
+    ) -> list[Any]:
+        from plugins.core_nodes.hooks import state
+
+        return state.add_hook_patches(self, hook, patches, strength_patch, strength_model)
+
+    def get_combined_hook_patches(self, hooks: Any) -> dict[str, list[Any]]:
+        from plugins.core_nodes.hooks import state
+
+        return state.get_combined_hook_patches(self, hooks)
 
     def apply_hooks(self, hooks: Any, transformer_options: Any = None, force_apply: bool = False) -> dict[str, Any]:
-        return {}
+        """Make ``hooks`` the group the next model calls run with; returns the transformer
+        options its hooks add."""
+        from plugins.core_nodes.hooks import state
+
+        return state.apply_hooks(self, hooks, transformer_options, force_apply)
 
     def prepare_hook_patches_current_keyframe(self, t: Any, hook_group: Any, model_options: Any = None) -> None:
-        return None
+        from plugins.core_nodes.hooks import state
+
+        state.prepare_hook_patches_current_keyframe(self, t, hook_group, model_options)
+
+    def patch_hooks(self, hooks: Any) -> None:
+        from plugins.core_nodes.hooks import state
+
+        if self.HOOKS_IN_PLACE:
+            state.patch_hooks(self, hooks)
+        else:
+            self.current_hooks = hooks
 
     def restore_hook_patches(self) -> None:
-        return None
+        from plugins.core_nodes.hooks import state
+
+        state.restore_hook_patches(self)
+
+    def clear_cached_hook_weights(self) -> None:
+        self.cached_hook_patches = {}
+        self.patch_hooks(None)
 
     def clean_hooks(self) -> None:
-        return None
+        from plugins.core_nodes.hooks import state
+
+        state.clean_hooks(self)
 
     def unpatch_hooks(self, whitelist_keys_set: Any = None) -> None:
-        return None
+        from plugins.core_nodes.hooks import state
+
+        state.unpatch_hooks(self, whitelist_keys_set)
 
 
 def _no_convert(weight: torch.Tensor, **kwargs: Any) -> torch.Tensor:

@@ -18,6 +18,7 @@ from plugins.core_nodes.nodes import (
     custom_sampler_extra,
     gligen,
     guidance_patches,
+    hooks,
     image,
     images_extra,
     io,
@@ -87,6 +88,7 @@ FAMILIES = (
     model_merging,
     lora_tools,
     photomaker,
+    hooks,
 )
 
 
