@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from aiohttp import web
 
     from kernel.app import Kernel
+    from kernel.identity import Principal
     from kernel.plugins import DiscoveredPlugin
     from kernel.queue import QueueBackend
 
@@ -198,6 +201,17 @@ class Hooks:
         for _, result in self._each("register_embeddings", kernel=kernel):
             names.update(result or ())
         return sorted(names)
+
+    # --- who is asking ---
+
+    def identify(self, kernel: Kernel, request: web.Request) -> Principal | None:
+        return self.pm.hook.identify(kernel=kernel, request=request)
+
+    def may_read_file(self, kernel: Kernel, request: web.Request, folder_type: str, path: Path) -> bool:
+        answers = self.pm.hook.may_read_file(
+            kernel=kernel, request=request, folder_type=folder_type, path=path
+        )
+        return all(answer is not False for answer in answers)
 
     # --- web UI registries (asked by the frontend_ext plugin) ---
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from kernel.app import Kernel
+    from kernel.identity import Principal
     from kernel.plugins import DiscoveredPlugin
     from kernel.queue import QueueBackend
 
@@ -239,6 +241,33 @@ def register_embeddings(kernel: Kernel) -> Iterable[str] | None:
 
     ``GET /embeddings`` answers the sorted union of every plugin's names (``[]`` when no plugin
     provides any). Sync, on the event-loop thread, per request: keep it cheap (cache listings).
+    """
+
+
+# --- who is asking -------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def identify(kernel: Kernel, request: web.Request) -> Principal | None:
+    """Say who sent ``request``: a ``kernel.identity.Principal`` (user id, admin flag), or None.
+
+    Asked at most once per request, on the event-loop thread, sync, by the kernel's prompt
+    routes (``/queue``, ``/interrupt``), the ``/ws`` upgrade and plugins that scope what they
+    list (history, jobs) through ``kernel.identity.principal_of``. The first non-None answer
+    wins. With a principal, a non-admin reaches only the prompts queued as its user; with none
+    (no authentication plugin answers) nothing is filtered. Refusing unauthenticated requests is
+    the answering plugin's business (its middleware runs before any handler).
+    """
+
+
+@hookspec
+def may_read_file(kernel: Kernel, request: web.Request, folder_type: str, path: Path) -> bool | None:
+    """May ``request`` read ``path``, an existing file under the ``folder_type`` root?
+
+    ``folder_type`` is ``input``, ``output`` or ``temp``. Asked by ``GET /view`` (and
+    ``/view_metadata``) after the path passed the kernel's containment checks, sync, on the
+    event-loop thread. Return False to refuse (the route answers 403), True or None to have no
+    objection; any False wins.
     """
 
 

@@ -15,6 +15,7 @@ from aiohttp import web
 from kernel.app import KERNEL_KEY
 from kernel.events import PromptQueued, PromptsRemoved
 from kernel.executor.validation import make_error, validate_prompt
+from kernel.identity import may_access, owner_of, principal_of
 from kernel.queue import QueueItem
 
 if TYPE_CHECKING:
@@ -167,7 +168,11 @@ def _fill_extra_data(
     usage_source = request.headers.get("Comfy-Usage-Source")
     if usage_source is not None and "comfy_usage_source" not in extra_data:
         extra_data["comfy_usage_source"] = usage_source
-    if kernel.settings.multi_user:
+    principal = principal_of(request)
+    if principal is not None:
+        # An authenticated caller owns what it queues, whatever the body or headers say.
+        extra_data["comfy_user"] = principal.user
+    elif kernel.settings.multi_user:
         # The history plugin files prompts per user from this.
         extra_data["comfy_user"] = request.headers.get("Comfy-User", "default")
     extra_data["create_time"] = int(time.time() * 1000)
@@ -176,12 +181,28 @@ def _fill_extra_data(
 @routes.get("/queue")
 async def get_queue(request: web.Request) -> web.Response:
     running, pending = request.app[KERNEL_KEY].queue.snapshot()
+    # With an authenticated principal, only the prompts it may see (identify hook).
+    principal = principal_of(request)
     return _json(
         {
-            "queue_running": [item.as_list() for item in running],
-            "queue_pending": [item.as_list() for item in pending],
+            "queue_running": [item.as_list() for item in running if may_access(principal, item.extra_data)],
+            "queue_pending": [item.as_list() for item in pending if may_access(principal, item.extra_data)],
         }
     )
+
+
+def _own_pending(kernel: Kernel, request: web.Request, prompt_ids: list[str] | None) -> list[str] | None:
+    """The pending ids (all, or those of ``prompt_ids``) the request may remove; None = no limit."""
+    principal = principal_of(request)
+    if principal is None or principal.admin:
+        return None
+    _, pending = kernel.queue.snapshot()
+    wanted = None if prompt_ids is None else set(prompt_ids)
+    return [
+        item.prompt_id
+        for item in pending
+        if (wanted is None or item.prompt_id in wanted) and principal.may_access(owner_of(item.extra_data))
+    ]
 
 
 @routes.post("/queue")
@@ -202,9 +223,11 @@ async def post_queue(request: web.Request) -> web.Response:
         return _json({"error": "delete must be a list of prompt ids"}, status=400)
     removed: list[str] = []
     if body.get("clear"):
-        removed.extend(kernel.queue.clear())
+        own = _own_pending(kernel, request, None)
+        removed.extend(kernel.queue.clear() if own is None else kernel.queue.delete(own))
     if to_delete:
-        removed.extend(kernel.queue.delete(to_delete))
+        own = _own_pending(kernel, request, to_delete)
+        removed.extend(kernel.queue.delete(to_delete if own is None else own))
     if removed:
         kernel.bus.publish(PromptsRemoved(prompt_ids=removed))
     return web.Response(status=200)
@@ -219,6 +242,16 @@ async def post_interrupt(request: web.Request) -> web.Response:
         body = {}  # the reference treats a bad body as "interrupt whatever runs"
     prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
     if kernel.executor is None:
+        return web.Response(status=200)
+    principal = principal_of(request)
+    if principal is not None and not principal.admin:
+        # A user stops only their own prompts; someone else's is a no-op like an unknown id.
+        running, _ = kernel.queue.snapshot()
+        for item in running:
+            if (not prompt_id or item.prompt_id == prompt_id) and principal.may_access(
+                owner_of(item.extra_data)
+            ):
+                kernel.executor.interrupt(item.prompt_id)
         return web.Response(status=200)
     if not prompt_id:
         kernel.executor.interrupt(None)

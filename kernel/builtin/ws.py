@@ -11,6 +11,7 @@ import json
 import logging
 import struct
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,15 @@ from aiohttp import WSMsgType, web
 
 from kernel import hookimpl
 from kernel.app import KERNEL_KEY
-from kernel.events import ClientDisconnected, QueueChanged, ServerMessage
+from kernel.events import (
+    ClientDisconnected,
+    PromptFinished,
+    PromptQueued,
+    PromptStarted,
+    QueueChanged,
+    ServerMessage,
+)
+from kernel.identity import Principal, owner_of, principal_of
 from kernel.stash import StashKey
 
 if TYPE_CHECKING:
@@ -34,6 +43,9 @@ SEND_QUEUE_LIMIT = 2048
 # out at its end, or earlier to a socket that is about to get another message (so each socket's
 # order of messages stays the reference's, with consecutive statuses merged into the latest).
 STATUS_COALESCE_SECONDS = 0.02
+# Prompt owners remembered for filtering messages by owner (only used with an authenticated
+# principal): enough for every prompt a busy queue holds, bounded so memory stays flat.
+OWNERS_KEPT = 20_000
 
 
 @dataclass
@@ -45,6 +57,8 @@ class Client:
     sender: asyncio.Task[None] | None = None
     # The hub's status version this socket has been sent (see SocketHub._queue_changed).
     status_seen: int = 0
+    # Who opened it (the identify hook); None without an authentication plugin.
+    principal: Principal | None = None
 
 
 class SocketHub:
@@ -59,6 +73,9 @@ class SocketHub:
         self._status_frame = ""
         self._status_timer: asyncio.TimerHandle | None = None
         self._status_sent_at = float("-inf")  # loop time of the last broadcast
+        # prompt id -> the user it was queued as; the prompts running now, latest last.
+        self.owners: OrderedDict[str, str] = OrderedDict()
+        self.running: list[str] = []
 
     def _targets(self, sid: str | None) -> Iterable[Client]:
         if sid is None:
@@ -142,6 +159,49 @@ class SocketHub:
         else:
             self._status_timer = loop.call_later(wait, self.flush_status)
 
+    # --- owners (messages about a prompt reach only sockets whose principal may see it) ---
+
+    def _track(self, event: Any) -> None:
+        if isinstance(event, PromptQueued):
+            self.owners[event.item.prompt_id] = owner_of(event.item.extra_data)
+            while len(self.owners) > OWNERS_KEPT:
+                self.owners.popitem(last=False)
+        elif isinstance(event, PromptStarted):
+            self.running.append(event.prompt_id)
+        elif isinstance(event, PromptFinished):
+            if event.item.prompt_id in self.running:
+                self.running.remove(event.item.prompt_id)
+
+    def _owner(self, prompt_id: str) -> str | None:
+        owner = self.owners.get(prompt_id)
+        if owner is None:  # queued before this hub saw it (recovered at startup, a broker)
+            running, pending = self.kernel.queue.snapshot()
+            for item in (*running, *pending):
+                if item.prompt_id == prompt_id:
+                    owner = self.owners[prompt_id] = owner_of(item.extra_data)
+        return owner
+
+    def _message_owner(self, event: ServerMessage) -> str | None:
+        """The owner of the prompt a message is about; None for messages about no prompt."""
+        data = event.data
+        prompt_id = data.get("prompt_id") if isinstance(data, dict) else getattr(data, "prompt_id", None)
+        if prompt_id is None:
+            metadata = getattr(data, "metadata", None)
+            prompt_id = metadata.get("prompt_id") if isinstance(metadata, dict) else None
+        if prompt_id is None and isinstance(data, bytes | bytearray) and event.sid is None and self.running:
+            # A node's binary frame (progress text) names no prompt: it is the running one's.
+            prompt_id = self.running[-1]
+        return self._owner(prompt_id) if isinstance(prompt_id, str) else None
+
+    def _recipients(self, event: ServerMessage) -> list[Client]:
+        clients = list(self._targets(event.sid))
+        if not any(c.principal is not None for c in clients):
+            return clients  # no authentication plugin: the reference's addressing alone
+        owner = self._message_owner(event)
+        if owner is None:
+            return clients
+        return [c for c in clients if c.principal is None or c.principal.may_access(owner)]
+
     def on_bus(self, event: Any) -> None:
         if isinstance(event, ServerMessage):
             if event.sid is None and not event.broadcast:
@@ -149,16 +209,19 @@ class SocketHub:
             frame_for = getattr(event.data, "frame_for", None)
             if frame_for is not None:
                 # Binary data whose encoding depends on each socket's feature flags (previews).
-                for client in list(self._targets(event.sid)):
+                for client in self._recipients(event):
                     self._put(client, frame_for(client.feature_flags))
                 return
             if isinstance(event.data, bytes | bytearray):
                 frame: str | bytes = struct.pack(">I", event.binary_type or 0) + bytes(event.data)
             else:
                 frame = json.dumps({"type": event.type, "data": event.data})
-            self.send(event.sid, frame)
+            for client in self._recipients(event):
+                self._put(client, frame)
         elif isinstance(event, QueueChanged):
             self._queue_changed(event.queue_remaining)
+        else:
+            self._track(event)
 
     async def close_all(self) -> None:
         if self._status_timer is not None:
@@ -190,16 +253,22 @@ routes = web.RouteTableDef()
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     kernel = request.app[KERNEL_KEY]
     hub = kernel.stash[HUB]
+    # The identify hook's answer; an authentication plugin has already refused anonymous upgrades.
+    principal = principal_of(request)
     ws = web.WebSocketResponse(heartbeat=30, max_msg_size=kernel.settings.max_upload_bytes)
     await ws.prepare(request)
     sid = request.query.get("clientId") or uuid.uuid4().hex
+    held = hub.clients.get(sid)
+    if principal is not None and held is not None and held.principal != principal:
+        # Another user's live clientId: taking it over would steal (or cut off) their messages.
+        sid = uuid.uuid4().hex
     previous = hub.clients.pop(sid, None)
     if previous is not None:
         # A reconnect with the same clientId takes over the id and the old socket is closed (a
         # duplicated tab would otherwise stay connected, silently getting nothing).
         hub.drop(previous)
     # Its first message carries the current count: nothing pending is owed to it.
-    client = Client(sid, ws, status_seen=hub.status_version)
+    client = Client(sid, ws, status_seen=hub.status_version, principal=principal)
     hub.clients[sid] = client
     client.sender = asyncio.create_task(_drain(client))
     hub.send_json(

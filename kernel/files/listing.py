@@ -39,5 +39,10 @@ async def internal_files(request: web.Request) -> web.Response:
     directory_type = request.match_info["directory_type"]
     if directory_type not in FILE_TYPES:
         return error(400, "Invalid directory type: expected one of input, output, temp")
-    root = type_root(request.app[KERNEL_KEY], directory_type)
-    return web.json_response(await asyncio.to_thread(list_files, root))
+    kernel = request.app[KERNEL_KEY]
+    root = type_root(kernel, directory_type)
+    names = await asyncio.to_thread(list_files, root)
+    # The same rule as /view: an authentication plugin hides other users' outputs.
+    return web.json_response(
+        [name for name in names if kernel.hooks.may_read_file(kernel, request, directory_type, root / name)]
+    )

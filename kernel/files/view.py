@@ -41,6 +41,10 @@ def _resolve(request: web.Request) -> Path | web.Response:
         return error(403, f"Forbidden path: {exc.reason}")
     if not path.is_file():
         return error(404, "File not found")
+    kernel = request.app[KERNEL_KEY]
+    if not kernel.hooks.may_read_file(kernel, request, file_type, path):
+        # An authentication plugin keeps users out of each other's outputs.
+        return error(403, "You may not read this file")
     return path
 
 

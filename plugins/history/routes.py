@@ -12,6 +12,7 @@ from aiohttp import web
 
 from kernel import KERNEL_KEY, Kernel
 from kernel.events import PromptsRemoved
+from kernel.identity import principal_of
 from plugins.history import jobs
 from plugins.history.recorder import DEFAULT_USER, user_of
 from plugins.history.store import DONE, STORE, HistoryStore, decode
@@ -44,7 +45,10 @@ def _kernel_store(request: web.Request) -> tuple[Kernel, HistoryStore]:
 
 
 def _request_user(request: web.Request) -> str | None:
-    """The user whose records this request sees; None = everyone's (single-user servers)."""
+    """The user whose records this request sees; None = everyone's (single-user servers, admins)."""
+    principal = principal_of(request)
+    if principal is not None:  # authenticated (the identify hook): the header is not trusted
+        return None if principal.admin else principal.user
     kernel = request.app[KERNEL_KEY]
     if not kernel.settings.multi_user:
         return None
