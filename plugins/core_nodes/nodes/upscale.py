@@ -1,14 +1,19 @@
 """UpscaleModelLoader and ImageUpscaleWithModel: image super-resolution models read by spandrel.
 
-The upscale runs in overlapping tiles (512 pixels, 32 overlapping, edges blended linearly) so a
-large image never has to fit through the network at once; when a tile runs out of memory the tile
-size is halved and the image is done again, down to 128 pixels, as the reference does.
+The loader reads the file as the reference does (a pickle holding one dict, such as SwinIR's
+``{"params_ema": ...}``, is unwrapped; spandrel strips the other wrappers and prefixes). The
+upscale runs in tiles with the reference's rules: tiles of 512 pixels start every 480 (32
+overlapping) along each axis of an image larger than a tile, the last one shorter where the image
+ends; each tile's output is weighted by a ramp rising linearly over the overlap (times the scale)
+at its edges, per axis, and the overlaps averaged by those weights. When a tile runs out of memory
+the tile size is halved and the image done again, down to 128 pixels.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel.progress import ProgressBar, throw_if_interrupted
@@ -57,70 +62,96 @@ def load_upscale_model(state_dict: dict[str, torch.Tensor]) -> Any:
 
 def tile_steps(width: int, height: int, tile: int, overlap: int) -> int:
     """How many tiles one image of ``width`` x ``height`` is cut into (the progress bar's total)."""
-    step = tile - overlap
-    return math.ceil(height / step) * math.ceil(width / step)
+    rows = 1 if height <= tile else math.ceil((height - overlap) / (tile - overlap))
+    cols = 1 if width <= tile else math.ceil((width - overlap) / (tile - overlap))
+    return rows * cols
 
 
-def _starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Tile origins along one axis; the last tile is moved back so it ends at the border."""
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Tile origins along one axis: every ``tile - overlap`` pixels while more than ``overlap``
+    pixels are left (a single tile when the axis fits in one)."""
     if size <= tile:
         return [0]
-    starts = list(range(0, size - overlap, tile - overlap))
-    return sorted({min(s, size - tile) for s in starts})
+    return list(range(0, size - overlap, tile - overlap))
 
 
-def _feather(height: int, width: int, ramp: int, like: torch.Tensor) -> torch.Tensor:
-    """A ``[1, 1, h, w]`` weight that rises linearly over ``ramp`` pixels at every edge."""
-    import torch
-
-    mask = torch.ones((1, 1, height, width), dtype=like.dtype, device=like.device)
-    for t in range(min(ramp, height // 2, width // 2)):
-        weight = (t + 1) / ramp
-        mask[:, :, t, :] *= weight
-        mask[:, :, height - 1 - t, :] *= weight
-        mask[:, :, :, t] *= weight
-        mask[:, :, :, width - 1 - t] *= weight
-    return mask
+def _ramp(mask: torch.Tensor, dim: int, feather: int) -> None:
+    """Scale the first and last ``feather`` slices of ``mask`` along ``dim`` by 1/f ... f/f, in
+    place; an axis no longer than the ramp is left flat."""
+    if feather >= mask.shape[dim]:
+        return
+    for t in range(feather):
+        weight = (t + 1) / feather
+        mask.narrow(dim, t, 1).mul_(weight)
+        mask.narrow(dim, mask.shape[dim] - 1 - t, 1).mul_(weight)
 
 
 def tiled_upscale(
     images: torch.Tensor,
     function: Callable[[torch.Tensor], torch.Tensor],
-    scale: int,
+    scale: float,
     tile: int,
     overlap: int,
     progress: ProgressBar | None = None,
 ) -> torch.Tensor:
-    """``function`` over overlapping ``tile`` x ``tile`` windows of ``[B, C, H, W]``, blended back."""
+    """``function`` (a x``scale`` upscaler) over ``tile`` x ``tile`` windows of ``[B, C, H, W]``
+    overlapping by ``overlap``, blended back (see the module docstring)."""
     import torch
 
     batch, _, height, width = images.shape
-    out: torch.Tensor | None = None
+    out_h, out_w = round(height * scale), round(width * scale)
+    feather = round(overlap * scale)
+    frames: list[torch.Tensor] = []
     for b in range(batch):
+        item = images[b : b + 1]
+        if height <= tile and width <= tile:
+            throw_if_interrupted()
+            frames.append(function(item))
+            if progress is not None:
+                progress.update(1)
+            continue
         acc: torch.Tensor | None = None
         weight: torch.Tensor | None = None
-        for y in _starts(height, tile, overlap):
-            for x in _starts(width, tile, overlap):
+        for y in tile_starts(height, tile, overlap):
+            for x in tile_starts(width, tile, overlap):
                 throw_if_interrupted()
-                piece = images[b : b + 1, :, y : y + tile, x : x + tile]
-                result = function(piece)
+                result = function(item[:, :, y : y + tile, x : x + tile])
                 if acc is None:
-                    channels = result.shape[1]
-                    acc = torch.zeros((1, channels, height * scale, width * scale), dtype=result.dtype)
-                    weight = torch.zeros_like(acc)
+                    acc = torch.zeros((1, result.shape[1], out_h, out_w), dtype=result.dtype, device=result.device)
+                    weight = torch.zeros((1, 1, out_h, out_w), dtype=result.dtype, device=result.device)
                 assert weight is not None
-                h, w = result.shape[2], result.shape[3]
-                mask = _feather(h, w, round(overlap * scale), result)
-                ys, xs = y * scale, x * scale
-                acc[:, :, ys : ys + h, xs : xs + w] += (result * mask).to(acc.device)
-                weight[:, :, ys : ys + h, xs : xs + w] += mask.to(acc.device)
+                mask = torch.ones((1, 1, *result.shape[2:]), dtype=result.dtype, device=result.device)
+                _ramp(mask, 2, feather)
+                _ramp(mask, 3, feather)
+                ys, xs = round(y * scale), round(x * scale)
+                h, w = min(result.shape[2], out_h - ys), min(result.shape[3], out_w - xs)
+                acc[:, :, ys : ys + h, xs : xs + w] += result[:, :, :h, :w] * mask[:, :, :h, :w]
+                weight[:, :, ys : ys + h, xs : xs + w] += mask[:, :, :h, :w]
                 if progress is not None:
                     progress.update(1)
         assert acc is not None and weight is not None
-        frame = acc / weight
-        out = frame if out is None else torch.cat([out, frame])
-    assert out is not None
-    return out
+        frames.append(acc / weight)
+    return torch.cat(frames)
+
+
+def read_upscale_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors as the reference reads them: a pickle's ``state_dict``, or the one dict
+    a single-key pickle holds (SwinIR / HAT releases keep ``{"params_ema": ...}``)."""
+    import torch
+
+    from plugins.core_nodes.models.checkpoint import PICKLE_SUFFIXES, load_state_dict
+
+    if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
+        try:
+            data: Any = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception:  # an unreadable or unsafe pickle: the generic reader words the error
+            data = None
+        if isinstance(data, dict) and "state_dict" not in data and len(data) == 1:
+            inner = next(iter(data.values()))
+            if isinstance(inner, dict):
+                return {k: v for k, v in inner.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    state_dict, _ = load_state_dict(path, throw_if_interrupted)
+    return state_dict
 
 
 class UpscaleModelLoader(_Loader):
@@ -138,10 +169,7 @@ class UpscaleModelLoader(_Loader):
         }
 
     def load_model(self, model_name: str) -> tuple[Any]:
-        from plugins.core_nodes.models.checkpoint import load_state_dict
-
-        state_dict, _ = load_state_dict(self.path("upscale_models", model_name), throw_if_interrupted)
-        return (load_upscale_model(state_dict),)
+        return (load_upscale_model(read_upscale_state_dict(self.path("upscale_models", model_name))),)
 
 
 class ImageUpscaleWithModel(CoreNode):
@@ -157,23 +185,27 @@ class ImageUpscaleWithModel(CoreNode):
     def upscale(self, upscale_model: Any, image: torch.Tensor) -> tuple[torch.Tensor]:
         import torch
 
-        device = next(iter(upscale_model.model.parameters()), torch.empty(0)).device
-        pixels = image.movedim(-1, -3).to(device)
+        from plugins.core_nodes.models import adapters
+
         tile = TILE
-        while True:
-            steps = pixels.shape[0] * tile_steps(pixels.shape[3], pixels.shape[2], tile, OVERLAP)
-            try:
-                # no_grad, not inference_mode: later nodes may change the image in place.
-                with torch.no_grad():
-                    out = tiled_upscale(
-                        pixels, upscale_model, int(upscale_model.scale), tile, OVERLAP, ProgressBar(steps)
-                    )
-                break
-            except torch.OutOfMemoryError:
-                tile //= 2
-                if tile < MIN_TILE:
-                    raise
-        return (torch.clamp(out.movedim(-3, -1), min=0.0, max=1.0),)
+        # On the server's compute device for the run (the model manager makes room and moves it
+        # back after), as the reference loads the model to its torch device.
+        with adapters._using(adapters._manager(), [upscale_model.model]) as device:
+            pixels = image.movedim(-1, -3).to(device)
+            while True:
+                steps = pixels.shape[0] * tile_steps(pixels.shape[3], pixels.shape[2], tile, OVERLAP)
+                try:
+                    # no_grad, not inference_mode: later nodes may change the image in place.
+                    with torch.no_grad():
+                        out = tiled_upscale(
+                            pixels, lambda a: upscale_model(a.float()), upscale_model.scale, tile, OVERLAP, ProgressBar(steps)
+                        )
+                    break
+                except torch.OutOfMemoryError:
+                    tile //= 2
+                    if tile < MIN_TILE:
+                        raise
+        return (torch.clamp(out.movedim(-3, -1), min=0.0, max=1.0).to(image.device),)
 
 
 NODES: dict[str, tuple[type, str | None]] = {
