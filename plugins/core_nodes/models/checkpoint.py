@@ -25,6 +25,11 @@ VAE_PREFIXES = ("first_stage_model.", "vae.")
 TEXT_ENCODER_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
 # unCLIP checkpoints: the image-embedding noise augmentor and the CLIP vision tower they carry.
 UNCLIP_PREFIXES = ("noise_augmentor.", "embedder.model.visual.")
+# A full-size SD2.1 unCLIP UNet without those keys (a UNet file alone) is told by its widths: the
+# OpenCLIP-H context and an ADM input of an image embedding plus its noise-level embedding
+# (ViT-L: 768 + 768, ViT-H: 1024 + 1024), as the reference's SD21UnclipL / SD21UnclipH configs.
+_SD2_CONTEXT = 1024
+_UNCLIP_ADM_WIDTHS = (1536, 2048)
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -37,11 +42,17 @@ class CheckpointError(Exception):
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """What a UNet is: ``name`` is ``sd1``, ``sd2``, ``sdxl`` or ``sdxl_refiner``."""
+    """What a UNet is: ``name`` is ``sd1``, ``sd2``, ``sdxl`` or ``sdxl_refiner`` (an SD2 UNet
+    with an ADM input is SD2.1 unCLIP, see :attr:`unclip`)."""
 
     name: str
     prediction: str
     unet_config: UNetConfig
+
+    @property
+    def unclip(self) -> bool:
+        """SD2.1 unCLIP: its ADM input is a noise-augmented CLIP image embedding."""
+        return self.name == "sd2" and self.unet_config.adm_in_channels is not None
 
     @property
     def latent_scale(self) -> float:
@@ -172,10 +183,12 @@ def detect_family(
     all_keys: Any = (),
     metadata: Mapping[str, str] | None = None,
 ) -> ModelFamily:
-    """Tell SD1 / SD2 / SDXL / SDXL-refiner apart from un-prefixed UNet weights.
+    """Tell SD1 / SD2 / SD2.1 unCLIP / SDXL / SDXL-refiner apart from un-prefixed UNet weights.
 
-    - An ADM input (``label_emb``) means SDXL. The refiner's ADM holds the pooled text embedding
-      (as wide as its context) plus five embedded scalars; the base holds six.
+    - An ADM input (``label_emb``) means SD2.1 unCLIP (family ``sd2``) when the file carries
+      unCLIP parts (the noise augmentor's tables, the image encoder) or the full-size widths;
+      otherwise SDXL. The refiner's ADM holds the pooled text embedding (as wide as its
+      context) plus five embedded scalars; the base holds six.
     - Otherwise linear transformer projections mean SD2 (OpenCLIP-H), convolutions SD1 (CLIP-L).
     ``all_keys`` (the whole file's keys) lets text-encoder layout and a ``v_pred`` marker count.
     """
@@ -189,12 +202,17 @@ def detect_family(
     except (KeyError, ValueError, IndexError) as e:
         raise CheckpointError(f"{name} has an unrecognised UNet layout ({e})") from None
     keys = set(all_keys) | set(unet_sd)
-    if config.adm_in_channels is not None and any(k.startswith(UNCLIP_PREFIXES) for k in keys):
+    if _is_unclip(config, keys):
         # Its ADM input is a noise-augmented CLIP image embedding, not SDXL's size conditioning.
-        raise CheckpointError(
-            f"{name} is an SD2.1 unCLIP checkpoint: sampling unCLIP models is not supported by this server yet"
-        )
-    if config.adm_in_channels is not None:
+        adm = config.adm_in_channels or 0
+        if not config.use_linear_in_transformer or config.context_dim is None or adm % 2:
+            raise CheckpointError(
+                f"{name} carries unCLIP weights but its UNet fits no SD2.1 unCLIP layout "
+                f"(ADM input of {adm} features, {'linear' if config.use_linear_in_transformer else 'convolution'} "
+                "transformer projections)"
+            )
+        family = "sd2"
+    elif config.adm_in_channels is not None:
         if config.context_dim is None:
             raise CheckpointError(
                 f"{name} is not a Stable Diffusion model this server knows: no cross-attention"
@@ -217,6 +235,15 @@ def detect_family(
         family = "sd2" if config.use_linear_in_transformer else "sd1"
     prediction = "v" if _wants_v_prediction(family, config, unet_sd, keys, metadata) else "eps"
     return ModelFamily(name=family, prediction=prediction, unet_config=config)
+
+
+def _is_unclip(config: UNetConfig, keys: Any) -> bool:
+    """An SD2.1 unCLIP UNet: an ADM input, and the file's unCLIP parts or the full-size widths."""
+    if config.adm_in_channels is None:
+        return False
+    if any(k.startswith(UNCLIP_PREFIXES) for k in keys):
+        return True
+    return config.context_dim == _SD2_CONTEXT and config.adm_in_channels in _UNCLIP_ADM_WIDTHS
 
 
 def _build(name: str, builder: Callable[[], Any]) -> Any:

@@ -5,7 +5,9 @@ Packs reach through it (``model.model.diffusion_model``, ``.model_sampling``, ``
 ``.model_config.unet_config``) and branch on its class, sometimes by exact type
 (``type(model.model) == BaseModel`` means SD1.x / SD2.x), so each family gets the reference's
 class: :class:`BaseModel` for SD1.x / SD2.x, :class:`SDXL`, :class:`SDXLRefiner`. The other
-reference class names exist for ``isinstance`` checks only; this server builds none of them.
+reference class names exist for ``isinstance`` checks only; this server builds none of them, except
+:class:`SD21UNCLIP` (SD2.1 unCLIP: an SD2 UNet whose ADM input is a noise-augmented CLIP image
+embedding, see :mod:`plugins.core_nodes.models.unclip`).
 
 :meth:`BaseModel.extra_conds` is what the sampler's ``process_conds`` asks of the model for each
 cond entry (the reference's keyword arguments: the entry's options plus ``noise``, ``device``,
@@ -422,10 +424,46 @@ class SDXLRefiner(BaseModel):
         return _sdxl_adm(self, kwargs, refiner=True)
 
 
+class SD21UNCLIP(BaseModel):
+    """SD2.1 unCLIP: ``y`` is the entry's ``unclip_conditioning`` image embeddings, noise-augmented
+    by :attr:`noise_augmentor` (seeded with the sampling seed minus 10, several images merged at
+    ``unclip_noise_augment_merge``, 0.05 by default), or zeros when the entry has none.
+
+    ``noise_aug_config`` is the augmentor's keyword arguments (the reference's positional
+    parameter); by default the unCLIP schedule at half the ADM width, the embedding's.
+    """
+
+    def __init__(
+        self,
+        model_config: ModelConfig | None = None,
+        noise_aug_config: Mapping[str, Any] | None = None,
+        model_type: ModelType = ModelType.V_PREDICTION,
+        device: torch.device | None = None,
+        unet_model: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model_config, model_type, device, unet_model, **kwargs)
+        from plugins.core_nodes.models.unclip import UNCLIP_SCHEDULE, CLIPEmbeddingNoiseAugmentation
+
+        if noise_aug_config is None:
+            noise_aug_config = {"noise_schedule_config": UNCLIP_SCHEDULE, "timestep_dim": self.adm_channels // 2}
+        self.noise_augmentor = CLIPEmbeddingNoiseAugmentation(**noise_aug_config)
+
+    def encode_adm(self, **kwargs: Any) -> torch.Tensor | None:
+        from plugins.core_nodes.models.unclip import unclip_adm
+
+        device = kwargs["device"]
+        entries = kwargs.get("unclip_conditioning")
+        adm = None
+        if entries is not None:
+            seed = kwargs.get("seed")
+            merge = float(kwargs.get("unclip_noise_augment_merge", 0.05))
+            adm = unclip_adm(entries, device, self.noise_augmentor, merge, (0 if seed is None else int(seed)) - 10)
+        # No image: the model sees an all-zero ADM vector (an empty list counts as none).
+        return torch.zeros((1, self.adm_channels), device=device) if adm is None else adm
+
+
 # The reference's other families, by name, for packs' isinstance checks; this server loads none.
-class SD21UNCLIP(BaseModel): ...
-
-
 class SD15_instructpix2pix(BaseModel): ...  # noqa: N801 - the reference's name
 
 
@@ -521,6 +559,13 @@ CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
 }
 
 
+# SD2.1 unCLIP's configs, by image embedder (the reference's SD21UnclipL / SD21UnclipH).
+UNCLIP_CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
+    "l": _config_class("SD21UnclipL"),
+    "h": _config_class("SD21UnclipH"),
+}
+
+
 def model_type_for(prediction: str) -> ModelType:
     return ModelType.V_PREDICTION if prediction == "v" else ModelType.EPS
 
@@ -535,15 +580,20 @@ def build_base_model(
     """The reference class of this family around our UNet (a new, thin object: the UNet is shared)."""
     cls = FAMILY_CLASSES.get(family_name, BaseModel)
     config_cls = CONFIG_CLASSES.get(family_name, ModelConfig)
-    config = config_cls(reference_unet_config(unet.config), latent_format, {}, name=family_name)
     model_type = model_type_for(prediction)
-    model = cls(
-        config,
-        model_type,
-        diffusion_model=unet,
-        model_sampling=model_sampling or ModelSamplingDiscrete(prediction=prediction),
-        latent_format=latent_format,
-    )
+    parts: dict[str, Any] = {
+        "diffusion_model": unet,
+        "model_sampling": model_sampling or ModelSamplingDiscrete(prediction=prediction),
+        "latent_format": latent_format,
+    }
+    adm = unet.config.adm_in_channels
+    unclip = family_name == "sd2" and bool(adm)
+    if unclip:
+        # An SD2 UNet with an ADM input is SD2.1 unCLIP; the reference names its config by the
+        # image embedder: ViT-L's 768-wide embeddings (L) or ViT-H's 1024 (H).
+        config_cls = UNCLIP_CONFIG_CLASSES["l" if (adm or 0) // 2 <= 768 else "h"]
+    config = config_cls(reference_unet_config(unet.config), latent_format, {}, name=family_name)
+    model = SD21UNCLIP(config, None, model_type, **parts) if unclip else cls(config, model_type, **parts)
     # The reference's rule: a UNet taking more than the latent's 4 channels is an inpainting one.
     if unet.config.in_channels > 4:
         model.set_inpaint()
@@ -552,7 +602,9 @@ def build_base_model(
 
 __all__ = [
     "FAMILY_CLASSES",
+    "SD21UNCLIP",
     "SDXL",
+    "UNCLIP_CONFIG_CLASSES",
     "BaseModel",
     "ModelConfig",
     "ModelType",
