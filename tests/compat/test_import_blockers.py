@@ -70,21 +70,21 @@ def _clip(path: Path) -> Any:
 # --- comfy_extras.nodes_hooks ------------------------------------------------------------------
 
 
-async def test_hook_classes_have_the_reference_interface_and_are_not_server_nodes(shims: Any) -> None:
+async def test_hook_classes_are_the_server_nodes_with_the_reference_interface(shims: Any) -> None:
     nodes_hooks = _mod("comfy_extras.nodes_hooks")
-    assert nodes_hooks.NODE_CLASS_MAPPINGS == {}
     status, info = await shims.json("GET", "/object_info")
-    assert status == 200 and "SetClipHooks" not in info and "CreateHookModelAsLora" not in info
+    assert status == 200
     golden = json.loads(GOLDEN.read_text())
-    for name in _mod("comfy_extras._catalog").MODULES["nodes_hooks"]:
-        cls = next(c for c in vars(nodes_hooks).values() if getattr(c, "NodeId", None) == name)
-        spec = cls.INPUT_TYPES()
-        want = golden[name]
-        assert {g: list(e) for g, e in spec.items() if e or g == "required"} == want["input_order"], name
-        assert list(cls.RETURN_TYPES) == want["output"], name
-        assert list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == want["output_name"], name
-        assert cls.CATEGORY == want["category"] and cls.NodeName == want["display_name"], name
+    names = _mod("comfy_extras._catalog").MODULES["nodes_hooks"]
+    assert sorted(nodes_hooks.NODE_CLASS_MAPPINGS) == sorted(names)
+    for name in names:
+        cls = getattr(nodes_hooks, name)
+        assert name in info and cls is nodes_hooks.NODE_CLASS_MAPPINGS[name]
+        assert cls.NodeId == name and cls.NodeName == golden[name]["display_name"], name
         assert callable(getattr(cls, cls.FUNCTION)), name
+    # The reference's Python class names where they differ from the node ids.
+    assert nodes_hooks.CombineHooks.NodeId == "CombineHooks2"
+    assert nodes_hooks.PairConditioningSetDefaultAndCombine.NodeId == "PairConditioningSetDefaultCombine"
 
 
 async def test_set_clip_hooks_as_animatediff_calls_it_returns_the_clip(
@@ -140,24 +140,23 @@ async def test_model_as_lora_hook_moves_the_clip_to_the_other_checkpoint(
     assert model_only.hooks[0]._strength_clip == 0.0
 
 
-async def test_what_the_sampler_cannot_honour_fails_when_it_runs(
-    shims: Any, checkpoints: dict[str, Path]
-) -> None:
+async def test_clip_hooks_tag_conds_and_schedule_the_clip(shims: Any, checkpoints: dict[str, Path]) -> None:
     nodes_hooks, hooks_mod = _mod("comfy_extras.nodes_hooks"), _mod("comfy.hooks")
     clip = _clip(checkpoints["base"])
     (hooks,) = nodes_hooks.CreateHookLora().create_hook("clip_lora.safetensors", 1.0, 1.0)
-    with pytest.raises(NotImplementedError, match="apply_to_conds"):
-        nodes_hooks.SetClipHooks().apply_hooks(clip, False, True, hooks)
+    (tagging,) = nodes_hooks.SetClipHooks().apply_hooks(clip, False, True, hooks)
+    (entry,) = tagging.encode_from_tokens_scheduled(tagging.tokenize("a red boat"))
+    assert entry[1]["hooks"] is hooks
     keyframed = nodes_hooks.SetHookKeyframes().set_hook_keyframes(
         hooks, nodes_hooks.CreateHookKeyframe().create_hook_keyframe(0.5, 0.3)[0]
     )[0]
-    with pytest.raises(NotImplementedError, match="schedule_clip"):
-        nodes_hooks.SetClipHooks().apply_hooks(clip, True, False, keyframed)
+    (scheduled,) = nodes_hooks.SetClipHooks().apply_hooks(clip, True, False, keyframed)
+    entries = scheduled.encode_from_tokens_scheduled(scheduled.tokenize("a red boat"))
+    # Before the keyframe (0..0.3) the hook has no keyframe yet: strength 1; after it, 0.5.
+    assert [(e[1]["clip_start_percent"], e[1]["clip_end_percent"]) for e in entries] == [(0.0, 0.3), (0.3, 1.0)]
     cond = [[torch.zeros(1, 77, 8), {"pooled_output": None}]]
-    with pytest.raises(NotImplementedError, match="hooks attached to conditioning"):
-        nodes_hooks.SetModelHooksOnCond().attach_hook(cond, hooks)
-    with pytest.raises(NotImplementedError, match="not supported by comfykernel"):
-        hooks_mod.set_conds_props([cond], 1.0, "default", hooks=hooks)
+    (attached,) = hooks_mod.set_conds_props([cond], 1.0, "default", hooks=hooks)
+    assert attached[0][1]["hooks"] is hooks and "hooks" not in cond[0][1]
 
 
 async def test_conditioning_properties_without_hooks_are_real(shims: Any) -> None:

@@ -58,6 +58,10 @@ class CLIPTextEncode(_Cond):
                 "clip input is invalid: None. A checkpoint without a text encoder gives no CLIP; "
                 "load one with CLIPLoader."
             )
+        scheduled = getattr(clip, "encode_from_tokens_scheduled", None)
+        if callable(scheduled):
+            # The reference's path: hooks set on the CLIP (SetClipHooks) schedule and tag the conds.
+            return (scheduled(clip.tokenize(text)),)
         cond, pooled = clip.encode(text)
         return ([[cond, {"pooled_output": pooled}]],)
 

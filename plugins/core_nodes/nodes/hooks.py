@@ -565,10 +565,12 @@ def _combine_node(count: int) -> type:
         def INPUT_TYPES(cls) -> dict[str, Any]:
             return {"required": {}, "optional": {f"hooks_{x}": ("HOOKS",) for x in letters}}
 
-        def combine_hooks(self, **hooks: Any) -> tuple[Any]:
+        def combine_hooks(self, *groups: Any, **named: Any) -> tuple[Any]:
+            """The given groups (positionally or as ``hooks_A``...) as one; None when none is."""
             from plugins.core_nodes.hooks import HookGroup
 
-            return (HookGroup.combine_all_hooks(hooks.get(f"hooks_{x}") for x in letters),)
+            given = [*groups, *(named.get(f"hooks_{x}") for x in letters[len(groups) :])]
+            return (HookGroup.combine_all_hooks(given),)
 
     return _Combine
 
@@ -607,3 +609,8 @@ NODES: dict[str, tuple[type, str | None]] = {
     "SetClipHooks": (SetClipHooks, "Set CLIP Hooks"),
     "ConditioningTimestepsRange": (ConditioningTimestepsRange, "Timesteps Range"),
 }
+
+# The reference's classes name themselves (packs read these).
+for _node_id, (_cls, _display) in NODES.items():
+    _cls.NodeId = _node_id
+    _cls.NodeName = _display
