@@ -354,3 +354,20 @@ async def test_the_unpatched_model_samples_and_bad_files_fail_at_the_loader(serv
     frames = await run_prompt(server, _graph(QWEN_NODE, "broken.safetensors"))
     (error,) = messages(frames, "execution_error")
     assert error["node_type"] == "ModelPatchLoader" and "not a model patch" in error["exception_message"]
+
+
+async def test_packs_find_the_classes_in_the_reference_module(comfy_server: Any, tmp_path: Path) -> None:
+    """``comfy_extras.nodes_model_patch`` (what packs import) holds the server's classes, and a
+    pack calling the loader and an apply node as the reference's gets a patched MODEL."""
+    import importlib
+
+    folder = tmp_path / "models" / "model_patches"
+    folder.mkdir(parents=True)
+    save_file(qwen_sd(), str(folder / "qwen.safetensors"))
+    await comfy_server(plugins=["comfy_compat", "models", "core_nodes"])
+    module = importlib.import_module("comfy_extras.nodes_model_patch")
+    assert sorted(module.NODE_CLASS_MAPPINGS) == sorted(
+        ["ModelPatchLoader", "QwenImageDiffsynthControlnet", "SUPIRApply", "USOStyleReference", "ZImageFunControlnet"]
+    )
+    (patch,) = module.ModelPatchLoader().load_model_patch("qwen.safetensors")
+    assert isinstance(patch.model, QwenImageBlockWiseControlNet)

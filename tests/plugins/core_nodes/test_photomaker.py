@@ -244,3 +244,18 @@ async def test_photomaker_prompt_matches_the_direct_computation(
     direct = run_ksampler(model, 5, 2, 3.0, "euler", "simple", [[fused, {"pooled_output": pooled}]],
                           [[neg, {"pooled_output": neg_pooled}]], {"samples": torch.zeros(1, 4, 8, 8)})["samples"]  # fmt: skip
     assert torch.allclose(served, direct, atol=1e-4), f"{(served - direct).abs().max():.2e}"
+
+
+async def test_packs_find_the_classes_in_the_reference_module(
+    comfy_server: Any, tmp_path: Path, encoder_sd: tuple[dict[str, torch.Tensor], Any]
+) -> None:
+    import importlib
+
+    folder = tmp_path / "models" / "photomaker"
+    folder.mkdir(parents=True)
+    save_file(encoder_sd[0], str(folder / "pm.safetensors"))
+    await comfy_server(plugins=["comfy_compat", "models", "core_nodes"])
+    module = importlib.import_module("comfy_extras.nodes_photomaker")
+    assert sorted(module.NODE_CLASS_MAPPINGS) == ["PhotoMakerEncode", "PhotoMakerLoader"]
+    (loaded,) = module.PhotoMakerLoader.execute("pm.safetensors")
+    assert loaded.embed_dim == EMBED
