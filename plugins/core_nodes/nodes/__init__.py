@@ -13,9 +13,11 @@ from plugins.core_nodes.nodes import (
     conditioning,
     conditioning_extra,
     conditioning_sdxl,
+    context_windows,
     controlnet,
     custom_sampler,
     custom_sampler_extra,
+    easycache,
     gligen,
     guidance_patches,
     hooks,
@@ -89,6 +91,8 @@ FAMILIES = (
     lora_tools,
     photomaker,
     hooks,
+    context_windows,
+    easycache,
 )
 
 
