@@ -30,6 +30,7 @@ from plugins.core_nodes.nodes import hooks as hook_nodes
 from plugins.core_nodes.sampler_objects import KSAMPLER
 
 from . import tiny_pipeline
+from .test_workflows_e2e import checkpoints, lora_file  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -290,3 +291,65 @@ def test_unregistered_hooks_are_dropped_from_conds() -> None:
     assert conds["negative"][0]["hooks"] is None
     filter_registered_hooks_on_conds(conds, {})
     assert all("hooks" not in c for c in conds["positive"])
+
+
+# --- through the server ------------------------------------------------------------------------
+
+
+async def test_hooked_conditioning_through_the_server(
+    comfy_server: Any, tmp_path: Path, checkpoints: dict[str, Path], lora_file: Path  # noqa: F811
+) -> None:
+    """At cfg 1 (no negative pass) a LoRA hook on the positive prompt samples as the LoRA loaded
+    on the MODEL; a keyframe at strength 0 from the start samples as no LoRA; EasyCache at
+    threshold 0 and context windows longer than the batch leave the run as it is."""
+    from safetensors.torch import load_file
+
+    from .node_helpers import messages, run_prompt
+
+    for folder, src in (("checkpoints", checkpoints["sd1"]), ("loras", lora_file)):
+        (tmp_path / "models" / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "models" / folder / src.name).symlink_to(src)
+    server = await comfy_server(plugins=["core_nodes", "models"])
+    sampler = {"seed": 3, "steps": 3, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+    lora = {"lora_name": lora_file.name}
+    prompt: dict[str, Any] = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoints["sd1"].name}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "fog", "clip": ["ckpt", 1]}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "hook": {"class_type": "CreateHookLoraModelOnly", "inputs": {**lora, "strength_model": 1.0}},
+        "kf": {"class_type": "CreateHookKeyframe", "inputs": {"strength_mult": 0.0, "start_percent": 0.0}},
+        "hook0": {"class_type": "SetHookKeyframes", "inputs": {"hooks": ["hook", 0], "hook_kf": ["kf", 0]}},
+        "pos_hooked": {"class_type": "ConditioningSetProperties",
+                       "inputs": {"cond_NEW": ["pos", 0], "strength": 1.0, "set_cond_area": "default", "hooks": ["hook", 0]}},
+        "pos_zero": {"class_type": "ConditioningSetProperties",
+                     "inputs": {"cond_NEW": ["pos", 0], "strength": 1.0, "set_cond_area": "default", "hooks": ["hook0", 0]}},
+        "loaded": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["ckpt", 0], **lora, "strength_model": 1.0}},
+        "cache": {"class_type": "EasyCache", "inputs": {"model": ["ckpt", 0], "reuse_threshold": 0.0,
+                                                        "start_percent": 0.0, "end_percent": 1.0, "verbose": False}},
+        "ctx": {"class_type": "ContextWindowsManual", "inputs": {
+            "model": ["cache", 0], "context_length": 16, "context_overlap": 4, "context_schedule": "standard_static",
+            "context_stride": 1, "closed_loop": False, "fuse_method": "pyramid", "dim": 0, "freenoise": False,
+            "cond_retain_index_list": "", "split_conds_to_windows": False, "latent_retain_index_list": "",
+            "causal_window_fix": True}},
+    }  # fmt: skip
+    runs = {"plain": ("ckpt", "pos"), "hooked": ("ckpt", "pos_hooked"), "loaded": ("loaded", "pos"),
+            "zero": ("ckpt", "pos_zero"), "patched": ("ctx", "pos")}  # fmt: skip
+    for name, (model, positive) in runs.items():
+        prompt[f"k_{name}"] = {"class_type": "KSampler", "inputs": {**sampler, "model": [model, 0], "positive": [positive, 0],
+                                                                   "negative": ["neg", 0], "latent_image": ["latent", 0]}}  # fmt: skip
+        prompt[f"save_{name}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"k_{name}", 0], "filename_prefix": f"h/{name}"}}
+    frames = await run_prompt(server, prompt)
+    errors = messages(frames, "execution_error")
+    assert not errors, errors[0].get("exception_message")
+    out_root = Path(server.kernel.settings.output_path)
+    latents = {}
+    for done in messages(frames, "executed"):
+        (entry,) = done["output"]["latents"]
+        latents[done["node"][5:]] = load_file(str(out_root / entry["subfolder"] / entry["filename"]))["latent_tensor"]
+    assert set(latents) == set(runs)
+    assert not torch.allclose(latents["loaded"], latents["plain"], atol=1e-4)
+    torch.testing.assert_close(latents["hooked"], latents["loaded"], **TOL)
+    torch.testing.assert_close(latents["zero"], latents["plain"], **TOL)
+    torch.testing.assert_close(latents["patched"], latents["plain"], **TOL)
+
