@@ -64,6 +64,7 @@ from plugins.core_nodes.models.lora import (
 )
 from plugins.core_nodes.models.manager import ModelManager, get_manager
 from plugins.core_nodes.models.model_base import build_base_model
+from plugins.core_nodes.models.operations import casting_view
 from plugins.core_nodes.models.patcher import (
     ModelPatcher,
     create_model_options_clone,
@@ -285,15 +286,20 @@ class DiffusionModel(ModelPatcher):
         return self._weights
 
     def _unet_view(self) -> nn.Module:
-        """The cached UNet, or a copy of its module tree with this MODEL's object patches in."""
+        """The cached UNet, or a copy of its module tree with this MODEL's object patches in
+        (and, with a compute dtype set, layers casting their weights to it at each call)."""
         mine = {k[len(_UNET_PREFIX) :]: v for k, v in self.object_patches.items() if k.startswith(_UNET_PREFIX)}
         whole = self.object_patches.get("diffusion_model")
         root = whole if isinstance(whole, nn.Module) else self.unet
-        if not mine:
+        compute = self.object_patches.get("manual_cast_dtype")
+        if not mine and compute is None:
             return root
-        key = (id(root), tuple((k, id(v)) for k, v in mine.items()))
+        key = (id(root), tuple((k, id(v)) for k, v in mine.items()), compute)
         if self._view is None or self._view_for != key:
-            self._view, self._view_for = object_view(root, mine), key
+            view = object_view(root, mine) if mine else root
+            if compute is not None:
+                view = casting_view(view, compute)
+            self._view, self._view_for = view, key
         return self._view
 
     def clone(self) -> DiffusionModel:

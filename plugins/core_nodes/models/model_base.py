@@ -42,6 +42,7 @@ from plugins.core_nodes.conds import (
 )
 from plugins.core_nodes.contracts import LatentFormat
 from plugins.core_nodes.models.extension import WrapperExecutor, WrappersMP, get_all_wrappers
+from plugins.core_nodes.models.operations import casting_view
 from plugins.core_nodes.models.unet import ADM_SCALAR_DIM, UNetConfig, UNetModel, sdxl_adm
 from plugins.core_nodes.sampling.schedules import ModelSamplingDiscrete
 
@@ -336,7 +337,11 @@ class BaseModel(nn.Module):
             return patcher.run_model(x, t, cond, transformer_options or {})
         if self.diffusion_model is None:
             raise NotImplementedError("this model has no network to run")
-        return self.denoise(x, t, cond, transformer_options or {}, self.diffusion_model, self.model_sampling)
+        network = self.diffusion_model
+        if self.manual_cast_dtype is not None:
+            # A compute dtype (ModelComputeDtype's object patch): layers cast weights per call.
+            network = casting_view(network, self.manual_cast_dtype)
+        return self.denoise(x, t, cond, transformer_options or {}, network, self.model_sampling)
 
     @torch.no_grad()
     def denoise(

@@ -12,10 +12,12 @@ take the same constructor arguments as torch's, and load their weights through t
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # A class or an instance whose attributes are the layer classes (packs pass either).
@@ -32,6 +34,116 @@ class TorchOperations:
     GroupNorm = nn.GroupNorm
     LayerNorm = nn.LayerNorm
     Embedding = nn.Embedding
+
+
+def _cast_pair(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The layer's weight and bias in the input's dtype and on its device (the stored ones when
+    they already are: no copy)."""
+    weight = getattr(layer, "weight", None)
+    bias = getattr(layer, "bias", None)
+    if weight is not None:
+        weight = weight.to(device=x.device, dtype=x.dtype)
+    if bias is not None:
+        bias = bias.to(device=x.device, dtype=x.dtype)
+    return weight, bias
+
+
+class CastLinear(nn.Linear):
+    """``nn.Linear`` computing in its input's dtype: the stored weight is cast for each call."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - torch's name
+        weight, bias = _cast_pair(self, input)
+        assert weight is not None
+        return F.linear(input, weight, bias)
+
+
+class _CastConv:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - torch's name
+        weight, bias = _cast_pair(self, input)  # type: ignore[arg-type]
+        return self._conv_forward(input, weight, bias)  # type: ignore[attr-defined]
+
+
+class CastConv1d(_CastConv, nn.Conv1d):
+    """``nn.Conv1d`` computing in its input's dtype."""
+
+
+class CastConv2d(_CastConv, nn.Conv2d):
+    """``nn.Conv2d`` computing in its input's dtype."""
+
+
+class CastConv3d(_CastConv, nn.Conv3d):
+    """``nn.Conv3d`` computing in its input's dtype."""
+
+
+class CastGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` computing in its input's dtype."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - torch's name
+        weight, bias = _cast_pair(self, input)
+        return F.group_norm(input, self.num_groups, weight, bias, self.eps)
+
+
+class CastLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` computing in its input's dtype."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - torch's name
+        weight, bias = _cast_pair(self, input)
+        return F.layer_norm(input, self.normalized_shape, weight, bias, self.eps)
+
+
+class CastOperations:
+    """Layers that cast their stored weights to the input's dtype at each call (the reference's
+    ``manual_cast`` set): a network stored in one dtype computes in another without a second
+    copy of its weights. Embedding lookups need no cast and stay torch's."""
+
+    Linear = CastLinear
+    Conv1d = CastConv1d
+    Conv2d = CastConv2d
+    Conv3d = CastConv3d
+    GroupNorm = CastGroupNorm
+    LayerNorm = CastLayerNorm
+    Embedding = nn.Embedding
+
+
+# Each plain torch layer class and its casting twin (same state, so an instance can be re-classed).
+_CAST_TWINS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: CastLinear,
+    nn.Conv1d: CastConv1d,
+    nn.Conv2d: CastConv2d,
+    nn.Conv3d: CastConv3d,
+    nn.GroupNorm: CastGroupNorm,
+    nn.LayerNorm: CastLayerNorm,
+}
+
+
+def casting_view(module: nn.Module, compute_dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy of ``module``'s tree (module objects only: every parameter and buffer is shared)
+    whose layers cast their weights to their input's dtype at each call; with ``compute_dtype``,
+    the copy's ``compute_dtype`` (what our networks cast their inputs to) is set to it.
+
+    Plain torch layers become their :class:`CastOperations` twins; a pack's layer that has the
+    reference's ``comfy_cast_weights`` switch gets it turned on (its own forward then casts, as
+    the reference forces for a MODEL with a compute dtype); any other module is copied as is.
+    ``module`` itself is left untouched, so the cached network stays as loaded."""
+    twin = _casting_copy(module)
+    if compute_dtype is not None and hasattr(twin, "compute_dtype"):
+        twin.compute_dtype = compute_dtype
+    return twin
+
+
+def _casting_copy(module: nn.Module) -> nn.Module:
+    twin = copy.copy(module)
+    for table in ("_modules", "_parameters", "_buffers"):
+        twin.__dict__[table] = dict(module.__dict__[table])
+    cast = _CAST_TWINS.get(type(module))
+    if cast is not None:
+        twin.__class__ = cast
+    elif hasattr(module, "comfy_cast_weights"):
+        twin.comfy_cast_weights = True
+    for name, child in module._modules.items():
+        if child is not None:
+            twin._modules[name] = _casting_copy(child)
+    return twin
 
 
 def is_default(ops: Operations | None) -> bool:
@@ -93,4 +205,13 @@ def _left_on_meta(module: nn.Module) -> None:
             raise KeyError(f"no weight loaded for {name}")
 
 
-__all__ = ["Operations", "TorchOperations", "cast_plain_weights", "custom_operations", "is_default", "load_into"]
+__all__ = [
+    "CastOperations",
+    "Operations",
+    "TorchOperations",
+    "cast_plain_weights",
+    "casting_view",
+    "custom_operations",
+    "is_default",
+    "load_into",
+]
