@@ -218,8 +218,8 @@ async def test_small_helpers(shims: Any, tmp_path: Path) -> None:
     out = _mod("comfy.clip_vision").Output()
     out["last_hidden_state"] = torch.ones(1, 2)
     assert torch.equal(sd.StyleModel(lambda h: h * 3).get_cond(out), torch.full((1, 2), 3.0))
-    with pytest.raises(NotImplementedError, match="style models"):
-        sd.load_style_model("redux.safetensors")
+    with pytest.raises(FileNotFoundError, match="load_style_model"):
+        sd.load_style_model(str(tmp_path / "redux.safetensors"))
 
 
 async def test_chainner_model_loading_uses_spandrel(shims: Any) -> None:

@@ -396,11 +396,12 @@ def text_conds(kwargs: Mapping[str, Any]) -> dict[str, CONDRegular]:
 def _sdxl_adm(model: BaseModel, kwargs: Mapping[str, Any], refiner: bool) -> torch.Tensor | None:
     if not model.adm_channels:
         return None
-    # unCLIP image embeddings (``unclip_conditioning``) need the reference's noise augmentor,
-    # which this server does not have: the pooled text is used, as for a plain prompt.
-    pooled = kwargs.get("pooled_output")
+    pooled_width = model.adm_channels - (5 if refiner else 6) * ADM_SCALAR_DIM
+    # unCLIP image embeddings ("revision") stand in for the pooled text, noise-augmented.
+    pooled = _revision_pooled(kwargs, pooled_width)
     if pooled is None:
-        pooled_width = model.adm_channels - (5 if refiner else 6) * ADM_SCALAR_DIM
+        pooled = kwargs.get("pooled_output")
+    if pooled is None:
         pooled = torch.zeros(1, pooled_width)
     pooled = pooled.to(torch.float32)
     width = float(kwargs.get("width", 768))
@@ -415,15 +416,47 @@ def _sdxl_adm(model: BaseModel, kwargs: Mapping[str, Any], refiner: bool) -> tor
     return sdxl_adm(pooled, height, width, crop_h, crop_w, target_h, target_w)
 
 
+def _revision_pooled(kwargs: Mapping[str, Any], pooled_width: int) -> torch.Tensor | None:
+    """SDXL's pooled vector from the entry's ``unclip_conditioning`` (None without images): the
+    embeddings augmented as unCLIP's, at the pooled width, seed minus 10, no merge noise."""
+    entries = kwargs.get("unclip_conditioning")
+    if entries is None:
+        return None
+    from plugins.core_nodes.models.unclip import revision_augmentor, unclip_adm
+
+    seed = kwargs.get("seed")
+    device = kwargs.get("device", torch.device("cpu"))
+    adm = unclip_adm(entries, device, revision_augmentor(pooled_width), 0.0, (0 if seed is None else int(seed)) - 10)
+    return None if adm is None else adm[:, :pooled_width]
+
+
+class _RevisionAugmentor:
+    """``noise_augmentor`` of the SDXL classes (the reference's attribute): the augmentor their
+    unCLIP image embeddings go through, shared and not part of the model's weights."""
+
+    def __get__(self, model: BaseModel | None, owner: type) -> Any:
+        from plugins.core_nodes.models.unclip import revision_augmentor
+
+        refiner = isinstance(model, SDXLRefiner)
+        width = model.adm_channels - (5 if refiner else 6) * ADM_SCALAR_DIM if model is not None else 0
+        return revision_augmentor(width if width > 0 else 1280)
+
+
 class SDXL(BaseModel):
-    """SDXL base: the ADM vector is pooled text + size, crop and target size."""
+    """SDXL base: the ADM vector is pooled text (or unCLIP image embeddings) + size, crop and
+    target size."""
+
+    noise_augmentor = _RevisionAugmentor()
 
     def encode_adm(self, **kwargs: Any) -> torch.Tensor | None:
         return _sdxl_adm(self, kwargs, refiner=False)
 
 
 class SDXLRefiner(BaseModel):
-    """SDXL refiner: the ADM vector is pooled text + size, crop and an aesthetic score."""
+    """SDXL refiner: the ADM vector is pooled text (or unCLIP image embeddings) + size, crop
+    and an aesthetic score."""
+
+    noise_augmentor = _RevisionAugmentor()
 
     def encode_adm(self, **kwargs: Any) -> torch.Tensor | None:
         return _sdxl_adm(self, kwargs, refiner=True)
@@ -597,7 +630,9 @@ def build_base_model(
         # An SD2 UNet with an ADM input is SD2.1 unCLIP; the reference names its config by the
         # image embedder: ViT-L's 768-wide embeddings (L) or ViT-H's 1024 (H).
         config_cls = UNCLIP_CONFIG_CLASSES["l" if (adm or 0) // 2 <= 768 else "h"]
-    config = config_cls(reference_unet_config(unet.config), latent_format, {}, name=family_name)
+    # unCLIP configs go by the reference's class name (comfy.supported_models' isinstance reads it).
+    name = config_cls.__name__ if unclip else family_name
+    config = config_cls(reference_unet_config(unet.config), latent_format, {}, name=name)
     model = SD21UNCLIP(config, None, model_type, **parts) if unclip else cls(config, model_type, **parts)
     # The reference's rule: a UNet taking more than the latent's 4 channels is an inpainting one.
     if unet.config.in_channels > 4:

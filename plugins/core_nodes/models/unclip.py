@@ -16,6 +16,7 @@ the sum's embedding part augmented once more at ``noise_augment_merge``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -184,6 +185,13 @@ class CLIPEmbeddingNoiseAugmentation(nn.Module):
         return z, self.time_embed(noise_level)
 
 
+@functools.cache
+def revision_augmentor(width: int) -> CLIPEmbeddingNoiseAugmentation:
+    """The augmentor of SDXL's unCLIP image embeddings (its "revision" use): the unCLIP
+    schedule at the pooled width (1280 for SDXL), mean 0 / std 1; one per width, shared."""
+    return CLIPEmbeddingNoiseAugmentation(UNCLIP_SCHEDULE, timestep_dim=width)
+
+
 def _image_embeds(entry: Mapping[str, Any]) -> torch.Tensor:
     output = entry.get("clip_vision_output")
     embeds = getattr(output, "image_embeds", None)
@@ -259,5 +267,6 @@ __all__ = [
     "NoiseLevelEmbedding",
     "UnclipError",
     "make_betas",
+    "revision_augmentor",
     "unclip_adm",
 ]

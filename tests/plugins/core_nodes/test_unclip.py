@@ -338,3 +338,42 @@ async def test_unclip_prompt_through_the_server(comfy_server: Any, tmp_path: Pat
         denoised = base.apply_model(start, sigma, c_crossattn=context, y=y)
         torch.testing.assert_close(latents[name], base.process_latent_out(denoised), rtol=1e-4, atol=1e-4)
     assert not torch.allclose(latents["image"], latents["text"], atol=1e-3)
+
+
+# --- SDXL's use of image embeddings and the comfy.model_base names -----------------------------------
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sdxl_refiner"])
+def test_sdxl_reads_image_embeddings_as_its_pooled_vector(family: str) -> None:
+    torch.manual_seed(0)
+    model = build_base_model(family, "eps", UNetModel(tiny_sd.UNET_CONFIGS[family]), adapters.latent_format_for(family))
+    width = tiny_sd.POOLED_SDXL
+    assert model.noise_augmentor.time_embed.dim == width
+    embeds = torch.randn(1, width, generator=torch.Generator().manual_seed(3))
+    keywords = {"device": torch.device("cpu"), "seed": 30, "width": 512, "height": 384, "pooled_output": torch.ones(1, width)}
+    plain = model.encode_adm(**keywords)
+    adm = model.encode_adm(unclip_conditioning=[_entry(embeds, 0.6, 0.1)], **keywords)
+    # The image replaces the pooled text (augmented from seed 30 - 10, weighted); the size part stays.
+    noise = torch.randn(1, width, generator=torch.Generator().manual_seed(20))
+    torch.testing.assert_close(adm[:, :width], _augmented(embeds[0], 0.1, noise)[:, :width] * 0.6, rtol=0, atol=1e-6)
+    assert torch.equal(plain[:, :width], torch.ones(1, width)) and torch.equal(adm[:, width:], plain[:, width:])
+
+
+async def test_comfy_model_base_unclip_names(comfy_server: Any, checkpoint: Path) -> None:
+    await comfy_server(plugins=["comfy_compat", "models", "core_nodes"], cpu=True)
+    import comfy.model_base as mb
+    import comfy.supported_models as families
+
+    model, _, _ = adapters.load_checkpoint(checkpoint)
+    assert isinstance(model.model, mb.SD21UNCLIP)
+    config = model.model.model_config
+    assert isinstance(config, families.SD21UnclipL) and isinstance(config, families.SD20)
+    assert not isinstance(config, families.SD21UnclipH)
+    # The reference's augmentor signature, and its SDXL helper, as packs call them.
+    aug = mb.CLIPEmbeddingNoiseAugmentation(noise_schedule_config=UNCLIP_SCHEDULE, timestep_dim=EMBED)
+    embeds = torch.randn(1, EMBED, generator=torch.Generator().manual_seed(8))
+    args = {"unclip_conditioning": [_entry(embeds, 2.0, 0.5)], "device": torch.device("cpu"), "seed": 12}
+    noise = torch.randn(1, EMBED, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(mb.sdxl_pooled(args, aug), _augmented(embeds[0], 0.5, noise)[:, :EMBED] * 2.0, rtol=0, atol=1e-6)
+    assert torch.equal(mb.sdxl_pooled({"pooled_output": embeds}, aug), embeds)
+    assert mb.unclip_adm(args["unclip_conditioning"], torch.device("cpu"), aug, seed=2).shape == (1, 2 * EMBED)

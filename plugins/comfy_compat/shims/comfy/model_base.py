@@ -1,8 +1,10 @@
 """`comfy.model_base`: the model classes a MODEL's ``.model`` is an instance of.
 
 SD1.x / SD2.x models are exactly :class:`BaseModel` (packs compare ``type(model.model) ==
-BaseModel``), SDXL models :class:`SDXL`, refiners :class:`SDXLRefiner`. The other families'
-class names exist for ``isinstance`` checks only: this server loads none of them.
+BaseModel``), SDXL models :class:`SDXL`, refiners :class:`SDXLRefiner`, SD2.1 unCLIP models
+:class:`SD21UNCLIP` (with ``CLIPEmbeddingNoiseAugmentation`` and ``unclip_adm``, the image
+conditioning the SDXL classes read through ``sdxl_pooled`` too). The other families' class names
+exist for ``isinstance`` checks only: this server loads none of them.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from plugins.core_nodes.models.model_base import (
     StableCascade_C,
     SVD_img2vid,
 )
+from plugins.core_nodes.models.unclip import CLIPEmbeddingNoiseAugmentation, unclip_adm
 from plugins.core_nodes.sampling.schedules import ModelSamplingDiscrete
 
 
@@ -53,17 +56,13 @@ class Anima(BaseModel): ...
 class CosmosPredict2(BaseModel): ...
 
 
-class CLIPEmbeddingNoiseAugmentation:
-    """The reference's noise augmentor of unCLIP image embeddings; unCLIP models are not supported."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError("unCLIP noise augmentation is not supported by this server")
-
-
 def sdxl_pooled(args: Mapping[str, Any], noise_augmentor: Any) -> Any:
-    """The pooled text output SDXL's ADM vector starts with (unCLIP image conditioning is not supported)."""
+    """What SDXL's ADM vector starts with: the entry's unCLIP image embeddings augmented by
+    ``noise_augmentor`` (seed minus 10) when it has them, else its pooled text output."""
     if "unclip_conditioning" in args:
-        raise NotImplementedError("unCLIP conditioning on SDXL is not supported by this server")
+        seed = args.get("seed", 0) - 10
+        adm = unclip_adm(args["unclip_conditioning"], args["device"], noise_augmentor, seed=seed)
+        return adm[:, : noise_augmentor.time_embed.dim]
     return args["pooled_output"]
 
 
@@ -114,4 +113,5 @@ __all__ = [
     "Stable_Zero123",
     "WAN21",
     "model_sampling",
+    "unclip_adm",
 ]

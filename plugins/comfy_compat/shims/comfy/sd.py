@@ -29,6 +29,8 @@ weights load at the server's compute dtype on its devices. ``embedding_directory
 by ``load_text_encoder_state_dicts``: the loaders take textual inversions from the server's
 ``embeddings`` folders. A missing file is a ``FileNotFoundError`` naming it; a
 file this server cannot read is the core loaders' ``CheckpointError`` / ``LoraError``.
+``load_style_model(path)`` / ``load_gligen(path)`` give the StyleModelLoader / GLIGENLoader
+nodes' values (``StyleModel``, and a patcher over ``comfy.gligen.Gligen``).
 ``load_checkpoint(config_path, ckpt_path, ...)`` is the deprecated YAML-config form, reading the
 family from the file instead; ``isinstance(clip, CLIP)`` holds for the CLIP values.
 Anything else of the reference's module (``load_state_dict_guess_config``...) is an
@@ -93,6 +95,7 @@ __all__ = [
     "load_clip",
     "load_diffusion_model",
     "load_diffusion_model_state_dict",
+    "load_gligen",
     "load_lora_for_models",
     "load_style_model",
     "load_text_encoder_state_dicts",
@@ -333,19 +336,52 @@ def load_unet_state_dict(sd: Mapping[str, Any], dtype: Any = None) -> Any:
     return load_diffusion_model_state_dict(sd, {"dtype": dtype} if dtype is not None else None)
 
 
-class StyleModel:
-    """A style model (T2I style adapter, Flux Redux): CLIP vision output -> extra conditioning."""
+def _style_model_class() -> type:
+    from plugins.core_nodes.models.style_model import StyleModel as CoreStyleModel
+
+    return CoreStyleModel
+
+
+class _StyleModelType(type):
+    """``isinstance(value, comfy.sd.StyleModel)`` holds for the StyleModelLoader node's values too."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return type.__instancecheck__(cls, obj) or (cls is StyleModel and isinstance(obj, _style_model_class()))
+
+
+class StyleModel(metaclass=_StyleModelType):
+    """A style model (T2I style adapter, Flux Redux): CLIP vision output -> extra conditioning.
+
+    Around a network (an ``nn.Module``) it is the STYLE_MODEL value the loader node gives, run on
+    the server's compute device; around any other callable, ``get_cond`` just calls it on the
+    vision output's ``last_hidden_state``.
+    """
 
     def __init__(self, model: Any, device: Any = "cpu") -> None:
         self.model = model
 
     def get_cond(self, input: Any) -> Any:  # noqa: A002 - the reference's parameter name
+        import torch
+
+        if isinstance(self.model, torch.nn.Module):
+            return _style_model_class().get_cond(self, input)
         return self.model(input.last_hidden_state)
 
 
-def load_style_model(ckpt_path: str | Path) -> StyleModel:
-    """Refused: no style-model network (T2I style adapter, Redux) is provided by this server."""
-    raise NotImplementedError(f"style models are not supported by comfykernel (asked to load {ckpt_path})")
+def load_style_model(ckpt_path: str | Path) -> Any:
+    """The StyleModelLoader node's STYLE_MODEL for a file (T2I style adapter or Flux Redux),
+    cached by the model manager; a file of another kind is a ``StyleModelError`` naming it."""
+    from plugins.core_nodes.models.style_model import load_style_model as core_load_style_model
+
+    return core_load_style_model(_model_file(ckpt_path, "load_style_model"))
+
+
+def load_gligen(ckpt_path: str | Path) -> Any:
+    """The GLIGENLoader node's value for a file: a ``ModelPatcher`` whose ``.model`` is the
+    ``comfy.gligen.Gligen`` network (cached by the model manager)."""
+    from plugins.core_nodes.models.gligen import load_gligen_file
+
+    return load_gligen_file(_model_file(ckpt_path, "load_gligen"))
 
 
 class _VAEType(type):
