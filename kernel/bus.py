@@ -3,6 +3,12 @@
 Subscribers are plain callables run in publication order, so a WebSocket sees messages in the
 order they were produced. Threads other than the loop's (the executor) publish with
 ``publish_threadsafe``, which hops onto the loop and keeps FIFO order.
+
+Hand-offs from other threads are batched: events wait in one list and a single loop callback
+delivers everything gathered so far. One ``call_soon_threadsafe`` per event let a busy executor
+flood the loop's ready queue (tens of thousands of callbacks ahead of a signal handler or an HTTP
+request). The list is bounded: a publisher that gets ``MAX_PENDING`` events ahead of the loop
+waits for it, so a stalled loop slows the executor down instead of growing memory.
 """
 
 from __future__ import annotations
@@ -17,12 +23,21 @@ log = logging.getLogger("comfykernel.bus")
 
 Subscriber = Callable[[Any], None]
 
+# Events a foreign thread may have waiting for the loop before it blocks until they are delivered.
+MAX_PENDING = 20_000
+# How long a blocked publisher waits between checks that the loop is still there.
+_WAIT_SLICE = 0.2
+
 
 class EventBus:
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        # Events from other threads not yet delivered, and whether a delivery callback is due.
+        self._pending: list[Any] = []
+        self._scheduled = False
+        self._cond = threading.Condition()
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Attach the serving loop; before that (or after unbinding) publishing is direct."""
@@ -42,13 +57,37 @@ class EventBus:
             except Exception:
                 log.exception("bus subscriber %r failed on %s", callback, type(event).__name__)
 
-    def publish_threadsafe(self, event: Any) -> None:
-        """Deliver ``event`` from any thread, in order with other thread-safe publications."""
+    def publish_threadsafe(self, event: Any, block: bool = True) -> None:
+        """Deliver ``event`` from any thread, in order with other thread-safe publications.
+
+        ``block=False`` never waits for the loop to catch up (for a caller holding a lock the
+        loop may need); such events still count towards the bound of the others.
+        """
         loop = self._loop
         if loop is None or threading.get_ident() == self._loop_thread:
+            if self._pending:
+                self._deliver()  # earlier hand-offs first: FIFO across the two paths
             self.publish(event)
             return
+        with self._cond:
+            while block and len(self._pending) >= MAX_PENDING and self._loop is loop and not loop.is_closed():
+                self._cond.wait(_WAIT_SLICE)
+            self._pending.append(event)
+            if self._scheduled:
+                return
+            self._scheduled = True
         try:
-            loop.call_soon_threadsafe(self.publish, event)
+            loop.call_soon_threadsafe(self._deliver)
         except RuntimeError:  # loop closed during shutdown: nobody is listening any more
-            log.debug("dropped %s published after the loop closed", type(event).__name__)
+            with self._cond:
+                dropped, self._pending, self._scheduled = len(self._pending), [], False
+                self._cond.notify_all()
+            log.debug("dropped %d event(s) published after the loop closed", dropped)
+
+    def _deliver(self) -> None:
+        """On the loop: publish every event handed over so far, in order."""
+        with self._cond:
+            batch, self._pending, self._scheduled = self._pending, [], False
+            self._cond.notify_all()
+        for event in batch:
+            self.publish(event)

@@ -1,7 +1,9 @@
 """Essential plugin ``ws``: GET /ws and the fan-out of bus messages to sockets.
 
-Each socket has a bounded send queue drained by its own task, so one slow client never blocks
-the bus or the others; a client that stops reading until its queue fills is dropped.
+Each socket has a send queue drained by its own task, so one slow client never blocks the bus or
+the others. The queue is bounded in frames and in bytes (``ws_send``), and a client that stops
+reading until it fills is dropped with a log line; a ``progress_state`` still waiting in it is
+replaced by the newer one instead of queueing behind it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aiohttp import WSMsgType, web
 
 from kernel import hookimpl
 from kernel.app import KERNEL_KEY
+from kernel.builtin.ws_send import SealingFrame, SendQueue
 from kernel.events import (
     ClientDisconnected,
     PromptFinished,
@@ -43,6 +46,9 @@ SEND_QUEUE_LIMIT = 2048
 # out at its end, or earlier to a socket that is about to get another message (so each socket's
 # order of messages stays the reference's, with consecutive statuses merged into the latest).
 STATUS_COALESCE_SECONDS = 0.02
+# A coalesced progress_state waiting in a socket's queue is not replaced past these: the client
+# reads the state that was current when one of them was sent before reading it.
+SEALING_TYPES = frozenset({"executed", "execution_success", "execution_error", "execution_interrupted"})
 # Prompt owners remembered for filtering messages by owner (only used with an authenticated
 # principal): enough for every prompt a busy queue holds, bounded so memory stays flat.
 OWNERS_KEPT = 20_000
@@ -52,7 +58,7 @@ OWNERS_KEPT = 20_000
 class Client:
     sid: str
     ws: web.WebSocketResponse
-    queue: asyncio.Queue[str | bytes | None] = field(default_factory=lambda: asyncio.Queue(SEND_QUEUE_LIMIT))
+    queue: SendQueue = field(default_factory=lambda: SendQueue(SEND_QUEUE_LIMIT))
     feature_flags: dict[str, Any] = field(default_factory=dict)
     sender: asyncio.Task[None] | None = None
     # The hub's status version this socket has been sent (see SocketHub._queue_changed).
@@ -86,13 +92,16 @@ class SocketHub:
         return [client] if client is not None else []
 
     def _enqueue(self, client: Client, frame: str | bytes) -> bool:
-        try:
-            client.queue.put_nowait(frame)
-        except asyncio.QueueFull:
-            log.warning("dropping WebSocket client %s: it stopped reading", client.sid)
-            self.drop(client)
-            return False
-        return True
+        if client.queue.put(frame):
+            return True
+        log.warning(
+            "dropping WebSocket client %s: it is not reading fast enough (%d frames, %d bytes waiting)",
+            client.sid,
+            len(client.queue),
+            client.queue.bytes,
+        )
+        self.drop(client)
+        return False
 
     def _catch_up(self, client: Client) -> bool:
         """Send ``client`` the latest queue status if it has not had it; False when dropped."""
@@ -216,6 +225,8 @@ class SocketHub:
                 frame: str | bytes = struct.pack(">I", event.binary_type or 0) + bytes(event.data)
             else:
                 frame = json.dumps({"type": event.type, "data": event.data})
+                if event.type in SEALING_TYPES:
+                    frame = SealingFrame(frame)
             for client in self._recipients(event):
                 self._put(client, frame)
         elif isinstance(event, QueueChanged):

@@ -5,6 +5,14 @@ clients. Messages are addressed to the prompt's client and broadcast when it has
 reference's rule for progress). Preview images become ``PreviewFrame`` objects that the
 WebSocket hub turns into a type-1 or type-4 binary frame per socket, depending on whether the
 socket declared ``supports_preview_metadata``.
+
+``progress_state`` lists every node of the prompt seen so far, so sending it on every node start
+and finish made a long prompt's traffic quadratic (a 3,000-node chain: 9 million entries). It is
+coalesced instead: a change goes out at once when no state went out lately, later changes wait
+for the end of the window and go out merged (latest state wins), and whatever is waiting is
+flushed before ``executed`` and the prompt's final message, so a client never sees stale state
+next to them. The window grows with the frame: at most ``STATE_BYTES_PER_SECOND`` of state frames
+per prompt, which keeps the bytes per node flat however long the prompt.
 """
 
 from __future__ import annotations
@@ -12,10 +20,12 @@ from __future__ import annotations
 import io
 import json
 import struct
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from kernel.builtin.ws_send import LatestFrame
 from kernel.events import ServerMessage
 from kernel.executor.graph import DynamicPrompt
 
@@ -25,6 +35,14 @@ _FORMAT_CODES = {"JPEG": 1, "PNG": 2}
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png"}
 # Intermediate updates closer together than this are coalesced; first, last and previews never are.
 THROTTLE_SECONDS = 0.05
+# progress_state frames: at most one per this window...
+STATE_MIN_INTERVAL = 0.02
+# ...and at most this many bytes of them per second (the window stretches for big frames).
+STATE_BYTES_PER_SECOND = 1_000_000
+
+# ``schedule(delay, callback)`` runs ``callback`` on the server loop after ``delay`` seconds;
+# False when there is no loop to run it (then every state change is sent as it happens).
+Scheduler = Callable[[float, Callable[[], None]], bool]
 
 
 class PreviewFrame:
@@ -80,19 +98,24 @@ class ProgressStateData(dict[str, Any]):
     those pieces. It is still a plain dict for every other bus subscriber.
     """
 
-    def __init__(self, prompt_id: str, nodes: dict[str, Any], fragments: list[str]) -> None:
+    def __init__(self, prompt_id: str, nodes: dict[str, Any], fragments: list[str], version: int = 0) -> None:
         super().__init__(prompt_id=prompt_id, nodes=nodes)
         self._fragments = fragments
         self._frame: str | None = None
+        # Increases with every snapshot of one prompt's state (the hub keeps the newest).
+        self.version = version
 
     def frame_for(self, client_flags: dict[str, Any]) -> str:
         if self._frame is None:
-            self._frame = (
+            # A LatestFrame: a socket still holding an older state of this prompt swaps it.
+            self._frame = LatestFrame(
                 '{"type":"progress_state","data":{"prompt_id":'
                 + json.dumps(self["prompt_id"])
                 + ',"nodes":{'
                 + ",".join(self._fragments)
-                + "}}}"
+                + "}}}",
+                key="progress_state:" + str(self["prompt_id"]),
+                version=self.version,
             )
         return self._frame
 
@@ -108,6 +131,8 @@ class ProgressReporter:
         publish: Callable[[ServerMessage], None],
         is_interrupted: Callable[[], bool],
         preview_size: int = 512,
+        schedule: Scheduler | None = None,
+        publish_nowait: Callable[[ServerMessage], None] | None = None,
     ) -> None:
         self.prompt_id = prompt_id
         self.client_id = client_id
@@ -119,6 +144,17 @@ class ProgressReporter:
         self.nodes: dict[str, dict[str, Any]] = {}
         self._fragments: dict[str, str] = {}
         self._last_sent: dict[str, float] = {}
+        # State coalescing (see the module docstring). The lock orders snapshots taken on the
+        # executor thread and on the server loop (a due flush): each is published while held,
+        # through ``publish_nowait``, which never waits for the loop.
+        self._schedule = schedule
+        self._publish_nowait = publish_nowait or publish
+        self._lock = threading.Lock()
+        self._bytes = 0  # total length of the fragments: the next frame's size
+        self._dirty = False
+        self._armed = False  # a due flush is scheduled
+        self._next_at = float("-inf")
+        self._version = 0
 
     def is_interrupted(self) -> bool:
         return self._is_interrupted()
@@ -140,12 +176,55 @@ class ProgressReporter:
         self.publish(ServerMessage(type=type_, data=data, sid=self.client_id, broadcast=True))
 
     def _set(self, node_id: str, entry: dict[str, Any]) -> None:
-        self.nodes[node_id] = entry
-        self._fragments[node_id] = json.dumps(node_id) + ":" + json.dumps(entry)
+        fragment = json.dumps(node_id) + ":" + json.dumps(entry)
+        with self._lock:
+            self.nodes[node_id] = entry
+            old = self._fragments.get(node_id)
+            self._bytes += len(fragment) - (len(old) if old is not None else -1)  # +1: the comma
+            self._fragments[node_id] = fragment
+            self._dirty = True
+
+    def _publish_state_locked(self, now: float) -> None:
+        self._version += 1
+        data = ProgressStateData(
+            self.prompt_id, dict(self.nodes), list(self._fragments.values()), self._version
+        )
+        self._dirty = False
+        self._next_at = now + max(STATE_MIN_INTERVAL, self._bytes / STATE_BYTES_PER_SECOND)
+        self._publish_nowait(
+            ServerMessage(type="progress_state", data=data, sid=self.client_id, broadcast=True)
+        )
 
     def _send_state(self) -> None:
-        data = ProgressStateData(self.prompt_id, dict(self.nodes), list(self._fragments.values()))
-        self._send("progress_state", data)
+        """The state changed: send it now, or when the current window ends."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_at and self._schedule is not None:
+                if not self._armed:
+                    self._armed = self._schedule(self._next_at - now, self._flush_due)
+                if self._armed:
+                    return
+            self._publish_state_locked(now)
+
+    def _flush_due(self) -> None:
+        """On the server loop, at the end of a window: send what changed during it."""
+        now = time.monotonic()
+        with self._lock:
+            self._armed = False
+            if not self._dirty:
+                return
+            if now < self._next_at and self._schedule is not None:
+                # A flush went out after this was armed; wait for the end of its window.
+                self._armed = self._schedule(self._next_at - now, self._flush_due)
+                if self._armed:
+                    return
+            self._publish_state_locked(now)
+
+    def flush(self) -> None:
+        """Send the waiting state now (before ``executed`` and a prompt's final message)."""
+        with self._lock:
+            if self._dirty:
+                self._publish_state_locked(time.monotonic())
 
     def start(self, node_id: str) -> None:
         self._set(node_id, self._entry(node_id, 0, 1, "running"))
@@ -153,7 +232,7 @@ class ProgressReporter:
         self._send_state()
 
     def finish(self, node_id: str) -> None:
-        entry = self.nodes.get(node_id)
+        entry = self.nodes.get(node_id)  # only this thread replaces entries: no lock to read
         max_value = entry["max"] if entry is not None else 1
         self._set(node_id, self._entry(node_id, max_value, max_value, "finished"))
         self._send_state()

@@ -40,6 +40,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("comfykernel.executor")
 
 
+# Coalesced progress_state waiting to go out is sent before these, so clients never see a node's
+# output or the prompt's end next to an older state.
+_STATE_FLUSHED_BEFORE = frozenset(
+    {"executed", "execution_success", "execution_error", "execution_interrupted"}
+)
+
+
 class Outcome(Enum):
     SUCCESS = 0
     FAILURE = 1
@@ -77,6 +84,8 @@ class PromptRun:
             self.publish,
             executor.is_interrupted,
             self.kernel.settings.preview_size,
+            schedule=self._schedule_on_server_loop,
+            publish_nowait=lambda message: self.kernel.bus.publish_threadsafe(message, block=False),
         )
         self.pending_async: dict[str, list[Any]] = {}
         self.pending_expansion: dict[str, list[tuple[bool, Any]]] = {}
@@ -88,7 +97,20 @@ class PromptRun:
         self.kernel.bus.publish_threadsafe(message)
 
     def send(self, event: str, data: Any, broadcast: bool = False) -> None:
+        if event in _STATE_FLUSHED_BEFORE:
+            self.reporter.flush()
         self.publish(ServerMessage(type=event, data=data, sid=self.client_id, broadcast=broadcast))
+
+    def _schedule_on_server_loop(self, delay: float, callback: Callable[[], None]) -> bool:
+        """Run ``callback`` on the server's loop in ``delay`` seconds (False: no loop to run it)."""
+        loop = self.kernel.loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return False
+        try:
+            loop.call_soon_threadsafe(loop.call_later, delay, callback)
+        except RuntimeError:  # closed in between
+            return False
+        return True
 
     def add_message(self, event: str, data: dict[str, Any], broadcast: bool) -> None:
         data = {**data, "timestamp": now_ms()}

@@ -28,13 +28,22 @@ async def test_progress_messages(comfy_server):
     progress = of_type(messages, "progress")
     assert progress[0] == {"value": 1, "max": 3, "prompt_id": prompt_id, "node": "s"}
     assert progress[-1] == {"value": 3, "max": 3, "prompt_id": prompt_id, "node": "s"}
-    # Each progress message is followed by a progress_state carrying the same value.
+    # progress_state is coalesced: its values for the node only grow, and the state flushed
+    # before the next node's output shows the last progress and the node finished.
+    values = [d["nodes"]["s"]["value"] for d in of_type(messages, "progress_state") if "s" in d["nodes"]]
+    assert values == sorted(values)
     types = [m["type"] for m in messages]
-    for i, t in enumerate(types):
-        if t == "progress":
-            assert types[i + 1] == "progress_state"
-            state = messages[i + 1]["data"]["nodes"]["s"]
-            assert state["value"] == messages[i]["data"]["value"] and state["state"] == "running"
+    before_output = [m for m in messages[: types.index("executed")] if m["type"] == "progress_state"][-1]
+    assert before_output["data"]["nodes"]["s"] | {"prompt_id": None} == {
+        "value": 3,
+        "max": 3,
+        "state": "finished",
+        "node_id": "s",
+        "prompt_id": None,
+        "display_node_id": "s",
+        "parent_node_id": None,
+        "real_node_id": "s",
+    }
 
 
 async def test_progress_is_isolated_between_clients(comfy_server):
