@@ -302,6 +302,6 @@ def vae_from_state_dict(sd: Mapping[str, torch.Tensor], name: str, dtype: torch.
         if any(k.startswith(prefix) for k in sd):
             sd = strip_prefix(sd, prefix)
             break
-    if "encoder.conv_in.weight" not in sd or "post_quant_conv.weight" not in sd:
+    if "encoder.conv_in.weight" not in sd or "decoder.conv_in.weight" not in sd:
         raise CheckpointError(f"{name} is not a VAE this server knows: no autoencoder weights found")
     return VAE(_build(name, lambda: build_vae(sd, dtype)))

@@ -4,7 +4,8 @@ Parameter names follow the single-file layout (``encoder.down.N.block.M``, ``dec
 ``quant_conv``, ``post_quant_conv``); :func:`convert_diffusers_vae` maps the diffusers layout
 (``down_blocks`` / ``up_blocks`` / ``mid_block``) onto it, so standalone VAE files in either layout
 load. The latent scale belongs to the model family, not to the VAE: the same autoencoder
-architecture serves SD1 (0.18215) and SDXL (0.13025).
+architecture serves SD1 (0.18215) and SDXL (0.13025). Flux and SD3 use the same architecture
+with 16 latent channels and no ``quant_conv`` / ``post_quant_conv``; both are read off the weights.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LATENT_SCALE: dict[str, float] = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025, "sdxl_refiner": 0.13025}
+LATENT_SCALE: dict[str, float] = {
+    "sd1": 0.18215,
+    "sd2": 0.18215,
+    "sdxl": 0.13025,
+    "sdxl_refiner": 0.13025,
+    "sd3": 1.5305,
+    "flux": 0.3611,
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,8 @@ class VAEConfig:
     z_channels: int = 4
     in_channels: int = 3
     out_ch: int = 3
+    # The 16-channel autoencoders of Flux / SD3 have no 1x1 convolutions around the latent.
+    use_quant_conv: bool = True
 
     @property
     def downscale(self) -> int:
@@ -179,8 +189,9 @@ class AutoencoderKL(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.z_channels, 1)
-        self.post_quant_conv = nn.Conv2d(config.z_channels, config.z_channels, 1)
+        if config.use_quant_conv:
+            self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.z_channels, 1)
+            self.post_quant_conv = nn.Conv2d(config.z_channels, config.z_channels, 1)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -194,12 +205,15 @@ class AutoencoderKL(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (BCHW) -> the latent distribution's mean (deterministic)."""
-        moments = self.quant_conv(self.encoder(x.to(self.dtype)))
+        moments = self.encoder(x.to(self.dtype))
+        if self.config.use_quant_conv:
+            moments = self.quant_conv(moments)
         return moments[:, : self.config.z_channels]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (BCHW) -> images in roughly [-1, 1] (BCHW)."""
-        return self.decoder(self.post_quant_conv(z.to(self.dtype)))
+        z = z.to(self.dtype)
+        return self.decoder(self.post_quant_conv(z) if self.config.use_quant_conv else z)
 
 
 def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> VAEConfig:
@@ -213,9 +227,10 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> VAEConfig:
         ch=ch,
         ch_mult=mult,
         num_res_blocks=blocks,
-        z_channels=sd["post_quant_conv.weight"].shape[0],
+        z_channels=sd["decoder.conv_in.weight"].shape[1],
         in_channels=conv_in.shape[1],
         out_ch=sd["decoder.conv_out.weight"].shape[0],
+        use_quant_conv="post_quant_conv.weight" in sd,
     )
 
 
