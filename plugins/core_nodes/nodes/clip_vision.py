@@ -52,8 +52,9 @@ class CLIPVisionEncode(CoreNode):
 
 class unCLIPConditioning(CoreNode):  # noqa: N801 - the reference's class name
     """Attaches an image embedding to every conditioning entry (``unclip_conditioning``, a list
-    that grows with each application). Only unCLIP checkpoints read it; other models sample as
-    if it were absent, as in the reference."""
+    that grows with each application). SD2.1 unCLIP checkpoints read it as their ADM input and
+    SDXL ones as their pooled vector (both noise-augmented, see ``models/unclip.py``); SD1 / SD2
+    models sample as if it were absent, as in the reference."""
 
     CATEGORY = "model/conditioning"
     RETURN_TYPES = ("CONDITIONING",)

@@ -359,12 +359,18 @@ def test_sdxl_reads_image_embeddings_as_its_pooled_vector(family: str) -> None:
     assert torch.equal(plain[:, :width], torch.ones(1, width)) and torch.equal(adm[:, width:], plain[:, width:])
 
 
-async def test_comfy_model_base_unclip_names(comfy_server: Any, checkpoint: Path) -> None:
+async def test_comfy_compat_unclip_names(comfy_server: Any, checkpoint: Path) -> None:
     await comfy_server(plugins=["comfy_compat", "models", "core_nodes"], cpu=True)
     import comfy.model_base as mb
+    import comfy.sd
     import comfy.supported_models as families
 
-    model, _, _ = adapters.load_checkpoint(checkpoint)
+    model, _, _, vision = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_clipvision=True)
+    image = torch.rand(1, 16, 16, 3, generator=torch.Generator().manual_seed(1))
+    tower = clip_vision_from_checkpoint(checkpoint)
+    assert vision is not None and tower is not None
+    assert torch.equal(vision.encode_image(image).image_embeds, tower.encode_image(image).image_embeds)
+    assert comfy.sd.load_checkpoint_guess_config(str(checkpoint))[3] is None
     assert isinstance(model.model, mb.SD21UNCLIP)
     config = model.model.model_config
     assert isinstance(config, families.SD21UnclipL) and isinstance(config, families.SD20)

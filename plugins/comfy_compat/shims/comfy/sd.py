@@ -6,8 +6,8 @@ files are cached by the server's model manager like the loader nodes' are.
 
 * ``load_checkpoint_guess_config(ckpt_path, output_vae, output_clip, output_clipvision,
   embedding_directory, output_model, model_options, te_model_options)`` -> ``(model, clip, vae,
-  None)``; an ``output_*`` flag that is False gives None in its place. No checkpoint this server
-  reads holds a CLIP vision model, so the fourth item is always None.
+  clip_vision)``; an ``output_*`` flag that is False gives None in its place. The CLIP vision
+  model is an unCLIP checkpoint's image encoder (None for checkpoints without one).
 * ``load_lora_for_models(model, clip, lora, strength_model, strength_clip)`` -> ``(model, clip)``
   for ``lora`` a state dict (what ``comfy.utils.load_torch_file`` returns).
 * ``load_diffusion_model(unet_path, model_options)`` (and the older ``load_unet(unet_path,
@@ -162,8 +162,9 @@ def load_checkpoint_guess_config(
     output_model: bool = True,
     model_options: Mapping[str, Any] | None = None,
     te_model_options: Mapping[str, Any] | None = None,
-) -> tuple[Any, Any, Any, None]:
-    """``(MODEL, CLIP, VAE, CLIP vision)`` of a single-file checkpoint, None where not asked for."""
+) -> tuple[Any, Any, Any, Any]:
+    """``(MODEL, CLIP, VAE, CLIP vision)`` of a single-file checkpoint, None where not asked for
+    (the CLIP vision model is an unCLIP checkpoint's image encoder, None for other checkpoints)."""
     path = _model_file(ckpt_path, "load_checkpoint_guess_config")
     if _wants_own_build(model_options) or _wants_own_build(te_model_options):
         model, clip, vae = _checkpoint_with_options(
@@ -175,8 +176,14 @@ def load_checkpoint_guess_config(
         model if output_model else None,
         clip if output_clip else None,
         vae if output_vae else None,
-        None,
+        _checkpoint_clip_vision(path) if output_clipvision else None,
     )
+
+
+def _checkpoint_clip_vision(path: Path) -> Any:
+    from plugins.core_nodes.models.clip_vision import clip_vision_from_checkpoint
+
+    return clip_vision_from_checkpoint(path)
 
 
 def load_lora_for_models(
