@@ -11,6 +11,7 @@ def sample_euler_ancestral(
     ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0
 ) -> torch.Tensor:
     noise = ctx.noise_sampler(x)
+    s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     for i in range(len(sigmas) - 1):
         denoised = ctx.denoise(x, sigmas[i])
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
@@ -27,6 +28,7 @@ def sample_dpm_2_ancestral(
     ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0
 ) -> torch.Tensor:
     noise = ctx.noise_sampler(x)
+    s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     for i in range(len(sigmas) - 1):
         sigma = sigmas[i]
         denoised = ctx.denoise(x, sigma)
@@ -59,6 +61,7 @@ def sample_dpmpp_2s_ancestral(
     (no ``ctx.uncond_model``) the reference leaves it at zero, and so do we.
     """
     noise = ctx.noise_sampler(x)
+    s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     uncond: torch.Tensor | float = 0.0
 
     def evaluate(x_in: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -98,6 +101,7 @@ def sample_res_multistep(
 ) -> torch.Tensor:
     """RES second-order multistep exponential integrator (Zhang et al. 2023, arXiv:2308.02157)."""
     noise = ctx.noise_sampler(x)
+    s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     old_denoised: torch.Tensor | None = None
     old_sigma_down: torch.Tensor | None = None
     for i in range(len(sigmas) - 1):

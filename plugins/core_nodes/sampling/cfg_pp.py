@@ -21,6 +21,7 @@ def sample_euler_ancestral_cfg_pp(
     name: str = "euler_ancestral_cfg_pp",
 ) -> torch.Tensor:
     noise = ctx.noise_sampler(x)
+    s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised, uncond = ctx.denoise_cfg(x, sigma, name)
@@ -64,6 +65,7 @@ def sample_res_multistep_cfg_pp(
 ) -> torch.Tensor:
     name = "res_multistep_ancestral_cfg_pp" if eta else "res_multistep_cfg_pp"
     noise = ctx.noise_sampler(x)
+    s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     old_uncond: torch.Tensor | None = None
     old_sigma_down: torch.Tensor | None = None
     for i in range(len(sigmas) - 1):

@@ -46,6 +46,13 @@ class SamplerContext:
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.model(x, sigma * x.new_ones([x.shape[0]]))
 
+    @property
+    def noise_scale(self) -> float:
+        """The scale of the noise the model was trained on (ModelNoiseScale sets it on a flow
+        model sampling; 1 elsewhere). The ancestral and SDE samplers multiply ``s_noise`` by it,
+        as the reference's do, so the noise they add matches the scaled starting noise."""
+        return float(getattr(self.model_sampling, "noise_scale", 1.0))
+
     def report(self, i: int, denoised: torch.Tensor, x: torch.Tensor) -> None:
         if self.callback is not None:
             self.callback(i, denoised, x)

@@ -92,6 +92,7 @@ def sample_dpmpp_sde(
     if len(sigmas) <= 1:
         return x
     noise = _brownian(ctx, x, sigmas, cpu_tree)
+    s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     fac = 1 / (2 * r)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -126,6 +127,7 @@ def sample_dpmpp_2m_sde(
     if solver_type not in ("heun", "midpoint"):
         raise ValueError("solver_type must be 'heun' or 'midpoint'")
     noise = _brownian(ctx, x, sigmas, cpu_tree)
+    s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     old_denoised: torch.Tensor | None = None
     h: torch.Tensor | None = None
     h_last: torch.Tensor | None = None
@@ -164,6 +166,7 @@ def sample_dpmpp_3m_sde(
     if len(sigmas) <= 1:
         return x
     noise = _brownian(ctx, x, sigmas, cpu_tree)
+    s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     denoised_1: torch.Tensor | None = None
     denoised_2: torch.Tensor | None = None
     h: torch.Tensor | None = None
@@ -212,6 +215,7 @@ def sample_er_sde(
 
     ``noise_scaler`` replaces the solver's own (see :mod:`.sde_options`)."""
     noise = ctx.noise_sampler(x)
+    s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     scaler = noise_scaler if noise_scaler is not None else er_sde_default_scaler
 
     points = 200.0
@@ -273,6 +277,7 @@ def sample_seeds_2(
     if solver_type not in ("phi_1", "phi_2"):
         raise ValueError("solver_type must be 'phi_1' or 'phi_2'")
     noise = ctx.noise_sampler(x)
+    s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     inject = eta > 0 and s_noise > 0
     fac = 1 / (2 * r)
     for i in range(len(sigmas) - 1):
@@ -320,6 +325,7 @@ def sample_seeds_3(
 ) -> torch.Tensor:
     """SEEDS-3: three stages at log-SNR fractions ``r_1`` and ``r_2`` of each step."""
     noise = ctx.noise_sampler(x)
+    s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     inject = eta > 0 and s_noise > 0
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -430,6 +436,7 @@ def sample_sa_solver(
     if len(sigmas) <= 1:
         return x
     noise_sampler = ctx.noise_sampler(x)
+    s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     lambdas = half_log_snr(sigmas)
     if tau_func is None:
         start_sigma = ctx.model_sampling.percent_to_sigma(0.2)

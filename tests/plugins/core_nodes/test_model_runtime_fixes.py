@@ -2,6 +2,8 @@
 
 * ModelComputeDtype: the network computes in the chosen dtype (weights cast per layer at each
   call, inputs cast, the result back in float32), the cached network untouched.
+* ModelNoiseScale: the ancestral and SDE samplers multiply ``s_noise`` by the model sampling's
+  ``noise_scale``, as the reference's do.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from plugins.core_nodes.models import checkpoint as ckpt
 from plugins.core_nodes.models.adapters import DiffusionModel
 from plugins.core_nodes.models.unet import build_unet
 from plugins.core_nodes.nodes import model_advanced as ma
+from plugins.core_nodes.sampling import model_sampling as ms
+from plugins.core_nodes.sampling.common import SamplerContext
+from plugins.core_nodes.sampling.samplers import core_sampler
 
 from .tiny_sd import CONTEXT, UNET_CONFIGS, unet_weights
 
@@ -86,3 +91,57 @@ def test_compute_dtype_applies_with_weight_patches_and_on_the_bare_model() -> No
             base.manual_cast_dtype = None
         stored = DiffusionModel(copy.deepcopy(model.unet).to(torch.bfloat16), model.family)
         assert torch.equal(direct, stored(x, sigma, cond))
+
+
+# --- ModelNoiseScale in the samplers --------------------------------------------------------------
+
+# The reference multiplies s_noise by model_sampling.noise_scale in these (comfy/k_diffusion/
+# sampling.py: the *_RF ancestral samplers, the CFG++ ancestral ones, res_multistep, the DPM++ SDE
+# family, ER-SDE, SEEDS and SA-Solver).
+NOISE_SCALED = [
+    "euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
+    "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde",
+    "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "er_sde", "seeds_2", "seeds_3",
+    "exp_heun_2_x0_sde", "sa_solver",
+]  # fmt: skip
+
+
+def _flow_sampling(noise_scale: float) -> Any:
+    sampling = ms.model_sampling_class(ms.ModelSamplingDiscreteFlow, ms.CONST)()
+    sampling.set_parameters(shift=3.0)
+    sampling.set_noise_scale(noise_scale)
+    return sampling
+
+
+def _run_sampler(name: str, noise_scale: float, s_noise: float) -> torch.Tensor:
+    """``name`` on a fixed toy denoiser with a fixed noise stream (so only the scaling differs)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 4, 4, 4, generator=g)
+    target = torch.randn(1, 4, 4, 4, generator=g)
+    draws = [torch.randn(1, 4, 4, 4, generator=g) for _ in range(64)]
+    taken = iter(draws)
+
+    def noise(sigma: Any, sigma_next: Any) -> torch.Tensor:
+        return next(taken)
+
+    def model(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return 0.7 * target + 0.05 * x
+
+    def model_with_uncond(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return model(x, sigma), 0.5 * target + 0.1 * x
+
+    ctx = SamplerContext(
+        model=model, seed=3, model_sampling=_flow_sampling(noise_scale),
+        uncond_model=model_with_uncond, noise_sampler_override=noise,
+    )  # fmt: skip
+    sigmas = torch.tensor([0.9, 0.6, 0.35, 0.15, 0.0])
+    fn = core_sampler(name)
+    return fn(ctx, x, sigmas, s_noise=s_noise)
+
+
+@pytest.mark.parametrize("name", NOISE_SCALED)
+def test_noise_scale_multiplies_the_samplers_s_noise(name: str) -> None:
+    """With the model sampling's noise_scale k, a sampler adds the noise it adds at s_noise * k."""
+    scaled = _run_sampler(name, noise_scale=2.5, s_noise=0.8)
+    assert torch.allclose(scaled, _run_sampler(name, noise_scale=1.0, s_noise=0.8 * 2.5), atol=1e-6)
+    assert not torch.allclose(scaled, _run_sampler(name, noise_scale=1.0, s_noise=0.8), atol=1e-3)
