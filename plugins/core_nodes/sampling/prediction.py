@@ -80,18 +80,17 @@ class ImgToImgSampling(X0Sampling):
 
 
 class ImgToImgFlowSampling(ImgToImgSampling):
-    """The image-to-image reading on a rectified-flow mix: the latent is
-    ``sigma * noise + (1 - sigma) * image``."""
+    """An image-to-image flow model (the reference's ``IMG_TO_IMG_FLOW``): sampling starts from
+    the image itself, no noise mixed in, and the sampled latent comes back as ``1 - latent``
+    (such models work on the inverted image)."""
 
     def noise_scaling(
         self, sigma: torch.Tensor, noise: torch.Tensor, latent_image: torch.Tensor, max_denoise: bool = False
     ) -> torch.Tensor:
-        sigma = _per_item(sigma, noise.ndim)
-        return sigma * noise + (1.0 - sigma) * latent_image
+        return latent_image
 
     def inverse_noise_scaling(self, sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        sigma = _per_item(sigma, latent.ndim)
-        return latent / (1.0 - sigma)
+        return 1.0 - latent
 
 
 class LCMSampling(DiscreteSampling):

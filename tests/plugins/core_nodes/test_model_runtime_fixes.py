@@ -4,6 +4,8 @@
   call, inputs cast, the result back in float32), the cached network untouched.
 * ModelNoiseScale: the ancestral and SDE samplers multiply ``s_noise`` by the model sampling's
   ``noise_scale``, as the reference's do.
+* ModelSamplingDiscrete's ``img_to_img_flow``: sampling starts from the image itself and the
+  result comes back as ``1 - latent`` (the reference's ``IMG_TO_IMG_FLOW``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from plugins.core_nodes.models.unet import build_unet
 from plugins.core_nodes.nodes import model_advanced as ma
 from plugins.core_nodes.sampling import model_sampling as ms
 from plugins.core_nodes.sampling.common import SamplerContext
-from plugins.core_nodes.sampling.samplers import core_sampler
+from plugins.core_nodes.sampling.prediction import make_sampling
+from plugins.core_nodes.sampling.samplers import core_sampler, sample
 
 from .tiny_sd import CONTEXT, UNET_CONFIGS, unet_weights
 
@@ -145,3 +148,28 @@ def test_noise_scale_multiplies_the_samplers_s_noise(name: str) -> None:
     scaled = _run_sampler(name, noise_scale=2.5, s_noise=0.8)
     assert torch.allclose(scaled, _run_sampler(name, noise_scale=1.0, s_noise=0.8 * 2.5), atol=1e-6)
     assert not torch.allclose(scaled, _run_sampler(name, noise_scale=1.0, s_noise=0.8), atol=1e-3)
+
+
+# --- img_to_img_flow ------------------------------------------------------------------------------
+
+
+def test_img_to_img_flow_starts_from_the_image_and_returns_one_minus_the_latent() -> None:
+    """noise_scaling(sigma, noise, image) = image (no noise mixed in); inverse_noise_scaling(sigma,
+    latent) = 1 - latent. Through KSampler's sample(): the first call sees the image itself and
+    an Euler run to sigma 0 ends at the last prediction p, handed back as 1 - p."""
+    sampling = make_sampling("img_to_img_flow")
+    g = torch.Generator().manual_seed(6)
+    image, noise, prediction = (torch.randn(1, 4, 4, 4, generator=g) for _ in range(3))
+    sigma = torch.tensor([0.7])
+    assert torch.equal(sampling.noise_scaling(sigma, noise, image), image)
+    assert torch.equal(sampling.inverse_noise_scaling(sigma, prediction), 1.0 - prediction)
+    seen: list[torch.Tensor] = []
+
+    def model(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return prediction
+
+    sigmas = torch.cat([sampling.sigmas[[999, 500, 0]], torch.zeros(1)])
+    out = sample(model, noise, sigmas, "euler", 0, image, model_sampling=sampling)
+    assert torch.equal(seen[0], image)
+    torch.testing.assert_close(out, 1.0 - prediction)
