@@ -17,12 +17,15 @@ from typing import Any
 
 import torch
 
+from .mmdit import MMDiT, MMDiTConfig, build_mmdit, is_mmdit
+from .mmdit import config_from_state_dict as mmdit_config
 from .unet import ADM_SCALAR_DIM, UNetConfig, UNetModel, build_unet, config_from_state_dict
 from .vae import LATENT_SCALE, VAE, build_vae
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIXES = ("first_stage_model.", "vae.")
-TEXT_ENCODER_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
+# SD3 checkpoints keep theirs under text_encoders.clip_l / clip_g / t5xxl.
+TEXT_ENCODER_PREFIXES = ("cond_stage_model.", "conditioner.embedders.", "text_encoders.")
 # unCLIP checkpoints: the image-embedding noise augmentor and the CLIP vision tower they carry.
 UNCLIP_PREFIXES = ("noise_augmentor.", "embedder.model.visual.")
 # A full-size SD2.1 unCLIP UNet without those keys (a UNet file alone) is told by its widths: the
@@ -42,17 +45,22 @@ class CheckpointError(Exception):
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """What a UNet is: ``name`` is ``sd1``, ``sd2``, ``sdxl`` or ``sdxl_refiner`` (an SD2 UNet
-    with an ADM input is SD2.1 unCLIP, see :attr:`unclip`)."""
+    """What a diffusion model is: ``name`` is ``sd1``, ``sd2``, ``sdxl`` or ``sdxl_refiner`` (an
+    SD2 UNet with an ADM input is SD2.1 unCLIP, see :attr:`unclip`) with a UNet, or ``sd3`` (SD3 /
+    SD3.5, prediction ``flow``) with an MMDiT; ``unet_config`` is the network's config."""
 
     name: str
     prediction: str
-    unet_config: UNetConfig
+    unet_config: UNetConfig | MMDiTConfig
 
     @property
     def unclip(self) -> bool:
         """SD2.1 unCLIP: its ADM input is a noise-augmented CLIP image embedding."""
-        return self.name == "sd2" and self.unet_config.adm_in_channels is not None
+        return (
+            self.name == "sd2"
+            and isinstance(self.unet_config, UNetConfig)
+            and self.unet_config.adm_in_channels is not None
+        )
 
     @property
     def latent_scale(self) -> float:
@@ -64,7 +72,7 @@ class Checkpoint:
     """The parts of a single-file checkpoint; text encoders stay raw weights for the CLIP code."""
 
     family: ModelFamily
-    unet: UNetModel
+    unet: UNetModel | MMDiT
     vae: VAE | None
     text_encoder_weights: dict[str, torch.Tensor] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
@@ -193,6 +201,8 @@ def detect_family(
     ``all_keys`` (the whole file's keys) lets text-encoder layout and a ``v_pred`` marker count.
     """
     metadata = metadata or {}
+    if is_mmdit(unet_sd):
+        return _mmdit_family(unet_sd, name)
     if not _is_unet(unet_sd):
         raise CheckpointError(
             f"{name} is not a Stable Diffusion model this server knows: no UNet weights found"
@@ -237,6 +247,29 @@ def detect_family(
     return ModelFamily(name=family, prediction=prediction, unet_config=config)
 
 
+def _mmdit_family(sd: Mapping[str, torch.Tensor], name: str) -> ModelFamily:
+    """SD3 medium / SD3.5 large / SD3.5 medium: one family, told apart by the config's sizes."""
+    try:
+        config = mmdit_config(sd)
+    except (KeyError, ValueError, IndexError) as e:
+        raise CheckpointError(f"{name} has an unrecognised SD3 MMDiT layout ({e})") from None
+    if config.in_channels != 16 or config.hidden_size % config.num_heads:
+        raise CheckpointError(
+            f"{name} is not an SD3 model this server knows ({config.in_channels} latent channels, "
+            f"{config.hidden_size} wide)"
+        )
+    return ModelFamily(name="sd3", prediction="flow", unet_config=config)
+
+
+def build_network(
+    sd: Mapping[str, torch.Tensor], family: ModelFamily, dtype: torch.dtype | None = None
+) -> UNetModel | MMDiT:
+    """The family's diffusion network holding these (un-prefixed) weights."""
+    if isinstance(family.unet_config, MMDiTConfig):
+        return build_mmdit(sd, family.unet_config, dtype)
+    return build_unet(sd, family.unet_config, dtype)
+
+
 def _is_unclip(config: UNetConfig, keys: Any) -> bool:
     """An SD2.1 unCLIP UNet: an ADM input, and the file's unCLIP parts or the full-size widths."""
     if config.adm_in_channels is None:
@@ -258,13 +291,13 @@ def _build(name: str, builder: Callable[[], Any]) -> Any:
 def load_checkpoint(
     path: Path, check_interrupt: CheckInterrupt | None = None, dtype: torch.dtype | None = None
 ) -> Checkpoint:
-    """UNet, VAE and raw text-encoder weights of a single-file SD1 / SD2 / SDXL checkpoint."""
+    """Diffusion network, VAE and raw text-encoder weights of a single-file SD1 / SD2 / SDXL / SD3 checkpoint."""
     sd, metadata = load_state_dict(path, check_interrupt)
     if not sd:
         raise CheckpointError(f"{path.name} holds no tensors")
     unet_sd = strip_prefix(sd, UNET_PREFIX)
     family = detect_family(unet_sd, path.name, sd.keys(), metadata)
-    unet = _build(path.name, lambda: build_unet(unet_sd, family.unet_config, dtype))
+    unet = _build(path.name, lambda: build_network(unet_sd, family, dtype))
     vae: VAE | None = None
     for prefix in VAE_PREFIXES:
         vae_sd = strip_prefix(sd, prefix)
@@ -277,14 +310,14 @@ def load_checkpoint(
 
 def load_diffusion_model(
     path: Path, check_interrupt: CheckInterrupt | None = None, dtype: torch.dtype | None = None
-) -> tuple[ModelFamily, UNetModel]:
-    """A standalone UNet file (``diffusion_models/``), with or without the checkpoint prefix."""
+) -> tuple[ModelFamily, UNetModel | MMDiT]:
+    """A standalone UNet / MMDiT file (``diffusion_models/``), with or without the checkpoint prefix."""
     sd, metadata = load_state_dict(path, check_interrupt)
     unet_sd = strip_prefix(sd, UNET_PREFIX) or sd
     if "conv_in.weight" in unet_sd and "input_blocks.0.0.weight" not in unet_sd:
         raise CheckpointError(f"{path.name} uses the diffusers UNet layout, which is not supported yet")
     family = detect_family(unet_sd, path.name, sd.keys(), metadata)
-    return family, _build(path.name, lambda: build_unet(unet_sd, family.unet_config, dtype))
+    return family, _build(path.name, lambda: build_network(unet_sd, family, dtype))
 
 
 def load_vae(
