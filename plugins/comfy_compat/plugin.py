@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from kernel import hookimpl
-from plugins.comfy_compat import loader, manager, shimming
+from plugins.comfy_compat import loader, manager, reference_calls, shimming
 from plugins.comfy_compat.state import STATE, CompatState
 
 if TYPE_CHECKING:
@@ -30,6 +30,9 @@ def configure(kernel: Kernel) -> None:
 
 @hookimpl
 def discover_plugins(kernel: Kernel) -> list[DiscoveredPlugin]:
+    # The core classes are registered by now and no pack is imported yet: packs call the
+    # reference's V3 classes through execute(), so ours answer it before any pack runs.
+    reference_calls.equip_registry(kernel)
     return loader.discover(kernel, kernel.stash[STATE])
 
 

@@ -1,5 +1,6 @@
 """``comfy_api.latest.io``: the V3 schema API over the kernel's own classes (so the engine knows them).
 
+``NodeOutput`` is the kernel's with the reference's ``args`` and indexing (``out[0]``, unpacking).
 The types add the reference's call forms on top of the kernel's: ``Input(id, display_name,
 optional, tooltip, lazy)`` and ``Output(id, display_name, tooltip, is_output_list)`` take their
 arguments positionally too, and ``Combo.Input(id, options, ...)`` accepts an Enum class for the
@@ -18,10 +19,10 @@ from kernel.nodes.v3 import (
     ComfyType,
     Hidden,
     InputSpec,
-    NodeOutput,
     OutputSpec,
     Schema,
 )
+from plugins.comfy_compat.reference_calls import NodeOutput
 
 
 class _ReferenceArgs:
