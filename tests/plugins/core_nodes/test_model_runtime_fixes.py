@@ -6,20 +6,26 @@
   ``noise_scale``, as the reference's do.
 * ModelSamplingDiscrete's ``img_to_img_flow``: sampling starts from the image itself and the
   result comes back as ``1 - latent`` (the reference's ``IMG_TO_IMG_FLOW``).
+* The ``bislerp`` latent resize slerps neighbouring pixels' channel vectors along each axis;
+  ``lanczos`` resizes the image as 8-bit pixels through PIL.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from plugins.core_nodes.models import checkpoint as ckpt
 from plugins.core_nodes.models.adapters import DiffusionModel
 from plugins.core_nodes.models.unet import build_unet
 from plugins.core_nodes.nodes import model_advanced as ma
+from plugins.core_nodes.nodes.resize import upscale
 from plugins.core_nodes.sampling import model_sampling as ms
 from plugins.core_nodes.sampling.common import SamplerContext
 from plugins.core_nodes.sampling.prediction import make_sampling
@@ -173,3 +179,87 @@ def test_img_to_img_flow_starts_from_the_image_and_returns_one_minus_the_latent(
     out = sample(model, noise, sigmas, "euler", 0, image, model_sampling=sampling)
     assert torch.equal(seen[0], image)
     torch.testing.assert_close(out, 1.0 - prediction)
+
+
+# --- bislerp / lanczos ----------------------------------------------------------------------------
+
+
+def _slerp_by_hand(a: list[float], b: list[float], t: float) -> list[float]:
+    """slerp(a, b, t) = (sin((1-t) w) a/|a| + sin(t w) b/|b|) / sin(w) * ((1-t)|a| + t|b|),
+    cos(w) = a.b / (|a||b|) (a zero vector has no direction: 0); when cos(w) > 1 - 1e-5 the result
+    is a, when cos(w) < -1 + 1e-5 the straight blend (1-t) a + t b."""
+    len_a, len_b = math.sqrt(sum(v * v for v in a)), math.sqrt(sum(v * v for v in b))
+    ua = [v / len_a if len_a else 0.0 for v in a]
+    ub = [v / len_b if len_b else 0.0 for v in b]
+    cos = sum(x * y for x, y in zip(ua, ub, strict=True))
+    if cos > 1 - 1e-5:
+        return list(a)
+    if cos < 1e-5 - 1:
+        return [(1 - t) * x + t * y for x, y in zip(a, b, strict=True)]
+    w = math.acos(cos)
+    length = (1 - t) * len_a + t * len_b
+    return [
+        (math.sin((1 - t) * w) * x + math.sin(t * w) * y) / math.sin(w) * length
+        for x, y in zip(ua, ub, strict=True)
+    ]
+
+
+def _source(i: int, old: int, new: int) -> tuple[int, int, float]:
+    """Bilinear resizing's sample point for output ``i`` (half-pixel centres, clamped): the two
+    neighbours and the fraction between them."""
+    pos = min(max((i + 0.5) * old / new - 0.5, 0.0), old - 1)
+    lower = math.floor(pos)
+    return lower, min(lower + 1, old - 1), pos - lower
+
+
+def _bislerp_by_hand(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    rows = [[[[0.0] * c for _ in range(width)] for _ in range(h)] for _ in range(n)]
+    for b in range(n):
+        for r in range(h):
+            for i in range(width):
+                lo, hi, t = _source(i, w, width)
+                rows[b][r][i] = _slerp_by_hand(x[b, :, r, lo].tolist(), x[b, :, r, hi].tolist(), t)
+    out = torch.zeros(n, c, height, width, dtype=torch.float64)
+    for b in range(n):
+        for j in range(height):
+            lo, hi, t = _source(j, h, height)
+            for i in range(width):
+                out[b, :, j, i] = torch.tensor(_slerp_by_hand(rows[b][lo][i], rows[b][hi][i], t))
+    return out
+
+
+@pytest.mark.parametrize(("width", "height"), [(9, 7), (3, 2), (10, 4)])
+def test_bislerp_is_the_per_pixel_slerp_along_each_axis(width: int, height: int) -> None:
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 4, 4, 5, generator=g)
+    x[0, :, 1, 2] = 0.0  # no direction
+    x[0, :, 2, 3] = x[0, :, 2, 2] * 2.0  # the same direction as its neighbour
+    x[1, :, 0, 1] = -x[1, :, 0, 0]  # the opposite one
+    got = upscale(x, width, height, "bislerp", "disabled")
+    assert got.shape == (2, 4, height, width) and got.dtype == torch.float32
+    expected = _bislerp_by_hand(x, width, height)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+    # Not the bilinear resize it used to be.
+    bilinear = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear")
+    assert not torch.allclose(got, bilinear, atol=1e-3)
+    # A half-precision latent keeps its dtype.
+    assert upscale(x.half(), width, height, "bislerp", "disabled").dtype == torch.float16
+
+
+def test_lanczos_resizes_8_bit_pixels_as_the_reference() -> None:
+    """The image goes through PIL as uint8 (255 * value, clipped, truncated) and comes back as
+    n / 255: the same numbers as PIL resizing the RGB image itself."""
+    g = torch.Generator().manual_seed(9)
+    image = torch.rand(2, 3, 10, 13, generator=g) * 1.2 - 0.1  # some values outside 0..1
+    got = upscale(image, 17, 6, "lanczos", "disabled")
+    expected = []
+    for item in image:
+        pixels = np.clip(255.0 * item.movedim(0, -1).numpy(), 0, 255).astype(np.uint8)
+        resized = Image.fromarray(pixels).resize((17, 6), resample=Image.Resampling.LANCZOS)
+        expected.append(torch.from_numpy(np.array(resized).astype(np.float32) / 255.0).movedim(-1, 0))
+    assert got.dtype == torch.float32
+    assert torch.equal(got, torch.stack(expected))
+    # One channel (a mask) works too.
+    mask = upscale(image[:, :1], 17, 6, "lanczos", "disabled")
+    assert torch.equal(mask, got[:, :1])
