@@ -7,7 +7,6 @@ manager, whose ``add_options`` hooks then complete the parser (tox's approach).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -51,6 +50,13 @@ def _positive_mb(value: str) -> float:
     if not size > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of MB, not {value}")
     return size
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +120,27 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         default=10000,
         metavar="N",
         help="queued prompts beyond which POST /prompt answers 503 (default 10000)",
+    )
+    add(
+        "--max-prompt-nodes",
+        type=_positive_int,
+        default=100_000,
+        metavar="N",
+        help="stop a prompt whose graph grows past N nodes with its expansions (default 100000)",
+    )
+    add(
+        "--max-expansion-depth",
+        type=_positive_int,
+        default=1_000,
+        metavar="N",
+        help="stop a prompt whose expansions nest deeper than N levels (default 1000)",
+    )
+    add(
+        "--max-memory",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="stop the running prompt when the server's memory passes GB (default 80%% of RAM; 0: no limit)",
     )
     add("--multi-user", action="store_true", help="per-user storage selected by the Comfy-User header")
     add("--cpu", action="store_true", help="run models on the CPU")
@@ -200,7 +227,7 @@ def _preparse(argv: Sequence[str]) -> tuple[list[str] | None, list[str]]:
 
 def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from kernel.app import Kernel
-    from kernel.server import serve_forever
+    from kernel.server import run_until_signalled
 
     run_parser = parser._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
     apply_env_defaults(run_parser, args)
@@ -210,7 +237,7 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         level=settings.verbose.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     kernel = Kernel(settings)
-    return asyncio.run(serve_forever(kernel))
+    return run_until_signalled(kernel)
 
 
 def _records(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, PluginRecord]:
@@ -285,6 +312,9 @@ _SETTINGS_DESTS = frozenset(
         "allowed_hosts",
         "max_upload_size",
         "max_queue_size",
+        "max_prompt_nodes",
+        "max_expansion_depth",
+        "max_memory",
         "multi_user",
         "cpu",
         "cache_classic",

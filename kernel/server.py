@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -13,6 +17,13 @@ from aiohttp import web
 from kernel.app import Kernel, build_app
 
 log = logging.getLogger("comfykernel")
+
+# How long a signalled server takes at most to stop before the process leaves anyway. The parts
+# are bounded on their own (WebSocket closes, in-flight requests, the executor's wind-down);
+# this is the backstop that keeps the promise of stopping within 5 s.
+SHUTDOWN_SECONDS = 4.0
+# In-flight HTTP requests get this long to finish once the listeners are closed.
+REQUEST_DRAIN_SECONDS = 1.5
 
 
 @dataclass
@@ -38,7 +49,7 @@ async def start_server(kernel: Kernel, port: int | None = None) -> RunningServer
     ``port=0`` picks a free port (tests); the bound port is reported back.
     """
     app = build_app(kernel)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=REQUEST_DRAIN_SECONDS, access_log=None)
     await runner.setup()
     bound_port = kernel.settings.port if port is None else port
     first_host = kernel.settings.listen[0]
@@ -58,7 +69,11 @@ async def start_server(kernel: Kernel, port: int | None = None) -> RunningServer
 
 
 async def serve_forever(kernel: Kernel) -> int:
-    """Serve until SIGINT/SIGTERM; returns the process exit code."""
+    """Serve until SIGINT/SIGTERM; returns the process exit code.
+
+    The first signal stops the server (the running prompt is interrupted, sockets are closed)
+    within ``SHUTDOWN_SECONDS``; a second one ends the process at once.
+    """
     try:
         server = await start_server(kernel)
     except OSError as exc:
@@ -68,12 +83,51 @@ async def serve_forever(kernel: Kernel) -> int:
     print(f"To see the GUI go to: {server.url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s again: exiting now", sig.name)
+            exit_now(0)
+        log.info("%s: shutting down", sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         except NotImplementedError:  # pragma: no cover - Windows
             pass
     await stop.wait()
-    log.info("shutting down")
-    await server.stop()
+    try:
+        await asyncio.wait_for(server.stop(), SHUTDOWN_SECONDS)
+    except TimeoutError:
+        log.warning("shutdown did not finish within %.0f s; exiting anyway", SHUTDOWN_SECONDS)
     return 0
+
+
+def exit_now(code: int) -> None:
+    """Leave the process without waiting for threads or running interpreter teardown."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def run_until_signalled(kernel: Kernel) -> int:
+    """The CLI's server process: serve, stop on a signal, and exit without hanging or aborting.
+
+    A node can be inside a call that never checks for interruption (a long torch kernel); its
+    thread cannot be stopped, and an interpreter teardown with it still running can abort
+    (native thread pools destroyed under it). So when the executor thread is still busy after
+    the shutdown, the process leaves through ``os._exit`` once everything was recorded.
+    """
+    started = time.monotonic()
+    code = asyncio.run(serve_forever(kernel))
+    executor_busy = kernel.executor is not None and kernel.executor.thread_alive()
+    busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if executor_busy or busy:
+        log.info("leaving with worker threads still running (%.1f s after start)", time.monotonic() - started)
+        exit_now(code)
+    return code

@@ -37,6 +37,11 @@ class Settings(msgspec.Struct, kw_only=True):
     max_upload_size: float = 100.0
     # Pending prompts beyond this make POST /prompt answer 503 (load shedding, not unbounded RAM).
     max_queue_size: int = 10000
+    # Runaway-prompt guards (kernel/executor/guards.py): nodes per prompt after expansion,
+    # expansion nesting, and the process's RSS ceiling in GB (None = 80% of RAM, 0 = none).
+    max_prompt_nodes: int = 100_000
+    max_expansion_depth: int = 1_000
+    max_memory: float | None = None
     multi_user: bool = False
     cpu: bool = False
     cache_classic: bool = False

@@ -30,12 +30,17 @@ def startup(kernel: Kernel, app: web.Application) -> None:
     kernel.executor.start()
 
 
+# How long shutdown waits for the running prompt to notice its interruption. A node that never
+# checks (one long native call) is left behind; the CLI then leaves without waiting for it.
+STOP_WAIT_SECONDS = 1.5
+
+
 @hookimpl
 async def shutdown(kernel: Kernel) -> None:
     import asyncio
 
     # join() blocks; keep the server loop free to deliver the last messages meanwhile.
-    await asyncio.get_running_loop().run_in_executor(None, kernel.executor.stop)
+    await asyncio.get_running_loop().run_in_executor(None, kernel.executor.stop, STOP_WAIT_SECONDS)
 
 
 @hookimpl

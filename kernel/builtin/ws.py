@@ -48,6 +48,8 @@ SEND_QUEUE_LIMIT = 2048
 STATUS_COALESCE_SECONDS = 0.02
 # A coalesced progress_state waiting in a socket's queue is not replaced past these: the client
 # reads the state that was current when one of them was sent before reading it.
+# How long a shutdown waits for sockets to finish their closing handshake.
+CLOSE_WAIT_SECONDS = 1.0
 SEALING_TYPES = frozenset({"executed", "execution_success", "execution_error", "execution_interrupted"})
 # Prompt owners remembered for filtering messages by owner (only used with an authenticated
 # principal): enough for every prompt a busy queue holds, bounded so memory stays flat.
@@ -240,7 +242,10 @@ class SocketHub:
             self._status_timer = None
         for client in list(self.clients.values()):
             self.drop(client)
-            await client.ws.close()
+        # The closing handshakes run together and bounded: a client that never answers its close
+        # frame must not hold up the shutdown (the runner cuts its connection afterwards).
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=CLOSE_WAIT_SECONDS)
 
 
 HUB = StashKey[SocketHub]()

@@ -19,7 +19,7 @@ import logging
 import math
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, NamedTuple
 
 from kernel.executor.graph import DynamicPrompt
@@ -132,6 +132,11 @@ class OutputCache:
     def begin_prompt(self, used: set[Any]) -> None:
         self._entries = {k: v for k, v in self._entries.items() if k in used or v[1] in used}
 
+    def discard(self, keys: Iterable[bytes]) -> None:
+        """Drop these entries (a prompt stopped by a limit frees what it produced)."""
+        for key in keys:
+            self._entries.pop(key, None)
+
     def after_node(self) -> None:
         return None
 
@@ -176,6 +181,10 @@ class LRUOutputCache(OutputCache):
             if generation >= self.generation:
                 break  # everything left is in use by the running prompt
             del self._lru[key]
+
+    def discard(self, keys: Iterable[bytes]) -> None:
+        for key in keys:
+            self._lru.pop(key, None)
 
     def evict_oldest_generation(self) -> bool:
         if not self._lru:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel.events import PromptFinished, PromptStarted, ServerMessage
 from kernel.executor.cache import ObjectCache, OutputCache, make_output_cache
+from kernel.executor.guards import Limits, MemoryGuard
 from kernel.executor.run import PromptRun
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ class Executor:
         self.cache_mode = settings.cache_mode
         self.outputs: OutputCache = make_output_cache(self.cache_mode, settings.cache_lru, settings.cache_ram)
         self.objects = ObjectCache(enabled=self.cache_mode != "none")
+        self.limits = Limits.from_settings(settings)
+        self.memory = MemoryGuard(self.limits.max_memory)
         self.current: QueueItem | None = None
         # Display id of the node now executing, replayed to a reconnecting client.
         self.executing_node: str | None = None
@@ -43,6 +46,8 @@ class Executor:
         self._stop = threading.Event()
         self._free_requested = threading.Event()
         self._thread: threading.Thread | None = None
+        # The last worker started, kept after a stop that timed out (see thread_alive).
+        self._last_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- control (any thread) -------------------------------------------------------------
@@ -52,6 +57,7 @@ class Executor:
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._work, name="comfykernel-executor", daemon=True)
+        self._last_thread = self._thread
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -63,6 +69,10 @@ class Executor:
             if self._thread.is_alive():
                 log.warning("executor thread did not stop within %.0f s", timeout)
             self._thread = None
+
+    def thread_alive(self) -> bool:
+        """Whether a worker thread still runs (a node may ignore interruption past ``stop``)."""
+        return self._last_thread is not None and self._last_thread.is_alive()
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
         """Interrupt the running prompt; with ``prompt_id`` only if that is the one running."""

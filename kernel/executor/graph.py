@@ -35,6 +35,11 @@ class DynamicPrompt:
         self.ephemeral_prompt: dict[str, Any] = {}
         self.ephemeral_parents: dict[str, str] = {}
         self.ephemeral_display: dict[str, str] = {}
+        # Filled as nodes are added, so the lookups below stay O(1) however deeply expansions
+        # nest (walking the parent chain made a self-expanding loop quadratic).
+        self._real: dict[str, str] = {}
+        self._display: dict[str, str] = {}
+        self._depth: dict[str, int] = {}
 
     def get_node(self, node_id: str) -> dict[str, Any]:
         node = self.ephemeral_prompt.get(node_id)
@@ -53,11 +58,21 @@ class DynamicPrompt:
         self.ephemeral_prompt[node_id] = node_info
         self.ephemeral_parents[node_id] = parent_id
         self.ephemeral_display[node_id] = display_id
+        self._real[node_id] = self.get_real_node_id(parent_id)
+        self._display[node_id] = self.get_display_node_id(display_id)
+        self._depth[node_id] = self.depth(parent_id) + 1
 
     def is_ephemeral(self, node_id: str) -> bool:
         return node_id in self.ephemeral_parents
 
+    def depth(self, node_id: str) -> int:
+        """How many expansions deep ``node_id`` was created (0 for the prompt's own nodes)."""
+        return self._depth.get(node_id, 0)
+
     def get_real_node_id(self, node_id: str) -> str:
+        real = self._real.get(node_id)
+        if real is not None:
+            return real
         while node_id in self.ephemeral_parents:
             node_id = self.ephemeral_parents[node_id]
         return node_id
@@ -66,9 +81,17 @@ class DynamicPrompt:
         return self.ephemeral_parents.get(node_id)
 
     def get_display_node_id(self, node_id: str) -> str:
-        while node_id in self.ephemeral_display:
+        display = self._display.get(node_id)
+        if display is not None:
+            return display
+        seen: set[str] = set()
+        while node_id in self.ephemeral_display and node_id not in seen:
+            seen.add(node_id)
             node_id = self.ephemeral_display[node_id]
         return node_id
+
+    def node_count(self) -> int:
+        return len(self.original_prompt) + len(self.ephemeral_prompt)
 
     def all_node_ids(self) -> set[str]:
         return set(self.original_prompt) | set(self.ephemeral_prompt)
@@ -90,10 +113,13 @@ class ExecutionList:
         dynprompt: DynamicPrompt,
         is_available: Callable[[str], bool],
         node_traits: Callable[[str], tuple[frozenset[str], bool, bool]],
+        on_pending: Callable[[str], None] | None = None,
     ) -> None:
         self.dynprompt = dynprompt
         self.is_available = is_available
         self.node_traits = node_traits
+        # Told of every node that becomes pending (the run counts who still needs each output).
+        self.on_pending = on_pending
         self.pending: dict[str, None] = {}
         self.block_count: dict[str, int] = {}
         # source -> {target -> {source output index}}
@@ -129,6 +155,8 @@ class ExecutionList:
             self._rank[current] = self._next_rank
             self._next_rank += 1
             self._ready[current] = self._rank[current]
+            if self.on_pending is not None:
+                self.on_pending(current)
             node = self.dynprompt.get_node(current)
             lazy_inputs = self._traits(current)[0]
             for input_name, value in node.get("inputs", {}).items():

@@ -29,6 +29,7 @@ from kernel.executor.calls import (
     merge_ui,
 )
 from kernel.executor.graph import DependencyCycleError, DynamicPrompt, ExecutionList, NodeNotFoundError
+from kernel.executor.guards import PromptLimitExceeded
 from kernel.executor.progress import ProgressReporter
 from kernel.nodes import ExecutionBlocker, graph_prefix_scope, is_link, node_specs
 from kernel.progress import ExecutionContext, Interrupted, executing
@@ -82,7 +83,7 @@ class PromptRun:
             self.client_id,
             self.dynprompt,
             self.publish,
-            executor.is_interrupted,
+            self._interrupted_or_over_memory,
             self.kernel.settings.preview_size,
             schedule=self._schedule_on_server_loop,
             publish_nowait=lambda message: self.kernel.bus.publish_threadsafe(message, block=False),
@@ -90,6 +91,12 @@ class PromptRun:
         self.pending_async: dict[str, list[Any]] = {}
         self.pending_expansion: dict[str, list[tuple[bool, Any]]] = {}
         self._watchers: list[asyncio.Task[Any]] = []
+        # Output release: for each node, how many pending nodes still read its outputs, and for
+        # each pending node, the sources it was counted against (see _count_consumers).
+        self._consumers: dict[str, int] = {}
+        self._reads: dict[str, list[str]] = {}
+        # Cache keys this run stored, dropped again when a limit ends it.
+        self._stored_keys: list[bytes] = []
 
     # --- messages -------------------------------------------------------------------------
 
@@ -144,8 +151,47 @@ class PromptRun:
         return self.lookup(node_id) is not None
 
     def check_interrupt(self) -> None:
+        self.executor.memory.check()
         if self.executor.is_interrupted():
             raise Interrupted("Processing interrupted")
+
+    def _interrupted_or_over_memory(self) -> bool:
+        """The progress sink's check: a node reporting progress also stops at the memory ceiling."""
+        self.executor.memory.check()
+        return self.executor.is_interrupted()
+
+    # --- releasing outputs nobody needs any more ------------------------------------------
+
+    def _count_consumers(self, node_id: str) -> None:
+        """``node_id`` became pending: the nodes it links to are needed until it completes."""
+        sources = [v[0] for v in self.dynprompt.get_node(node_id).get("inputs", {}).values() if is_link(v)]
+        self._reads[node_id] = sources
+        for source in sources:
+            self._consumers[source] = self._consumers.get(source, 0) + 1
+
+    def _completed(self, node_id: str) -> None:
+        """After ``node_id`` completes: drop the outputs its completion left without a reader.
+
+        Only this run's own reference goes; a cache policy that keeps outputs still has them (and
+        ``lookup`` finds them there). A node that a later expansion links to again after its
+        outputs went is simply run again.
+        """
+        consumers = self._consumers
+        for source in self._reads.pop(node_id, ()):
+            left = consumers[source] - 1
+            if left:
+                consumers[source] = left
+            else:
+                del consumers[source]
+                self.results.pop(source, None)
+        if node_id not in consumers:
+            self.results.pop(node_id, None)
+
+    def _free_outputs(self) -> None:
+        """A limit ended the run: let go of everything it produced, cached copies included."""
+        self.results.clear()
+        self.executor.outputs.discard(self._stored_keys)
+        self._stored_keys.clear()
 
     # --- IS_CHANGED -----------------------------------------------------------------------
 
@@ -182,9 +228,12 @@ class PromptRun:
     async def run(self) -> None:
         executor = self.executor
         self.add_message("execution_start", {"prompt_id": self.prompt_id}, broadcast=False)
-        execution_list = ExecutionList(self.dynprompt, self.is_available, self._traits)
+        execution_list = ExecutionList(
+            self.dynprompt, self.is_available, self._traits, on_pending=self._count_consumers
+        )
         try:
             prompt_ids = list(self.item.prompt)
+            self.executor.limits.check_nodes(len(prompt_ids))
             await self.compute_is_changed(prompt_ids)
             used: set[Any] = {self.keys.key(n) for n in prompt_ids}
             used.update(self._owner(n) for n in prompt_ids)
@@ -201,6 +250,7 @@ class PromptRun:
             while not execution_list.is_empty():
                 error: dict[str, Any] | None = None
                 exc: BaseException | None = None
+                node_id = ""
                 try:
                     node_id = await execution_list.stage_node_execution(self.check_interrupt)
                     outcome, error, exc = await self.execute_node(node_id, execution_list)
@@ -209,8 +259,12 @@ class PromptRun:
                         continue
                     if outcome is Outcome.SUCCESS:
                         execution_list.complete_node_execution()
+                        self._completed(node_id)
                         executor.outputs.after_node()
+                        executor.memory.check()
                         continue
+                except PromptLimitExceeded as limit:
+                    error, exc = self._limit_error(execution_list.staged_node_id or node_id, limit), limit
                 except DependencyCycleError as cycle:
                     error = {
                         "node_id": str(cycle),
@@ -230,6 +284,8 @@ class PromptRun:
                 self.success = True
                 self._replay_intermediate_outputs()
                 self.add_message("execution_success", {"prompt_id": self.prompt_id}, broadcast=False)
+        except PromptLimitExceeded as limit:  # the prompt itself is over the node limit
+            self.handle_error(self._limit_error(next(iter(self.item.prompt), ""), limit), limit)
         except Exception as exc:  # an engine bug must still end the prompt cleanly
             log.exception("prompt %s failed inside the executor", self.prompt_id)
             self.handle_error(
@@ -249,6 +305,16 @@ class PromptRun:
                         task.cancel()
             for watcher in self._watchers:
                 watcher.cancel()
+
+    def _limit_error(self, node_id: str, limit: PromptLimitExceeded) -> dict[str, Any]:
+        log.warning("prompt %s stopped: %s", self.prompt_id, limit)
+        return {
+            "node_id": self.dynprompt.get_real_node_id(node_id) if node_id else "",
+            "exception_message": f"{limit}\n",
+            "exception_type": full_type_name(type(limit)),
+            "traceback": [],
+            "current_inputs": {},
+        }
 
     def _replay_intermediate_outputs(self) -> None:
         """``HAS_INTERMEDIATE_OUTPUT`` nodes that did not run still show their cached UI."""
@@ -284,6 +350,8 @@ class PromptRun:
         if isinstance(exc, Interrupted):
             self.add_message("execution_interrupted", base, broadcast=True)
             return
+        if isinstance(exc, PromptLimitExceeded):
+            self._free_outputs()
         details = {
             "exception_message": error["exception_message"],
             "exception_type": error["exception_type"],
@@ -401,6 +469,8 @@ class PromptRun:
             return Outcome.SUCCESS, None, None
         except Interrupted as exc:
             return Outcome.FAILURE, {"node_id": real_id}, exc
+        except PromptLimitExceeded as exc:
+            return Outcome.FAILURE, self._limit_error(node_id, exc), exc
         except Exception as exc:
             log.error("!!! Exception during processing !!! %s", exc)
             current_inputs = (
@@ -425,6 +495,7 @@ class PromptRun:
         real_id = self.dynprompt.get_real_node_id(node_id)
         key = self.keys.key(node_id)
         self.executor.outputs.set(key, entry, key if real_id == node_id else self._owner(real_id))
+        self._stored_keys.append(key)
         if node_id not in self._executed_set:
             self._executed_set.add(node_id)
             self.executed.append(node_id)
@@ -533,6 +604,7 @@ class PromptRun:
         self, node_id: str, per_call: list[tuple[dict[str, Any] | None, Any]], execution_list: ExecutionList
     ) -> None:
         dp = self.dynprompt
+        limits = self.executor.limits
         pending: list[tuple[bool, Any]] = []
         new_ids: list[str] = []
         new_outputs: list[str] = []
@@ -541,6 +613,8 @@ class PromptRun:
             if graph is None:
                 pending.append((False, result))
                 continue
+            limits.check_nodes(dp.node_count() + len(graph))
+            limits.check_depth(dp.depth(node_id) + 1)
             for new_id in graph:
                 if dp.has_node(new_id):
                     raise ValueError(
@@ -563,6 +637,9 @@ class PromptRun:
             execution_list.add_node(output_id)
         for source, socket in new_links:
             execution_list.add_strong_link(source, socket, node_id)
+            # The expanding node reads the expansion's results when it resolves.
+            self._reads.setdefault(node_id, []).append(source)
+            self._consumers[source] = self._consumers.get(source, 0) + 1
         self.pending_expansion[node_id] = pending
 
     def _resolve_expansion(self, pending: list[tuple[bool, Any]]) -> list[tuple[Any, ...]]:

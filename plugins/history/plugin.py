@@ -42,6 +42,7 @@ def shutdown_begins(kernel: Kernel) -> None:
 # event must still find the store open.
 @hookimpl(trylast=True)
 def shutdown(kernel: Kernel) -> None:
+    recorder.shutdown_ends(kernel)
     kernel.stash[STORE].close()
 
 

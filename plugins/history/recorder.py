@@ -35,6 +35,20 @@ def shutdown_begins(kernel: Kernel) -> None:
         store.closing = True
 
 
+def shutdown_ends(kernel: Kernel) -> None:
+    """Before the store closes: a prompt the executor could not stop in time (a node that never
+    checks for interruption) is still a shutdown's victim, not a crash's, so it runs again after
+    the restart like any prompt the shutdown interrupted."""
+    store = kernel.stash.get(STORE, None)
+    executor = kernel.executor
+    if store is None or store.closed or not store.closing or executor is None:
+        return
+    item = getattr(executor, "current", None)
+    if item is not None and executor.thread_alive():
+        log.info("history: prompt %s was still running at shutdown; it will run again", item.prompt_id)
+        store.unstart(item.prompt_id)
+
+
 def _interrupted(status: dict[str, Any]) -> bool:
     return any(
         isinstance(m, list) and m and m[0] == "execution_interrupted" for m in status.get("messages") or ()

@@ -2,9 +2,11 @@
 
 Pending prompts go back on the queue with their number and prompt_id, so the queue's own
 ordering puts them back in their original order. A prompt that was running when the process
-died is retried while it has attempts left, and otherwise recorded as failed, through the same
-``PromptFinished`` event the executor publishes (so every record keeper sees it). Rows already
-recorded as finished are never touched: nothing finished runs twice.
+died (a clean shutdown records it as pending again) may be what killed it: it is retried while
+it has attempts left (by default once), queued behind the prompts that were waiting so they run
+whatever it does, and otherwise recorded as failed, through the same ``PromptFinished`` event
+the executor publishes (so every record keeper sees it). Rows already recorded as finished are
+never touched: nothing finished runs twice.
 """
 
 from __future__ import annotations
@@ -36,20 +38,28 @@ class RecoveryReport(msgspec.Struct):
 def recover(kernel: Kernel, store: HistoryStore, max_attempts: int) -> RecoveryReport:
     report = RecoveryReport()
     highest: float | None = None
-    for row in store.unfinished():
+    rows = [
+        row
+        for row in store.unfinished()
+        if not (kernel.queue.is_pending(row.prompt_id) or kernel.queue.is_running(row.prompt_id))
+    ]
+    # Waiting prompts first, with their numbers; then the crashed ones, numbered behind them.
+    for row in sorted(rows, key=lambda r: r.state != PENDING):
         item = _queue_item(row.item)
-        if kernel.queue.is_pending(item.prompt_id) or kernel.queue.is_running(item.prompt_id):
-            continue
-        if row.state == PENDING or row.attempts < max_attempts:
+        if row.state == PENDING:
             kernel.queue.put(item)
-            if row.state != PENDING:
-                store.mark_requeued(item.prompt_id)
-            report.requeued.append(item.prompt_id)
-            if isinstance(item.number, (int, float)) and math.isfinite(item.number):
-                highest = item.number if highest is None else max(highest, item.number)
+        elif row.attempts < max_attempts:
+            if highest is not None and not item.number > highest:
+                item.number = math.floor(highest) + 1
+            kernel.queue.put(item)
+            store.mark_requeued(item.prompt_id, item.as_list())
         else:
             kernel.bus.publish(_failed(item, row, max_attempts))
             report.failed.append(item.prompt_id)
+            continue
+        report.requeued.append(item.prompt_id)
+        if isinstance(item.number, (int, float)) and math.isfinite(item.number):
+            highest = item.number if highest is None else max(highest, item.number)
     if highest is not None:
         _catch_up_counter(kernel, highest)
     if report.requeued or report.failed:
@@ -75,8 +85,8 @@ def _queue_item(item_list: list[Any]) -> QueueItem:
 
 def _failed(item: QueueItem, row: Unfinished, max_attempts: int) -> PromptFinished:
     message = (
-        f"The server stopped while this prompt was running (attempt {row.attempts} of {max_attempts});"
-        " it was not run again."
+        f"The server stopped while this prompt was running, on attempt {row.attempts} of {max_attempts}"
+        " (the process died: the prompt may be what killed it); it was not run again."
     )
     error = {
         "prompt_id": item.prompt_id,

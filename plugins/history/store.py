@@ -152,8 +152,15 @@ class HistoryStore:
             [prompt_id],
         )
 
-    def mark_requeued(self, prompt_id: str) -> None:
-        self.db.execute("UPDATE prompts SET state = 'pending' WHERE prompt_id = ?", [prompt_id])
+    def mark_requeued(self, prompt_id: str, item_list: list[Any] | None = None) -> None:
+        """Pending again (recovery); ``item_list`` replaces the stored item (a new queue number)."""
+        if item_list is None:
+            self.db.execute("UPDATE prompts SET state = 'pending' WHERE prompt_id = ?", [prompt_id])
+        else:
+            self.db.execute(
+                "UPDATE prompts SET state = 'pending', item = ? WHERE prompt_id = ?",
+                [encode(item_list), prompt_id],
+            )
 
     def unstart(self, prompt_id: str) -> None:
         """The run was cut short by a shutdown: pending again, and the attempt does not count."""

@@ -157,9 +157,13 @@ def test_kill9_mid_run_every_accepted_prompt_ends_in_history_once(servers, tmp_p
     assert all(entry["outputs"]["1"]["text"] == [ids[pid]] for pid, entry in history.items())
 
     runs_after = _runs(log_path)[len(runs_before) :]
-    # Nothing recorded as finished ran again; the others ran after the restart in their order.
+    # Nothing recorded as finished ran again; the others ran after the restart in their order,
+    # except the one the kill cut short: it may be what killed the process, so it is retried
+    # behind the prompts that were waiting.
     assert not {ids[pid] for pid in finished_before} & set(runs_after)
-    assert runs_after == sorted(runs_after)
+    cut_short = set(runs_before) - {ids[pid] for pid in finished_before}
+    assert len(cut_short) <= 1
+    assert runs_after == sorted(set(runs_after) - cut_short) + sorted(cut_short)
     assert set(runs_after) == {ids[pid] for pid in set(ids) - finished_before}
     # Every prompt ran at most twice in total (the one killed mid-run once more).
     counts = {tag: (runs_before + runs_after).count(tag) for tag in ids.values()}
