@@ -168,7 +168,9 @@ class ModelManager:
             self._derived.setdefault(module, weakref.WeakSet()).add(holder)
 
     def _move(self, module: nn.Module, device: torch.device) -> None:
-        self._release_derived(module)
+        # Tensors derived from any module inside (a cached UNet within a BaseModel) go too.
+        for sub in module.modules():
+            self._release_derived(sub)
         module.to(device)
 
     def _release_derived(self, module: nn.Module) -> None:
@@ -187,12 +189,15 @@ class ModelManager:
         modules = [m for v in values for m in modules_of(v)]
         with self._lock:
             stamp = next(self._clock)
-            for entry in self._entries.values():
-                if any(m in entry.modules for m in modules):
-                    entry.last_used = stamp
+            # A cached model may come inside another module (a pack's MODEL hands over the whole
+            # BaseModel around a cached UNet): it is used, and kept, all the same.
+            inside = {id(sub) for m in modules for sub in m.modules()}
+            used = [e for e in self._entries.values() if any(id(m) in inside for m in e.modules)]
+            for entry in used:
+                entry.last_used = stamp
             missing = sum(module_bytes(m) for m in modules if module_device(m) != self.compute_device)
             if missing and self.compute_device != self.offload_device:
-                self._make_room(self.compute_device, missing, keep=modules)
+                self._make_room(self.compute_device, missing, keep=[m for e in used for m in e.modules] + modules)
             for m in modules:
                 if module_device(m) != self.compute_device:
                     self._move(m, self.compute_device)

@@ -210,22 +210,56 @@ class ModelPatcher:
         transformer_options: Mapping[str, Any] | None = None,
     ) -> torch.Tensor:
         """The denoised latent, as the sampler asks a MODEL: through the model's ``apply_model``
-        (a ``BaseModel``), with this MODEL's weight and object patches written in for the call
-        and taken out after (the reference keeps them in while the model is loaded)."""
+        (a ``BaseModel``), on the compute device, with this MODEL's weight and object patches
+        written in for the call and taken out after (the reference keeps them in while the model
+        is loaded).
+
+        The model manager moves the model (and the modules its patches and additional models
+        hold) to the compute device first, as it does for the server's own MODEL, so a pack's
+        patcher class (ComfyUI-GGUF's swaps the class of a loaded MODEL) runs there too; the
+        inputs go there with it and the result comes back to the caller's device."""
         apply = getattr(self.model, "apply_model", None)
         if not callable(apply):
             raise TypeError(f"a MODEL over {type(self.model).__name__} cannot be sampled: it has no apply_model")
         options = {**self.model_options.get("transformer_options", {}), **(transformer_options or {})}
-        rest = dict(cond)
-        args = (rest.pop("c_concat", None), rest.pop("c_crossattn", None), rest.pop("control", None))
-        patched = bool(self.patches or self.object_patches)
-        if patched:
-            self.patch_model()
-        try:
-            return apply(x, sigma, *args, options, **rest)
-        finally:
+        with self._on_compute_device() as device:
+            rest = {k: _to_device(v, device) for k, v in cond.items()}
+            args = (rest.pop("c_concat", None), rest.pop("c_crossattn", None), rest.pop("control", None))
+            patched = bool(self.patches or self.object_patches)
             if patched:
-                self.unpatch_model()
+                self.patch_model()
+            try:
+                out = apply(_to_device(x, device), _to_device(sigma, device), *args, options, **rest)
+            finally:
+                if patched:
+                    self.unpatch_model()
+        return out.to(x.device)
+
+    def _sampling_manager(self) -> Any:
+        """The model manager that places this MODEL: its own (the server's MODEL keeps one, and a
+        pack's class swapped onto it inherits it), else the running server's, else None."""
+        from plugins.core_nodes.models.manager import ModelManager, get_manager
+
+        own = self.__dict__.get("manager")
+        if isinstance(own, ModelManager):
+            return own
+        from plugins.core_nodes.serving import current_kernel
+
+        kernel = current_kernel()
+        return get_manager(kernel) if kernel is not None else None
+
+    @contextlib.contextmanager
+    def _on_compute_device(self) -> Iterator[torch.device | None]:
+        """The model and the modules its patches / additional models hold on the compute device
+        for the block (yields it; None where no manager places models, nothing moves then)."""
+        manager = self._sampling_manager()
+        if manager is None or not isinstance(self.model, nn.Module):
+            yield None
+            return
+        modules: list[nn.Module] = [self.model, *self.model_patches_models()]
+        modules += [p.model for p in self.get_nested_additional_models() if isinstance(p.model, nn.Module)]
+        with manager.use(*modules) as device:
+            yield device
 
     def __getattr__(self, name: str) -> Any:
         # What the sampler reads off a MODEL, for a pack-built one: its model's parts. Only
@@ -762,6 +796,13 @@ class ModelPatcher:
 
 def _no_convert(weight: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     return weight
+
+
+def _to_device(value: Any, device: torch.device | None) -> Any:
+    """A tensor moved to ``device`` (anything else, or no device, as it is)."""
+    if device is None or not isinstance(value, torch.Tensor):
+        return value
+    return value.to(device)
 
 
 __all__ = [

@@ -8,12 +8,15 @@
   result comes back as ``1 - latent`` (the reference's ``IMG_TO_IMG_FLOW``).
 * The ``bislerp`` latent resize slerps neighbouring pixels' channel vectors along each axis;
   ``lanczos`` resizes the image as 8-bit pixels through PIL.
+* A MODEL whose class a pack swapped for its own ModelPatcher subclass (ComfyUI-GGUF's trick)
+  still goes through the model manager to the compute device when it samples.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,8 @@ from PIL import Image
 
 from plugins.core_nodes.models import checkpoint as ckpt
 from plugins.core_nodes.models.adapters import DiffusionModel
+from plugins.core_nodes.models.manager import ModelManager
+from plugins.core_nodes.models.patcher import ModelPatcher
 from plugins.core_nodes.models.unet import build_unet
 from plugins.core_nodes.nodes import model_advanced as ma
 from plugins.core_nodes.nodes.resize import upscale
@@ -263,3 +268,61 @@ def test_lanczos_resizes_8_bit_pixels_as_the_reference() -> None:
     # One channel (a mask) works too.
     mask = upscale(image[:, :1], 17, 6, "lanczos", "disabled")
     assert torch.equal(mask, got[:, :1])
+
+
+# --- a pack's patcher class still goes through the model manager ----------------------------------
+
+
+class PackPatcher(ModelPatcher):
+    """A pack's own MODEL class, put onto a loaded MODEL as ComfyUI-GGUF does
+    (``self.__class__ = GGUFModelPatcher`` in its clone): the base class's behaviour applies."""
+
+
+def _managed_model(tmp_path: Path) -> tuple[DiffusionModel, ModelManager, Any]:
+    """A MODEL over a UNet the manager caches (as a checkpoint loader leaves it)."""
+    manager = ModelManager(compute_device="cpu")
+    path = tmp_path / "unet.safetensors"
+    path.write_bytes(b"x")
+    unet = manager.load("checkpoint", path, lambda _p, _check: build_unet(unet_weights("sd1"), dtype=torch.float32))
+    model = DiffusionModel(unet, ckpt.ModelFamily("sd1", "eps", UNET_CONFIGS["sd1"]), manager)
+    (entry,) = manager._entries.values()
+    return model, manager, entry
+
+
+def test_a_pack_patcher_class_samples_through_the_model_manager(tmp_path: Path) -> None:
+    """The manager's bookkeeping sees the swapped MODEL's network used at each call (the LRU
+    stamp of its cache entry moves, so it is the last model offloaded and is moved to the compute
+    device like any MODEL), and the result is the plain MODEL's."""
+    model, manager, entry = _managed_model(tmp_path)
+    swapped = model.clone()
+    swapped.__class__ = PackPatcher
+    x, sigma, cond = _inputs(3)
+    with torch.no_grad():
+        expected = model(x, sigma, cond)
+        before = entry.last_used
+        got = swapped(x, sigma, cond)
+    assert entry.last_used > before
+    assert torch.equal(got, expected)
+    # Its weight patches (merged in place by the base class for the call) apply there too.
+    key = "diffusion_model.out.2.weight"
+    delta = torch.randn(model.unet.get_parameter("out.2.weight").shape, generator=torch.Generator().manual_seed(5))
+    lora, lora_swapped = model.clone(), swapped.clone()
+    for m in (lora, lora_swapped):
+        m.add_patches({key: ("diff", (delta * 0.1,))}, 1.0)
+    with torch.no_grad():
+        stamp = entry.last_used
+        torch.testing.assert_close(lora_swapped(x, sigma, cond), lora(x, sigma, cond))
+        assert entry.last_used > stamp
+        assert torch.equal(model(x, sigma, cond), expected)
+
+
+def test_the_manager_counts_a_cached_network_inside_a_module_as_used(tmp_path: Path) -> None:
+    """``use`` on a module holding a cached one (the BaseModel around a cached UNet) stamps the
+    cached entry as used (so making room offloads other models first)."""
+    model, manager, entry = _managed_model(tmp_path)
+    with manager.use(model.model) as device:
+        assert device == torch.device("cpu")
+    stamp = entry.last_used
+    with manager.use(model.model):
+        pass
+    assert entry.last_used > stamp
