@@ -31,6 +31,8 @@ LOGIN_PATH = "/auth/login"
 # Reachable without credentials: the login page (its styles are inline) and logout.
 PUBLIC_PATHS = frozenset({"/auth/login", "/api/auth/login", "/auth/logout", "/api/auth/logout"})
 USERS_PATHS = frozenset({"/users", "/api/users"})
+# The server's log holds every user's prompt errors and file names: admins only.
+ADMIN_PATHS = frozenset({"/internal/logs", "/internal/logs/raw", "/internal/logs/subscribe"})
 
 
 def unauthorized(message: str = "Authentication required") -> web.Response:
@@ -85,6 +87,8 @@ def make_gate(state: AuthState) -> Any:
             return unauthorized()
         if request.path in USERS_PATHS:
             return _users_answer(request)
+        if request.path in ADMIN_PATHS and not principal.admin:
+            return web.json_response({"error": "Only administrators may read the server log"}, status=403)
         request[PRINCIPAL] = principal
         return await handler(_as_user(request, principal))
 

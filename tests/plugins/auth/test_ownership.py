@@ -191,3 +191,14 @@ async def test_websocket_messages_about_a_prompt_reach_its_owner_and_admins(comf
     assert not any(isinstance(f, bytes) for f in bob + stolen)
     for ws in (*sockets.values(), thief):
         await ws.close()
+
+
+async def test_the_server_log_is_for_admins(comfy_server, tmp_path):
+    add_user(tmp_path, "alice")
+    add_user(tmp_path, "root", admin=True)
+    alice, root = bearer(new_token(tmp_path, "alice")), bearer(new_token(tmp_path, "root"))
+    server = await comfy_server(
+        plugins=["userdata", "frontend_ext", "auth"], base_directory=tmp_path, extra={"auth": "password"}
+    )
+    assert (await server.json("GET", "/internal/logs/raw", headers=alice))[0] == 403
+    assert (await server.json("GET", "/internal/logs/raw", headers=root))[0] == 200
