@@ -176,16 +176,18 @@ class PromptRun:
         ``lookup`` finds them there). A node that a later expansion links to again after its
         outputs went is simply run again.
         """
-        consumers = self._consumers
         for source in self._reads.pop(node_id, ()):
-            left = consumers[source] - 1
-            if left:
-                consumers[source] = left
-            else:
-                del consumers[source]
-                self.results.pop(source, None)
-        if node_id not in consumers:
+            self._drop_read(source)
+        if node_id not in self._consumers:
             self.results.pop(node_id, None)
+
+    def _drop_read(self, source: str) -> None:
+        left = self._consumers[source] - 1
+        if left:
+            self._consumers[source] = left
+        else:
+            del self._consumers[source]
+            self.results.pop(source, None)
 
     def _free_outputs(self) -> None:
         """A limit ended the run: let go of everything it produced, cached copies included."""
@@ -635,11 +637,18 @@ class PromptRun:
         await self.compute_is_changed(new_ids)
         for output_id in new_outputs:
             execution_list.add_node(output_id)
+        # The expanding node's function ran: from now on it reads the expansion's results (when
+        # it resolves), not its own inputs. A loop node waits for its whole loop, so keeping its
+        # inputs counted would hold every iteration's outputs until the end.
+        # (Dropped after the new nodes were added and counted their own reads.)
+        reads = [source for source, _ in new_links]
+        for source in reads:
+            self._consumers[source] = self._consumers.get(source, 0) + 1
         for source, socket in new_links:
             execution_list.add_strong_link(source, socket, node_id)
-            # The expanding node reads the expansion's results when it resolves.
-            self._reads.setdefault(node_id, []).append(source)
-            self._consumers[source] = self._consumers.get(source, 0) + 1
+        for source in self._reads.pop(node_id, ()):
+            self._drop_read(source)
+        self._reads[node_id] = reads
         self.pending_expansion[node_id] = pending
 
     def _resolve_expansion(self, pending: list[tuple[bool, Any]]) -> list[tuple[Any, ...]]:
