@@ -193,6 +193,9 @@ class ClipTextModel(nn.Module):
         super().__init__()
         ops = TorchOperations if operations is None else operations
         self.config = cfg
+        # The dtype the layers compute in; None: the weights' own (plain torch layers cannot
+        # take inputs of another dtype). Casting layers get float32, as the reference encodes.
+        self.compute_dtype: torch.dtype | None = None
         self.embeddings = _Embeddings(cfg, ops)
         self.encoder = ClipEncoderLayers(
             cfg.width,
@@ -237,7 +240,10 @@ class ClipTextModel(nn.Module):
         """
         x = embeds if embeds is not None else self.token_embeds(ids)
         positions = self.embeddings.position_embedding.weight[: ids.shape[1]]
-        x = x.to(positions.dtype)
+        # The table may be stored in another dtype (bf16 storage): read it in the compute dtype.
+        dtype = self.compute_dtype or positions.dtype
+        x = x.to(dtype)
+        positions = positions.to(x.device, dtype)
         if vectors:
             rows = torch.tensor([r for r, _, _ in vectors], device=x.device)
             cols = torch.tensor([c for _, c, _ in vectors], device=x.device)
@@ -424,6 +430,9 @@ def build_model(
             raise ValueError(f"CLIP weights do not fit: {str(e).splitlines()[0][:300]}") from None
         plain = next((v.dtype for v in sd.values() if type(v) is torch.Tensor and v.is_floating_point()), None)
         cast_plain_weights(model, weight_dtype or plain or torch.float32)
+        # A caller's layers cast their weights to the input's dtype (the reference's contract
+        # for them): the text is encoded in float32 whatever the storage dtype.
+        model.compute_dtype = torch.float32
         return model.eval().requires_grad_(False)
     with torch.device("meta"):
         model = ClipTextModel(cfg)

@@ -10,6 +10,7 @@
   ``lanczos`` resizes the image as 8-bit pixels through PIL.
 * A MODEL whose class a pack swapped for its own ModelPatcher subclass (ComfyUI-GGUF's trick)
   still goes through the model manager to the compute device when it samples.
+* A CLIP stored in bf16 behind casting layers encodes in float32 (position table included).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import torch
 from PIL import Image
 
 from plugins.core_nodes.models import checkpoint as ckpt
+from plugins.core_nodes.models import clip as core_clip
 from plugins.core_nodes.models.adapters import DiffusionModel
 from plugins.core_nodes.models.manager import ModelManager
+from plugins.core_nodes.models.operations import CastOperations
 from plugins.core_nodes.models.patcher import ModelPatcher
 from plugins.core_nodes.models.unet import build_unet
 from plugins.core_nodes.nodes import model_advanced as ma
@@ -36,6 +39,7 @@ from plugins.core_nodes.sampling.common import SamplerContext
 from plugins.core_nodes.sampling.prediction import make_sampling
 from plugins.core_nodes.sampling.samplers import core_sampler, sample
 
+from .tiny_pipeline import CLIP_L, clip_weights
 from .tiny_sd import CONTEXT, UNET_CONFIGS, unet_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -326,3 +330,24 @@ def test_the_manager_counts_a_cached_network_inside_a_module_as_used(tmp_path: P
     with manager.use(model.model):
         pass
     assert entry.last_used > stamp
+
+
+# --- a CLIP with a storage dtype computes in float32 ----------------------------------------------
+
+
+def test_a_bf16_stored_clip_behind_casting_layers_encodes_in_float32() -> None:
+    """Weights kept in bf16 (a storage dtype, the layers casting them per call) encode as the
+    float32 model holding the bf16-rounded weights: every step, the position table's addition
+    included, runs in float32."""
+    sd = {k: v for k, v in clip_weights(CLIP_L, 0).items() if not k.endswith("position_ids")}
+    stored = core_clip.build_model(sd, "clip_l", None, CastOperations, torch.bfloat16)
+    assert {p.dtype for p in stored.parameters()} == {torch.bfloat16}
+    rounded = core_clip.build_model({k: v.to(torch.bfloat16).float() for k, v in sd.items()}, "clip_l")
+    ids = torch.tensor([[49406, 320, 1125, 539, 49407, 49407], [49406, 7, 8, 9, 10, 49407]]) % CLIP_L.vocab_size
+    with torch.no_grad():
+        got, expected = stored(ids, hidden_layer=-2), rounded(ids, hidden_layer=-2)
+    assert got.last.dtype == torch.float32 and got.pooled.dtype == torch.float32
+    assert got.hidden is not None and expected.hidden is not None
+    assert torch.equal(got.last, expected.last)
+    assert torch.equal(got.hidden, expected.hidden)
+    assert torch.equal(got.pooled, expected.pooled)
