@@ -389,3 +389,78 @@ async def test_node_search_adds_core_nodes(comfy_server, chromium_path):
     assert math_node["outputs"] == ["FLOAT", "INT", "BOOL"]
     assert page_errors == []
     assert console_errors == [], "\n".join(console_errors)
+
+
+async def test_login_then_run_a_workflow_with_auth(comfy_server, chromium_path, tmp_path):
+    """``--auth password``: the browser lands on our login page, signs in, and the official
+    frontend runs a workflow unchanged; its API calls and its WebSocket carry the session cookie."""
+    from tests.plugins.auth.helpers import PASSWORD, add_user, bearer, new_token
+
+    add_user(tmp_path, "alice")
+    token = new_token(tmp_path, "alice")
+    server = await comfy_server(
+        plugins=["frontend_ext", "history", "userdata", "models", "auth", ("uipack", uipack)],
+        base_directory=tmp_path,
+        extra={"auth": "password"},
+    )
+    # Without credentials nothing answers; alice's own settings keep the UI offline.
+    assert (await server.json("GET", "/api/queue"))[0] == 401
+    status, _ = await server.json("POST", "/settings", json=OFFLINE_SETTINGS, headers=bearer(token))
+    assert status == 200
+    workflow_file = tmp_path / "solid_api.json"
+    workflow_file.write_text(json.dumps(API_WORKFLOW))
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            ui = Browser(page, server.url)
+            await ui.block_the_world()
+            await page.goto(server.url + "/")
+            assert urlsplit(page.url).path == "/auth/login"
+            await page.fill("#username", "alice")
+            await page.fill("#password", "not the password")
+            await page.click("button[type=submit]")
+            await page.get_by_text("Wrong user name or password").wait_for(timeout=15_000)
+            await page.fill("#password", PASSWORD)
+            await page.click("button[type=submit]")
+            await page.wait_for_function("() => window.app && window.app.graph", timeout=60_000)
+            await page.wait_for_load_state("networkidle", timeout=30_000)
+            assert urlsplit(page.url).path == "/"
+            session = {c["name"]: c for c in await page.context.cookies()}["comfykernel_session"]
+            assert session["httpOnly"] and session["sameSite"] == "Strict"
+
+            await page.set_input_files("#comfy-file-input", str(workflow_file))
+            await page.wait_for_function(
+                "() => app.graph.nodes.map(n => n.type).sort().join() === 'E2ESaveImage,E2ESolidColor'",
+                timeout=15_000,
+            )
+            async with page.expect_response(lambda r: r.url.endswith("/api/prompt")) as posted:
+                await page.click("[data-testid=queue-button]")
+            response = await posted.value
+            assert response.status == 200
+            prompt_id = (await response.json())["prompt_id"]
+            image = page.locator('img[src*="/view?filename=e2e_"]').first
+            await image.wait_for(state="visible", timeout=30_000)
+            assert await image.evaluate("img => img.complete ? img.naturalWidth : 0") == 64
+            for _ in range(100):
+                if "executed" in ui.ws_types:
+                    break
+                await asyncio.sleep(0.05)
+            assert "executed" in ui.ws_types, ui.ws_types
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "browser_auth.png"))
+            page_errors, console_errors = list(ui.page_errors), list(ui.console_errors)
+        finally:
+            await browser.close()
+
+    # The prompt is alice's: her token sees it, anonymous callers see nothing.
+    status, job = await server.json("GET", f"/api/jobs/{prompt_id}", headers=bearer(token))
+    assert status == 200 and job["status"] == "completed"
+    assert (await server.json("GET", f"/api/jobs/{prompt_id}"))[0] == 401
+    assert page_errors == []
+    # The deliberately wrong password answered 401, which the browser logs; nothing else may fail.
+    wrong_password = [e for e in console_errors if "status of 401" in e and e.endswith("/auth/login)")]
+    assert len(wrong_password) == 1, console_errors
+    console_errors.remove(wrong_password[0])
+    assert console_errors == [], "\n".join(console_errors)
