@@ -10,9 +10,14 @@ calling them directly get what they expect.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import importlib
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 from plugins.core_nodes.nodes.common import CoreNode
+
+# Where in the sampler's CFG step a patch runs: the MODEL's ``set_model_sampler_<stage>_function``.
+Stage = Literal["pre_cfg", "cfg", "post_cfg", "calc_cond_batch"]
 
 
 def _float(
@@ -28,7 +33,21 @@ def _model_only() -> dict[str, Any]:
     return {"required": {"model": ("MODEL", {})}}
 
 
-class _ModelPatch(CoreNode):
+def _install(model: Any, stage: Stage, function: Any, **options: Any) -> tuple[Any]:
+    """A clone of ``model`` with ``function`` installed at ``stage`` of the sampler's CFG step."""
+    m = model.clone()
+    getattr(m, f"set_model_sampler_{stage}_function")(function, **options)
+    return (m,)
+
+
+class _Executable(CoreNode):
+    @classmethod
+    def execute(cls, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """The reference's newer entry point, for packs that call it on the class."""
+        return getattr(cls(), cls.FUNCTION)(*args, **kwargs)
+
+
+class _ModelPatch(_Executable):
     """A node that returns a patched clone of its MODEL."""
 
     RETURN_TYPES: ClassVar[tuple[str, ...]] = ("MODEL",)
@@ -37,15 +56,27 @@ class _ModelPatch(CoreNode):
     def patch(self, model: Any, **inputs: Any) -> tuple[Any]:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    @classmethod
-    def execute(cls, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return getattr(cls(), cls.FUNCTION)(*args, **kwargs)
-
 
 class _Unnamed(_ModelPatch):
     # The reference's schemas for these nodes name no display name: /object_info says null.
     PUBLISH_NULL_DISPLAY_NAME: ClassVar[bool] = True
+
+
+class _FixedRule(_ModelPatch):
+    """A node whose only input is the MODEL: it installs one fixed rule of ``patches.cfg_rules``."""
+
+    RETURN_NAMES = ("patched_model",)
+    STAGE: ClassVar[Stage]
+    RULE: ClassVar[str]  # the rule's name in plugins.core_nodes.patches.cfg_rules
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return _model_only()
+
+    def patch(self, model: Any) -> tuple[Any]:  # type: ignore[override]
+        # Imported on use, like every rule here, so loading the node table stays cheap.
+        rules = importlib.import_module("plugins.core_nodes.patches.cfg_rules")
+        return _install(model, self.STAGE, getattr(rules, self.RULE))
 
 
 # --- CFG arithmetic ------------------------------------------------------------------------------
@@ -69,26 +100,15 @@ class APG(_ModelPatch):
     def patch(self, model: Any, eta: float, norm_threshold: float, momentum: float) -> tuple[Any]:  # type: ignore[override]
         from plugins.core_nodes.patches.cfg_rules import AdaptiveProjectedGuidance
 
-        m = model.clone()
-        m.set_model_sampler_pre_cfg_function(AdaptiveProjectedGuidance(eta, norm_threshold, momentum))
-        return (m,)
+        return _install(model, "pre_cfg", AdaptiveProjectedGuidance(eta, norm_threshold, momentum))
 
 
-class CFGZeroStar(_Unnamed):
+class CFGZeroStar(_FixedRule):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_cfg"
     CATEGORY = "advanced/guidance"
-    RETURN_NAMES = ("patched_model",)
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return _model_only()
-
-    def patch(self, model: Any) -> tuple[Any]:  # type: ignore[override]
-        from plugins.core_nodes.patches.cfg_rules import cfg_zero_star
-
-        m = model.clone()
-        m.set_model_sampler_post_cfg_function(cfg_zero_star)
-        return (m,)
+    PUBLISH_NULL_DISPLAY_NAME: ClassVar[bool] = True  # see _Unnamed
+    STAGE = "post_cfg"
+    RULE = "cfg_zero_star"
 
 
 class CFGNorm(_Unnamed):
@@ -107,47 +127,24 @@ class CFGNorm(_Unnamed):
     def patch(self, model: Any, strength: float, pre_cfg: bool = False) -> tuple[Any]:  # type: ignore[override]
         from plugins.core_nodes.patches.cfg_rules import cfg_norm_post, cfg_norm_pre
 
-        m = model.clone()
         if pre_cfg:
-            m.set_model_sampler_cfg_function(cfg_norm_pre(strength))
-        else:
-            m.set_model_sampler_post_cfg_function(cfg_norm_post(strength))
-        return (m,)
+            return _install(model, "cfg", cfg_norm_pre(strength))
+        return _install(model, "post_cfg", cfg_norm_post(strength))
 
 
-class Mahiro(_ModelPatch):
+class Mahiro(_FixedRule):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_mahiro"
     CATEGORY = "experimental"
     EXPERIMENTAL = True
-    RETURN_NAMES = ("patched_model",)
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return _model_only()
-
-    def patch(self, model: Any) -> tuple[Any]:  # type: ignore[override]
-        from plugins.core_nodes.patches.cfg_rules import mahiro
-
-        m = model.clone()
-        m.set_model_sampler_post_cfg_function(mahiro)
-        return (m,)
+    STAGE = "post_cfg"
+    RULE = "mahiro"
 
 
-class TCFG(_ModelPatch):
+class TCFG(_FixedRule):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_tcfg"
     CATEGORY = "advanced/guidance"
-    RETURN_NAMES = ("patched_model",)
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return _model_only()
-
-    def patch(self, model: Any) -> tuple[Any]:  # type: ignore[override]
-        from plugins.core_nodes.patches.cfg_rules import tangential_damping_cfg
-
-        m = model.clone()
-        m.set_model_sampler_pre_cfg_function(tangential_damping_cfg)
-        return (m,)
+    STAGE = "pre_cfg"
+    RULE = "tangential_damping_cfg"
 
 
 class FreSca(_ModelPatch):
@@ -169,9 +166,7 @@ class FreSca(_ModelPatch):
     def patch(self, model: Any, scale_low: float, scale_high: float, freq_cutoff: int) -> tuple[Any]:  # type: ignore[override]
         from plugins.core_nodes.patches.cfg_rules import fresca
 
-        m = model.clone()
-        m.set_model_sampler_pre_cfg_function(fresca(scale_low, scale_high, int(freq_cutoff)))
-        return (m,)
+        return _install(model, "pre_cfg", fresca(scale_low, scale_high, int(freq_cutoff)))
 
 
 class EpsilonScaling(_Unnamed):
@@ -190,9 +185,7 @@ class EpsilonScaling(_Unnamed):
     def patch(self, model: Any, scaling_factor: float) -> tuple[Any]:  # type: ignore[override]
         from plugins.core_nodes.patches.cfg_rules import epsilon_scaling
 
-        m = model.clone()
-        m.set_model_sampler_post_cfg_function(epsilon_scaling(scaling_factor))
-        return (m,)
+        return _install(model, "post_cfg", epsilon_scaling(scaling_factor))
 
 
 class TemporalScoreRescaling(_ModelPatch):
@@ -213,9 +206,7 @@ class TemporalScoreRescaling(_ModelPatch):
     def patch(self, model: Any, tsr_k: float, tsr_sigma: float) -> tuple[Any]:  # type: ignore[override]
         from plugins.core_nodes.patches.cfg_rules import temporal_score_rescaling
 
-        m = model.clone()
-        m.set_model_sampler_post_cfg_function(temporal_score_rescaling(tsr_k, tsr_sigma))
-        return (m,)
+        return _install(model, "post_cfg", temporal_score_rescaling(tsr_k, tsr_sigma))
 
 
 # --- Perp-Neg --------------------------------------------------------------------------------------
@@ -240,12 +231,10 @@ class PerpNeg(_ModelPatch):
     def patch(self, model: Any, empty_conditioning: list[Any], neg_scale: float) -> tuple[Any]:  # type: ignore[override]
         from plugins.core_nodes.patches.perp_neg import perp_neg_cfg_function
 
-        m = model.clone()
-        m.set_model_sampler_cfg_function(perp_neg_cfg_function(empty_conditioning, neg_scale))
-        return (m,)
+        return _install(model, "cfg", perp_neg_cfg_function(empty_conditioning, neg_scale))
 
 
-class PerpNegGuider(CoreNode):
+class PerpNegGuider(_Executable):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_perpneg"
     CATEGORY = "experimental"
     EXPERIMENTAL = True
@@ -280,10 +269,6 @@ class PerpNegGuider(CoreNode):
         guider.set_conds(positive, negative, empty_conditioning)
         guider.set_cfg(cfg, neg_scale)
         return (guider,)
-
-    @classmethod
-    def execute(cls, *args: Any, **kwargs: Any) -> tuple[Any]:
-        return cls().get_guider(*args, **kwargs)
 
 
 # --- guidance from a second, perturbed pass ---------------------------------------------------------
@@ -326,9 +311,7 @@ class PerturbedAttentionGuidance(_Unnamed):
     def patch(self, model: Any, scale: float) -> tuple[Any]:  # type: ignore[override]
         from plugins.core_nodes.patches.attention_guidance import perturbed_attention_guidance
 
-        m = model.clone()
-        m.set_model_sampler_post_cfg_function(perturbed_attention_guidance(scale, "middle", 0))
-        return (m,)
+        return _install(model, "post_cfg", perturbed_attention_guidance(scale, "middle", 0))
 
 
 class NAGuidance(_ModelPatch):
@@ -356,29 +339,42 @@ class NAGuidance(_ModelPatch):
         return (m,)
 
 
-def _layers_and_sigmas(model: Any, double_layers: str, single_layers: str, start: float, end: float) -> Any:
-    from plugins.core_nodes.patches.attention_guidance import layer_numbers
-
-    sampling = model.get_model_object("model_sampling")
-    return (
-        layer_numbers(double_layers),
-        layer_numbers(single_layers),
-        sampling.percent_to_sigma(start),
-        sampling.percent_to_sigma(end),
-    )
-
-
 def _layers() -> dict[str, Any]:
     text = ("STRING", {"advanced": True, "default": "7, 8, 9", "multiline": False})
     return {"double_layers": text, "single_layers": (text[0], dict(text[1]))}
 
 
-class SkipLayerGuidanceDiT(_Unnamed):
+class _SkipLayers(_Unnamed):
+    """Guidance that skips chosen DiT blocks between two sampling percents."""
+
     RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_slg"
     CATEGORY = "advanced/guidance"
     EXPERIMENTAL = True
     FUNCTION = "skip_guidance"
 
+    @staticmethod
+    def _install_skip(
+        model: Any,
+        double_layers: str,
+        single_layers: str,
+        start_percent: float,
+        end_percent: float,
+        stage: Stage,
+        make: Callable[[list[int], list[int], float, float], Any],
+    ) -> tuple[Any]:
+        """``make(double, single, sigma_start, sigma_end)`` installed at ``stage``; the MODEL as is
+        when no layer is named."""
+        from plugins.core_nodes.patches.attention_guidance import layer_numbers
+
+        double, single = layer_numbers(double_layers), layer_numbers(single_layers)
+        sampling = model.get_model_object("model_sampling")
+        sigma_start, sigma_end = sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent)
+        if not double and not single:
+            return (model,)
+        return _install(model, stage, make(double, single, sigma_start, sigma_end))
+
+
+class SkipLayerGuidanceDiT(_SkipLayers):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
@@ -404,24 +400,13 @@ class SkipLayerGuidanceDiT(_Unnamed):
     ) -> tuple[Any]:
         from plugins.core_nodes.patches.attention_guidance import skip_layer_guidance
 
-        double, single, sigma_start, sigma_end = _layers_and_sigmas(
-            model, double_layers, single_layers, start_percent, end_percent
-        )
-        if not double and not single:
-            return (model,)
-        m = model.clone()
-        m.set_model_sampler_post_cfg_function(
-            skip_layer_guidance(double, single, scale, sigma_start, sigma_end, rescaling_scale)
-        )
-        return (m,)
+        def make(double: list[int], single: list[int], sigma_start: float, sigma_end: float) -> Any:
+            return skip_layer_guidance(double, single, scale, sigma_start, sigma_end, rescaling_scale)
+
+        return self._install_skip(model, double_layers, single_layers, start_percent, end_percent, "post_cfg", make)
 
 
-class SkipLayerGuidanceDiTSimple(_Unnamed):
-    RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_slg"
-    CATEGORY = "advanced/guidance"
-    EXPERIMENTAL = True
-    FUNCTION = "skip_guidance"
-
+class SkipLayerGuidanceDiTSimple(_SkipLayers):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
@@ -438,14 +423,9 @@ class SkipLayerGuidanceDiTSimple(_Unnamed):
     ) -> tuple[Any]:
         from plugins.core_nodes.patches.attention_guidance import skip_layer_uncond
 
-        double, single, sigma_start, sigma_end = _layers_and_sigmas(
-            model, double_layers, single_layers, start_percent, end_percent
+        return self._install_skip(
+            model, double_layers, single_layers, start_percent, end_percent, "calc_cond_batch", skip_layer_uncond
         )
-        if not double and not single:
-            return (model,)
-        m = model.clone()
-        m.set_model_sampler_calc_cond_batch_function(skip_layer_uncond(double, single, sigma_start, sigma_end))
-        return (m,)
 
 
 NODES: dict[str, tuple[type, str | None]] = {
