@@ -92,6 +92,10 @@ _EMBEDDING_SUFFIXES = ("", ".safetensors", ".pt", ".bin", ".pth")
 
 
 def latent_format_for(family: str) -> LatentFormat:
+    from plugins.core_nodes.models.latent_formats import FAMILY_FORMATS
+
+    if family in FAMILY_FORMATS:
+        return FAMILY_FORMATS[family]
     return SDXL if family.startswith("sdxl") else SD15
 
 
@@ -240,7 +244,12 @@ class DiffusionModel(ModelPatcher):
         self.family = family
         self.manager = manager
         self.latent_format = latent_format_for(family.name)
-        base = build_base_model(family.name, family.prediction, unet, self.latent_format)
+        if family.name == "flux":
+            from plugins.core_nodes.models.flux_family import build_flux_model
+
+            base = build_flux_model(unet, self.latent_format)
+        else:
+            base = build_base_model(family.name, family.prediction, unet, self.latent_format)
         device = manager.compute_device if manager is not None else torch.device("cpu")
         super().__init__(base, device, torch.device("cpu"))
         self._weights: PatchedWeights | None = None
@@ -610,7 +619,8 @@ class TextEncoder:
         encoder = self.stack.encoders[name]
         weights = self._patched()[name]
         model: Any = _PatchedClip(weights) if weights.patches else encoder.model
-        view = dataclasses.replace(encoder, model=model, project_pooled=projected)
+        # An encoder read unprojected by its family (SD3's CLIP-L) stays so.
+        view = dataclasses.replace(encoder, model=model, project_pooled=projected and encoder.project_pooled)
         view.set_layer(layer)
         return view
 
@@ -1032,7 +1042,9 @@ def load_vae(path: Path) -> Autoencoder:
     manager = _manager()
     dtype = _compute_dtype(manager)
     vae: VAE = _load("vae", Path(path), lambda p, check: ckpt.load_vae(p, check, dtype))
-    return Autoencoder(vae, SD15, manager)
+    from plugins.core_nodes.models.latent_formats import latent_format_for_channels
+
+    return Autoencoder(vae, latent_format_for_channels(vae.latent_channels) or SD15, manager)
 
 
 def vae_from_state_dict(sd: Mapping[str, torch.Tensor], name: str = "the VAE weights") -> Autoencoder:
@@ -1042,11 +1054,14 @@ def vae_from_state_dict(sd: Mapping[str, torch.Tensor], name: str = "the VAE wei
 
 
 def load_unet(path: Path, weight_dtype: str = "default") -> DiffusionModel:
-    """UNETLoader. The fp8 choices load at the compute dtype: fp8 storage is not supported yet."""
+    """UNETLoader. Flux files keep fp8 storage (the file's, or ``weight_dtype``'s) and cast per
+    layer; other families load the fp8 choices at the compute dtype."""
     manager = _manager()
     dtype = _compute_dtype(manager)
     family, unet = _load(
-        "diffusion_model", Path(path), lambda p, check: ckpt.load_diffusion_model(p, check, dtype)
+        "diffusion_model:" + weight_dtype,
+        Path(path),
+        lambda p, check: ckpt.load_diffusion_model(p, check, dtype, weight_dtype),
     )
     return DiffusionModel(unet, family, manager)
 
@@ -1055,6 +1070,7 @@ def load_unet(path: Path, weight_dtype: str = "default") -> DiffusionModel:
 _CLIP_ROLES: dict[tuple[str, int], tuple[str, ...]] = {
     ("stable_diffusion", 1): ("l",),
     ("sdxl", 2): ("l", "g"),
+    ("flux", 2): ("l", "t5xxl"),
 }
 
 
@@ -1085,6 +1101,14 @@ def load_clip(
             check()
             files.append(load_state_dict_file_checked(p))
         names = [p.name for p in paths]
+        if clip_type == "flux":
+            from plugins.core_nodes.models.flux_family import flux_text_stack
+
+            try:
+                stack = flux_text_stack(files, embeddings, dtype)
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise ckpt.CheckpointError(f"{', '.join(names)}: not Flux text encoders ({e})") from None
+            return LoadedText(stack, tuple(encoder.model for encoder in stack.encoders.values()))
         file_roles = roles
         if len(files) == 2 and _width(files[0]) > _width(files[1]):
             files.reverse()  # CLIP-L is the narrower of SDXL's pair, whichever slot it came in

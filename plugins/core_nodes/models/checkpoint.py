@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .flux import FluxConfig, FluxTransformer, is_flux_state_dict
+from .flux import config_from_state_dict as flux_config
 from .mmdit import MMDiT, MMDiTConfig, build_mmdit, is_mmdit
 from .mmdit import config_from_state_dict as mmdit_config
 from .unet import ADM_SCALAR_DIM, UNetConfig, UNetModel, build_unet, config_from_state_dict
@@ -51,7 +53,7 @@ class ModelFamily:
 
     name: str
     prediction: str
-    unet_config: UNetConfig | MMDiTConfig
+    unet_config: UNetConfig | MMDiTConfig | FluxConfig
 
     @property
     def unclip(self) -> bool:
@@ -203,6 +205,9 @@ def detect_family(
     metadata = metadata or {}
     if is_mmdit(unet_sd):
         return _mmdit_family(unet_sd, name)
+    if is_flux_state_dict(unet_sd):
+        # Flux dev / schnell (told by guidance_in); the config is read from the shapes.
+        return ModelFamily(name="flux", prediction="flow", unet_config=flux_config(unet_sd))
     if not _is_unet(unet_sd):
         raise CheckpointError(
             f"{name} is not a Stable Diffusion model this server knows: no UNet weights found"
@@ -262,9 +267,13 @@ def _mmdit_family(sd: Mapping[str, torch.Tensor], name: str) -> ModelFamily:
 
 
 def build_network(
-    sd: Mapping[str, torch.Tensor], family: ModelFamily, dtype: torch.dtype | None = None
-) -> UNetModel | MMDiT:
+    sd: Mapping[str, torch.Tensor], family: ModelFamily, dtype: torch.dtype | None = None, weight_dtype: str = "default"
+) -> UNetModel | MMDiT | FluxTransformer:
     """The family's diffusion network holding these (un-prefixed) weights."""
+    if isinstance(family.unet_config, FluxConfig):
+        from .flux_family import load_flux_file
+
+        return load_flux_file(sd, dtype, weight_dtype)
     if isinstance(family.unet_config, MMDiTConfig):
         return build_mmdit(sd, family.unet_config, dtype)
     return build_unet(sd, family.unet_config, dtype)
@@ -309,15 +318,19 @@ def load_checkpoint(
 
 
 def load_diffusion_model(
-    path: Path, check_interrupt: CheckInterrupt | None = None, dtype: torch.dtype | None = None
-) -> tuple[ModelFamily, UNetModel | MMDiT]:
-    """A standalone UNet / MMDiT file (``diffusion_models/``), with or without the checkpoint prefix."""
+    path: Path,
+    check_interrupt: CheckInterrupt | None = None,
+    dtype: torch.dtype | None = None,
+    weight_dtype: str = "default",
+) -> tuple[ModelFamily, UNetModel | MMDiT | FluxTransformer]:
+    """A standalone UNet / MMDiT / Flux file (``diffusion_models/``), with or without the checkpoint
+    prefix (``weight_dtype``: UNETLoader's storage choice, fp8 kept for Flux)."""
     sd, metadata = load_state_dict(path, check_interrupt)
     unet_sd = strip_prefix(sd, UNET_PREFIX) or sd
     if "conv_in.weight" in unet_sd and "input_blocks.0.0.weight" not in unet_sd:
         raise CheckpointError(f"{path.name} uses the diffusers UNet layout, which is not supported yet")
     family = detect_family(unet_sd, path.name, sd.keys(), metadata)
-    return family, _build(path.name, lambda: build_network(unet_sd, family, dtype))
+    return family, _build(path.name, lambda: build_network(unet_sd, family, dtype, weight_dtype))
 
 
 def load_vae(

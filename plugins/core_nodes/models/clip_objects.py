@@ -59,8 +59,9 @@ _PROJECTION = ".transformer.text_projection."
 
 
 def member_attr(name: str) -> str:
-    """The reference's attribute for encoder ``name``: ``l`` -> ``clip_l``."""
-    return f"clip_{name}"
+    """The reference's attribute for encoder ``name``: ``l`` -> ``clip_l``; T5 members keep
+    their name (``t5xxl``)."""
+    return name if name.startswith("t5") else f"clip_{name}"
 
 
 def split_key(key: str) -> tuple[str, str] | None:
@@ -221,7 +222,8 @@ class ClipMember(nn.Module):
     def _on_cpu(self, work: Callable[[ClipEncoder], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         run: MemberRun[tuple[torch.Tensor, torch.Tensor]] = self.__dict__["_run"]
         cond, pooled = run(self.name, self._layer(), bool(self.return_projected_pooled), work)
-        return cond.float().cpu(), pooled.float().cpu()
+        # T5 members have no pooled output (None, as the reference's).
+        return cond.float().cpu(), None if pooled is None else pooled.float().cpu()
 
     def encode_token_weights(self, token_weight_pairs: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cond [1, 77 * chunks, width], pooled [1, dim])`` for chunks of ``(token, weight[, id])``;

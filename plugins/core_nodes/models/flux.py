@@ -301,13 +301,14 @@ class FluxTransformer(nn.Module):
             [SingleStreamBlock(c, ops, device, dtype) for _ in range(c.depth_single_blocks)]
         )
         self.final_layer = LastLayer(c, ops, device, dtype)
-        self._compute_dtype = dtype
+        # What the network computes in (None: its weights' dtype); ModelComputeDtype's casting view sets it.
+        self.compute_dtype = dtype
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype it computes in (the first modulation's bias: a plain tensor even with fp8 layers)."""
-        if self._compute_dtype is not None:
-            return self._compute_dtype
+        if self.compute_dtype is not None:
+            return self.compute_dtype
         return self.img_in.bias.dtype
 
     def forward_tokens(

@@ -166,6 +166,10 @@ class TextEncoderStack:
 
     def encode_tokens(self, tokens: Mapping[str, Chunks]) -> tuple[torch.Tensor, torch.Tensor]:
         outputs = {name: self.encoders[name].encode(chunks) for name, chunks in tokens.items()}
+        if self.family == "flux":
+            from .flux_family import combine_flux
+
+            return combine_flux(outputs)
         if set(outputs) == {"l", "g"}:
             (l_cond, _), (g_cond, g_pooled) = outputs["l"], outputs["g"]
             cut = min(l_cond.shape[1], g_cond.shape[1])

@@ -18,6 +18,7 @@ from plugins.core_nodes.nodes import (
     custom_sampler,
     custom_sampler_extra,
     easycache,
+    flux,
     gligen,
     guidance_patches,
     hooks,
@@ -93,6 +94,7 @@ FAMILIES = (
     hooks,
     context_windows,
     easycache,
+    flux,
 )
 
 
