@@ -406,6 +406,10 @@ def _calc_cond_batch(
         default_conds.append(defaults)
     if any(default_conds):
         finalize_default_conds(model, hooked_to_run, default_conds, x_in, timestep, model_options)
+    # The MODEL's ON_PREPARE_STATE callbacks, once per evaluation (where the reference calls them).
+    prepare_state = getattr(getattr(model, "current_patcher", None), "prepare_state", None)
+    if callable(prepare_state):
+        prepare_state(timestep, model_options)
 
     free = _free_memory(model, x_in.device)
     wrapper = model_options.get("model_function_wrapper")

@@ -616,9 +616,13 @@ class ModelPatcher:
         for callback in self.get_all_callbacks(CallbacksMP.ON_PRE_RUN):
             callback(self)
 
-    def prepare_state(self, timestep: Any) -> None:
+    def prepare_state(self, timestep: Any, model_options: Mapping[str, Any] | None = None) -> None:
+        """A model evaluation is about to run at ``timestep`` (the sampler calls this once per
+        evaluation, after the conds are placed): the ``ON_PREPARE_STATE`` callbacks get
+        ``(patcher, timestep, model_options)``, the reference's current arguments."""
+        options = self.model_options if model_options is None else model_options
         for callback in self.get_all_callbacks(CallbacksMP.ON_PREPARE_STATE):
-            callback(self, timestep)
+            callback(self, timestep, options)
 
     # --- callbacks, wrappers, attachments, injections, additional models ---------------------------
 

@@ -11,6 +11,8 @@
 * A MODEL whose class a pack swapped for its own ModelPatcher subclass (ComfyUI-GGUF's trick)
   still goes through the model manager to the compute device when it samples.
 * A CLIP stored in bf16 behind casting layers encodes in float32 (position table included).
+* The MODEL's ``ON_PREPARE_STATE`` callbacks run once per model evaluation, as the reference's
+  ``calc_cond_batch`` calls ``current_patcher.prepare_state``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import pytest
 import torch
 from PIL import Image
 
+from plugins.core_nodes.ksampler import run_ksampler
 from plugins.core_nodes.models import checkpoint as ckpt
 from plugins.core_nodes.models import clip as core_clip
 from plugins.core_nodes.models.adapters import DiffusionModel
+from plugins.core_nodes.models.extension import CallbacksMP
 from plugins.core_nodes.models.manager import ModelManager
 from plugins.core_nodes.models.operations import CastOperations
 from plugins.core_nodes.models.patcher import ModelPatcher
@@ -351,3 +355,27 @@ def test_a_bf16_stored_clip_behind_casting_layers_encodes_in_float32() -> None:
     assert torch.equal(got.last, expected.last)
     assert torch.equal(got.hidden, expected.hidden)
     assert torch.equal(got.pooled, expected.pooled)
+
+
+# --- prepare_state ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sampler", "evaluations"), [("euler", 3), ("heun", 5)])
+def test_prepare_state_callbacks_run_once_per_model_evaluation(sampler: str, evaluations: int) -> None:
+    """Each evaluation (one per Euler step; two per Heun step but the last) calls the callbacks
+    with the MODEL, that evaluation's sigma and the run's model options."""
+    model = _model().clone()
+    calls: list[tuple[Any, torch.Tensor, Any]] = []
+    model.add_callback(CallbacksMP.ON_PREPARE_STATE, lambda p, t, options: calls.append((p, t.clone(), options)))
+    context = torch.randn(1, 5, CONTEXT["sd1"], generator=torch.Generator().manual_seed(7))
+    positive, negative = [[context, {}]], [[torch.zeros_like(context), {}]]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    run_ksampler(model, 1, 3, 4.0, sampler, "normal", positive, negative, latent)
+    assert len(calls) == evaluations
+    assert all(p.model is model.model for p, _, _ in calls)
+    assert all("transformer_options" in options for _, _, options in calls)
+    sigmas = [float(t.reshape(-1)[0]) for _, t, _ in calls]
+    assert sigmas[0] == pytest.approx(float(model.model_sampling.sigma_max), rel=1e-5)
+    s0, s1, s2 = sorted(set(sigmas), reverse=True)
+    # Heun evaluates each step's end point too (sigma 0 excepted).
+    assert sigmas == ([s0, s1, s2] if sampler == "euler" else [s0, s1, s1, s2, s2])
