@@ -191,13 +191,21 @@ def _write_ic_light(path: Path, unet: dict) -> Path:
 
 
 def _write_gguf(path: Path, unet: dict) -> Path:
-    """The UNet alone, as ComfyUI-GGUF's converter writes it: unprefixed keys, arch ``sd1``."""
+    """The UNet alone, as ComfyUI-GGUF's converter writes it: unprefixed keys, arch ``sd1``, the
+    2-D (linear) weights quantized to Q8_0 and everything else F32, so a smoke run goes through the
+    pack's dequantization (its custom operations) as a real quantized file does."""
     import gguf  # noqa: PLC0415
 
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    block, _ = gguf.GGML_QUANT_SIZES[q8]
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), arch="sd1")
     for name, tensor in unet.items():
-        writer.add_tensor(name, tensor.float().numpy())
+        data = tensor.float().numpy()
+        if data.ndim == 2 and data.shape[-1] % block == 0:  # Q8_0 packs each row in blocks of 32
+            writer.add_tensor(name, gguf.quants.quantize(data, q8), raw_dtype=q8)
+        else:
+            writer.add_tensor(name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

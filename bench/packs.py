@@ -15,7 +15,7 @@ class, exception type and message of its ``execution_error``), ``no offline work
 (the file says why none can exist: every node of the pack needs a model only a download gives),
 ``not run (pack did not import)`` or ``no workflow``. Before the server starts the bench writes
 tiny random-weight models (``bench/pack_models.py``: an SD1 checkpoint, an ESRGAN upscaler, a
-LoRA, a ControlNet, GGUF and IC-Light UNets, a WD14 tagger, SAM 2 and DepthAnythingV2 files) into
+LoRA, a ControlNet, GGUF (Q8_0) and IC-Light UNets, a WD14 tagger, SAM 2 and DepthAnythingV2 files) into
 its temporary base directory, so workflows can sample and packs' models can run.
 
 Packs that install packages at import (``pip install`` from their own code) are stopped from

@@ -325,6 +325,13 @@ def test_pack_bench_models_read_back_as_their_formats(tmp_path: Path) -> None:
     reader = gguf.GGUFReader(str(written["gguf_unet"]))
     assert {t.name for t in reader.tensors} == {k.removeprefix("model.diffusion_model.") for k in unet}
     assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "sd1"
+    # The linear weights are Q8_0, so a smoke run dequantizes; they read back as the checkpoint's.
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    for tensor in reader.tensors:
+        original = checkpoint["model.diffusion_model." + tensor.name].numpy()
+        assert tensor.tensor_type == (q8 if original.ndim == 2 else gguf.GGMLQuantizationType.F32)
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(original.shape)
+        assert np.abs(values - original).max() <= np.abs(original).max() / 127 + 1e-6
 
     session = onnxruntime.InferenceSession(str(written["tagger"]))
     image = np.random.default_rng(0).random((1, models.TAGGER_SIZE, models.TAGGER_SIZE, 3), dtype=np.float32)
