@@ -80,6 +80,13 @@ def register_routes(kernel: Kernel) -> Iterable[web.AbstractRouteDef]:
 
 
 @hookimpl
+def register_web_extensions(register: Any, kernel: Kernel) -> None:
+    state = _state(kernel)
+    if state is not None and state.options.mode == "password":
+        register("comfykernel_auth", Path(__file__).parent / "web")
+
+
+@hookimpl
 def identify(kernel: Kernel, request: web.Request) -> Principal | None:
     return gate.request_principal(request) if _state(kernel) is not None else None
 

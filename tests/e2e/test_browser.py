@@ -451,6 +451,11 @@ async def test_login_then_run_a_workflow_with_auth(comfy_server, chromium_path, 
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "browser_auth.png"))
             page_errors, console_errors = list(ui.page_errors), list(ui.console_errors)
+
+            # Our "Sign out" menu command ends the session and returns to the login page.
+            await page.evaluate("() => app.extensionManager.command.execute('comfykernel.auth.signOut')")
+            await page.wait_for_url("**/auth/login", timeout=15_000)
+            assert await page.evaluate("() => fetch('/api/queue').then(r => r.status)") == 401
         finally:
             await browser.close()
 
