@@ -16,12 +16,24 @@ def _concrete(path: str) -> str:
     return re.sub(r"\{[^}]*\}", "x", path)
 
 
-async def test_every_spec_operation_and_the_websocket_need_credentials(comfy_server, tmp_path):
+# Each mode without acceptable credentials: password mode with none; proxy mode with the header
+# from an untrusted peer, and from the trusted peer without the header.
+NO_CREDENTIALS = {
+    "password": ({"auth": "password"}, {}),
+    "proxy-untrusted-peer": ({"auth": "proxy", "trusted_proxy": ["10.0.0.0/8"]}, {"X-Forwarded-User": "eve"}),
+    "proxy-no-header": ({"auth": "proxy", "trusted_proxy": ["127.0.0.1"]}, {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NO_CREDENTIALS))
+async def test_every_spec_operation_and_the_websocket_need_credentials(comfy_server, tmp_path, case):
+    extra, sent = NO_CREDENTIALS[case]
     server = await comfy_server(
         plugins=["userdata", "history", "frontend_ext", "models", "assets", "auth"],
         base_directory=tmp_path,
-        extra={"auth": "password"},
+        extra=extra,
     )
+    server.session.headers.update(sent)
     checked = 0
     for op in operations():
         for path in served_paths(op.path):
@@ -40,6 +52,8 @@ async def test_every_spec_operation_and_the_websocket_need_credentials(comfy_ser
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await server.ws("c1")
     assert refused.value.status == 401
+    if extra["auth"] == "proxy":
+        return
     # A wrong or malformed token is no better.
     for header in ("Bearer nope", "Bearer ckt_abc_def", "Bearer "):
         assert (await server.json("GET", "/queue", headers={"Authorization": header}))[0] == 401
@@ -224,3 +238,32 @@ async def test_without_the_flag_nothing_changes(comfy_server, tmp_path):
     ws = await server.ws("plain")
     assert (await ws.receive_json(timeout=5))["type"] == "status"
     await ws.close()
+
+
+async def test_bad_login_requests_are_4xx(comfy_server, tmp_path):
+    add_user(tmp_path, "alice")
+    server = await start(comfy_server, tmp_path)
+    bodies = [
+        {"data": b"[1, 2]", "headers": {"Content-Type": "application/json"}},
+        {"data": b"{nope", "headers": {"Content-Type": "application/json"}},
+        {"data": b"\xff\xfe", "headers": {"Content-Type": "application/json"}},
+        {"json": {"username": 5, "password": ["x"]}},
+        {"json": {"username": "alice", "password": "x" * 5000}},
+        {
+            "data": b"username=%ff%fe&password=%00",
+            "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+        },
+        {"data": b"garbage", "headers": {"Content-Type": "text/plain"}},
+        {"data": b""},
+    ]
+    for kwargs in bodies:
+        async with server.post("/auth/login", allow_redirects=False, **kwargs) as resp:
+            assert 400 <= resp.status < 500, (kwargs, resp.status, await resp.text())
+    weird = ["Bearer \u00e9\u00e9", "Bearer ckt_" + "a" * 5000, "bearer ckt__", "Basic YTpi"]
+    for header in weird:
+        status, _ = await server.json(
+            "GET", "/queue", headers={"Authorization": header.encode().decode("latin-1")}
+        )
+        assert status == 401, header
+    status, _ = await server.json("GET", "/queue", headers={"Cookie": "comfykernel_session=" + "x" * 3000})
+    assert status == 401
