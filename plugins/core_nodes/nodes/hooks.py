@@ -14,7 +14,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from plugins.core_nodes.nodes.common import CoreNode, KernelNode
+from plugins.core_nodes.nodes.common import CoreNode
+from plugins.core_nodes.nodes.loaders import _Loader
 
 log = logging.getLogger("comfykernel.core_nodes")
 
@@ -277,46 +278,44 @@ def _start(prev_hooks: Any) -> Any:
     return HookGroup() if prev_hooks is None else prev_hooks
 
 
-class CreateHookLora(KernelNode):
+class _CreateHook(_Loader):
+    """Hooks made from an installed model file, added to ``prev_hooks``."""
+
     RELATIVE_PYTHON_MODULE: ClassVar[str] = _MODULE
     EXPERIMENTAL = True
     RETURN_TYPES = ("HOOKS",)
     CATEGORY = "advanced/hooks/create"
     FUNCTION = "create_hook"
+    FOLDER: ClassVar[str]  # the model folder the file is picked from
+    NAME_INPUT: ClassVar[str]  # the input that names it
+
+    @classmethod
+    def _inputs(cls, with_clip: bool) -> dict[str, Any]:
+        required: dict[str, Any] = {
+            cls.NAME_INPUT: (cls.names(cls.FOLDER),),
+            "strength_model": _strength(-20.0, 20.0, 0.01),
+        }
+        if with_clip:
+            required["strength_clip"] = _strength(-20.0, 20.0, 0.01)
+        return {"required": required, "optional": {"prev_hooks": ("HOOKS",)}}
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return cls._inputs(with_clip=True)
+
+
+class CreateHookLora(_CreateHook):
+    FOLDER: ClassVar[str] = "loras"
+    NAME_INPUT: ClassVar[str] = "lora_name"
 
     def __init__(self) -> None:
         # (path, state dict) of the last file read: reruns with the same file skip the read.
         self.loaded_lora: tuple[str, Any] | None = None
 
-    @classmethod
-    def lora_names(cls) -> list[str]:
-        models = cls.KERNEL.models if cls.KERNEL is not None else None
-        if models is None:
-            return []
-        try:
-            return list(models.list_names("loras"))
-        except KeyError:
-            return []
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "lora_name": (cls.lora_names(),),
-                "strength_model": _strength(-20.0, 20.0, 0.01),
-                "strength_clip": _strength(-20.0, 20.0, 0.01),
-            },
-            "optional": {"prev_hooks": ("HOOKS",)},
-        }
-
     def _read(self, lora_name: str) -> Any:
         from plugins.core_nodes.models.text_encoder import load_state_dict_file
 
-        models = self.kernel().models
-        found = models.get_full_path("loras", lora_name) if models is not None else None
-        if found is None:
-            raise FileNotFoundError(f"LoRA file {lora_name!r} not found in loras")
-        path = str(found)
+        path = str(self.path(self.FOLDER, lora_name, what="LoRA file"))
         if self.loaded_lora is None or self.loaded_lora[0] != path:
             self.loaded_lora = (path, load_state_dict_file(path))
         return self.loaded_lora[1]
@@ -338,55 +337,25 @@ class CreateHookLoraModelOnly(CreateHookLora):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {"lora_name": (cls.lora_names(),), "strength_model": _strength(-20.0, 20.0, 0.01)},
-            "optional": {"prev_hooks": ("HOOKS",)},
-        }
+        return cls._inputs(with_clip=False)
 
     def create_hook_model_only(self, lora_name: str, strength_model: float, prev_hooks: Any = None) -> tuple[Any]:
         return self.create_hook(lora_name, strength_model, 0, prev_hooks)
 
 
-class CreateHookModelAsLora(KernelNode):
-    RELATIVE_PYTHON_MODULE: ClassVar[str] = _MODULE
-    EXPERIMENTAL = True
-    RETURN_TYPES = ("HOOKS",)
-    CATEGORY = "advanced/hooks/create"
-    FUNCTION = "create_hook"
+class CreateHookModelAsLora(_CreateHook):
+    FOLDER: ClassVar[str] = "checkpoints"
+    NAME_INPUT: ClassVar[str] = "ckpt_name"
 
     def __init__(self) -> None:
         # (path, model weights, clip weights) of the last checkpoint read.
         self.loaded_weights: tuple[str, Any, Any] | None = None
 
-    @classmethod
-    def ckpt_names(cls) -> list[str]:
-        models = cls.KERNEL.models if cls.KERNEL is not None else None
-        if models is None:
-            return []
-        try:
-            return list(models.list_names("checkpoints"))
-        except KeyError:
-            return []
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "ckpt_name": (cls.ckpt_names(),),
-                "strength_model": _strength(-20.0, 20.0, 0.01),
-                "strength_clip": _strength(-20.0, 20.0, 0.01),
-            },
-            "optional": {"prev_hooks": ("HOOKS",)},
-        }
-
     def _weights(self, ckpt_name: str) -> tuple[Any, Any]:
         from plugins.core_nodes.hooks import get_patch_weights_from_model
         from plugins.core_nodes.models.adapters import load_checkpoint
 
-        models = self.kernel().models
-        found = models.get_full_path("checkpoints", ckpt_name) if models is not None else None
-        if found is None:
-            raise FileNotFoundError(f"checkpoint {ckpt_name!r} not found in checkpoints")
+        found = self.path(self.FOLDER, ckpt_name, what="checkpoint")
         path = str(found)
         if self.loaded_weights is None or self.loaded_weights[0] != path:
             model, clip, _vae = load_checkpoint(found)
@@ -410,10 +379,7 @@ class CreateHookModelAsLoraModelOnly(CreateHookModelAsLora):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {"ckpt_name": (cls.ckpt_names(),), "strength_model": _strength(-20.0, 20.0, 0.01)},
-            "optional": {"prev_hooks": ("HOOKS",)},
-        }
+        return cls._inputs(with_clip=False)
 
     def create_hook_model_only(self, ckpt_name: str, strength_model: float, prev_hooks: Any = None) -> tuple[Any]:
         return self.create_hook(ckpt_name, strength_model, 0.0, prev_hooks)

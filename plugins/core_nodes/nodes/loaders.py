@@ -109,11 +109,12 @@ class _Loader(KernelNode):
         except KeyError:
             return []
 
-    def path(self, folder: str, name: str) -> Path:
+    def path(self, folder: str, name: str, what: str = "model file") -> Path:
+        """Where ``name`` is installed in ``folder``; ``what`` names the file in the error."""
         models = self.kernel().models
         found = models.get_full_path(folder, name) if models is not None else None
         if found is None:
-            raise FileNotFoundError(f"model file {name!r} not found in {folder}")
+            raise FileNotFoundError(f"{what} {name!r} not found in {folder}")
         return Path(found)
 
 
@@ -184,9 +185,13 @@ class LoraLoader(_Loader):
         return (new_model, new_clip)
 
 
-class LoraLoaderModelOnly(LoraLoader):
+class _ModelOnlyLora(_Loader):
+    """The model-only form of a LoRA loader (listed before it in the bases): no CLIP in or out,
+    the loader's ``load_lora`` run with no CLIP and a zero CLIP strength."""
+
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "load_lora_model_only"
+    load_lora: Callable[..., tuple[Any, Any]]  # the loader's, found after this class in the MRO
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -200,6 +205,10 @@ class LoraLoaderModelOnly(LoraLoader):
 
     def load_lora_model_only(self, model: Any, lora_name: str, strength_model: float) -> tuple[Any]:
         return (self.load_lora(model, None, lora_name, strength_model, 0)[0],)
+
+
+class LoraLoaderModelOnly(_ModelOnlyLora, LoraLoader):
+    pass
 
 
 class CLIPLoader(_Loader):

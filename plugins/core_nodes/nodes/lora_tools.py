@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from kernel.paths import safe_join, type_root
 from plugins.core_nodes.nodes.common import KernelNode
 from plugins.core_nodes.nodes.io import save_path
-from plugins.core_nodes.nodes.loaders import _Loader
+from plugins.core_nodes.nodes.loaders import _Loader, _ModelOnlyLora
 
 # lora_extract.LORA_TYPES, spelled out: listing the nodes must not import torch.
 _LORA_TYPES = ("standard", "full_diff")
@@ -116,22 +116,8 @@ class LoraLoaderBypass(_Loader):
         return bypass_lora(model, clip, sd, strength_model, strength_clip, name=path.name)
 
 
-class LoraLoaderBypassModelOnly(LoraLoaderBypass):
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "load_lora_model_only"
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "model": ("MODEL",),
-                "lora_name": (cls.names("loras"),),
-                "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
-            }
-        }
-
-    def load_lora_model_only(self, model: Any, lora_name: str, strength_model: float) -> tuple[Any]:
-        return (self.load_lora(model, None, lora_name, strength_model, 0)[0],)
+class LoraLoaderBypassModelOnly(_ModelOnlyLora, LoraLoaderBypass):
+    pass
 
 
 class HypernetworkLoader(_Loader):
