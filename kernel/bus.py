@@ -23,6 +23,16 @@ log = logging.getLogger("comfykernel.bus")
 
 Subscriber = Callable[[Any], None]
 
+
+class _Delivered:
+    """A marker among the handed-over events: set once everything before it was published."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
 # Events a foreign thread may have waiting for the loop before it blocks until they are delivered.
 MAX_PENDING = 20_000
 # How long a blocked publisher waits between checks that the loop is still there.
@@ -80,9 +90,26 @@ class EventBus:
             loop.call_soon_threadsafe(self._deliver)
         except RuntimeError:  # loop closed during shutdown: nobody is listening any more
             with self._cond:
-                dropped, self._pending, self._scheduled = len(self._pending), [], False
+                dropped, self._pending, self._scheduled = self._pending, [], False
                 self._cond.notify_all()
-            log.debug("dropped %d event(s) published after the loop closed", dropped)
+            for item in dropped:
+                if isinstance(item, _Delivered):
+                    item.done.set()  # nobody will deliver it: do not keep its waiter waiting
+            log.debug("dropped %d event(s) published after the loop closed", len(dropped))
+
+    def publish_and_wait(self, event: Any, timeout: float | None = None) -> bool:
+        """``publish_threadsafe``, then wait until the subscribers have had it.
+
+        For lifecycle events whose record must exist before the publisher goes on (the history
+        must know a prompt started before a node of it can crash the process). False when
+        ``timeout`` passed first.
+        """
+        self.publish_threadsafe(event)
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            return True
+        marker = _Delivered()
+        self.publish_threadsafe(marker)
+        return marker.done.wait(timeout)
 
     def _deliver(self) -> None:
         """On the loop: publish every event handed over so far, in order."""
@@ -90,4 +117,7 @@ class EventBus:
             batch, self._pending, self._scheduled = self._pending, [], False
             self._cond.notify_all()
         for event in batch:
-            self.publish(event)
+            if isinstance(event, _Delivered):
+                event.done.set()
+            else:
+                self.publish(event)

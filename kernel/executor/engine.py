@@ -26,6 +26,9 @@ log = logging.getLogger("comfykernel.executor")
 
 # How often the idle worker wakes to apply /free requests and notice shutdown.
 POLL_SECONDS = 0.1
+# How long the worker waits for the server loop to deliver a prompt's start / finish events
+# (record keepers write them down) before it goes on anyway.
+RECORD_WAIT_SECONDS = 10.0
 
 
 class Executor:
@@ -138,7 +141,9 @@ class Executor:
         self.current = item
         self._interrupt.clear()
         bus = self.kernel.bus
-        bus.publish_threadsafe(PromptStarted(prompt_id=item.prompt_id))
+        # Recorded before any node runs: if a node takes the process down, the next start knows
+        # which prompt was running (history retries it once, behind the others).
+        bus.publish_and_wait(PromptStarted(prompt_id=item.prompt_id), RECORD_WAIT_SECONDS)
         run = PromptRun(self, item)
         try:
             await run.run()
@@ -150,7 +155,10 @@ class Executor:
                 "completed": run.success,
                 "messages": run.status_messages,
             }
-            bus.publish_threadsafe(PromptFinished(item=item, status=status, outputs=outputs, meta=meta))
+            # Recorded before the next prompt starts: a finished prompt never runs again after a crash.
+            bus.publish_and_wait(
+                PromptFinished(item=item, status=status, outputs=outputs, meta=meta), RECORD_WAIT_SECONDS
+            )
             self.current = None
             self.kernel.queue.task_done(item.prompt_id)
             bus.publish_threadsafe(
