@@ -1,18 +1,20 @@
 """``comfy.latent_formats``: how each model family's latents are scaled and previewed.
 
 A latent format turns VAE latents into what the diffusion model sees (``process_in``) and back
-(``process_out``), and carries the linear latent->RGB fit used for cheap previews. SD15 and SDXL
-take their numbers from the core nodes' own formats, so previews and scaling agree with the core
-samplers; the other families carry their published constants.
+(``process_out``), and carries the linear latent->RGB fit used for cheap previews. SD15, SDXL, SD3
+and Flux take their numbers from the core nodes' own formats, so previews and scaling agree with
+the core samplers; the other families carry their published constants.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from plugins.core_nodes import contracts
+from plugins.core_nodes.models import latent_formats as core_formats
+from plugins.core_nodes.models.latent_formats import ShiftedLatentFormat
 
 Rows = list[list[float]]
 
@@ -113,44 +115,6 @@ _SC_B_RGB = (
     (-0.3087, -0.1535, 0.0366),
     (0.029, -0.1574, -0.4078),
 )
-_SD3_RGB = (
-    (-0.0922, -0.0175, 0.0749),
-    (0.0311, 0.0633, 0.0954),
-    (0.1994, 0.0927, 0.0458),
-    (0.0856, 0.0339, 0.0902),
-    (0.0587, 0.0272, -0.0496),
-    (-0.0006, 0.1104, 0.0309),
-    (0.0978, 0.0306, 0.0427),
-    (-0.0042, 0.1038, 0.1358),
-    (-0.0194, 0.002, 0.0669),
-    (-0.0488, 0.013, -0.0268),
-    (0.0922, 0.0988, 0.0951),
-    (-0.0278, 0.0524, -0.0542),
-    (0.0332, 0.0456, 0.0895),
-    (-0.0069, -0.003, -0.081),
-    (-0.0596, -0.0465, -0.0293),
-    (-0.1448, -0.1463, -0.1189),
-)
-_SD3_BIAS = (0.2394, 0.2135, 0.1925)
-_FLUX_RGB = (
-    (-0.0346, 0.0244, 0.0681),
-    (0.0034, 0.021, 0.0687),
-    (0.0275, -0.0668, -0.0433),
-    (-0.0174, 0.016, 0.0617),
-    (0.0859, 0.0721, 0.0329),
-    (0.0004, 0.0383, 0.0115),
-    (0.0405, 0.0861, 0.0915),
-    (-0.0236, -0.0185, -0.0259),
-    (-0.0245, 0.025, 0.118),
-    (0.1008, 0.0755, -0.0421),
-    (-0.0515, 0.0201, 0.0011),
-    (0.0428, -0.0012, -0.0036),
-    (0.0817, 0.0765, 0.0749),
-    (-0.1264, -0.0522, -0.1103),
-    (-0.028, -0.0881, -0.0499),
-    (-0.1262, -0.0982, -0.0778),
-)
-_FLUX_BIAS = (-0.0329, -0.0718, -0.0851)
 _HUNYUANVIDEO_RGB = (
     (-0.0395, -0.0331, 0.0445),
     (0.0696, 0.0795, 0.0518),
@@ -243,13 +207,15 @@ class SC_B(LatentFormat):  # noqa: N801 - the reference's class name
 
 class SD3(_Shifted):
     latent_channels = 16
+    _core: ClassVar[ShiftedLatentFormat] = core_formats.SD3  # the core samplers' own numbers
+    _taesd: ClassVar[str] = "taesd3_decoder"
 
     def __init__(self) -> None:
-        self.scale_factor = 1.5305
-        self.shift_factor = 0.0609
-        self.latent_rgb_factors = _rows(_SD3_RGB)
-        self.latent_rgb_factors_bias = list(_SD3_BIAS)
-        self.taesd_decoder_name = "taesd3_decoder"
+        self.scale_factor = self._core.scale_factor
+        self.shift_factor = self._core.shift_factor
+        self.latent_rgb_factors = self._core.latent_rgb_factors
+        self.latent_rgb_factors_bias = self._core.latent_rgb_factors_bias
+        self.taesd_decoder_name = self._taesd
 
 
 class StableAudio1(LatentFormat):
@@ -260,13 +226,8 @@ class StableAudio1(LatentFormat):
 
 class Flux(SD3):
     latent_channels = 16
-
-    def __init__(self) -> None:
-        self.scale_factor = 0.3611
-        self.shift_factor = 0.1159
-        self.latent_rgb_factors = _rows(_FLUX_RGB)
-        self.latent_rgb_factors_bias = list(_FLUX_BIAS)
-        self.taesd_decoder_name = "taef1_decoder"
+    _core = core_formats.FLUX
+    _taesd = "taef1_decoder"
 
 
 _MOCHI_MEAN = (
