@@ -174,22 +174,26 @@ class SocketHub:
 
     def _track(self, event: Any) -> None:
         if isinstance(event, PromptQueued):
-            self.owners[event.item.prompt_id] = owner_of(event.item.extra_data)
-            while len(self.owners) > OWNERS_KEPT:
-                self.owners.popitem(last=False)
+            self._remember(event.item.prompt_id, owner_of(event.item.extra_data))
         elif isinstance(event, PromptStarted):
             self.running.append(event.prompt_id)
         elif isinstance(event, PromptFinished):
             if event.item.prompt_id in self.running:
                 self.running.remove(event.item.prompt_id)
 
-    def _owner(self, prompt_id: str) -> str | None:
+    def _remember(self, prompt_id: str, owner: str) -> str:
+        self.owners[prompt_id] = owner
+        while len(self.owners) > OWNERS_KEPT:
+            self.owners.popitem(last=False)
+        return owner
+
+    def _owner(self, prompt_id: str) -> str:
+        """The user ``prompt_id`` was queued as; "" (no user: admins only) when nobody knows."""
         owner = self.owners.get(prompt_id)
         if owner is None:  # queued before this hub saw it (recovered at startup, a broker)
             running, pending = self.kernel.queue.snapshot()
-            for item in (*running, *pending):
-                if item.prompt_id == prompt_id:
-                    owner = self.owners[prompt_id] = owner_of(item.extra_data)
+            found = [owner_of(i.extra_data) for i in (*running, *pending) if i.prompt_id == prompt_id]
+            owner = self._remember(prompt_id, found[0] if found else "")
         return owner
 
     def _message_owner(self, event: ServerMessage) -> str | None:

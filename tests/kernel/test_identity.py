@@ -193,3 +193,19 @@ async def test_hook_may_read_file(comfy_server):
     assert names == ["public.png"]
     _, names = await server.json("GET", "/internal/files/output", headers=as_user("root"))
     assert sorted(names) == ["private_a.png", "public.png"]
+
+
+async def test_messages_of_unknown_prompts_go_to_admins_and_promptless_ones_to_all(comfy_server):
+    from kernel.events import ServerMessage
+
+    server = await start(comfy_server)
+    alice = await server.session.ws_connect(f"{server.url}/ws?clientId=a&test_user=alice")
+    root = await server.session.ws_connect(f"{server.url}/ws?clientId=r&test_user=root")
+    for ws in (alice, root):
+        assert (await ws.receive_json(timeout=5))["type"] == "status"
+    bus = server.kernel.bus
+    bus.publish(ServerMessage(type="executing", data={"node": "1", "prompt_id": "ghost"}, broadcast=True))
+    bus.publish(ServerMessage(type="monitor", data={"cpu": 1}, broadcast=True))
+    got_alice = [f["type"] for f in await _frames(alice, 0.5)]
+    got_root = [f["type"] for f in await _frames(root, 0.5)]
+    assert got_alice == ["monitor"] and got_root == ["executing", "monitor"]
