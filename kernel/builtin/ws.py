@@ -294,9 +294,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     hub.send_json(
         sid, "status", {"status": {"exec_info": {"queue_remaining": kernel.queue.remaining()}}, "sid": sid}
     )
-    for replay in kernel.stash.get(RECONNECT_REPLAY, ()):
-        for type_, data in replay(sid):
-            hub.send_json(sid, type_, data)
+    if principal is None or _may_rejoin(kernel, principal, sid):
+        for replay in kernel.stash.get(RECONNECT_REPLAY, ()):
+            for type_, data in replay(sid):
+                hub.send_json(sid, type_, data)
     first = True
     try:
         async for msg in ws:
@@ -316,6 +317,16 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     finally:
         hub.forget(client)
     return ws
+
+
+def _may_rejoin(kernel: Kernel, principal: Principal, sid: str) -> bool:
+    """Only the owner (or an admin) learns where a running prompt addressed to ``sid`` stands."""
+    running, _ = kernel.queue.snapshot()
+    return all(
+        principal.may_access(owner_of(item.extra_data))
+        for item in running
+        if item.extra_data.get("client_id") == sid
+    )
 
 
 # Callables ``replay(sid) -> [(type, data), ...]`` run when a client (re)connects: the executor

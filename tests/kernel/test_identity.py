@@ -209,3 +209,22 @@ async def test_messages_of_unknown_prompts_go_to_admins_and_promptless_ones_to_a
     got_alice = [f["type"] for f in await _frames(alice, 0.5)]
     got_root = [f["type"] for f in await _frames(root, 0.5)]
     assert got_alice == ["monitor"] and got_root == ["executing", "monitor"]
+
+
+async def test_reconnect_replay_only_for_the_owner(comfy_server):
+    server = await start(comfy_server)
+    first = await server.session.ws_connect(f"{server.url}/ws?clientId=ca&test_user=alice")
+    assert (await first.receive_json(timeout=5))["type"] == "status"
+    prompt_id = await queue_slow(server, "alice", client_id="ca")
+    await wait_running(server, prompt_id)
+    await asyncio.sleep(0.3)
+    await first.close()
+    # Bob takes the now free clientId: he learns nothing about Alice's running prompt.
+    bob = await server.session.ws_connect(f"{server.url}/ws?clientId=ca&test_user=bob")
+    assert (await bob.receive_json(timeout=5))["data"]["sid"] == "ca"
+    assert [f for f in await _frames(bob, 0.5) if isinstance(f, dict) and f["type"] == "executing"] == []
+    await bob.close()
+    alice = await server.session.ws_connect(f"{server.url}/ws?clientId=ca&test_user=alice")
+    assert (await alice.receive_json(timeout=5))["type"] == "status"
+    assert await alice.receive_json(timeout=5) == {"type": "executing", "data": {"node": "1"}}
+    await alice.close()
