@@ -12,48 +12,10 @@ exactly the sigmas of the core nodes' SD1/SDXL schedule (``plugins.core_nodes.sa
 
 from __future__ import annotations
 
-from plugins.core_nodes.sampling.model_sampling import (
-    CONST,
-    COSMOS_RFLOW,
-    EDM,
-    EPS,
-    IMG_TO_IMG,
-    IMG_TO_IMG_FLOW,
-    V_PREDICTION,
-    V_PREDICTION_DDPM,
-    X0,
-    ModelSamplingContinuousEDM,
-    ModelSamplingContinuousV,
-    ModelSamplingCosmosRFlow,
-    ModelSamplingDiscrete,
-    ModelSamplingDiscreteEDM,
-    ModelSamplingDiscreteFlow,
-    ModelSamplingFlux,
-    StableCascadeSampling,
-    flux_time_shift,
-    rescale_zero_terminal_snr_sigmas,
-    time_snr_shift,
-)
+from plugins.core_nodes.sampling import model_sampling as _core
+from plugins.core_nodes.sampling.model_sampling import *  # noqa: F403 - the core module's names are this API
 
-__all__ = [
-    "CONST",
-    "COSMOS_RFLOW",
-    "EDM",
-    "EPS",
-    "IMG_TO_IMG",
-    "IMG_TO_IMG_FLOW",
-    "V_PREDICTION",
-    "V_PREDICTION_DDPM",
-    "X0",
-    "ModelSamplingContinuousEDM",
-    "ModelSamplingContinuousV",
-    "ModelSamplingCosmosRFlow",
-    "ModelSamplingDiscrete",
-    "ModelSamplingDiscreteEDM",
-    "ModelSamplingDiscreteFlow",
-    "ModelSamplingFlux",
-    "StableCascadeSampling",
-    "flux_time_shift",
-    "rescale_zero_terminal_snr_sigmas",
-    "time_snr_shift",
-]
+# Every public name of the core module but its own class-picking helper, which the reference's
+# module does not have.
+__all__ = [name for name in _core.__all__ if name != "model_sampling_class"]
+del model_sampling_class  # noqa: F821 - bound by the star import above
