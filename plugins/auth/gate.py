@@ -28,8 +28,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("comfykernel.auth.principal", Principal)
 USER_HEADER = "Comfy-User"
 LOGIN_PATH = "/auth/login"
-# Reachable without credentials: the login page (its styles are inline) and logout.
-PUBLIC_PATHS = frozenset({"/auth/login", "/api/auth/login", "/auth/logout", "/api/auth/logout"})
 USERS_PATHS = frozenset({"/users", "/api/users"})
 # The server's log holds every user's prompt errors and file names: admins only.
 ADMIN_PATHS = frozenset({"/internal/logs", "/internal/logs/raw", "/internal/logs/subscribe"})
@@ -72,10 +70,16 @@ def _as_user(request: web.Request, principal: Principal) -> web.Request:
     return request.clone(headers=headers)
 
 
-def make_gate(state: AuthState) -> Any:
+def make_gate(state: AuthState, public: frozenset[Any]) -> Any:
+    """The middleware; ``public`` are the handlers reachable without credentials (login, logout).
+
+    Judged by the route the router matched, not by the path string, so no spelling of a path
+    (encoded slashes, dot segments) can reach another handler as if it were the login page.
+    """
+
     @web.middleware
     async def auth_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in PUBLIC_PATHS:
+        if request.match_info.route.handler in public:
             return await handler(request)
         try:
             principal = await state.authenticate(request)

@@ -71,7 +71,7 @@ def shutdown(kernel: Kernel) -> None:
 @hookimpl
 def register_middlewares(kernel: Kernel) -> Iterable[Any]:
     state = _state(kernel)
-    return [gate.make_gate(state)] if state is not None else []
+    return [gate.make_gate(state, routes.PUBLIC_HANDLERS)] if state is not None else []
 
 
 @hookimpl

@@ -174,3 +174,7 @@ async def me(request: web.Request) -> web.Response:
             "mode": _state(request).options.mode,
         }
     )
+
+
+# Reachable without credentials: the login page (its styles are inline) and logout.
+PUBLIC_HANDLERS = frozenset({login_form, login, logout_form, logout})

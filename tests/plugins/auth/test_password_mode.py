@@ -267,3 +267,18 @@ async def test_bad_login_requests_are_4xx(comfy_server, tmp_path):
         assert status == 401, header
     status, _ = await server.json("GET", "/queue", headers={"Cookie": "comfykernel_session=" + "x" * 3000})
     assert status == 401
+
+
+async def test_only_the_login_routes_themselves_are_open(comfy_server, tmp_path):
+    import yarl
+
+    server = await start(comfy_server, tmp_path)
+    assert (await server.json("GET", "/api/auth/login"))[0] == 200
+    for raw in (
+        "/auth/login/../queue",
+        "/auth%2Flogin",
+        "/auth/login%2F..%2Fqueue",
+        "/auth/logout/../history",
+    ):
+        async with server.session.get(yarl.URL(server.url + raw, encoded=True)) as resp:
+            assert resp.status == 401, raw
