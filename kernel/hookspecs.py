@@ -264,10 +264,10 @@ def identify(kernel: Kernel, request: web.Request) -> Principal | None:
 def may_read_file(kernel: Kernel, request: web.Request, folder_type: str, path: Path) -> bool | None:
     """May ``request`` read ``path``, an existing file under the ``folder_type`` root?
 
-    ``folder_type`` is ``input``, ``output`` or ``temp``. Asked by ``GET /view`` (and
-    ``/view_metadata``) after the path passed the kernel's containment checks, sync, on the
-    event-loop thread. Return False to refuse (the route answers 403), True or None to have no
-    objection; any False wins.
+    ``folder_type`` is ``input``, ``output`` or ``temp``. Asked after the path passed the
+    kernel's containment checks by ``GET /view`` (403 when refused), ``GET /internal/files``
+    (the file is left out) and ``POST /upload/mask`` for its original image (403), sync, on the
+    event-loop thread. Return False to refuse, True or None to have no objection; any False wins.
     """
 
 

@@ -142,7 +142,7 @@ async def upload_image(request: web.Request) -> web.Response:
     return await _store(request, target, data)
 
 
-def _original_path(request: web.Request, raw: str) -> Path:
+def _original_path(request: web.Request, raw: str) -> tuple[Path, str]:
     try:
         ref = json.loads(raw)
     except ValueError:
@@ -155,7 +155,9 @@ def _original_path(request: web.Request, raw: str) -> Path:
         raise BadUpload(400, "original_ref 'type' and 'subfolder' must be strings")
     name, annotated = split_annotation(ref["filename"])
     try:
-        return resolve_file(request.app[KERNEL_KEY], annotated or ref_type, subfolder, name)
+        return resolve_file(
+            request.app[KERNEL_KEY], annotated or ref_type, subfolder, name
+        ), annotated or ref_type
     except UnknownFileType as exc:
         raise BadUpload(400, f"original_ref: {exc}") from None
     except UnsafePath as exc:
@@ -169,12 +171,16 @@ async def upload_mask(request: web.Request) -> web.Response:
         raw_ref = form.get("original_ref")
         if not isinstance(raw_ref, str):
             raise BadUpload(400, "original_ref is required (a JSON object with 'filename')")
-        original = _original_path(request, raw_ref)
+        original, original_type = _original_path(request, raw_ref)
     except BadUpload as exc:
         return error(exc.status, exc.message)
     if not original.is_file():
         # The reference answers 200 and writes nothing; a name that was never written misleads.
         return error(404, "The original image does not exist")
+    kernel = request.app[KERNEL_KEY]
+    if not kernel.hooks.may_read_file(kernel, request, original_type, original):
+        # The stored composite would show the original: reading it is what /view would refuse.
+        return error(403, "You may not read the original image")
     mask = await asyncio.to_thread(image.file.read)
     try:
         data = await asyncio.to_thread(images.composite_mask, original, mask)

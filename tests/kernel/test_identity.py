@@ -193,6 +193,13 @@ async def test_hook_may_read_file(comfy_server):
     assert names == ["public.png"]
     _, names = await server.json("GET", "/internal/files/output", headers=as_user("root"))
     assert sorted(names) == ["private_a.png", "public.png"]
+    # A mask composited onto someone else's image would hand it over: refused the same way.
+    for user, expected in (("bob", 403), ("root", 400)):  # root passes the check; b"x" is no image
+        form = aiohttp.FormData()
+        form.add_field("image", b"mask", filename="mask.png", content_type="image/png")
+        form.add_field("original_ref", json.dumps({"filename": "private_a.png", "type": "output"}))
+        status, _ = await server.json("POST", "/upload/mask", data=form, headers=as_user(user))
+        assert status == expected, user
 
 
 async def test_messages_of_unknown_prompts_go_to_admins_and_promptless_ones_to_all(comfy_server):
