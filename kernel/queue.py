@@ -49,6 +49,9 @@ class PromptQueue:
 
     def __init__(self, on_change: Callable[[int], None] | None = None) -> None:
         self._heap: list[tuple[float, str, QueueItem]] = []
+        # The ids in the heap: POST /prompt asks is_pending for every prompt, and a scan of a
+        # queue thousands long made accepting a prompt cost O(queue length).
+        self._pending_ids: set[str] = set()
         self._running: dict[str, QueueItem] = {}
         self._cond = threading.Condition()
         self._counter = 0
@@ -69,6 +72,7 @@ class PromptQueue:
     def put(self, item: QueueItem) -> None:
         with self._cond:
             heapq.heappush(self._heap, (item.number, item.prompt_id, item))
+            self._pending_ids.add(item.prompt_id)
             self._cond.notify()
         self._changed()
 
@@ -78,6 +82,7 @@ class PromptQueue:
             if not self._heap and not self._cond.wait_for(lambda: bool(self._heap), timeout):
                 return None
             _, _, item = heapq.heappop(self._heap)
+            self._pending_ids.discard(item.prompt_id)
             self._running[item.prompt_id] = item
         self._changed()
         return item
@@ -94,7 +99,7 @@ class PromptQueue:
 
     def is_pending(self, prompt_id: str) -> bool:
         with self._cond:
-            return any(entry[1] == prompt_id for entry in self._heap)
+            return prompt_id in self._pending_ids
 
     def is_running(self, prompt_id: str) -> bool:
         with self._cond:
@@ -108,6 +113,7 @@ class PromptQueue:
             if removed:
                 self._heap = [e for e in self._heap if e[1] not in wanted]
                 heapq.heapify(self._heap)
+                self._pending_ids.difference_update(removed)
         if removed:
             self._changed()
         return removed
@@ -116,6 +122,7 @@ class PromptQueue:
         with self._cond:
             removed = [e[1] for e in self._heap]
             self._heap = []
+            self._pending_ids.clear()
         self._changed()
         return removed
 

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
+from kernel.accept import Accepted, accept
 from kernel.app import KERNEL_KEY
-from kernel.events import PromptQueued, PromptsRemoved
+from kernel.events import PromptsRemoved
 from kernel.executor.validation import make_error, validate_prompt
 from kernel.identity import may_access, owner_of, principal_of
 from kernel.queue import QueueItem
@@ -137,14 +138,8 @@ async def post_prompt(request: web.Request) -> web.Response:
 
     if kernel.queue.is_pending(prompt_id) or kernel.queue.is_running(prompt_id):
         # Two live items with one id would collide in the heap (a 500) and in the running set.
-        # No await between this check and put(), so concurrent posts cannot both pass it.
-        return _prompt_error(
-            make_error(
-                "invalid_prompt_id",
-                "prompt_id is already queued or running",
-                f"Duplicate prompt_id: {prompt_id}",
-            )
-        )
+        # accept() checks again within its group, so concurrent posts cannot both pass.
+        return _duplicate(prompt_id)
     _fill_extra_data(kernel, request, body, extra_data)
     item = QueueItem(
         number=number,
@@ -154,10 +149,23 @@ async def post_prompt(request: web.Request) -> web.Response:
         outputs_to_execute=result.good_outputs,
         sensitive={k: extra_data.pop(k) for k in SENSITIVE_EXTRA_DATA_KEYS if k in extra_data},
     )
-    # Synchronous and before the answer: a subscriber that records it (history) makes it durable.
-    kernel.bus.publish(PromptQueued(item=item))
-    kernel.queue.put(item)
+    # Recorded (history) and queued with the other prompts accepted in this loop turn, before
+    # the answer: a 200 means the prompt is durable.
+    outcome = await accept(kernel, item)
+    if outcome is Accepted.DUPLICATE:
+        return _duplicate(prompt_id)
+    if outcome is Accepted.UNRECORDED:
+        message = "The prompt could not be recorded; retry later"
+        return _json({"error": make_error("not_recorded", message, message), "node_errors": {}}, status=503)
     return _json({"prompt_id": prompt_id, "number": number, "node_errors": result.node_errors})
+
+
+def _duplicate(prompt_id: str) -> web.Response:
+    return _prompt_error(
+        make_error(
+            "invalid_prompt_id", "prompt_id is already queued or running", f"Duplicate prompt_id: {prompt_id}"
+        )
+    )
 
 
 def _fill_extra_data(

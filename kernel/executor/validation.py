@@ -168,6 +168,20 @@ class _Walker:
         self.validated: dict[str, tuple[bool, list[Error], str]] = {}
         self.edges: dict[str, list[str]] = {}
         self._cycle_errors: dict[str, list[Error]] = {}
+        # Input declarations per class, asked once per prompt rather than once per node (a
+        # 50-node chain of one class called INPUT_TYPES 50 times for every POST /prompt).
+        self._declared: dict[str, tuple[dict[str, Any], list[str]]] = {}
+
+    def _declaration(self, class_type: str, spec: NodeSpec) -> tuple[dict[str, Any], list[str]]:
+        found = self._declared.get(class_type)
+        if found is None:
+            types = spec.execution_input_types()
+            names = [
+                *(types.get("required") or {}),
+                *(n for n in (types.get("optional") or {}) if n not in (types.get("required") or {})),
+            ]
+            found = self._declared[class_type] = (types, names)
+        return found
 
     def _frame(self, node_id: str) -> _Frame:
         node = self.prompt[node_id]
@@ -177,11 +191,7 @@ class _Walker:
         inputs = node.setdefault("inputs", {})
         if not isinstance(inputs, dict):
             raise TypeError(f"inputs of node {node_id} must be an object")
-        types = spec.execution_input_types()
-        names = [
-            *(types.get("required") or {}),
-            *(n for n in (types.get("optional") or {}) if n not in (types.get("required") or {})),
-        ]
+        types, names = self._declaration(node["class_type"], spec)
         args, kwargs = spec.validate_signature
         return _Frame(node_id, spec, inputs, types, names, args, kwargs)
 

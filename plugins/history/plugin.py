@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from kernel import hookimpl
+from kernel.accept import ACCEPT_SCOPES
 from plugins.history import options, recorder, recovery, routes
 from plugins.history.store import STORE, HistoryStore
 
@@ -23,7 +24,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 @hookimpl
 def configure(kernel: Kernel) -> None:
-    kernel.stash[STORE] = HistoryStore(kernel.settings.user_path, options.read_options(kernel).max_items)
+    store = kernel.stash[STORE] = HistoryStore(
+        kernel.settings.user_path, options.read_options(kernel).max_items
+    )
+    # Each group of prompts POST /prompt accepts together is written in one transaction.
+    kernel.stash.setdefault(ACCEPT_SCOPES, []).append(store.transaction)
 
 
 @hookimpl

@@ -13,8 +13,9 @@ buy only power-loss safety at a large cost per ``POST /prompt``.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,24 @@ class HistoryStore:
         if self._db is not None:
             self._db.conn.close()
             self._db = None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction around what runs inside (a group of accepted prompts); nests."""
+        if self.closed:
+            yield
+            return
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.db.execute(sql, params).fetchone()[0]
