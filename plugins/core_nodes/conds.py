@@ -33,21 +33,24 @@ def repeat_to_batch_size(tensor: torch.Tensor, batch_size: int, dim: int = 0) ->
     return tensor
 
 
+def batch_pick_indices(count: int, batch_size: int) -> list[int]:
+    """Which of ``count`` items make a batch of ``batch_size`` (> 1): shrinking keeps the first
+    and last, growing gives each item an equal run (the reference's image-batch resampling)."""
+    if batch_size < count:
+        step = (count - 1) / (batch_size - 1)
+        return [min(round(i * step), count - 1) for i in range(batch_size)]
+    step = count / batch_size
+    return [min(math.floor((i + 0.5) * step), count - 1) for i in range(batch_size)]
+
+
 def resize_to_batch_size(tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``batch_size`` items picked evenly from ``tensor``'s batch: shrinking keeps the first and
-    last, growing gives each item an equal run (the reference's image-batch resampling)."""
+    """``batch_size`` items picked evenly from ``tensor``'s batch (:func:`batch_pick_indices`)."""
     count = tensor.shape[0]
     if count == batch_size:
         return tensor
     if batch_size <= 1:
         return tensor[:batch_size]
-    if batch_size < count:
-        step = (count - 1) / (batch_size - 1)
-        picks = [min(round(i * step), count - 1) for i in range(batch_size)]
-    else:
-        step = count / batch_size
-        picks = [min(math.floor((i + 0.5) * step), count - 1) for i in range(batch_size)]
-    return tensor[picks]
+    return tensor[batch_pick_indices(count, batch_size)]
 
 
 def is_equal(x: Any, y: Any) -> bool:

@@ -9,7 +9,6 @@ sampling by :class:`LatentApplyOperationCFG`.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,18 +26,6 @@ _MODULE = "comfy_extras.nodes_latent"
 
 
 # --- shared helpers ------------------------------------------------------------------------------
-
-
-def repeat_to_batch_size(tensor: torch.Tensor, size: int, dim: int = 0) -> torch.Tensor:
-    """``tensor`` cut or tiled along ``dim`` to ``size`` items (the reference's helper of that name)."""
-    have = tensor.shape[dim]
-    if have > size:
-        return tensor.narrow(dim, 0, size)
-    if have < size:
-        reps = [1] * tensor.ndim
-        reps[dim] = math.ceil(size / have)
-        return tensor.repeat(reps).narrow(dim, 0, size)
-    return tensor
 
 
 def resize_spatial(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -59,6 +46,8 @@ def reshape_latent_to(target_shape: Any, latent: torch.Tensor, repeat_batch: boo
     can so be added, as in the reference."""
     if tuple(latent.shape[1:]) != tuple(target_shape[1:]):
         latent = resize_spatial(latent, int(target_shape[-1]), int(target_shape[-2]))
+    from plugins.core_nodes.conds import repeat_to_batch_size
+
     return repeat_to_batch_size(latent, int(target_shape[0])) if repeat_batch else latent
 
 
@@ -159,6 +148,8 @@ class LatentConcat(_Node):
 
     def execute(self, samples1: Latent, samples2: Latent, dim: str) -> tuple[Latent]:
         import torch
+
+        from plugins.core_nodes.conds import repeat_to_batch_size
 
         s1 = samples1["samples"]
         s2 = repeat_to_batch_size(samples2["samples"], s1.shape[0])
@@ -459,6 +450,8 @@ class _Run:
 
 def _run_of(latent: Latent, offset: int) -> _Run:
     import torch
+
+    from plugins.core_nodes.conds import repeat_to_batch_size
 
     samples = latent["samples"]
     b, h, w = samples.shape[0], samples.shape[-2], samples.shape[-1]

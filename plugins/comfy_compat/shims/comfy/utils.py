@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from kernel.progress import ProgressBar as _KernelProgressBar
 from kernel.progress import set_progress
+from plugins.core_nodes.conds import batch_pick_indices, repeat_to_batch_size
+from plugins.core_nodes.conds import resize_to_batch_size as resize_to_batch_size  # the reference's name here
 
 log = logging.getLogger("comfykernel.compat")
 
@@ -358,38 +360,6 @@ def unet_to_diffusers(unet_config: Mapping[str, Any]) -> dict[str, str]:
 # --- batches -------------------------------------------------------------------------------
 
 
-def repeat_to_batch_size(tensor: torch.Tensor, batch_size: int, dim: int = 0) -> torch.Tensor:
-    """Cut ``tensor`` to ``batch_size`` along ``dim``, or tile it up to that size."""
-    size = tensor.shape[dim]
-    if size > batch_size:
-        return tensor.narrow(dim, 0, batch_size)
-    if size < batch_size:
-        reps = [1] * tensor.ndim
-        reps[dim] = math.ceil(batch_size / size)
-        return tensor.repeat(reps).narrow(dim, 0, batch_size)
-    return tensor
-
-
-def _resampled_indices(count: int, batch_size: int) -> list[int]:
-    # Shrinking keeps the first and last items and spreads the rest evenly; growing repeats each
-    # item for an equal share of the output (nearest-neighbour over item centres).
-    if batch_size < count:
-        step = (count - 1) / (batch_size - 1)
-        return [min(round(i * step), count - 1) for i in range(batch_size)]
-    step = count / batch_size
-    return [min(math.floor((i + 0.5) * step), count - 1) for i in range(batch_size)]
-
-
-def resize_to_batch_size(tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Resample the batch to ``batch_size`` items by picking evenly spaced ones."""
-    count = tensor.shape[0]
-    if count == batch_size:
-        return tensor
-    if batch_size <= 1:
-        return tensor[:batch_size]
-    return tensor[_resampled_indices(count, batch_size)]
-
-
 def resize_list_to_batch_size(items: list[Any], batch_size: int) -> list[Any]:
     """:func:`resize_to_batch_size` for a list."""
     count = len(items)
@@ -397,7 +367,7 @@ def resize_list_to_batch_size(items: list[Any], batch_size: int) -> list[Any]:
         return items
     if batch_size <= 1:
         return items[:batch_size]
-    return [items[i] for i in _resampled_indices(count, batch_size)]
+    return [items[i] for i in batch_pick_indices(count, batch_size)]
 
 
 def pack_latents(latents: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Size]]:
