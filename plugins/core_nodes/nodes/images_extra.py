@@ -11,6 +11,7 @@ import json
 import math
 import re
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from plugins.core_nodes.nodes import bounding_boxes, image_formats
@@ -600,6 +601,42 @@ class _Saver(_Images, KernelNode):
     def _metadata_off(self) -> bool:
         return bool(self.kernel().settings.disable_metadata)
 
+    def _save_animation(
+        self,
+        images: Any,
+        filename_prefix: str,
+        extension: str,
+        fps: float,
+        options: Callable[[Any], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """``images`` as one animated file of ``extension``, ``fps`` frames a second, with the
+        format's save ``options`` (made from the first frame); the node's UI and result."""
+        folder, filename, counter, subfolder = self._target(images, filename_prefix)
+        frames = [to_pil(image) for image in images]
+        name = f"{filename}_{counter:05}_.{extension}"
+        frames[0].save(
+            folder / name,
+            save_all=True,
+            append_images=frames[1:],
+            duration=int(1000.0 / fps),
+            **options(frames[0]),
+        )
+        entry = {"filename": name, "subfolder": subfolder, "type": "output"}
+        return {"ui": _animated_ui(entry, len(frames)), "result": (images,)}
+
+
+def _animation_inputs(**options: Any) -> dict[str, Any]:
+    """The animated savers' inputs: images, prefix and frame rate, then the format's ``options``."""
+    return {
+        "required": {
+            "images": _image(),
+            "filename_prefix": ("STRING", {"default": "ComfyUI", "multiline": False}),
+            "fps": ("FLOAT", {"default": 6.0, "min": 0.01, "max": 1000.0, "step": 0.01}),
+            **options,
+        },
+        "hidden": dict(_HIDDEN_METADATA),
+    }
+
 
 def _animated_ui(entry: dict[str, str], frames: int) -> dict[str, Any]:
     ui: dict[str, Any] = {"images": [entry]}
@@ -613,17 +650,11 @@ class SaveAnimatedWEBP(_Saver):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "images": _image(),
-                "filename_prefix": ("STRING", {"default": "ComfyUI", "multiline": False}),
-                "fps": ("FLOAT", {"default": 6.0, "min": 0.01, "max": 1000.0, "step": 0.01}),
-                "lossless": ("BOOLEAN", {"default": True}),
-                "quality": ("INT", {"default": 80, "min": 0, "max": 100}),
-                "method": (list(_WEBP_METHODS),),
-            },
-            "hidden": dict(_HIDDEN_METADATA),
-        }
+        return _animation_inputs(
+            lossless=("BOOLEAN", {"default": True}),
+            quality=("INT", {"default": 80, "min": 0, "max": 100}),
+            method=(list(_WEBP_METHODS),),
+        )
 
     def save_images(
         self,
@@ -637,23 +668,12 @@ class SaveAnimatedWEBP(_Saver):
         prompt: Any = None,
         extra_pnginfo: Any = None,
     ) -> dict[str, Any]:
-        folder, filename, counter, subfolder = self._target(images, filename_prefix)
-        frames = [to_pil(image) for image in images]
-        off = self._metadata_off()
-        exif = image_formats.webp_exif(frames[0], None if off else prompt, None if off else extra_pnginfo)
-        name = f"{filename}_{counter:05}_.webp"
-        frames[0].save(
-            folder / name,
-            save_all=True,
-            append_images=frames[1:],
-            duration=int(1000.0 / fps),
-            exif=exif,
-            lossless=lossless,
-            quality=quality,
-            method=_WEBP_METHODS.get(method, 4),
-        )
-        entry = {"filename": name, "subfolder": subfolder, "type": "output"}
-        return {"ui": _animated_ui(entry, len(frames)), "result": (images,)}
+        def options(first: Any) -> dict[str, Any]:
+            off = self._metadata_off()
+            exif = image_formats.webp_exif(first, None if off else prompt, None if off else extra_pnginfo)
+            return {"exif": exif, "lossless": lossless, "quality": quality, "method": _WEBP_METHODS.get(method, 4)}
+
+        return self._save_animation(images, filename_prefix, "webp", fps, options)
 
 
 class SaveAnimatedPNG(_Saver):
@@ -661,15 +681,7 @@ class SaveAnimatedPNG(_Saver):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "images": _image(),
-                "filename_prefix": ("STRING", {"default": "ComfyUI", "multiline": False}),
-                "fps": ("FLOAT", {"default": 6.0, "min": 0.01, "max": 1000.0, "step": 0.01}),
-                "compress_level": ("INT", {"advanced": True, "default": 4, "min": 0, "max": 9}),
-            },
-            "hidden": dict(_HIDDEN_METADATA),
-        }
+        return _animation_inputs(compress_level=("INT", {"advanced": True, "default": 4, "min": 0, "max": 9}))
 
     def save_images(
         self,
@@ -680,20 +692,11 @@ class SaveAnimatedPNG(_Saver):
         prompt: Any = None,
         extra_pnginfo: Any = None,
     ) -> dict[str, Any]:
-        folder, filename, counter, subfolder = self._target(images, filename_prefix)
-        frames = [to_pil(image) for image in images]
-        info = None if self._metadata_off() else image_formats.animated_png_info(prompt, extra_pnginfo)
-        name = f"{filename}_{counter:05}_.png"
-        frames[0].save(
-            folder / name,
-            pnginfo=info,
-            compress_level=compress_level,
-            save_all=True,
-            duration=int(1000.0 / fps),
-            append_images=frames[1:],
-        )
-        entry = {"filename": name, "subfolder": subfolder, "type": "output"}
-        return {"ui": _animated_ui(entry, len(frames)), "result": (images,)}
+        def options(_first: Any) -> dict[str, Any]:
+            info = None if self._metadata_off() else image_formats.animated_png_info(prompt, extra_pnginfo)
+            return {"pnginfo": info, "compress_level": compress_level}
+
+        return self._save_animation(images, filename_prefix, "png", fps, options)
 
 
 class SaveImageAdvanced(_Saver):
