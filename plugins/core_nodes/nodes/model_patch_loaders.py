@@ -41,11 +41,16 @@ class ModelPatchLoader(_Loader):
         return (load_model_patch(self.path("model_patches", name)),)
 
 
-class QwenImageDiffsynthControlnet(CoreNode):
+class _ApplyPatch(CoreNode):
+    """A node that attaches a MODEL_PATCH to a clone of its MODEL."""
+
     RELATIVE_PYTHON_MODULE: ClassVar[str] = MODULE
-    CATEGORY = "model/patch/qwen"
     EXPERIMENTAL = True
     RETURN_TYPES = ("MODEL",)
+
+
+class QwenImageDiffsynthControlnet(_ApplyPatch):
+    CATEGORY = "model/patch/qwen"
     FUNCTION = "diffsynth_controlnet"
 
     @classmethod
@@ -121,11 +126,8 @@ class ZImageFunControlnet(QwenImageDiffsynthControlnet):
         }
 
 
-class USOStyleReference(CoreNode):
-    RELATIVE_PYTHON_MODULE: ClassVar[str] = MODULE
+class USOStyleReference(_ApplyPatch):
     CATEGORY = "model/patch/flux"
-    EXPERIMENTAL = True
-    RETURN_TYPES = ("MODEL",)
     FUNCTION = "apply_patch"
 
     @classmethod
@@ -150,13 +152,10 @@ class USOStyleReference(CoreNode):
         return (patched,)
 
 
-class SUPIRApply(CoreNode):
-    RELATIVE_PYTHON_MODULE: ClassVar[str] = MODULE
+class SUPIRApply(_ApplyPatch):
     # The reference's schema names no display name: /object_info says null.
     PUBLISH_NULL_DISPLAY_NAME: ClassVar[bool] = True
     CATEGORY = "model/patch/supir"
-    EXPERIMENTAL = True
-    RETURN_TYPES = ("MODEL",)
     FUNCTION = "execute"
 
     @classmethod
