@@ -20,6 +20,18 @@ class CoreNode:
     RELATIVE_PYTHON_MODULE: ClassVar[str] = "nodes"
 
 
+class ClassExecute:
+    """Mixin: the reference's newer entry point on a classic node. ``Node.execute(...)`` on the
+    class runs the node's ``FUNCTION`` on a new instance, as packs call the reference's schema
+    nodes. Not for nodes whose ``FUNCTION`` is ``execute`` itself."""
+
+    FUNCTION: ClassVar[str]
+
+    @classmethod
+    def execute(cls, *args: Any, **kwargs: Any) -> Any:
+        return getattr(cls(), cls.FUNCTION)(*args, **kwargs)
+
+
 class KernelNode(CoreNode):
     """A node that needs its server (directories, settings, model folders).
 

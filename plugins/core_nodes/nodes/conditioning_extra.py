@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from plugins.core_nodes.nodes.common import CoreNode
+from plugins.core_nodes.nodes.common import ClassExecute, CoreNode
 
 # The x4 upscaler works on latents a quarter of the output size.
 _X4_LATENT_RATIO = 4
@@ -27,7 +27,7 @@ def with_options(conditioning: list[list[Any]], **options: Any) -> list[list[Any
     return [[cond, {**extra, **options}] for cond, extra in conditioning]
 
 
-class _Node(CoreNode):
+class _Node(ClassExecute, CoreNode):
     # The reference's schemas name no display name: /object_info says null.
     PUBLISH_NULL_DISPLAY_NAME: ClassVar[bool] = True
 
@@ -69,10 +69,6 @@ class InstructPixToPixConditioning(_Node):
             latent,
         )
 
-    @classmethod
-    def execute(cls, positive: Any, negative: Any, pixels: Any, vae: Any) -> tuple[Any, Any, dict[str, Any]]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().encode(positive, negative, pixels, vae)
 
 
 class SD_4XUpscale_Conditioning(_Node):  # noqa: N801 - the reference's name
@@ -117,12 +113,6 @@ class SD_4XUpscale_Conditioning(_Node):  # noqa: N801 - the reference's name
         latent = torch.zeros([images.shape[0], 4, latent_h, latent_w])
         return with_options(positive, **options), with_options(negative, **options), {"samples": latent}
 
-    @classmethod
-    def execute(
-        cls, images: Any, positive: Any, negative: Any, scale_ratio: float, noise_augmentation: float
-    ) -> tuple[Any, Any, dict[str, Any]]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().encode(images, positive, negative, scale_ratio, noise_augmentation)
 
 
 class CLIPTextEncodeControlnet(_Node):
@@ -147,10 +137,6 @@ class CLIPTextEncodeControlnet(_Node):
         cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
         return (with_options(conditioning, cross_attn_controlnet=cond, pooled_output_controlnet=pooled),)
 
-    @classmethod
-    def execute(cls, clip: Any, conditioning: Any, text: str) -> tuple[Any]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().encode(clip, conditioning, text)
 
 
 class T5TokenizerOptions(_Node):
@@ -176,10 +162,6 @@ class T5TokenizerOptions(_Node):
             clip.set_tokenizer_option(f"{family}_min_length", min_length)
         return (clip,)
 
-    @classmethod
-    def execute(cls, clip: Any, min_padding: int, min_length: int) -> tuple[Any]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().set_options(clip, min_padding, min_length)
 
 
 NODES: dict[str, tuple[type, str | None]] = {

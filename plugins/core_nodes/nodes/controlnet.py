@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from plugins.core_nodes.nodes.common import CoreNode
+from plugins.core_nodes.nodes.common import ClassExecute, CoreNode
 from plugins.core_nodes.nodes.loaders import _Loader
 
 Conditioning = list[list[Any]]
@@ -143,7 +143,7 @@ class ControlNetApplyAdvanced(CoreNode):
         return (out[0], out[1])
 
 
-class ControlNetInpaintingAliMamaApply(CoreNode):
+class ControlNetInpaintingAliMamaApply(ClassExecute, CoreNode):
     """ControlNetApplyAdvanced for inpainting ControlNets (AliMama's): for a control that takes
     the mask as extra hint channels (``concat_mask``), the masked-out pixels of the image are
     zeroed (the mask resized to the image, bilinear, centre-cropped, rounded) and the kept-area
@@ -196,10 +196,6 @@ class ControlNetInpaintingAliMamaApply(CoreNode):
             positive, negative, control_net, image, strength, start_percent, end_percent, vae=vae, extra_concat=extra_concat
         )
 
-    @classmethod
-    def execute(cls, *args: Any, **kwargs: Any) -> tuple[Conditioning, Conditioning]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().apply_inpaint_controlnet(*args, **kwargs)
 
 
 # The union ControlNet's control types, in the order of its type index.

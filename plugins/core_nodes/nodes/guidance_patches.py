@@ -14,7 +14,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
-from plugins.core_nodes.nodes.common import CoreNode
+from plugins.core_nodes.nodes.common import ClassExecute, CoreNode
 
 # Where in the sampler's CFG step a patch runs: the MODEL's ``set_model_sampler_<stage>_function``.
 Stage = Literal["pre_cfg", "cfg", "post_cfg", "calc_cond_batch"]
@@ -40,14 +40,7 @@ def _install(model: Any, stage: Stage, function: Any, **options: Any) -> tuple[A
     return (m,)
 
 
-class _Executable(CoreNode):
-    @classmethod
-    def execute(cls, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return getattr(cls(), cls.FUNCTION)(*args, **kwargs)
-
-
-class _ModelPatch(_Executable):
+class _ModelPatch(ClassExecute, CoreNode):
     """A node that returns a patched clone of its MODEL."""
 
     RETURN_TYPES: ClassVar[tuple[str, ...]] = ("MODEL",)
@@ -234,7 +227,7 @@ class PerpNeg(_ModelPatch):
         return _install(model, "cfg", perp_neg_cfg_function(empty_conditioning, neg_scale))
 
 
-class PerpNegGuider(_Executable):
+class PerpNegGuider(ClassExecute, CoreNode):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_perpneg"
     CATEGORY = "experimental"
     EXPERIMENTAL = True

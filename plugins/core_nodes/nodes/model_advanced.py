@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from plugins.core_nodes.contracts import LatentFormat
-from plugins.core_nodes.nodes.common import MAX_RESOLUTION, CoreNode
+from plugins.core_nodes.nodes.common import MAX_RESOLUTION, ClassExecute, CoreNode
 
 if TYPE_CHECKING:
     import torch
@@ -376,7 +376,7 @@ def set_torch_compile_wrapper(model: Any, backend: str, **options: Any) -> None:
     model.model_options[TORCH_COMPILE_KWARGS] = compile_kwargs
 
 
-class TorchCompileModel(CoreNode):
+class TorchCompileModel(ClassExecute, CoreNode):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_torch_compile"
     CATEGORY = "experimental"
     EXPERIMENTAL = True
@@ -402,10 +402,6 @@ class TorchCompileModel(CoreNode):
         set_torch_compile_wrapper(m, backend)
         return (m,)
 
-    @classmethod
-    def execute(cls, model: Any, backend: str) -> tuple[Any]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().patch(model, backend)
 
 
 NODES: dict[str, tuple[type, str | None]] = {

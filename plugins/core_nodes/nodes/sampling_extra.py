@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from plugins.core_nodes.nodes.common import CoreNode
+from plugins.core_nodes.nodes.common import ClassExecute, CoreNode
 from plugins.core_nodes.nodes.schedulers_extra import _finish, loglinear_interp
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def sample_euler_cfg_pp_alternative(ctx: SamplerContext, x: torch.Tensor, sigmas
     return x
 
 
-class _Sampler(CoreNode):
+class _Sampler(ClassExecute, CoreNode):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = _MODULE
     CATEGORY = "model/sampling/samplers"
     RETURN_TYPES = ("SAMPLER",)
@@ -139,10 +139,6 @@ class SamplerLCMUpscale(_Sampler):
         }
         return (KSAMPLER(k_diffusion_sampler("lcm_upscale", sample_lcm_upscale), extra_options=options),)
 
-    @classmethod
-    def execute(cls, scale_ratio: float, scale_steps: int, upscale_method: str) -> tuple[Any]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().get_sampler(scale_ratio, scale_steps, upscale_method)
 
 
 class SamplerLCM(_Sampler):
@@ -165,10 +161,6 @@ class SamplerLCM(_Sampler):
         options = {"s_noise": float(s_noise), "s_noise_end": float(s_noise_end), "noise_clip_std": float(noise_clip_std)}
         return (ksampler("lcm", options),)
 
-    @classmethod
-    def execute(cls, s_noise: float, s_noise_end: float, noise_clip_std: float) -> tuple[Any]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().get_sampler(s_noise, s_noise_end, noise_clip_std)
 
 
 class SamplerEulerCFGpp(_Sampler):
@@ -194,10 +186,6 @@ class SamplerEulerCFGpp(_Sampler):
             return (ksampler("euler_cfg_pp"),)
         raise ValueError(f"unknown version {version!r}; expected one of {EULER_CFGPP_VERSIONS}")
 
-    @classmethod
-    def execute(cls, version: str) -> tuple[Any]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().get_sampler(version)
 
 
 def optimal_steps_sigmas(model_type: str, steps: int, denoise: float = 1.0) -> Any:
@@ -212,7 +200,7 @@ def optimal_steps_sigmas(model_type: str, steps: int, denoise: float = 1.0) -> A
     return _finish(levels, steps, denoise)
 
 
-class OptimalStepsScheduler(CoreNode):
+class OptimalStepsScheduler(ClassExecute, CoreNode):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_optimalsteps"
     CATEGORY = "model/sampling/schedulers"
     RETURN_TYPES = ("SIGMAS",)
@@ -232,10 +220,6 @@ class OptimalStepsScheduler(CoreNode):
     def get_sigmas(self, model_type: str, steps: int, denoise: float) -> tuple[Any]:
         return (optimal_steps_sigmas(model_type, steps, denoise),)
 
-    @classmethod
-    def execute(cls, model_type: str, steps: int, denoise: float) -> tuple[Any]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().get_sigmas(model_type, steps, denoise)
 
 
 NODES: dict[str, tuple[type, str | None]] = {

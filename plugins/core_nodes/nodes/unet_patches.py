@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from plugins.core_nodes.nodes.common import CoreNode
+from plugins.core_nodes.nodes.common import ClassExecute, CoreNode
 
 
 def _float(default: float) -> tuple[str, dict[str, Any]]:
@@ -18,16 +18,12 @@ def _float(default: float) -> tuple[str, dict[str, Any]]:
     return ("FLOAT", {"advanced": True, "default": default, "min": 0.0, "max": 10.0, "step": 0.01})
 
 
-class _Patch(CoreNode):
+class _Patch(ClassExecute, CoreNode):
     RETURN_TYPES: ClassVar[tuple[str, ...]] = ("MODEL",)
     FUNCTION: ClassVar[str] = "patch"
     # The reference's schemas for these nodes name no display name: /object_info says null.
     PUBLISH_NULL_DISPLAY_NAME: ClassVar[bool] = True
 
-    @classmethod
-    def execute(cls, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().patch(*args, **kwargs)  # type: ignore[attr-defined]
 
 
 # --- FreeU ---------------------------------------------------------------------------------------
