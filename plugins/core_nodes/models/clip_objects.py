@@ -67,11 +67,15 @@ def member_attr(name: str) -> str:
 def split_key(key: str) -> tuple[str, str] | None:
     """A reference state-dict key of a CLIP's ``cond_stage_model`` -> (encoder name, our
     parameter name), or None. The reference keeps ``text_projection`` beside ``text_model``;
-    ours sits inside the network, so both spellings name it."""
-    if not key.startswith("clip_"):
-        return None
+    ours sits inside the network, so both spellings name it. T5 members (``t5xxl``) are named
+    as they are (see :func:`member_attr`)."""
     member, _, rest = key.partition(".")
-    name = member[len("clip_") :]
+    if member.startswith("t5"):
+        name = member
+    elif member.startswith("clip_"):
+        name = member[len("clip_") :]
+    else:
+        return None
     dotted = "." + rest
     if dotted.startswith(_TEXT_MODEL):
         return name, dotted[len(_TEXT_MODEL) :]

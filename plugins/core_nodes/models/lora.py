@@ -408,8 +408,10 @@ def read_deltas(sd: Mapping[str, torch.Tensor]) -> Deltas:
     A change to a parameter other than the module's weight (``.diff_b``: its bias) is keyed
     ``<module key>.<param>``.
     """
+    from .lora_flux import convert_xlabs_keys
+
     groups: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in sd.items():
+    for key, value in convert_xlabs_keys(sd).items():
         split = _split(key)
         if split is not None:
             groups.setdefault(split[0], {})[split[1]] = value
@@ -508,7 +510,12 @@ def _module_names(module: nn.Module) -> list[str]:
 
 
 def unet_key_map(unet: nn.Module) -> dict[str, str]:
-    """Every way a LoRA file may name one of our UNet modules -> our module name."""
+    """Every way a LoRA file may name one of our UNet modules -> our module name (a Flux
+    transformer's are :func:`.lora_flux.flux_key_map`'s)."""
+    from .lora_flux import flux_key_map, is_flux_network
+
+    if is_flux_network(unet):
+        return flux_key_map(unet)
     config: UNetConfig = unet.config  # type: ignore[assignment]
     ours = _module_names(unet)
     diffusers = unet_diffusers_names(config, ours)
@@ -538,6 +545,9 @@ def text_key_map(encoders: Mapping[str, nn.Module]) -> dict[str, tuple[str, str]
     keys: dict[str, tuple[str, str]] = {}
     dual = len(encoders) > 1
     for enc_name, model in encoders.items():
+        if enc_name.startswith("t5"):
+            keys.update(_t5_keys(enc_name, model, encoders))
+            continue
         scheme = _TEXT_PREFIXES[enc_name] if dual else _TEXT_PREFIXES["single"]
         for name in _module_names(model):
             hf = "text_model." + name
@@ -550,6 +560,20 @@ def text_key_map(encoders: Mapping[str, nn.Module]) -> dict[str, tuple[str, str]
             # text_projection sits beside text_model.
             ref = name if name.startswith("text_projection") else hf
             keys[f"text_encoders.clip_{enc_name}.transformer.{ref}"] = (enc_name, name)
+    return keys
+
+
+def _t5_keys(enc_name: str, model: nn.Module, encoders: Mapping[str, nn.Module]) -> dict[str, tuple[str, str]]:
+    """A T5 encoder's LoRA keys: kohya's ``lora_te<N>_`` numbered after the CLIPs beside it
+    (OneTrainer's Flux files, CLIP-L + T5, use both 2 and 3, as the reference reads them) and the
+    reference's own ``text_encoders.t5xxl.transformer.`` paths (transformers' names, as ours)."""
+    index = 1 + ("g" in encoders) + ("l" in encoders)
+    numbers = (2, 3) if index == 2 and "l" in encoders else (index,)
+    keys: dict[str, tuple[str, str]] = {}
+    for name in _module_names(model):
+        for n in numbers:
+            keys[f"lora_te{n}_" + name.replace(".", "_")] = (enc_name, name)
+        keys[f"text_encoders.{enc_name}.transformer.{name}"] = (enc_name, name)
     return keys
 
 
@@ -600,6 +624,12 @@ def resolve(
     text-encoder LoRA on SD2's wider encoder: see :func:`misfit`) and, when ``deltas`` comes from
     :func:`read_deltas`, its incomplete modules. The reference too skips these and applies the rest.
     """
+    from .lora_flux import fuse_slices, is_flux_network
+
+    if is_flux_network(unet):
+        # diffusers' separate q / k / v (and proj_mlp) changes made one change of the fused weight.
+        assert unet is not None
+        deltas = fuse_slices(deltas, unet)
     unet_keys = unet_key_map(unet) if unet is not None else {}
     text_keys = text_key_map(encoders) if encoders else {}
     unet_params = dict(unet.named_parameters()) if unet is not None else {}
@@ -685,7 +715,12 @@ class PatchedWeights:
                 with torch.no_grad():
                     for name, changes in self.patches.items():
                         weight = params[name]
-                        merged[name] = self._merge(name, weight.float(), changes).to(weight.dtype)
+                        base = weight.float()
+                        if self._merge is not _merge_deltas and base is weight:
+                            # The reference's entries with an offset write their rows into the
+                            # tensor they are given: never into the model's own parameter.
+                            base = base.clone()
+                        merged[name] = self._merge(name, base, changes).to(weight.dtype)
                 self._merged, self._key = merged, key
             return self._merged
 

@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
+from plugins.core_nodes.models.clip_objects import member_attr
 from plugins.core_nodes.models.lora import read_deltas, text_key_map, unet_key_map
+from plugins.core_nodes.models.lora_flux import flux_slice_map, is_flux_network
 from plugins.core_nodes.models.weight_patches import calculate_weight, reference_from_delta
 
 log = logging.getLogger("comfykernel.compat")
@@ -77,7 +79,18 @@ def model_lora_keys_unet(model: Any, key_map: dict[str, Any] | None = None) -> d
         key_map[lora_key] = target
         if lora_key.startswith("lora_unet_"):
             key_map["lycoris_" + lora_key[len("lora_unet_") :]] = target
+    if is_flux_network(unet):
+        # diffusers' q / k / v name rows of our fused weights: the reference's (key, offset) form,
+        # and (key, None, function) for the final modulation kept (scale, shift) by diffusers.
+        for lora_key, block in flux_slice_map(unet).items():
+            weight = f"diffusion_model.{block.module}.weight"
+            key_map[lora_key] = (weight, None, _swap_halves) if block.swap else (weight, (0, block.start, block.size))
     return key_map
+
+
+def _swap_halves(change: torch.Tensor) -> torch.Tensor:
+    first, second = change.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
 
 
 def model_lora_keys_clip(model: Any, key_map: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -90,7 +103,7 @@ def model_lora_keys_clip(model: Any, key_map: dict[str, Any] | None = None) -> d
     if not isinstance(encoders, Mapping):
         return key_map
     for lora_key, (encoder, module) in text_key_map(encoders).items():
-        key_map[lora_key] = f"clip_{encoder}.transformer.text_model.{module}.weight"
+        key_map[lora_key] = f"{member_attr(encoder)}.transformer.text_model.{module}.weight"
     return key_map
 
 
