@@ -7,8 +7,11 @@ order they were produced. Threads other than the loop's (the executor) publish w
 Hand-offs from other threads are batched: events wait in one list and a single loop callback
 delivers everything gathered so far. One ``call_soon_threadsafe`` per event let a busy executor
 flood the loop's ready queue (tens of thousands of callbacks ahead of a signal handler or an HTTP
-request). The list is bounded: a publisher that gets ``MAX_PENDING`` events ahead of the loop
-waits for it, so a stalled loop slows the executor down instead of growing memory.
+request). The first event after a quiet spell wakes the loop at once; while events keep coming,
+the loop collects them every ``BATCH_SECONDS`` instead of being woken for each (a wake-up costs
+the publisher a write to the loop's self-pipe). The list is bounded: a publisher that gets
+``MAX_PENDING`` events ahead of the loop waits for it, so a stalled loop slows the executor down
+instead of growing memory.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class _Delivered:
 MAX_PENDING = 20_000
 # How long a blocked publisher waits between checks that the loop is still there.
 _WAIT_SLICE = 0.2
+# While events keep arriving, the loop collects them this often instead of being woken per batch.
+BATCH_SECONDS = 0.002
 
 
 class EventBus:
@@ -51,8 +56,10 @@ class EventBus:
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Attach the serving loop; before that (or after unbinding) publishing is direct."""
-        self._loop = loop
-        self._loop_thread = threading.get_ident() if loop is not None else None
+        with self._cond:
+            self._loop = loop
+            self._loop_thread = threading.get_ident() if loop is not None else None
+            self._scheduled = False  # a delivery due on the old loop never comes
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Add a subscriber; returns a function that removes it."""
@@ -76,7 +83,7 @@ class EventBus:
         loop = self._loop
         if loop is None or threading.get_ident() == self._loop_thread:
             if self._pending:
-                self._deliver()  # earlier hand-offs first: FIFO across the two paths
+                self._publish_handed_over()  # earlier hand-offs first: FIFO across the two paths
             self.publish(event)
             return
         with self._cond:
@@ -112,10 +119,27 @@ class EventBus:
         return marker.done.wait(timeout)
 
     def _deliver(self) -> None:
-        """On the loop: publish every event handed over so far, in order."""
+        """The scheduled delivery on the loop: publish what was handed over, then poll again
+        shortly if anything was (publishers append without waking the loop meanwhile); if nothing
+        was, the next publication wakes the loop."""
+        loop = self._loop
         with self._cond:
-            batch, self._pending, self._scheduled = self._pending, [], False
+            batch, self._pending = self._pending, []
+            self._scheduled = bool(batch) and loop is not None and not loop.is_closed()
             self._cond.notify_all()
+        if self._scheduled:
+            assert loop is not None
+            loop.call_later(BATCH_SECONDS, self._deliver)
+        self._publish_batch(batch)
+
+    def _publish_handed_over(self) -> None:
+        """Publish what was handed over, now (the scheduled delivery finds less to do)."""
+        with self._cond:
+            batch, self._pending = self._pending, []
+            self._cond.notify_all()
+        self._publish_batch(batch)
+
+    def _publish_batch(self, batch: list[Any]) -> None:
         for event in batch:
             if isinstance(event, _Delivered):
                 event.done.set()
