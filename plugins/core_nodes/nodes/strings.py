@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import re
 import string
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 from plugins.core_nodes.nodes.common import CoreNode
 
@@ -133,35 +133,31 @@ class StringLength(_StringNode):
         return (len(string),)  # characters (code points), not bytes
 
 
-_CASES = {
-    "UPPERCASE": str.upper,
-    "lowercase": str.lower,
-    "Capitalize": str.capitalize,
-    "Title Case": str.title,
-}
+class _ModeTable(_StringNode):
+    """The string through the function its ``mode`` names (an unknown mode leaves it as is)."""
 
+    MODES: ClassVar[Mapping[str, Callable[[str], str]]]
 
-class CaseConverter(_StringNode):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"string": _text(), "mode": _combo(list(_CASES))}}
+        return {"required": {"string": _text(), "mode": _combo(list(cls.MODES))}}
 
     def run(self, string: str, mode: str) -> tuple[str]:
-        convert = _CASES.get(mode)
+        convert = self.MODES.get(mode)
         return (convert(string) if convert is not None else string,)
 
 
-_TRIMS = {"Both": str.strip, "Left": str.lstrip, "Right": str.rstrip}
+class CaseConverter(_ModeTable):
+    MODES: ClassVar[Mapping[str, Callable[[str], str]]] = {
+        "UPPERCASE": str.upper,
+        "lowercase": str.lower,
+        "Capitalize": str.capitalize,
+        "Title Case": str.title,
+    }
 
 
-class StringTrim(_StringNode):
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"string": _text(), "mode": _combo(list(_TRIMS))}}
-
-    def run(self, string: str, mode: str) -> tuple[str]:
-        trim = _TRIMS.get(mode)
-        return (trim(string) if trim is not None else string,)
+class StringTrim(_ModeTable):
+    MODES: ClassVar[Mapping[str, Callable[[str], str]]] = {"Both": str.strip, "Left": str.lstrip, "Right": str.rstrip}
 
 
 class StringReplace(_StringNode):
