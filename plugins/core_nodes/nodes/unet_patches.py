@@ -59,6 +59,15 @@ class FreeU_V2(FreeU):  # noqa: N801 - the reference's class name
 # --- HyperTile and ToMe ----------------------------------------------------------------------------
 
 
+def _around_self_attention(model: Any, before: Any, after: Any) -> tuple[Any]:
+    """A clone of ``model`` with ``before`` on every self-attention's input and ``after`` on its
+    output (the pair that reshapes the tokens and puts them back)."""
+    m = model.clone()
+    m.set_model_attn1_patch(before)
+    m.set_model_attn1_output_patch(after)
+    return (m,)
+
+
 class HyperTile(_Patch):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_hypertile"
     CATEGORY = "model/patch/unet"
@@ -79,10 +88,7 @@ class HyperTile(_Patch):
         from plugins.core_nodes.patches.hypertile import HyperTile as Tiler
 
         tiler = Tiler(int(tile_size), int(swap_size), int(max_depth), bool(scale_depth))
-        m = model.clone()
-        m.set_model_attn1_patch(tiler.split)
-        m.set_model_attn1_output_patch(tiler.join)
-        return (m,)
+        return _around_self_attention(model, tiler.split, tiler.join)
 
 
 class TomePatchModel(_Patch):
@@ -102,10 +108,7 @@ class TomePatchModel(_Patch):
         from plugins.core_nodes.patches.tome import TokenMerging
 
         tome = TokenMerging(float(ratio))
-        m = model.clone()
-        m.set_model_attn1_patch(tome.merge_queries)
-        m.set_model_attn1_output_patch(tome.unmerge_output)
-        return (m,)
+        return _around_self_attention(model, tome.merge_queries, tome.unmerge_output)
 
 
 # --- attention multipliers -----------------------------------------------------------------------
