@@ -190,13 +190,20 @@ def _read_checkpoint(dtype: torch.dtype | None, embeddings: EmbeddingLookup | No
         stack = None
         models: tuple[nn.Module, ...] = ()
         if parts.text_encoder_weights:
+            from plugins.core_nodes.models.flux_family import flux_checkpoint_stack, is_flux_checkpoint_text
+
+            # Flux's CLIP-L + T5-XXL are built as DualCLIPLoader's flux pair (each in its own dtype).
+            flux = is_flux_checkpoint_text(parts.text_encoder_weights)
             try:
-                stack = stack_from_state_dict(parts.text_encoder_weights, embeddings=embeddings)
+                if flux:
+                    stack = flux_checkpoint_stack(parts.text_encoder_weights, embeddings, dtype)
+                else:
+                    stack = stack_from_state_dict(parts.text_encoder_weights, embeddings=embeddings)
             except (ValueError, KeyError, RuntimeError) as e:
                 raise ckpt.CheckpointError(
                     f"{path.name} has text encoder weights that do not fit ({e})"
                 ) from None
-            models = _cast_stack(stack, dtype)
+            models = tuple(e.model for e in stack.encoders.values()) if flux else _cast_stack(stack, dtype)
         return LoadedCheckpoint(parts.family, parts.unet, parts.vae, stack, models)
 
     return loader

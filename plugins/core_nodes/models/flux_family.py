@@ -42,7 +42,9 @@ __all__ = [
     "DEFAULT_GUIDANCE",
     "FluxModel",
     "build_flux_model",
+    "flux_checkpoint_stack",
     "flux_text_stack",
+    "is_flux_checkpoint_text",
     "is_flux_file",
     "load_flux_file",
 ]
@@ -214,6 +216,28 @@ def flux_text_stack(
     tokenizers["l"].embedding_size = clip_l.config.width
     tokenizers["t5xxl"] = T5Tokenizer(min_length=FLUX_MIN_LENGTH, embedding_size=t5.config.width)
     return TextEncoderStack(FAMILY, tokenizers, encoders)
+
+
+# A full Flux checkpoint's text encoders (the layout of the reference's flux1-dev-fp8 files).
+CHECKPOINT_CLIP_L = "text_encoders.clip_l.transformer."
+CHECKPOINT_T5 = "text_encoders.t5xxl.transformer."
+
+
+def is_flux_checkpoint_text(sd: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a checkpoint's text-encoder weights are Flux's pair (CLIP-L and T5-XXL, no CLIP-G)."""
+    return any(k.startswith(CHECKPOINT_T5) for k in sd) and any(k.startswith(CHECKPOINT_CLIP_L) for k in sd)
+
+
+def flux_checkpoint_stack(
+    sd: Mapping[str, torch.Tensor],
+    embeddings: EmbeddingLookup | None = None,
+    dtype: torch.dtype | None = None,
+) -> TextEncoderStack:
+    """The text encoders of a full Flux checkpoint (``text_encoders.clip_l.transformer.*`` and
+    ``text_encoders.t5xxl.transformer.*``), as DualCLIPLoader's ``flux`` builds them from files."""
+    clip = {k[len(CHECKPOINT_CLIP_L) :]: v for k, v in sd.items() if k.startswith(CHECKPOINT_CLIP_L + "text_model.")}
+    t5 = {k[len(CHECKPOINT_T5) :]: v for k, v in sd.items() if k.startswith(CHECKPOINT_T5)}
+    return flux_text_stack([clip, t5], embeddings, dtype)
 
 
 def combine_flux(outputs: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor]:
