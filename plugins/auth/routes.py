@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from aiohttp import web
@@ -48,7 +49,7 @@ def _set_cookie(state: AuthState, request: web.Request, response: web.StreamResp
     response.set_cookie(
         COOKIE_NAME,
         value,
-        max_age=int(state.options.session_seconds),
+        max_age=max(1, math.ceil(state.options.session_seconds)),  # 0 would delete it at once
         path="/",
         httponly=True,
         samesite="Strict",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import aiohttp
@@ -282,3 +283,17 @@ async def test_only_the_login_routes_themselves_are_open(comfy_server, tmp_path)
     ):
         async with server.session.get(yarl.URL(server.url + raw, encoded=True)) as resp:
             assert resp.status == 401, raw
+
+
+async def test_sessions_expire(comfy_server, tmp_path):
+    add_user(tmp_path, "alice")
+    server = await start(comfy_server, tmp_path, auth_session_hours=0.5 / 3600)  # half a second
+    session = await login(server, "alice")
+    try:
+        async with session.get(server.url + "/auth/me") as resp:
+            assert resp.status == 200
+        await asyncio.sleep(0.7)
+        async with session.get(server.url + "/auth/me") as resp:
+            assert resp.status == 401
+    finally:
+        await session.close()
