@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 from tests.kernel.exec_helpers import collect, connect, submit
@@ -24,3 +25,25 @@ async def run_prompt(server: Any, prompt: dict[str, Any], **extra: Any) -> list[
 
 def messages(frames: list[Any], type_: str) -> list[dict[str, Any]]:
     return [f["data"] for f in frames if isinstance(f, dict) and f["type"] == type_]
+
+
+async def run_ok(server: Any, prompt: dict[str, Any]) -> list[Any]:
+    """:func:`run_prompt`, failing the test with the message of an execution error if one came."""
+    frames = await run_prompt(server, prompt)
+    errors = messages(frames, "execution_error")
+    assert not errors, errors[0].get("exception_message")
+    return frames
+
+
+def saved_latents(server: Any, frames: list[Any], prefix: str = "save_") -> dict[str, Any]:
+    """The latent each SaveLatent node named ``<prefix><key>`` wrote in ``frames``, by ``key``."""
+    from safetensors.torch import load_file
+
+    out_root = Path(server.kernel.settings.output_path)
+    latents: dict[str, Any] = {}
+    for done in messages(frames, "executed"):
+        if done["node"].startswith(prefix):
+            (entry,) = done["output"]["latents"]
+            path = out_root / entry["subfolder"] / entry["filename"]
+            latents[done["node"][len(prefix) :]] = load_file(str(path))["latent_tensor"]
+    return latents

@@ -26,7 +26,7 @@ from plugins.core_nodes.patches.attention_guidance import gaussian_blur
 from plugins.core_nodes.patches.cfg_rules import AdaptiveProjectedGuidance
 from plugins.core_nodes.patches.nag import nag_output_patch
 
-from .node_helpers import messages, run_prompt
+from .node_helpers import run_ok, saved_latents
 from .test_workflows_e2e import checkpoints  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -479,7 +479,6 @@ async def test_chained_guidance_patches_through_the_server(
 ) -> None:
     """CFGZeroStar -> PerturbedAttentionGuidance through KSampler, and a PerpNegGuider through
     SamplerCustomAdvanced: both run, differ from the plain run and are finite."""
-    from safetensors.torch import load_file
 
     folder = tmp_path / "models" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
@@ -510,14 +509,7 @@ async def test_chained_guidance_patches_through_the_server(
     }
     for name in ("plain", "chain", "perpneg"):
         prompt[f"save_{name}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"k_{name}", 0], "filename_prefix": f"g/{name}"}}
-    frames = await run_prompt(server, prompt)
-    errors = messages(frames, "execution_error")
-    assert not errors, errors[0].get("exception_message")
-    out_root = Path(server.kernel.settings.output_path)
-    latents = {}
-    for done in messages(frames, "executed"):
-        (entry,) = done["output"]["latents"]
-        latents[done["node"][5:]] = load_file(str(out_root / entry["subfolder"] / entry["filename"]))["latent_tensor"]
+    latents = saved_latents(server, await run_ok(server, prompt))
     assert set(latents) == {"plain", "chain", "perpneg"}
     for name in ("chain", "perpneg"):
         assert torch.isfinite(latents[name]).all()

@@ -302,9 +302,7 @@ async def test_hooked_conditioning_through_the_server(
     """At cfg 1 (no negative pass) a LoRA hook on the positive prompt samples as the LoRA loaded
     on the MODEL; a keyframe at strength 0 from the start samples as no LoRA; EasyCache at
     threshold 0 and context windows longer than the batch leave the run as it is."""
-    from safetensors.torch import load_file
-
-    from .node_helpers import messages, run_prompt
+    from .node_helpers import run_ok, saved_latents
 
     for folder, src in (("checkpoints", checkpoints["sd1"]), ("loras", lora_file)):
         (tmp_path / "models" / folder).mkdir(parents=True, exist_ok=True)
@@ -339,14 +337,7 @@ async def test_hooked_conditioning_through_the_server(
         prompt[f"k_{name}"] = {"class_type": "KSampler", "inputs": {**sampler, "model": [model, 0], "positive": [positive, 0],
                                                                    "negative": ["neg", 0], "latent_image": ["latent", 0]}}  # fmt: skip
         prompt[f"save_{name}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"k_{name}", 0], "filename_prefix": f"h/{name}"}}
-    frames = await run_prompt(server, prompt)
-    errors = messages(frames, "execution_error")
-    assert not errors, errors[0].get("exception_message")
-    out_root = Path(server.kernel.settings.output_path)
-    latents = {}
-    for done in messages(frames, "executed"):
-        (entry,) = done["output"]["latents"]
-        latents[done["node"][5:]] = load_file(str(out_root / entry["subfolder"] / entry["filename"]))["latent_tensor"]
+    latents = saved_latents(server, await run_ok(server, prompt))
     assert set(latents) == set(runs)
     assert not torch.allclose(latents["loaded"], latents["plain"], atol=1e-4)
     torch.testing.assert_close(latents["hooked"], latents["loaded"], **TOL)

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from plugins.core_nodes.ksampler import run_ksampler
 from plugins.core_nodes.models import adapters
@@ -23,7 +22,7 @@ from plugins.core_nodes.nodes import model_advanced as ma
 from plugins.core_nodes.sampling import model_sampling as ms
 from plugins.core_nodes.sampling.schedules import ModelSamplingDiscrete as CoreSchedule
 
-from .node_helpers import messages, run_prompt
+from .node_helpers import messages, run_ok, run_prompt, saved_latents
 from .test_workflows_e2e import checkpoints  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -352,16 +351,6 @@ def _prompt(ckpt: str) -> dict[str, Any]:
     return p
 
 
-def _saved(server: Any, frames: list[Any]) -> dict[str, torch.Tensor]:
-    out_root = Path(server.kernel.settings.output_path)
-    latents: dict[str, torch.Tensor] = {}
-    for done in messages(frames, "executed"):
-        if done["node"].startswith("save_"):
-            (entry,) = done["output"]["latents"]
-            latents[done["node"][5:]] = load_file(str(out_root / entry["subfolder"] / entry["filename"]))["latent_tensor"]
-    return latents
-
-
 async def test_model_sampling_nodes_through_ksampler(
     comfy_server: Any, tmp_path: Path, checkpoints: dict[str, Path], sd1: Any  # noqa: F811
 ) -> None:
@@ -369,10 +358,7 @@ async def test_model_sampling_nodes_through_ksampler(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / checkpoints["sd1"].name).symlink_to(checkpoints["sd1"])
     server = await comfy_server(plugins=["core_nodes", "models"])
-    frames = await run_prompt(server, _prompt(checkpoints["sd1"].name))
-    errors = messages(frames, "execution_error")
-    assert not errors, errors[0].get("exception_message")
-    latents = _saved(server, frames)
+    latents = saved_latents(server, await run_ok(server, _prompt(checkpoints["sd1"].name)))
     assert len(latents) == len(_PATCHES) + 2
     plain = latents["plain"]
     # The neutral compute dtype is the plain run, bit for bit; every schedule changes the result.

@@ -30,7 +30,7 @@ from plugins.core_nodes.models import adapters
 from plugins.core_nodes.models.unet import UNetModel, build_unet, timestep_embedding
 
 from . import tiny_pipeline
-from .node_helpers import messages, run_prompt
+from .node_helpers import run_ok, saved_latents
 from .test_workflows_e2e import checkpoints  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -279,14 +279,7 @@ async def test_five_patches_chained_through_the_server(
         (tmp_path / "models" / folder).mkdir(parents=True, exist_ok=True)
         (tmp_path / "models" / folder / src.name).symlink_to(src)
     server = await comfy_server(plugins=["core_nodes", "models"])
-    frames = await run_prompt(server, _prompt(checkpoints["sd1"].name, lora_path.name))
-    errors = messages(frames, "execution_error")
-    assert not errors, errors[0].get("exception_message")
-    out_root = Path(server.kernel.settings.output_path)
-    got = {}
-    for done in messages(frames, "executed"):
-        (entry,) = done["output"]["latents"]
-        got[done["node"]] = load_file(str(out_root / entry["subfolder"] / entry["filename"]))["latent_tensor"]
+    got = saved_latents(server, await run_ok(server, _prompt(checkpoints["sd1"].name, lora_path.name)), prefix="")
     assert set(got) == {"save", "save_plain"}
 
     for node, hook in (("save", True), ("save_plain", False)):

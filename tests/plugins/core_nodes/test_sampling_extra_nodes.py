@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from plugins.core_nodes.guidance import CFGGuider
 from plugins.core_nodes.models import adapters
@@ -23,7 +22,7 @@ from plugins.core_nodes.nodes import conditioning_extra as ce
 from plugins.core_nodes.nodes import sampling_extra as se
 from plugins.core_nodes.sampling.noise import next_seed
 
-from .node_helpers import messages, run_prompt
+from .node_helpers import run_ok, saved_latents
 from .test_workflows_e2e import checkpoints  # noqa: F401  (fixture)
 from .toy_guidance import cond, toy_denoiser, toy_patcher
 
@@ -265,15 +264,7 @@ async def test_samplers_and_conditioning_through_the_server(
     p["s_t5"]["inputs"]["positive"] = ["t5_enc", 0]
     for key in (*runs, "ctl", "ip2p", "x4", "t5"):
         p[f"save_{key}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"s_{key}", 0], "filename_prefix": f"l/{key}"}}
-    frames = await run_prompt(server, p)
-    errors = messages(frames, "execution_error")
-    assert not errors, errors[0].get("exception_message")
-    out_root = Path(server.kernel.settings.output_path)
-    latents: dict[str, torch.Tensor] = {}
-    for done in messages(frames, "executed"):
-        if done["node"].startswith("save_"):
-            (entry,) = done["output"]["latents"]
-            latents[done["node"][5:]] = load_file(str(out_root / entry["subfolder"] / entry["filename"]))["latent_tensor"]
+    latents = saved_latents(server, await run_ok(server, p))
     assert all(torch.isfinite(v).all() for v in latents.values())
     # The nodes' samplers with neutral options are the named samplers, bit for bit.
     assert torch.equal(latents["lcm"], latents["lcm_named"])

@@ -27,7 +27,7 @@ from plugins.core_nodes.patches.hypertile import HyperTile, random_divisor
 from plugins.core_nodes.patches.tome import TokenMerging
 
 from . import tiny_sd
-from .node_helpers import messages, run_prompt
+from .node_helpers import run_ok, saved_latents
 from .test_workflows_e2e import checkpoints  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -320,7 +320,6 @@ async def test_chained_unet_patches_through_the_server(
     """FreeU_V2 -> HyperTile -> TomePatchModel through KSampler changes the result; neutral
     settings of the same chain (HyperTile with one tile, ToMe ratio 0, FreeU at 1 / 1) and a
     neutral CLIPAttentionMultiply give the plain run."""
-    from safetensors.torch import load_file
 
     folder = tmp_path / "models" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
@@ -351,14 +350,7 @@ async def test_chained_unet_patches_through_the_server(
         prompt[f"k_{name}"] = {"class_type": "KSampler", "inputs": {**sampler, "model": [model, 0], "positive": [positive, 0],
                                                                    "negative": ["neg", 0], "latent_image": ["latent", 0]}}  # fmt: skip
         prompt[f"save_{name}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"k_{name}", 0], "filename_prefix": f"u/{name}"}}
-    frames = await run_prompt(server, prompt)
-    errors = messages(frames, "execution_error")
-    assert not errors, errors[0].get("exception_message")
-    out_root = Path(server.kernel.settings.output_path)
-    latents = {}
-    for done in messages(frames, "executed"):
-        (entry,) = done["output"]["latents"]
-        latents[done["node"][5:]] = load_file(str(out_root / entry["subfolder"] / entry["filename"]))["latent_tensor"]
+    latents = saved_latents(server, await run_ok(server, prompt))
     assert set(latents) == set(runs)
     plain = latents["plain"]
     assert torch.isfinite(latents["real"]).all()
