@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .extension import WrapperExecutor, WrappersMP, get_all_wrappers
 from .operations import Operations, TorchOperations, cast_plain_weights, load_into
 
 __all__ = [
@@ -320,10 +321,26 @@ class FluxTransformer(nn.Module):
         timesteps: torch.Tensor,
         y: torch.Tensor,
         guidance: torch.Tensor | None = None,
+        control: Mapping[str, Any] | None = None,
+        transformer_options: Mapping[str, Any] | None = None,
+        latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The reference's ``forward_orig``: patch tokens ``[B, L, in_channels]`` -> ``[B, L, out]``."""
+        """The reference's ``forward_orig``: patch tokens ``[B, L, in_channels]`` -> ``[B, L, out]``.
+
+        Patch points, as the reference's: ``patches["post_input"]`` (the embedded tokens and their
+        position ids, before the rotary table is made), ``patches_replace["dit"][("double_block",
+        i)]`` / ``[("single_block", i)]`` (a block replaced, its original passed along), ControlNet
+        residuals ``control["input"][i]`` / ``control["output"][i]`` added to the image tokens after
+        double / single block ``i``; ``patches["double_block"]`` run after each double block with the
+        arguments the reference gives them on its other double-stream DiT. ``transformer_options``
+        (copied, so the caller's is left alone) carries ``block_type``, ``block_index``,
+        ``total_blocks`` and, in single blocks, ``img_slice`` (where the image tokens sit).
+        """
         c = self.config
         dtype = self.dtype
+        options: dict[str, Any] = dict(transformer_options or {})
+        patches = options.get("patches", {})
+        replace = options.get("patches_replace", {}).get("dit", {})
         img = self.img_in(img.to(dtype))
         vec = self.time_in(timestep_embedding(timesteps, TIME_DIM).to(dtype))
         if c.guidance_embed:
@@ -332,13 +349,52 @@ class FluxTransformer(nn.Module):
             vec = vec + self.guidance_in(timestep_embedding(guidance.reshape(-1), TIME_DIM).to(dtype))
         vec = vec + self.vector_in(y[:, : c.vec_in_dim].to(dtype))
         txt = self.txt_in(txt.to(dtype))
+        for patch in patches.get("post_input", []):
+            out = patch({"img": img, "txt": txt, "img_ids": img_ids, "txt_ids": txt_ids, "transformer_options": options})
+            img, txt, img_ids, txt_ids = out["img"], out["txt"], out["img_ids"], out["txt_ids"]
         pe = position_embedding(torch.cat((txt_ids, img_ids), dim=1), c.axes_dim, c.theta)
-        for block in self.double_blocks:
-            img, txt = block(img, txt, vec, pe)
+        control_in = list((control or {}).get("input") or [])
+        control_out = list((control or {}).get("output") or [])
+
+        options.update(total_blocks=len(self.double_blocks), block_type="double")
+        for i, block in enumerate(self.double_blocks):
+            options["block_index"] = i
+            if ("double_block", i) in replace:
+
+                def original(args: Mapping[str, Any], block: DoubleStreamBlock = block) -> dict[str, torch.Tensor]:
+                    img, txt = block(img=args["img"], txt=args["txt"], vec=args["vec"], pe=args["pe"])
+                    return {"img": img, "txt": txt}
+
+                args = {"img": img, "txt": txt, "vec": vec, "pe": pe, "attn_mask": None, "transformer_options": options}
+                out = replace[("double_block", i)](args, {"original_block": original})
+                img, txt = out["img"], out["txt"]
+            else:
+                img, txt = block(img, txt, vec, pe)
+            for patch in patches.get("double_block", []):
+                out = patch({"img": img, "txt": txt, "x": latents, "block_index": i, "transformer_options": options})
+                img, txt = out["img"], out["txt"]
+            if i < len(control_in) and control_in[i] is not None:
+                img = _add_rows(img, control_in[i], 0)
+        if img.dtype == torch.float16:
+            img = torch.nan_to_num(img, nan=0.0, posinf=65504, neginf=-65504)
+
+        n_txt = txt.shape[1]
         x = torch.cat((txt, img), 1)
-        for block in self.single_blocks:
-            x = block(x, vec, pe)
-        return self.final_layer(x[:, txt.shape[1] :], vec)
+        options.update(total_blocks=len(self.single_blocks), block_type="single", img_slice=[n_txt, x.shape[1]])
+        for i, single in enumerate(self.single_blocks):
+            options["block_index"] = i
+            if ("single_block", i) in replace:
+
+                def original_single(args: Mapping[str, Any], block: SingleStreamBlock = single) -> dict[str, torch.Tensor]:
+                    return {"img": block(args["img"], vec=args["vec"], pe=args["pe"])}
+
+                args = {"img": x, "vec": vec, "pe": pe, "attn_mask": None, "transformer_options": options}
+                x = replace[("single_block", i)](args, {"original_block": original_single})["img"]
+            else:
+                x = single(x, vec, pe)
+            if i < len(control_out) and control_out[i] is not None:
+                x = _add_rows(x, control_out[i], n_txt)
+        return self.final_layer(x[:, n_txt:], vec)
 
     def forward(
         self,
@@ -352,9 +408,30 @@ class FluxTransformer(nn.Module):
         **kwargs: Any,
     ) -> torch.Tensor:
         """Latents ``[B, C, H, W]`` at ``timesteps`` (flow time in 0..1), T5 ``context``
-        ``[B, T, context_in_dim]``, pooled CLIP ``y`` ``[B, vec_in_dim]``, ``guidance`` ``[B]``."""
+        ``[B, T, context_in_dim]``, pooled CLIP ``y`` ``[B, vec_in_dim]``, ``guidance`` ``[B]``;
+        ``control`` and ``transformer_options`` as :meth:`forward_tokens` reads them.
+        ``WrappersMP.DIFFUSION_MODEL`` wrappers surround the call as for the UNet."""
+        options: dict[str, Any] = {} if transformer_options is None else transformer_options  # type: ignore[assignment]
+        wrappers = get_all_wrappers(WrappersMP.DIFFUSION_MODEL, options)
+        if not wrappers:
+            return self._forward(x, timesteps, context, y, guidance, control, options, **kwargs)
+        executor = WrapperExecutor.new_class_executor(self._forward, self, wrappers)
+        return executor.execute(x, timesteps, context, y, guidance, control, options, **kwargs)
+
+    def _forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
+        control: Any = None,
+        transformer_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         b, _, h, w = x.shape
         pad_h, pad_w = (-h) % PATCH, (-w) % PATCH
+        latents = x
         if pad_h or pad_w:
             # The reference pads odd sizes circularly to whole patches.
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
@@ -367,9 +444,19 @@ class FluxTransformer(nn.Module):
         txt_ids = torch.zeros(b, context.shape[1], 3, device=x.device, dtype=torch.float32)
         if y is None:
             y = torch.zeros(b, self.config.vec_in_dim, device=x.device, dtype=x.dtype)
-        out = self.forward_tokens(img, img_ids, context, txt_ids, timesteps, y, guidance)
-        out = out.reshape(b, hp, wp, -1, PATCH, PATCH).permute(0, 3, 1, 4, 2, 5)
+        out = self.forward_tokens(
+            img, img_ids, context, txt_ids, timesteps, y, guidance, control, transformer_options, latents
+        )
+        # Tokens a post_input patch appended (a reference image's) are dropped, as the reference does.
+        out = out[:, : hp * wp].reshape(b, hp, wp, -1, PATCH, PATCH).permute(0, 3, 1, 4, 2, 5)
         return out.reshape(b, -1, hp * PATCH, wp * PATCH)[:, :, :h, :w]
+
+
+def _add_rows(tokens: torch.Tensor, residual: torch.Tensor, start: int) -> torch.Tensor:
+    """``tokens`` with ``residual`` added to its rows ``start`` .. ``start + len`` (a ControlNet's
+    residual may cover only the first image tokens)."""
+    end = start + residual.shape[1]
+    return torch.cat((tokens[:, :start], tokens[:, start:end] + residual.to(tokens), tokens[:, end:]), 1)
 
 
 _DOUBLE = re.compile(r"^double_blocks\.(\d+)\.")
