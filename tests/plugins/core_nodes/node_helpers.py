@@ -13,6 +13,17 @@ async def start(comfy_server: Any, **settings: Any) -> Any:
     return await comfy_server(plugins=["core_nodes"], **settings)
 
 
+async def start_with_models(comfy_server: Any, root: Path, **folders: Path | list[Path]) -> Any:
+    """A server with the core nodes and model folders under ``root``: each file given for a
+    folder (``checkpoints=path``, ``loras=[a, b]``) is linked into ``root/models/<folder>``."""
+    for folder, files in folders.items():
+        target = root / "models" / folder
+        target.mkdir(parents=True, exist_ok=True)
+        for src in files if isinstance(files, list) else [files]:
+            (target / src.name).symlink_to(src)
+    return await comfy_server(plugins=["core_nodes", "models"])
+
+
 async def run_prompt(server: Any, prompt: dict[str, Any], **extra: Any) -> list[Any]:
     """Submit ``prompt`` and return every frame up to its end (dicts and binary frames)."""
     client_id, ws = await connect(server, uuid.uuid4().hex)

@@ -26,7 +26,7 @@ from plugins.core_nodes.patches.attention_guidance import gaussian_blur
 from plugins.core_nodes.patches.cfg_rules import AdaptiveProjectedGuidance
 from plugins.core_nodes.patches.nag import nag_output_patch
 
-from .node_helpers import run_ok, saved_latents
+from .node_helpers import run_ok, saved_latents, start_with_models
 from .test_workflows_e2e import checkpoints  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -480,10 +480,7 @@ async def test_chained_guidance_patches_through_the_server(
     """CFGZeroStar -> PerturbedAttentionGuidance through KSampler, and a PerpNegGuider through
     SamplerCustomAdvanced: both run, differ from the plain run and are finite."""
 
-    folder = tmp_path / "models" / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / checkpoints["sd1"].name).symlink_to(checkpoints["sd1"])
-    server = await comfy_server(plugins=["core_nodes", "models"])
+    server = await start_with_models(comfy_server, tmp_path, checkpoints=checkpoints["sd1"])
     sampler = {"seed": 3, "steps": 3, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
     prompt: dict[str, Any] = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoints["sd1"].name}},

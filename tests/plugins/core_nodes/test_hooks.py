@@ -302,12 +302,9 @@ async def test_hooked_conditioning_through_the_server(
     """At cfg 1 (no negative pass) a LoRA hook on the positive prompt samples as the LoRA loaded
     on the MODEL; a keyframe at strength 0 from the start samples as no LoRA; EasyCache at
     threshold 0 and context windows longer than the batch leave the run as it is."""
-    from .node_helpers import run_ok, saved_latents
+    from .node_helpers import run_ok, saved_latents, start_with_models
 
-    for folder, src in (("checkpoints", checkpoints["sd1"]), ("loras", lora_file)):
-        (tmp_path / "models" / folder).mkdir(parents=True, exist_ok=True)
-        (tmp_path / "models" / folder / src.name).symlink_to(src)
-    server = await comfy_server(plugins=["core_nodes", "models"])
+    server = await start_with_models(comfy_server, tmp_path, checkpoints=checkpoints["sd1"], loras=lora_file)
     sampler = {"seed": 3, "steps": 3, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
     lora = {"lora_name": lora_file.name}
     prompt: dict[str, Any] = {

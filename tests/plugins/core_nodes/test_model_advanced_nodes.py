@@ -22,7 +22,7 @@ from plugins.core_nodes.nodes import model_advanced as ma
 from plugins.core_nodes.sampling import model_sampling as ms
 from plugins.core_nodes.sampling.schedules import ModelSamplingDiscrete as CoreSchedule
 
-from .node_helpers import messages, run_ok, run_prompt, saved_latents
+from .node_helpers import messages, run_ok, run_prompt, saved_latents, start_with_models
 from .test_workflows_e2e import checkpoints  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -354,10 +354,7 @@ def _prompt(ckpt: str) -> dict[str, Any]:
 async def test_model_sampling_nodes_through_ksampler(
     comfy_server: Any, tmp_path: Path, checkpoints: dict[str, Path], sd1: Any  # noqa: F811
 ) -> None:
-    folder = tmp_path / "models" / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / checkpoints["sd1"].name).symlink_to(checkpoints["sd1"])
-    server = await comfy_server(plugins=["core_nodes", "models"])
+    server = await start_with_models(comfy_server, tmp_path, checkpoints=checkpoints["sd1"])
     latents = saved_latents(server, await run_ok(server, _prompt(checkpoints["sd1"].name)))
     assert len(latents) == len(_PATCHES) + 2
     plain = latents["plain"]
@@ -387,10 +384,7 @@ async def test_model_sampling_nodes_through_ksampler(
 async def test_bad_model_sampling_inputs_are_node_errors(
     comfy_server: Any, tmp_path: Path, checkpoints: dict[str, Path]  # noqa: F811
 ) -> None:
-    folder = tmp_path / "models" / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / checkpoints["sd1"].name).symlink_to(checkpoints["sd1"])
-    server = await comfy_server(plugins=["core_nodes", "models"])
+    server = await start_with_models(comfy_server, tmp_path, checkpoints=checkpoints["sd1"])
     prompt = _prompt(checkpoints["sd1"].name)
     # ModelNoiseScale straight on the SD1 (discrete) schedule.
     prompt["noise_scale"]["inputs"]["model"] = ["ckpt", 0]

@@ -31,7 +31,7 @@ from plugins.core_nodes.nodes.model_merging import (
 )
 
 from . import tiny_pipeline, tiny_sd
-from .node_helpers import messages, run_prompt
+from .node_helpers import messages, run_prompt, start_with_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -234,11 +234,7 @@ def test_clip_files_load_through_the_clip_loader(loaded: dict[str, Any], tmp_pat
 async def test_merge_and_save_nodes_through_the_server(
     comfy_server: Any, tmp_path: Path, pair: dict[str, Path], loaded: dict[str, Any]
 ) -> None:
-    folder = tmp_path / "models" / "checkpoints"
-    folder.mkdir(parents=True)
-    for path in pair.values():
-        (folder / path.name).symlink_to(path)
-    server = await comfy_server(plugins=["core_nodes", "models"])
+    server = await start_with_models(comfy_server, tmp_path, checkpoints=list(pair.values()))
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": pair["a"].name}},
         "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": pair["b"].name}},
@@ -293,10 +289,7 @@ async def test_merge_and_save_nodes_through_the_server(
 async def test_a_save_prefix_outside_the_output_folder_is_a_node_error(
     comfy_server: Any, tmp_path: Path, pair: dict[str, Path]
 ) -> None:
-    folder = tmp_path / "models" / "checkpoints"
-    folder.mkdir(parents=True)
-    (folder / pair["a"].name).symlink_to(pair["a"])
-    server = await comfy_server(plugins=["core_nodes", "models"])
+    server = await start_with_models(comfy_server, tmp_path, checkpoints=pair["a"])
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": pair["a"].name}},
         "2": {"class_type": "VAESave", "inputs": {"vae": ["1", 2], "filename_prefix": "../../escape"}},

@@ -30,7 +30,7 @@ from plugins.core_nodes.models import adapters
 from plugins.core_nodes.models.unet import UNetModel, build_unet, timestep_embedding
 
 from . import tiny_pipeline
-from .node_helpers import run_ok, saved_latents
+from .node_helpers import run_ok, saved_latents, start_with_models
 from .test_workflows_e2e import checkpoints  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -275,10 +275,7 @@ async def test_five_patches_chained_through_the_server(
     lora = _lora()
     lora_path = tmp_path / "chain_lora.safetensors"
     save_file(lora, str(lora_path))
-    for folder, src in (("checkpoints", checkpoints["sd1"]), ("loras", lora_path)):
-        (tmp_path / "models" / folder).mkdir(parents=True, exist_ok=True)
-        (tmp_path / "models" / folder / src.name).symlink_to(src)
-    server = await comfy_server(plugins=["core_nodes", "models"])
+    server = await start_with_models(comfy_server, tmp_path, checkpoints=checkpoints["sd1"], loras=lora_path)
     got = saved_latents(server, await run_ok(server, _prompt(checkpoints["sd1"].name, lora_path.name)), prefix="")
     assert set(got) == {"save", "save_plain"}
 

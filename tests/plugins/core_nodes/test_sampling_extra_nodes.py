@@ -22,7 +22,7 @@ from plugins.core_nodes.nodes import conditioning_extra as ce
 from plugins.core_nodes.nodes import sampling_extra as se
 from plugins.core_nodes.sampling.noise import next_seed
 
-from .node_helpers import run_ok, saved_latents
+from .node_helpers import run_ok, saved_latents, start_with_models
 from .test_workflows_e2e import checkpoints  # noqa: F401  (fixture)
 from .toy_guidance import cond, toy_denoiser, toy_patcher
 
@@ -218,10 +218,7 @@ def _custom(model: list[Any], sampler: list[Any], sigmas: list[Any], latent: lis
 async def test_samplers_and_conditioning_through_the_server(
     comfy_server: Any, tmp_path: Path, checkpoints: dict[str, Path]  # noqa: F811
 ) -> None:
-    folder = tmp_path / "models" / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / checkpoints["sd1"].name).symlink_to(checkpoints["sd1"])
-    server = await comfy_server(plugins=["core_nodes", "models"])
+    server = await start_with_models(comfy_server, tmp_path, checkpoints=checkpoints["sd1"])
     m, latent = ["ckpt", 0], ["empty", 0]
     p: dict[str, Any] = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoints["sd1"].name}},

@@ -27,7 +27,7 @@ from plugins.core_nodes.patches.hypertile import HyperTile, random_divisor
 from plugins.core_nodes.patches.tome import TokenMerging
 
 from . import tiny_sd
-from .node_helpers import run_ok, saved_latents
+from .node_helpers import run_ok, saved_latents, start_with_models
 from .test_workflows_e2e import checkpoints  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -321,10 +321,7 @@ async def test_chained_unet_patches_through_the_server(
     settings of the same chain (HyperTile with one tile, ToMe ratio 0, FreeU at 1 / 1) and a
     neutral CLIPAttentionMultiply give the plain run."""
 
-    folder = tmp_path / "models" / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / checkpoints["sd1"].name).symlink_to(checkpoints["sd1"])
-    server = await comfy_server(plugins=["core_nodes", "models"])
+    server = await start_with_models(comfy_server, tmp_path, checkpoints=checkpoints["sd1"])
     sampler = {"seed": 5, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
 
     def chain(prefix: str, b: float, s: float, tile: int, ratio: float) -> dict[str, Any]:
