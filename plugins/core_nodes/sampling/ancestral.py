@@ -1,15 +1,22 @@
-"""Samplers that add fresh Gaussian noise each step, drawn from one seeded CPU generator."""
+"""Samplers that add fresh Gaussian noise each step, drawn from one seeded CPU generator.
+
+On a rectified-flow model (``ctx.flow``) euler_ancestral, dpm_2_ancestral and dpmpp_2s_ancestral
+run their flow forms from :mod:`.ancestral_rf` instead, as the reference's do.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from .ancestral_rf import sample_dpm_2_ancestral_rf, sample_dpmpp_2s_ancestral_rf, sample_euler_ancestral_rf
 from .common import SamplerContext, ancestral_step, half_log_snr, res_multistep_step, to_d
 
 
 def sample_euler_ancestral(
     ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0
 ) -> torch.Tensor:
+    if ctx.flow:
+        return sample_euler_ancestral_rf(ctx, x, sigmas, eta, s_noise)
     noise = ctx.noise_sampler(x)
     s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     for i in range(len(sigmas) - 1):
@@ -27,6 +34,8 @@ def sample_euler_ancestral(
 def sample_dpm_2_ancestral(
     ctx: SamplerContext, x: torch.Tensor, sigmas: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0
 ) -> torch.Tensor:
+    if ctx.flow:
+        return sample_dpm_2_ancestral_rf(ctx, x, sigmas, eta, s_noise)
     noise = ctx.noise_sampler(x)
     s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     for i in range(len(sigmas) - 1):
@@ -59,7 +68,12 @@ def sample_dpmpp_2s_ancestral(
     ``cfg_pp`` is the CFG++ variant: each step starts from x + (denoised - uncond), where
     ``uncond`` is the unconditional prediction of the most recent model call. Without a CFG pass
     (no ``ctx.uncond_model``) the reference leaves it at zero, and so do we.
+
+    On a flow model the plain form runs :func:`.ancestral_rf.sample_dpmpp_2s_ancestral_rf`;
+    the CFG++ form keeps these eps formulas there too, as the reference's does.
     """
+    if ctx.flow and not cfg_pp:
+        return sample_dpmpp_2s_ancestral_rf(ctx, x, sigmas, eta, s_noise)
     noise = ctx.noise_sampler(x)
     s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     uncond: torch.Tensor | float = 0.0

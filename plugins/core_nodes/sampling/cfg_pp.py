@@ -29,13 +29,17 @@ def sample_euler_ancestral_cfg_pp(
         if sigma_next == 0:
             x = denoised
             continue
-        # With eps models alpha is 1, so the CFG++ "renoise along uncond" is an Euler step
-        # that starts from the guided x0 estimate.
-        d = to_d(x, sigma, uncond)
-        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        x = denoised + sigma_down * d
+        # x = alpha * x0 + sigma * noise, with alpha = sigma * exp(lambda): 1 for eps models,
+        # 1 - sigma for flow ones. CFG++ takes the noise from the unconditional x0 estimate and
+        # renoises the guided one with it; the ancestral split is made on sigma / alpha (the
+        # eps-style noise level) and scaled back by the next alpha.
+        alpha_s = sigma * ctx.half_log_snr(sigma).exp()
+        alpha_t = sigma_next * ctx.half_log_snr(sigma_next).exp()
+        d = to_d(x, sigma, alpha_s * uncond)
+        sigma_down, sigma_up = ancestral_step(sigma / alpha_s, sigma_next / alpha_t, eta)
+        x = alpha_t * denoised + (alpha_t * sigma_down) * d
         if eta > 0 and s_noise > 0:
-            x = x + noise(sigma, sigma_next) * s_noise * sigma_up
+            x = x + alpha_t * noise(sigma, sigma_next) * s_noise * sigma_up
     return x
 
 

@@ -9,6 +9,7 @@ import torch
 
 from .noise import NoiseSampler, default_noise_sampler
 from .schedules import ModelSamplingDiscrete
+from .snr import half_log_snr_to_sigma, is_flow, offset_first_sigma_for_snr, sigma_to_half_log_snr
 
 # model(x, sigma) -> denoised x0 estimate; ``sigma`` has one entry per batch item.
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -52,6 +53,25 @@ class SamplerContext:
         model sampling; 1 elsewhere). The ancestral and SDE samplers multiply ``s_noise`` by it,
         as the reference's do, so the noise they add matches the scaled starting noise."""
         return float(getattr(self.model_sampling, "noise_scale", 1.0))
+
+    @property
+    def flow(self) -> bool:
+        """Whether the model is a rectified flow (the reference's ``CONST`` model samplings):
+        some samplers then run their flow forms, as the reference's do."""
+        return is_flow(self.model_sampling)
+
+    def half_log_snr(self, sigma: torch.Tensor) -> torch.Tensor:
+        """lambda = log(alpha / sigma) under this model's sampling (see :mod:`.snr`)."""
+        return sigma_to_half_log_snr(sigma, self.model_sampling)
+
+    def sigma_at(self, half_log_snr: torch.Tensor) -> torch.Tensor:
+        """The sigma whose half-log-SNR is ``half_log_snr`` under this model's sampling."""
+        return half_log_snr_to_sigma(half_log_snr, self.model_sampling)
+
+    def snr_sigmas(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """``sigmas`` as the half-log-SNR samplers walk them: a flow schedule starting at 1 starts
+        just below it instead, where lambda is finite."""
+        return offset_first_sigma_for_snr(sigmas, self.model_sampling)
 
     def report(self, i: int, denoised: torch.Tensor, x: torch.Tensor) -> None:
         if self.callback is not None:

@@ -25,13 +25,22 @@ from typing import Any
 
 import torch
 
-from . import dpm_solver, unipc
+from . import ancestral_rf, dpm_solver, unipc
 from .brownian import BrownianTreeNoiseSampler
-from .common import SamplerContext, SamplerUnavailable, ancestral_step, append_dims, to_d
+from .common import (
+    SamplerContext,
+    SamplerUnavailable,
+    ancestral_step,
+    append_dims,
+    ei_h_phi_1,
+    ei_h_phi_2,
+    to_d,
+)
 from .names import SAMPLER_NAMES
 from .noise import NoiseSampler, default_noise_sampler
 from .samplers import SamplerFn, core_sampler
 from .schedules import ModelSamplingDiscrete, exponential_sigmas, karras_sigmas
+from .snr import half_log_snr_to_sigma, offset_first_sigma_for_snr, sigma_to_half_log_snr
 
 log = logging.getLogger("comfykernel.core_nodes")
 
@@ -222,6 +231,15 @@ def sample_dpm_adaptive(
     return (out, {}) if return_info else out
 
 
+# The rectified-flow forms the reference's euler_ancestral / dpm_2_ancestral / dpmpp_2s_ancestral
+# hand over to on flow models; the reference's module has them as sample_<name>_RF, so
+# ksampler("<name>_RF") finds them there, and here. They run the flow formulas on any model.
+_RF_SAMPLERS: Mapping[str, SamplerFn] = {
+    "euler_ancestral_RF": ancestral_rf.sample_euler_ancestral_rf,
+    "dpm_2_ancestral_RF": ancestral_rf.sample_dpm_2_ancestral_rf,
+    "dpmpp_2s_ancestral_RF": ancestral_rf.sample_dpmpp_2s_ancestral_rf,
+}
+
 # sample_<name> for every name ksampler() resolves through k_diffusion.sampling.
 SAMPLE_FUNCTIONS: Mapping[str, KDiffusionSampler] = {
     **{
@@ -231,6 +249,7 @@ SAMPLE_FUNCTIONS: Mapping[str, KDiffusionSampler] = {
     },
     "dpm_fast": sample_dpm_fast,
     "dpm_adaptive": sample_dpm_adaptive,
+    **{name: _make(name, fn) for name, fn in _RF_SAMPLERS.items()},
 }
 # comfy.extra_samplers.uni_pc's pair, same convention.
 sample_unipc = _make("uni_pc", unipc.sample_unipc)
@@ -282,15 +301,20 @@ __all__ = [
     "append_dims",
     "append_zero",
     "default_noise_sampler",
+    "ei_h_phi_1",
+    "ei_h_phi_2",
     "get_ancestral_step",
     "get_sigmas_exponential",
     "get_sigmas_karras",
     "get_sigmas_polyexponential",
     "get_sigmas_vp",
+    "half_log_snr_to_sigma",
     "k_diffusion_sampler",
+    "offset_first_sigma_for_snr",
     "sample_dpm_adaptive",
     "sample_dpm_fast",
     "sample_unipc",
     "sample_unipc_bh2",
+    "sigma_to_half_log_snr",
     "to_d",
 ]

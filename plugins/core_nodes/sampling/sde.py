@@ -1,4 +1,10 @@
-"""Reverse-SDE solvers: DPM-Solver++ SDE family (Brownian-tree noise), ER-SDE, SEEDS, SA-Solver."""
+"""Reverse-SDE solvers: DPM-Solver++ SDE family (Brownian-tree noise), ER-SDE, SEEDS, SA-Solver.
+
+They step in half-log-SNR time, which the model sampling defines (``ctx.half_log_snr``: a
+rectified flow has alpha = 1 - sigma, not 1), and start a flow schedule just below sigma 1
+(``ctx.snr_sigmas``), where lambda is finite, as the reference's do. The Brownian tree spans the
+caller's sigmas, before that move.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from .brownian import BrownianTreeNoiseSampler
-from .common import SamplerContext, ancestral_step, ei_h_phi_1, ei_h_phi_2, half_log_snr
+from .common import SamplerContext, ancestral_step, ei_h_phi_1, ei_h_phi_2
 from .noise import NoiseSampler
 from .sde_options import er_sde_default_scaler, simple_order2_coefficients
 
@@ -25,17 +31,18 @@ def _ancestral_ei_step(
     denoised: torch.Tensor,
     noise: NoiseSampler,
     sigma: torch.Tensor,
+    lambda_s: torch.Tensor,
     sigma_to: torch.Tensor,
     lambda_to: torch.Tensor,
     eta: float,
     s_noise: float,
 ) -> torch.Tensor:
-    """First-order data-prediction step from ``sigma`` to ``sigma_to`` (log-SNR ``lambda_to``).
+    """First-order data-prediction step from ``sigma`` (half-log-SNR ``lambda_s``) to
+    ``sigma_to`` (``lambda_to``).
 
     The deterministic part goes to the ancestral sigma_down, then Brownian noise of size
     sigma_up refills the variance; both stages of DPM-Solver++ SDE take this step.
     """
-    lambda_s = half_log_snr(sigma)
     alpha_s = sigma * lambda_s.exp()
     alpha_to = sigma_to * lambda_to.exp()
     sd, su = ancestral_step(lambda_s.neg().exp(), lambda_to.neg().exp(), eta)
@@ -56,10 +63,15 @@ class _MultistepStep(NamedTuple):
 
 
 def _multistep_first_order(
-    x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float
+    ctx: SamplerContext,
+    x: torch.Tensor,
+    denoised: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    eta: float,
 ) -> _MultistepStep:
     """2M and 3M share this step exactly; their multistep corrections then add to ``x``."""
-    lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
+    lambda_s, lambda_t = ctx.half_log_snr(sigma), ctx.half_log_snr(sigma_next)
     h = lambda_t - lambda_s
     h_eta = h * (eta + 1)
     alpha_t = sigma_next * lambda_t.exp()
@@ -92,6 +104,7 @@ def sample_dpmpp_sde(
     if len(sigmas) <= 1:
         return x
     noise = _brownian(ctx, x, sigmas, cpu_tree)
+    sigmas = ctx.snr_sigmas(sigmas)
     s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     fac = 1 / (2 * r)
     for i in range(len(sigmas) - 1):
@@ -101,14 +114,14 @@ def sample_dpmpp_sde(
         if sigma_next == 0:
             x = denoised
             continue
-        lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
+        lambda_s, lambda_t = ctx.half_log_snr(sigma), ctx.half_log_snr(sigma_next)
         h = lambda_t - lambda_s
         lambda_s_1 = lambda_s + r * h
-        sigma_s_1 = lambda_s_1.neg().exp()
-        x_2 = _ancestral_ei_step(x, denoised, noise, sigma, sigma_s_1, lambda_s_1, eta, s_noise)
+        sigma_s_1 = ctx.sigma_at(lambda_s_1)
+        x_2 = _ancestral_ei_step(x, denoised, noise, sigma, lambda_s, sigma_s_1, lambda_s_1, eta, s_noise)
         denoised_2 = ctx.denoise(x_2, sigma_s_1)
         denoised_d = (1 - fac) * denoised + fac * denoised_2
-        x = _ancestral_ei_step(x, denoised_d, noise, sigma, sigma_next, lambda_t, eta, s_noise)
+        x = _ancestral_ei_step(x, denoised_d, noise, sigma, lambda_s, sigma_next, lambda_t, eta, s_noise)
     return x
 
 
@@ -127,6 +140,7 @@ def sample_dpmpp_2m_sde(
     if solver_type not in ("heun", "midpoint"):
         raise ValueError("solver_type must be 'heun' or 'midpoint'")
     noise = _brownian(ctx, x, sigmas, cpu_tree)
+    sigmas = ctx.snr_sigmas(sigmas)
     s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     old_denoised: torch.Tensor | None = None
     h: torch.Tensor | None = None
@@ -138,7 +152,7 @@ def sample_dpmpp_2m_sde(
         if sigma_next == 0:
             x = denoised
         else:
-            x, h, h_eta, alpha_t = _multistep_first_order(x, denoised, sigma, sigma_next, eta)
+            x, h, h_eta, alpha_t = _multistep_first_order(ctx, x, denoised, sigma, sigma_next, eta)
             if old_denoised is not None:
                 assert h_last is not None
                 r = h_last / h
@@ -166,6 +180,7 @@ def sample_dpmpp_3m_sde(
     if len(sigmas) <= 1:
         return x
     noise = _brownian(ctx, x, sigmas, cpu_tree)
+    sigmas = ctx.snr_sigmas(sigmas)
     s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     denoised_1: torch.Tensor | None = None
     denoised_2: torch.Tensor | None = None
@@ -179,7 +194,7 @@ def sample_dpmpp_3m_sde(
         if sigma_next == 0:
             x = denoised
         else:
-            x, h, h_eta, alpha_t = _multistep_first_order(x, denoised, sigma, sigma_next, eta)
+            x, h, h_eta, alpha_t = _multistep_first_order(ctx, x, denoised, sigma, sigma_next, eta)
             if h_2 is not None:
                 assert h_1 is not None and denoised_1 is not None and denoised_2 is not None
                 r0 = h_1 / h
@@ -220,7 +235,8 @@ def sample_er_sde(
 
     points = 200.0
     point_index = torch.arange(0, points, dtype=torch.float32, device=x.device)
-    er_lambdas = half_log_snr(sigmas).neg().exp()
+    sigmas = ctx.snr_sigmas(sigmas)
+    er_lambdas = ctx.half_log_snr(sigmas).neg().exp()  # sigma / alpha
     old_denoised: torch.Tensor | None = None
     old_denoised_d: torch.Tensor | None = None
     for i in range(len(sigmas) - 1):
@@ -279,6 +295,7 @@ def sample_seeds_2(
     noise = ctx.noise_sampler(x)
     s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     inject = eta > 0 and s_noise > 0
+    sigmas = ctx.snr_sigmas(sigmas)
     fac = 1 / (2 * r)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -287,11 +304,11 @@ def sample_seeds_2(
         if sigma_next == 0:
             x = denoised
             continue
-        lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
+        lambda_s, lambda_t = ctx.half_log_snr(sigma), ctx.half_log_snr(sigma_next)
         h = lambda_t - lambda_s
         h_eta = h * (eta + 1)
         lambda_s_1 = torch.lerp(lambda_s, lambda_t, r)
-        sigma_s_1 = lambda_s_1.neg().exp()
+        sigma_s_1 = ctx.sigma_at(lambda_s_1)
         alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
         alpha_t = sigma_next * lambda_t.exp()
 
@@ -327,6 +344,7 @@ def sample_seeds_3(
     noise = ctx.noise_sampler(x)
     s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
     inject = eta > 0 and s_noise > 0
+    sigmas = ctx.snr_sigmas(sigmas)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = ctx.denoise(x, sigma)
@@ -334,12 +352,12 @@ def sample_seeds_3(
         if sigma_next == 0:
             x = denoised
             continue
-        lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
+        lambda_s, lambda_t = ctx.half_log_snr(sigma), ctx.half_log_snr(sigma_next)
         h = lambda_t - lambda_s
         h_eta = h * (eta + 1)
         lambda_s_1 = torch.lerp(lambda_s, lambda_t, r_1)
         lambda_s_2 = torch.lerp(lambda_s, lambda_t, r_2)
-        sigma_s_1, sigma_s_2 = lambda_s_1.neg().exp(), lambda_s_2.neg().exp()
+        sigma_s_1, sigma_s_2 = ctx.sigma_at(lambda_s_1), ctx.sigma_at(lambda_s_2)
         alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
         alpha_s_2 = sigma_s_2 * lambda_s_2.exp()
         alpha_t = sigma_next * lambda_t.exp()
@@ -437,7 +455,8 @@ def sample_sa_solver(
         return x
     noise_sampler = ctx.noise_sampler(x)
     s_noise = s_noise * ctx.noise_scale  # ModelNoiseScale: the noise the model was trained on
-    lambdas = half_log_snr(sigmas)
+    sigmas = ctx.snr_sigmas(sigmas)
+    lambdas = ctx.half_log_snr(sigmas)
     if tau_func is None:
         start_sigma = ctx.model_sampling.percent_to_sigma(0.2)
         end_sigma = ctx.model_sampling.percent_to_sigma(0.8)
