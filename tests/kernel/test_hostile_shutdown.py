@@ -57,10 +57,10 @@ async def _read_until_closed(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSM
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_during_a_runaway_loop_with_a_client_connected(server: Any, sig: signal.Signals) -> None:
-    process = server("--max-expansion-depth", "1000000", "--cache-none")
+    process = server()
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(f"{process.url}/ws?clientId=watcher")
-        prompt_id = process.submit(loop_prompt(100_000, size=64), client_id="watcher")
+        prompt_id = process.submit(loop_prompt(100_000), client_id="watcher")
         await _wait_running(ws, prompt_id, nodes=20)
         signalled = time.monotonic()
         process.signal(sig)
