@@ -43,10 +43,15 @@ def _percent(default: float, **extra: Any) -> tuple[str, dict[str, Any]]:
 ER_SDE_SOLVERS = ["ER-SDE", "Reverse-time SDE", "ODE"]
 
 
-class SamplerER_SDE(_Node):
+class _SamplerNode(_Node):
+    """A node that makes a SAMPLER."""
+
     CATEGORY = "model/sampling/samplers"
     RETURN_TYPES = ("SAMPLER",)
     FUNCTION = "get_sampler"
+
+
+class SamplerER_SDE(_SamplerNode):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -73,10 +78,7 @@ class SamplerER_SDE(_Node):
         return (ksampler("er_sde", options),)
 
 
-class SamplerSASolver(_Node):
-    CATEGORY = "model/sampling/samplers"
-    RETURN_TYPES = ("SAMPLER",)
-    FUNCTION = "get_sampler"
+class SamplerSASolver(_SamplerNode):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
