@@ -81,8 +81,10 @@ class CONDRegular:
         return self._copy_with(repeat_to_batch_size(self.cond, batch_size))
 
     def can_concat(self, other: CONDRegular) -> bool:
-        if self.cond.shape != other.cond.shape:
-            return False
+        return self.cond.shape == other.cond.shape and self._same_device(other)
+
+    def _same_device(self, other: CONDRegular) -> bool:
+        """Whether the two tensors are on one device (told in the log when not: no shared call)."""
         if self.cond.device != other.cond.device:
             log.warning("conds not on same device, skipping concat")
             return False
@@ -120,10 +122,7 @@ class CONDCrossAttn(CONDRegular):
                 return False
             if math.lcm(s1[1], s2[1]) // min(s1[1], s2[1]) > 4:
                 return False
-        if self.cond.device != other.cond.device:
-            log.warning("conds not on same device, skipping concat")
-            return False
-        return True
+        return self._same_device(other)
 
     def concat(self, others: Sequence[CONDRegular]) -> Any:
         conds = [self.cond, *(o.cond for o in others)]
