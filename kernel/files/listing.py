@@ -1,4 +1,5 @@
-"""GET /internal/files/{directory_type}: the file names of one root, newest first."""
+"""GET /internal/files/{directory_type}: the file names of one root, newest first, each annotated
+with its root (``"a.png [output]"``)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,14 @@ async def internal_files(request: web.Request) -> web.Response:
     kernel = request.app[KERNEL_KEY]
     root = type_root(kernel, directory_type)
     names = await asyncio.to_thread(list_files, root)
+    # Annotated as the reference's route sends them ("a.png [output]"): the frontend's remote
+    # combos (LoadImageOutput) take the names as widget values unchanged, and only the annotation
+    # tells its preview (/view?type=...) and the loader node which folder the file is in.
     # The same rule as /view: an authentication plugin hides other users' outputs.
     return web.json_response(
-        [name for name in names if kernel.hooks.may_read_file(kernel, request, directory_type, root / name)]
+        [
+            f"{name} [{directory_type}]"
+            for name in names
+            if kernel.hooks.may_read_file(kernel, request, directory_type, root / name)
+        ]
     )

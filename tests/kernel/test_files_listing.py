@@ -57,10 +57,17 @@ async def test_internal_files_lists_newest_first(comfy_server: Any, tmp_path: Pa
     os.utime(out / "new.png", (1_000_003, 1_000_003))
     status, body = await server.json("GET", "/internal/files/output")
     assert status == 200
-    assert body[:2] in (["alias.png", "new.png"], ["new.png", "alias.png"])
-    assert body[2:] == ["mid.png", "old.png"]
+    # Each name carries its root, as the frontend's remote combos need (see listing.py).
+    assert body[:2] in (
+        ["alias.png [output]", "new.png [output]"],
+        ["new.png [output]", "alias.png [output]"],
+    )
+    assert body[2:] == ["mid.png [output]", "old.png [output]"]
     status, body = await server.json("GET", "/internal/files/input")
     assert (status, body) == (200, [])
+    (tmp_path / "input" / "in.png").write_bytes(b"x")
+    status, body = await server.json("GET", "/internal/files/input")
+    assert (status, body) == (200, ["in.png [input]"])
 
 
 async def test_internal_files_bad_type_and_no_api_twin(comfy_server: Any) -> None:

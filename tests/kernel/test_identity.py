@@ -190,9 +190,9 @@ async def test_hook_may_read_file(comfy_server):
     async with server.get("/view?filename=public.png", headers=as_user("bob")) as resp:
         assert resp.status == 200
     _, names = await server.json("GET", "/internal/files/output", headers=as_user("bob"))
-    assert names == ["public.png"]
+    assert names == ["public.png [output]"]
     _, names = await server.json("GET", "/internal/files/output", headers=as_user("root"))
-    assert sorted(names) == ["private_a.png", "public.png"]
+    assert sorted(names) == ["private_a.png [output]", "public.png [output]"]
     # A mask composited onto someone else's image would hand it over: refused the same way.
     for user, expected in (("bob", 403), ("root", 400)):  # root passes the check; b"x" is no image
         form = aiohttp.FormData()

@@ -114,7 +114,9 @@ async def test_outputs_are_readable_by_their_owner_and_admins(comfy_server, tmp_
     async with server.get(view, headers=h["root"]) as resp:
         assert resp.status == 200
     assert (await server.json("GET", "/internal/files/output", headers=h["bob"]))[1] == []
-    assert (await server.json("GET", "/internal/files/output", headers=h["alice"]))[1] == ["alice_out.txt"]
+    assert (await server.json("GET", "/internal/files/output", headers=h["alice"]))[1] == [
+        "alice_out.txt [output]"
+    ]
     # A file nobody reported (dropped in by hand) is for admins only; inputs stay shared.
     (server.kernel.settings.output_path / "stray.txt").write_text("?")
     assert (await server.json("GET", "/view?filename=stray.txt", headers=h["alice"]))[0] == 403

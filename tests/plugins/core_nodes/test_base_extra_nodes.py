@@ -125,7 +125,10 @@ async def test_load_image_output_reads_annotated_output_names(comfy_server: Any,
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "copy"}},
         }
 
-    frames = await run_prompt(server, prompt("made.png [output]"))
+    # The frontend's remote combo offers the names of GET /internal/files/output as they are.
+    status, listed = await server.json("GET", "/internal/files/output")
+    assert (status, listed) == (200, ["made.png [output]"])
+    frames = await run_prompt(server, prompt(listed[0]))
     assert not messages(frames, "execution_error"), messages(frames, "execution_error")
     (saved,) = messages(frames, "executed")[-1]["output"]["images"]
     with Image.open(tmp_path / "output" / saved["filename"]) as img:
