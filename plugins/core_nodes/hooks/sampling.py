@@ -14,7 +14,7 @@ MODEL's own weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import torch
@@ -42,15 +42,20 @@ def _control_extra_hooks(conds: Iterable[Mapping[str, Any]]) -> list[HookGroup]:
     return out
 
 
+def _entry_hooks(entries: Sequence[Mapping[str, Any]]) -> Iterator[Any]:
+    """The hooks of each cond entry that carries some, in order."""
+    for c in entries:
+        hooks = c.get("hooks")
+        if hooks is not None:
+            yield from hooks.hooks
+
+
 def get_hooks_from_conds(conds: Mapping[str, Sequence[Mapping[str, Any]]]) -> HookGroup:
     """Every hook the conds carry, and their ControlNets' extra hooks, each once."""
     found = HookGroup()
     for entries in conds.values():
-        for c in entries:
-            hooks = c.get("hooks")
-            if hooks is not None:
-                for hook in hooks.hooks:
-                    found.add(hook)
+        for hook in _entry_hooks(entries):
+            found.add(hook)
         extra = HookGroup.combine_all_hooks(_control_extra_hooks(entries))
         if extra is not None:
             for hook in extra.hooks:
@@ -140,11 +145,8 @@ def prepare_conds(model: Any, conds: Mapping[str, list[MutableMapping[str, Any]]
     preprocess_conds_hooks(conds)
     filter_registered_hooks_on_conds(conds, model_options)
     for entries in conds.values():
-        for c in entries:
-            hooks = c.get("hooks")
-            if hooks is not None:
-                for hook in hooks.hooks:
-                    hook.initialize_timesteps(model)
+        for hook in _entry_hooks(entries):
+            hook.initialize_timesteps(model)
 
 
 def prepare_keyframes(model: Any, timestep: torch.Tensor, hooks: HookGroup | None, model_options: Mapping[str, Any]) -> None:
