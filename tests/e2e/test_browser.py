@@ -1,8 +1,7 @@
 """The official web UI in a real headless Chromium against our server with every plugin.
 
-Debian's ``chromium`` (installed by ``.ci/run``) is driven by playwright through
-``executable_path``; every request that does not go to the loopback server is aborted. The
-screenshot lands in ``tests/e2e/artifacts/`` (gitignored) for a human to look at.
+Chromium, the network fence and the console watch are ``tests/e2e/harness.py``'s. The
+screenshots land in ``tests/e2e/artifacts/`` (gitignored) for a human to look at.
 """
 
 from __future__ import annotations
@@ -11,61 +10,15 @@ import asyncio
 import io
 import json
 import re
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
 from PIL import Image
-from playwright.async_api import ConsoleMessage, Page, async_playwright
+from playwright.async_api import Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 import tests.e2e.uipack as uipack
 from kernel.plugins import discover_entry_points
-
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
-
-# Settings a user of an offline install would set; applied through POST /settings before boot.
-OFFLINE_SETTINGS = {
-    # The first-run template browser shows thumbnails from the optional media packages (the
-    # `media` extra), which the test install leaves out: their 404s would be console errors.
-    "Comfy.TutorialCompleted": True,
-    # The release check calls api.comfy.org, which this test blocks.
-    "Comfy.Notification.ShowVersionUpdates": False,
-}
-
-# Console errors that cannot be avoided, by the URL that caused them, with the reason.
-EXPECTED_404S = {
-    "/api/userdata?dir=workflows": "fresh user directory: no workflows/ yet; the reference answers 404 "
-    "'Directory not found' too and the UI treats it as an empty list",
-    "/api/userdata?dir=subgraphs": "fresh user directory: no subgraphs/ yet (same as workflows/)",
-    "/api/userdata/user.css": "the optional user stylesheet does not exist (index.html always asks)",
-    "/api/userdata/comfy.templates.json": "the optional legacy user templates file does not exist",
-    "/api/userdata/workflows%2F.index.json": "the workflows sidebar asks for its optional index file first "
-    "and lists the folder when it is absent",
-}
-
-# Outside hosts the UI contacts even offline; this test aborts those requests, which the browser
-# reports as console errors.
-EXPECTED_BLOCKED_HOSTS = {
-    "huggingface.co": "the default workflow names model files with download URLs; once loader nodes "
-    "exist the UI asks for their sizes (HEAD) to offer downloads of the missing models",
-}
-
-# Console errors caused by known bugs of other plugins, each with where it lives. Delete an entry
-# as soon as the bug is fixed: the test then guards against its return.
-# Console errors caused by our own bugs that are known and not yet fixed: pattern -> reason.
-KNOWN_BUGS: dict[str, str] = {}
+from tests.e2e.harness import ARTIFACTS, CHROMIUM_ARGS, OFFLINE_SETTINGS, Browser, start_with_every_plugin
 
 API_WORKFLOW = {
     "1": {
@@ -81,83 +34,14 @@ API_WORKFLOW = {
 }
 
 
-def _is_expected(message: ConsoleMessage) -> bool:
-    url = message.location.get("url", "")
-    parts = urlsplit(url)
-    if any(pattern in message.text for pattern in KNOWN_BUGS):
-        return True
-    if parts.hostname in EXPECTED_BLOCKED_HOSTS:
-        return "net::ERR_FAILED" in message.text
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    return "404" in message.text and any(path.startswith(prefix) for prefix in EXPECTED_404S)
-
-
-class Browser:
-    """Console errors, page errors, blocked requests and WebSocket message types of one page."""
-
-    def __init__(self, page: Page, origin: str) -> None:
-        self.page = page
-        self.origin = origin
-        self.console_errors: list[str] = []
-        self.page_errors: list[str] = []
-        self.blocked: list[str] = []
-        self.ws_types: list[str] = []
-        page.on("console", self._console)
-        page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
-        page.on("websocket", self._websocket)
-
-    def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error" and not _is_expected(message):
-            self.console_errors.append(f"{message.text} ({message.location.get('url')})")
-
-    def _websocket(self, ws) -> None:  # noqa: ANN001 - playwright's WebSocket
-        def frame(payload: str | bytes) -> None:
-            if isinstance(payload, str):
-                try:
-                    self.ws_types.append(json.loads(payload).get("type", ""))
-                except ValueError:
-                    pass
-
-        ws.on("framereceived", frame)
-
-    async def block_the_world(self) -> None:
-        async def route(route) -> None:  # noqa: ANN001
-            url = route.request.url
-            parts = urlsplit(url)
-            if parts.scheme in ("data", "blob") or parts.hostname in LOOPBACK:
-                await route.continue_()
-            else:
-                self.blocked.append(url)
-                await route.abort()
-
-        await self.page.route("**/*", route)
-
-    async def boot(self) -> None:
-        await self.page.goto(self.origin + "/")
-        await self.page.wait_for_function("() => window.app && window.app.graph", timeout=60_000)
-        # Let the boot-time fetches (extensions, i18n, settings, queue) settle.
-        await self.page.wait_for_load_state("networkidle", timeout=30_000)
-
-
-@pytest.fixture
-def chromium_path() -> str:
-    assert Path(CHROMIUM).exists(), (
-        "Debian's chromium is missing: .ci/run installs it (apt-get install chromium)"
-    )
-    return CHROMIUM
-
-
 async def test_web_ui_end_to_end(comfy_server, chromium_path, tmp_path, monkeypatch):
     # Every installed plugin, as `comfykernel run` would load them, plus the test pack.
-    monkeypatch.setenv("COMFYKERNEL_EXTRA_PLUGINS", f"uipack={uipack.__name__}")
-    server = await comfy_server(plugins=None)
+    server = await start_with_every_plugin(comfy_server, monkeypatch)
     enabled = set(server.kernel.plugin_names)
     assert {"frontend_ext", "history", "userdata", "models", "uipack"} <= enabled, enabled
     assert set(discover_entry_points()) - enabled == {
         name for name, rec in server.kernel.plugin_records.items() if rec.status in ("failed", "blocked")
     }
-    status, _ = await server.json("POST", "/settings", json=OFFLINE_SETTINGS)
-    assert status == 200
     workflow_file = tmp_path / "solid_api.json"
     workflow_file.write_text(json.dumps(API_WORKFLOW))
 
