@@ -27,9 +27,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from plugins.core_nodes.models import adapters
-from plugins.core_nodes.models.unet import UNetModel, build_unet, timestep_embedding
+from plugins.core_nodes.models.unet import UNetModel, build_unet
 
 from . import tiny_pipeline
+from .freeu_reference import freeu_forward
 from .node_helpers import run_ok, saved_latents, start_with_models
 from .test_workflows_e2e import checkpoints  # noqa: F401  (fixture)
 
@@ -124,16 +125,6 @@ def _keyframe_strengths(table: torch.Tensor, sigmas: list[float]) -> list[float]
 # --- the UNet with FreeU_V2 and PAG written out -------------------------------------------------
 
 
-def _low_frequencies_scaled(t: torch.Tensor, scale: float) -> torch.Tensor:
-    """FreeU's skip filter as a plain DFT (float64): the signed frequencies -1 and 0 on both axes
-    (the centred 2x2 box of the shifted spectrum) times ``scale``."""
-    h, w = t.shape[-2:]
-    fy, fx = torch.fft.fftfreq(h) * h, torch.fft.fftfreq(w) * w
-    low = ((fy >= -1) & (fy < 1))[:, None] & ((fx >= -1) & (fx < 1))[None, :]
-    mask = torch.where(low, torch.tensor(scale, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
-    return torch.fft.ifft2(torch.fft.fft2(t.double()) * mask).real.float()
-
-
 class _IdentitySelfAttention(torch.nn.Module):
     """PAG's perturbation: the attention matrix is the identity, so each position keeps its own
     value: to_out(to_v(x))."""
@@ -155,28 +146,8 @@ def _perturbed(unet: UNetModel) -> UNetModel:
 
 
 def _freeu_v2_unet(unet: UNetModel, x: torch.Tensor, t: float, ctx: torch.Tensor) -> torch.Tensor:
-    """The UNet's block loop with FreeU_V2 (Si et al. 2023) before each output block whose
-    backbone input has 4x (b1, s1) or 2x (b2, s2) the base width: the first half of the backbone
-    channels times 1 + (b - 1) * m, m the channel-mean map min-max normalised per item; the skip's
-    lowest frequencies times s."""
-    mc = unet.config.model_channels
-    emb = unet.time_embed(timestep_embedding(torch.tensor([t]), mc))
-    h, skips = x, []
-    for block in unet.input_blocks:
-        h = block(h, emb, ctx, {})
-        skips.append(h)
-    h = unet.middle_block(h, emb, ctx, {})
-    for block in unet.output_blocks:
-        skip = skips.pop()
-        width = h.shape[1]
-        if width in (4 * mc, 2 * mc):
-            b, s = (B1, S1) if width == 4 * mc else (B2, S2)
-            m = h.mean(1, keepdim=True)
-            lo, hi = m.amin(dim=(2, 3), keepdim=True), m.amax(dim=(2, 3), keepdim=True)
-            h = torch.cat([h[:, : width // 2] * (1 + (b - 1) * (m - lo) / (hi - lo)), h[:, width // 2 :]], 1)
-            skip = _low_frequencies_scaled(skip, s)
-        h = block(torch.cat([h, skip], 1), emb, ctx, {}, skips[-1].shape if skips else None)
-    return unet.out(h)
+    """The UNet's block loop with the chain's FreeU_V2 (see :mod:`.freeu_reference`)."""
+    return freeu_forward(unet, x, torch.tensor([t]), ctx, B1, B2, S1, S2, v2=True)
 
 
 # --- the sampling loop --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from plugins.core_nodes.models import adapters
-from plugins.core_nodes.models.unet import UNetModel, build_unet, timestep_embedding
+from plugins.core_nodes.models.unet import UNetModel, build_unet
 from plugins.core_nodes.models.weight_patches import calculate_weight
 from plugins.core_nodes.nodes import unet_patches as up
 from plugins.core_nodes.patches.freeu import freeu_patch
@@ -27,6 +27,7 @@ from plugins.core_nodes.patches.hypertile import HyperTile, random_divisor
 from plugins.core_nodes.patches.tome import TokenMerging
 
 from . import tiny_sd
+from .freeu_reference import freeu_forward, low_frequencies_scaled
 from .node_helpers import run_ok, saved_latents, start_with_models
 from .test_workflows_e2e import checkpoints  # noqa: F401  (fixture)
 
@@ -46,15 +47,6 @@ def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
     torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
-def _low_box_filter(t: torch.Tensor, scale: float) -> torch.Tensor:
-    """FreeU's skip filter as a plain DFT: the frequencies -1 and 0 (signed, both axes) scaled."""
-    h, w = t.shape[-2:]
-    fy, fx = torch.fft.fftfreq(h) * h, torch.fft.fftfreq(w) * w
-    low = ((fy >= -1) & (fy < 1))[:, None] & ((fx >= -1) & (fx < 1))[None, :]
-    mask = torch.where(low, torch.tensor(scale), torch.tensor(1.0))
-    return torch.fft.ifft2(torch.fft.fft2(t.double()) * mask).real.float()
-
-
 # --- FreeU ---------------------------------------------------------------------------------------
 
 
@@ -71,36 +63,6 @@ def _freeu_unet() -> UNetModel:
     return UNetModel(config).eval()
 
 
-def _manual_forward(unet: UNetModel, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor,
-                    b1: float, b2: float, s1: float, s2: float, v2: bool) -> torch.Tensor:  # fmt: skip
-    """The UNet written out with FreeU (Si et al. 2023, eqs. 2-6) where the backbone enters an
-    output block at 4 (b1, s1) or 2 (b2, s2) times the base width: half its channels times b
-    (v2: times 1 + (b - 1) * the channel-mean map min-max normalised), the skip's lowest
-    frequencies times s."""
-    mc = unet.config.model_channels
-    emb = unet.time_embed(timestep_embedding(t, mc))
-    h, skips = x, []
-    for block in unet.input_blocks:
-        h = block(h, emb, ctx, {})
-        skips.append(h)
-    h = unet.middle_block(h, emb, ctx, {})
-    for block in unet.output_blocks:
-        skip = skips.pop()
-        width = h.shape[1]
-        if width in (4 * mc, 2 * mc):
-            b, s = (b1, s1) if width == 4 * mc else (b2, s2)
-            factor: Any = b
-            if v2:
-                m = h.mean(1, keepdim=True)
-                lo, hi = m.amin(dim=(2, 3), keepdim=True), m.amax(dim=(2, 3), keepdim=True)
-                factor = 1 + (b - 1) * (m - lo) / (hi - lo)
-            h = h.clone()
-            h[:, : width // 2] = h[:, : width // 2] * factor
-            skip = _low_box_filter(skip, s)
-        h = block(torch.cat([h, skip], 1), emb, ctx, {}, skips[-1].shape if skips else None)
-    return unet.out(h)
-
-
 @pytest.mark.parametrize("v2", [False, True])
 def test_freeu_in_the_unet(v2: bool) -> None:
     unet = _freeu_unet()
@@ -111,7 +73,7 @@ def test_freeu_in_the_unet(v2: bool) -> None:
     factors = (1.3, 1.4, 0.9, 0.2)
     options = {"patches": {"output_block_patch": [freeu_patch(32, *factors, v2=v2)]}}
     got = unet(x, t, ctx, transformer_options=options)
-    close(got, _manual_forward(unet, x, t, ctx, *factors, v2=v2), 1e-4)
+    close(got, freeu_forward(unet, x, t, ctx, *factors, v2=v2), 1e-4)
     assert not torch.allclose(got, unet(x, t, ctx), atol=1e-3)
 
 
@@ -126,7 +88,7 @@ def test_freeu_nodes_read_the_models_width(loaded: tuple[Any, Any]) -> None:
         for width, b, s in ((128, 1.5, 0.5), (64, 2.0, 0.25)):
             h, hsp = torch.randn(1, width, 4, 4, generator=g), torch.randn(1, width, 4, 4, generator=g)
             new_h, new_hsp = patch(h, hsp, {})
-            close(new_hsp, _low_box_filter(hsp, s))
+            close(new_hsp, low_frequencies_scaled(hsp, s))
             if not v2:
                 close(new_h, torch.cat([h[:, : width // 2] * b, h[:, width // 2 :]], 1))
         h = torch.randn(1, 96, 4, 4, generator=g)
