@@ -3,6 +3,8 @@
 Models are cached by (kind, resolved path) and reused while the file's mtime and size are
 unchanged. :meth:`ModelManager.use` moves a model's modules to the compute device, first moving
 least-recently-used models back to the offload device when the compute device is short of memory;
+a model larger than what is left is loaded partially (:func:`plan_partial`: the layers that fit
+sit on the compute device, the others stay on the offload device and are copied over per call);
 :meth:`ModelManager.load` likewise drops least-recently-used cached models when host memory is short.
 ``POST /free`` only *marks* work (:func:`on_free`); :meth:`ModelManager.apply_pending` does it
 between prompts, so nothing is unloaded under a running node.
@@ -25,6 +27,8 @@ import torch
 from torch import nn
 
 from kernel import Kernel, StashKey
+
+from .operations import streaming_class
 
 T = TypeVar("T")
 CheckInterrupt = Callable[[], None]
@@ -73,6 +77,50 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def own_bytes(module: nn.Module) -> int:
+    """Bytes of the tensors ``module`` holds itself (not its children's)."""
+    tensors = itertools.chain(module._parameters.values(), module._buffers.values())
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def plan_partial(module: nn.Module, budget: int) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Which of ``module``'s weight-holding submodules sit on the compute device (first) and which
+    stay on the offload device and are copied over at each call (second), for ``budget`` bytes.
+
+    Only layers with a casting twin (:func:`~.operations.streaming_class`: linear, convolution
+    and norm layers) can stay behind; the others (norm scales, embeddings, a pack's own layers)
+    always go to the compute device. Streamable layers fill what is left in network order."""
+    holders = [m for m in module.modules() if own_bytes(m) > 0]
+    fixed = [m for m in holders if streaming_class(m) is None]
+    used = sum(own_bytes(m) for m in fixed)
+    resident, streamed = list(fixed), []
+    for m in holders:
+        if streaming_class(m) is None:
+            continue
+        size = own_bytes(m)
+        if used + size <= budget:
+            resident.append(m)
+            used += size
+        else:
+            streamed.append(m)
+    return resident, streamed
+
+
+def _move_own(module: nn.Module, device: torch.device) -> None:
+    # Only the module's own tensors (its children are placed one by one); the Parameter objects
+    # stay the same, as Module.to keeps them.
+    for name, p in module._parameters.items():
+        if p is not None and p.device != device:
+            moved = p.data.to(device)
+            if torch._has_compatible_shallow_copy_type(p, moved):
+                p.data = moved
+            else:  # as Module.to does where the tensor types differ (the meta device)
+                module._parameters[name] = nn.Parameter(moved, requires_grad=p.requires_grad)
+    for name, b in module._buffers.items():
+        if b is not None and b.device != device:
+            module._buffers[name] = b.to(device)
+
+
 @dataclass
 class _Entry:
     kind: str
@@ -96,6 +144,8 @@ class LoadedModel:
     path: str
     device: str
     nbytes: int
+    # Bytes on the compute device when the model is loaded partially (0: not partial).
+    partial_bytes: int = 0
 
 
 class ModelManager:
@@ -119,6 +169,13 @@ class ModelManager:
             weakref.WeakKeyDictionary()
         )
         self._clock = itertools.count(1)
+        # Partially loaded modules: bytes on the compute device, and the classes of the layers
+        # switched to their streaming twins (restored when the module moves as a whole).
+        self._partial: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+        self._streamed: weakref.WeakKeyDictionary[nn.Module, type[nn.Module]] = weakref.WeakKeyDictionary()
+        # Room kept free beside a partially loaded model's resident layers, per streamed layer in
+        # flight (its copy on the compute device), as a multiple of the largest streamed layer.
+        self.stream_headroom = 2
         self._lock = threading.RLock()
         self._pending_lock = threading.Lock()
         self._pending_unload = False
@@ -171,7 +228,36 @@ class ModelManager:
         # Tensors derived from any module inside (a cached UNet within a BaseModel) go too.
         for sub in module.modules():
             self._release_derived(sub)
+            self._partial.pop(sub, None)
+            original = self._streamed.pop(sub, None)
+            if original is not None:
+                sub.__class__ = original
         module.to(device)
+
+    def _place(self, module: nn.Module) -> None:
+        """Move ``module`` to the compute device, whole when it fits in what is free there, else
+        partially (:func:`plan_partial`)."""
+        free = self._memory(self.compute_device) - self.reserve_bytes
+        if module_bytes(module) <= free:
+            self._move(module, self.compute_device)
+            return
+        largest = max((own_bytes(m) for m in module.modules() if streaming_class(m) is not None), default=0)
+        resident, streamed = plan_partial(module, max(0, free - self.stream_headroom * largest))
+        for sub in module.modules():
+            self._release_derived(sub)
+        for m in resident:
+            _move_own(m, self.compute_device)
+        for m in streamed:
+            _move_own(m, self.offload_device)
+            twin = streaming_class(m)
+            if twin is not None and type(m) is not twin:
+                self._streamed[m] = type(m)
+                m.__class__ = twin
+        self._partial[module] = sum(own_bytes(m) for m in resident)
+
+    def is_partial(self, module: nn.Module) -> bool:
+        """Whether ``module`` is loaded partially (some layers left on the offload device)."""
+        return module in self._partial
 
     def _release_derived(self, module: nn.Module) -> None:
         for holder in list(self._derived.get(module, ())):
@@ -195,12 +281,14 @@ class ModelManager:
             used = [e for e in self._entries.values() if any(id(m) in inside for m in e.modules)]
             for entry in used:
                 entry.last_used = stamp
-            missing = sum(module_bytes(m) for m in modules if module_device(m) != self.compute_device)
+            missing = sum(
+                module_bytes(m) for m in modules if m not in self._partial and module_device(m) != self.compute_device
+            )
             if missing and self.compute_device != self.offload_device:
                 self._make_room(self.compute_device, missing, keep=[m for e in used for m in e.modules] + modules)
             for m in modules:
-                if module_device(m) != self.compute_device:
-                    self._move(m, self.compute_device)
+                if m not in self._partial and module_device(m) != self.compute_device:
+                    self._place(m)
         yield self.compute_device
 
     def _make_room(self, device: torch.device, needed: int, keep: Any) -> None:
@@ -210,7 +298,10 @@ class ModelManager:
                 (e.last_used, k)
                 for k, e in self._entries.items()
                 if not any(m in keep for m in e.modules)
-                and (device == self.offload_device or any(module_device(m) == device for m in e.modules))
+                and (
+                    device == self.offload_device
+                    or any(module_device(m) == device or m in self._partial for m in e.modules)
+                )
             ]
             if not victims:
                 return
@@ -298,6 +389,7 @@ class ModelManager:
                     e.path,
                     str(module_device(e.modules[0])) if e.modules else "cpu",
                     e.nbytes,
+                    sum(self._partial.get(m, 0) for m in e.modules),
                 )
                 for e in sorted(self._entries.values(), key=lambda e: e.last_used)
             ]

@@ -116,6 +116,18 @@ _CAST_TWINS: dict[type[nn.Module], type[nn.Module]] = {
 }
 
 
+def streaming_class(module: nn.Module) -> type[nn.Module] | None:
+    """The class that lets ``module`` run with its weights left on another device (they are cast
+    to the input's device and dtype at each call): a plain torch layer's casting twin, a casting
+    layer's own class; None for anything else (it must sit where it computes)."""
+    twin = _CAST_TWINS.get(type(module))
+    if twin is not None:
+        return twin
+    if isinstance(module, tuple(_CAST_TWINS.values())):
+        return type(module)
+    return None
+
+
 def casting_view(module: nn.Module, compute_dtype: torch.dtype | None = None) -> nn.Module:
     """A copy of ``module``'s tree (module objects only: every parameter and buffer is shared)
     whose layers cast their weights to their input's dtype at each call; with ``compute_dtype``,
@@ -214,4 +226,5 @@ __all__ = [
     "custom_operations",
     "is_default",
     "load_into",
+    "streaming_class",
 ]
