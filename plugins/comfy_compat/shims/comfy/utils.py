@@ -27,6 +27,8 @@ from kernel.progress import ProgressBar as _KernelProgressBar
 from kernel.progress import set_progress
 from plugins.core_nodes.conds import batch_pick_indices, repeat_to_batch_size
 from plugins.core_nodes.conds import resize_to_batch_size as resize_to_batch_size  # the reference's name here
+from plugins.core_nodes.nodes.resize import bislerp as bislerp  # the core resize, re-exported
+from plugins.core_nodes.nodes.resize import center_crop
 
 log = logging.getLogger("comfykernel.compat")
 
@@ -444,60 +446,6 @@ def copy_to_param(obj: Any, attr: str, value: torch.Tensor) -> None:
 # --- resizing ------------------------------------------------------------------------------
 
 
-def _slerp(b1: torch.Tensor, b2: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between rows of ``b1`` and ``b2`` ([N, C]) at ratios ``r`` ([N, 1]);
-    the magnitude is interpolated linearly."""
-    n1 = torch.norm(b1, dim=-1, keepdim=True)
-    n2 = torch.norm(b2, dim=-1, keepdim=True)
-    u1 = torch.where(n1 == 0, torch.zeros_like(b1), b1 / n1)
-    u2 = torch.where(n2 == 0, torch.zeros_like(b2), b2 / n2)
-    dot = (u1 * u2).sum(1)
-    omega = torch.acos(dot)
-    sin_omega = torch.sin(omega)
-    ratio = r.squeeze(1)
-    res = (torch.sin((1.0 - ratio) * omega) / sin_omega).unsqueeze(1) * u1 + (
-        torch.sin(ratio * omega) / sin_omega
-    ).unsqueeze(1) * u2
-    res = res * (n1 * (1.0 - r) + n2 * r)
-    # Nearly parallel: keep the first row; nearly opposite: fall back to a straight lerp.
-    same = dot > 1 - 1e-5
-    res[same] = b1[same]
-    opposite = dot < 1e-5 - 1
-    res[opposite] = (b1 * (1.0 - r) + b2 * r)[opposite]
-    return res
-
-
-def _bilinear_sources(old: int, new: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For each of ``new`` output positions: the ratio towards the next source, and both sources."""
-    coords = torch.arange(old, dtype=torch.float32, device=device).reshape(1, 1, 1, -1)
-    first = F.interpolate(coords, size=(1, new), mode="bilinear")
-    ratios = first - first.floor()
-    nxt = coords + 1
-    nxt[..., -1] -= 1
-    second = F.interpolate(nxt, size=(1, new), mode="bilinear")
-    return ratios, first.to(torch.int64), second.to(torch.int64)
-
-
-def bislerp(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Resize ``[N, C, H, W]`` latents by slerping channel vectors, first along W then along H."""
-    dtype = samples.dtype
-    x = samples.float()
-    n, c, h, w = x.shape
-
-    ratios, src1, src2 = _bilinear_sources(w, width, x.device)
-    a = x.gather(-1, src1.expand(n, c, h, -1)).movedim(1, -1).reshape(-1, c)
-    b = x.gather(-1, src2.expand(n, c, h, -1)).movedim(1, -1).reshape(-1, c)
-    r = ratios.expand(n, 1, h, -1).movedim(1, -1).reshape(-1, 1)
-    x = _slerp(a, b, r).reshape(n, h, width, c).movedim(-1, 1)
-
-    ratios, src1, src2 = _bilinear_sources(h, height, x.device)
-    a = x.gather(-2, src1.reshape(1, 1, -1, 1).expand(n, c, -1, width)).movedim(1, -1).reshape(-1, c)
-    b = x.gather(-2, src2.reshape(1, 1, -1, 1).expand(n, c, -1, width)).movedim(1, -1).reshape(-1, c)
-    r = ratios.reshape(1, 1, -1, 1).expand(n, 1, -1, width).movedim(1, -1).reshape(-1, 1)
-    x = _slerp(a, b, r).reshape(n, height, width, c).movedim(-1, 1)
-    return x.to(dtype)
-
-
 def lanczos(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Resize ``[N, C, H, W]`` images in 0..1 with PIL's Lanczos filter, one 8-bit image at a time."""
     import numpy as np
@@ -526,14 +474,7 @@ def common_upscale(samples: torch.Tensor, width: int, height: int, upscale_metho
         frames = samples.reshape(shape[0], shape[1], -1, shape[-2], shape[-1]).movedim(2, 1)
         samples = frames.reshape(-1, shape[1], shape[-2], shape[-1])
     if crop == "center":
-        old_w, old_h = samples.shape[-1], samples.shape[-2]
-        old_aspect, new_aspect = old_w / old_h, width / height
-        x = y = 0
-        if old_aspect > new_aspect:
-            x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
-        elif old_aspect < new_aspect:
-            y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
-        samples = samples.narrow(-2, y, old_h - y * 2).narrow(-1, x, old_w - x * 2)
+        samples = center_crop(samples, width, height)
     if upscale_method == "bislerp":
         out = bislerp(samples, width, height)
     elif upscale_method == "lanczos":
