@@ -205,7 +205,11 @@ def flux_text_stack(
         raise ValueError(f"expected one CLIP text encoder, found {len(found)}")
     ((_, (_, clip_weights)),) = found.items()
     clip_l = build_model(clip_weights, "clip_l", None, None, dtype)
-    t5 = build_t5(t5_files[0], dtype)
+    t5_weights = t5_files[0]
+    # An fp8 T5-XXL (t5xxl_fp8_e4m3fn: ~4.9 GB against ~9.5 in bf16, ~19 in float32) keeps its
+    # storage; its layers cast their weights per call.
+    fp8 = any(v.dtype in _FP8 for k, v in t5_weights.items() if k.endswith(".weight") and v.ndim == 2)
+    t5 = build_t5(t5_weights, dtype, CastOperations if fp8 else None)
     # Flux reads CLIP-L's pooled output before the text projection, and T5's last layer.
     encoders: dict[str, Any] = {
         "l": ClipEncoder(clip_l, None, True, END_TOKEN, project_pooled=False),

@@ -154,3 +154,27 @@ def test_partially_loaded_model_computes_as_the_whole_and_is_restored(tmp_path: 
     assert not manager.is_partial(net)
     assert {name for name, m in net.named_modules() if type(m) is nn.Linear} == streamed_before
     assert manager.loaded()[0].partial_bytes == 0
+
+
+def test_fp8_t5_keeps_its_storage_and_encodes_as_the_rounded_weights(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from plugins.core_nodes.models import adapters
+
+    from .test_flux import _write_files
+
+    _write_files(tmp_path)
+    folder = tmp_path / "text_encoders"
+    t5 = load_file(str(folder / "t5xxl_tiny.safetensors"))
+    fp8 = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in t5.items()}
+    save_file(fp8, str(folder / "t5_fp8.safetensors"))
+    save_file({k: v.float() for k, v in fp8.items()}, str(folder / "t5_rounded.safetensors"))
+    kept = adapters.load_clip([folder / "clip_l.safetensors", folder / "t5_fp8.safetensors"], "flux")
+    rounded = adapters.load_clip([folder / "clip_l.safetensors", folder / "t5_rounded.safetensors"], "flux")
+    model = kept.models["t5xxl"]
+    assert model.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
+    assert module_bytes(model) < module_bytes(rounded.models["t5xxl"]) / 2
+    text = "fp8 text encoder"
+    got, _ = kept.encode_from_tokens(kept.tokenize(text), return_pooled=True)
+    expected, _ = rounded.encode_from_tokens(rounded.tokenize(text), return_pooled=True)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
