@@ -331,6 +331,7 @@ class SamplingPercentToSigma(_Node):
 
 class ManualSigmas(_Node):
     CATEGORY = "model/sampling/sigmas"
+    EXPERIMENTAL = True  # the reference's flag: the frontend badges the node
     RETURN_TYPES = ("SIGMAS",)
     FUNCTION = "get_sigmas"
 
@@ -601,6 +602,7 @@ class DisableNoise(_Node):
 
 class AddNoise(_Node):
     CATEGORY = "model/sampling/noise"
+    EXPERIMENTAL = True  # the reference's flag: the frontend badges the node
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "add_noise"
 

@@ -79,6 +79,7 @@ class ImageInvert(_Image):
 class ImageBatch(_Image):
     FUNCTION = "batch"
     CATEGORY = "image/batch"
+    DEPRECATED = True  # as in the reference (superseded by BatchImagesNode): hidden from search
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -159,6 +160,7 @@ class ImagePadForOutpaint(CoreNode):
 class ImageCrop(_Image):
     FUNCTION = "crop"
     CATEGORY = "image/transform"
+    DEPRECATED = True  # as in the reference (superseded by ImageCropV2): hidden from search
     RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_images"
 
     @classmethod

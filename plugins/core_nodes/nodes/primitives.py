@@ -17,14 +17,16 @@ class _Primitive(CoreNode):
         return (value,)
 
 
-def _primitive(name: str, io_type: str, options: dict[str, Any]) -> type:
+def _primitive(name: str, io_type: str, options: dict[str, Any], deprecated: bool = False) -> type:
     def input_types(cls: type) -> dict[str, Any]:
         return {"required": {"value": (io_type, dict(options))}}
 
-    return type(name, (_Primitive,), {"RETURN_TYPES": (io_type,), "INPUT_TYPES": classmethod(input_types)})
+    attrs = {"RETURN_TYPES": (io_type,), "INPUT_TYPES": classmethod(input_types), "DEPRECATED": deprecated}
+    return type(name, (_Primitive,), attrs)
 
 
-PrimitiveString = _primitive("PrimitiveString", "STRING", {"multiline": False})
+# Deprecated in the reference (Input Text replaces it): the frontend hides it from search.
+PrimitiveString = _primitive("PrimitiveString", "STRING", {"multiline": False}, deprecated=True)
 PrimitiveStringMultiline = _primitive("PrimitiveStringMultiline", "STRING", {"multiline": True})
 # "fixed": the frontend adds the after-generate control but leaves the value alone by default.
 PrimitiveInt = _primitive(

@@ -34,6 +34,8 @@ FIELDS = (
     "python_module",
     "input_order",
 )
+# Published by V3 classes always, by V1 classes only when set: compared as booleans.
+FLAGS = ("deprecated", "experimental", "dev_only", "api_node")
 # Prose: the golden file has none, and ours is our own.
 IGNORED_OPTIONS = frozenset({"tooltip", "description"})
 # Inputs whose choices are the files installed on a machine: only their kind is compared.
@@ -139,6 +141,9 @@ def test_interface_is_the_reference(name: str, object_info: dict[str, Any]) -> N
     assert _inputs(name, ours) == _inputs(name, golden)
     for field in FIELDS:
         assert ours[field] == golden[field], field
+    # The frontend hides deprecated nodes from its search and badges experimental ones.
+    for flag in FLAGS:
+        assert bool(ours.get(flag)) == bool(golden.get(flag)), flag
 
 
 def test_every_golden_class_is_a_core_node(object_info: dict[str, Any]) -> None:
