@@ -40,26 +40,39 @@ class _HookNode(CoreNode):
     EXPERIMENTAL = True
 
 
-# --- attaching hooks, masks and ranges to conditioning ------------------------------------------
+class _PairNode(_HookNode):
+    """A node that hands back a positive / negative conditioning pair."""
 
-
-class PairConditioningSetProperties(_HookNode):
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("positive", "negative")
     CATEGORY = "advanced/hooks/cond pair"
+
+
+class _SingleNode(_HookNode):
+    """A node that hands back one conditioning."""
+
+    RETURN_TYPES = ("CONDITIONING",)
+    CATEGORY = "advanced/hooks/cond single"
+
+
+def _props_inputs(*conds: str) -> dict[str, Any]:
+    """The set-properties nodes' inputs: the ``conds``, strength and area mode, then the optional
+    mask, hooks and timesteps."""
+    required: dict[str, Any] = {name: ("CONDITIONING",) for name in conds}
+    required["strength"] = _strength(0.0, 10.0, 0.01)
+    required["set_cond_area"] = (list(_AREA_MODES),)
+    return {"required": required, "optional": _props_optional()}
+
+
+# --- attaching hooks, masks and ranges to conditioning ------------------------------------------
+
+
+class PairConditioningSetProperties(_PairNode):
     FUNCTION = "set_properties"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "positive_NEW": ("CONDITIONING",),
-                "negative_NEW": ("CONDITIONING",),
-                "strength": _strength(0.0, 10.0, 0.01),
-                "set_cond_area": (list(_AREA_MODES),),
-            },
-            "optional": _props_optional(),
-        }
+        return _props_inputs("positive_NEW", "negative_NEW")
 
     def set_properties(
         self, positive_NEW: Any, negative_NEW: Any, strength: float, set_cond_area: str,
@@ -73,25 +86,12 @@ class PairConditioningSetProperties(_HookNode):
         return (positive, negative)
 
 
-class PairConditioningSetPropertiesAndCombine(_HookNode):
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
-    RETURN_NAMES = ("positive", "negative")
-    CATEGORY = "advanced/hooks/cond pair"
+class PairConditioningSetPropertiesAndCombine(_PairNode):
     FUNCTION = "set_properties"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "positive": ("CONDITIONING",),
-                "negative": ("CONDITIONING",),
-                "positive_NEW": ("CONDITIONING",),
-                "negative_NEW": ("CONDITIONING",),
-                "strength": _strength(0.0, 10.0, 0.01),
-                "set_cond_area": (list(_AREA_MODES),),
-            },
-            "optional": _props_optional(),
-        }
+        return _props_inputs("positive", "negative", "positive_NEW", "negative_NEW")
 
     def set_properties(
         self, positive: Any, negative: Any, positive_NEW: Any, negative_NEW: Any, strength: float,
@@ -106,21 +106,12 @@ class PairConditioningSetPropertiesAndCombine(_HookNode):
         return (out[0], out[1])
 
 
-class ConditioningSetProperties(_HookNode):
-    RETURN_TYPES = ("CONDITIONING",)
-    CATEGORY = "advanced/hooks/cond single"
+class ConditioningSetProperties(_SingleNode):
     FUNCTION = "set_properties"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "cond_NEW": ("CONDITIONING",),
-                "strength": _strength(0.0, 10.0, 0.01),
-                "set_cond_area": (list(_AREA_MODES),),
-            },
-            "optional": _props_optional(),
-        }
+        return _props_inputs("cond_NEW")
 
     def set_properties(
         self, cond_NEW: Any, strength: float, set_cond_area: str, mask: Any = None, hooks: Any = None,
@@ -132,22 +123,12 @@ class ConditioningSetProperties(_HookNode):
         return (out,)
 
 
-class ConditioningSetPropertiesAndCombine(_HookNode):
-    RETURN_TYPES = ("CONDITIONING",)
-    CATEGORY = "advanced/hooks/cond single"
+class ConditioningSetPropertiesAndCombine(_SingleNode):
     FUNCTION = "set_properties"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "cond": ("CONDITIONING",),
-                "cond_NEW": ("CONDITIONING",),
-                "strength": _strength(0.0, 10.0, 0.01),
-                "set_cond_area": (list(_AREA_MODES),),
-            },
-            "optional": _props_optional(),
-        }
+        return _props_inputs("cond", "cond_NEW")
 
     def set_properties(
         self, cond: Any, cond_NEW: Any, strength: float, set_cond_area: str, mask: Any = None,
@@ -161,10 +142,7 @@ class ConditioningSetPropertiesAndCombine(_HookNode):
         return (out,)
 
 
-class PairConditioningCombine(_HookNode):
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
-    RETURN_NAMES = ("positive", "negative")
-    CATEGORY = "advanced/hooks/cond pair"
+class PairConditioningCombine(_PairNode):
     FUNCTION = "combine"
 
     @classmethod
@@ -179,10 +157,7 @@ class PairConditioningCombine(_HookNode):
         return (out[0], out[1])
 
 
-class PairConditioningSetDefaultAndCombine(_HookNode):
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
-    RETURN_NAMES = ("positive", "negative")
-    CATEGORY = "advanced/hooks/cond pair"
+class PairConditioningSetDefaultAndCombine(_PairNode):
     FUNCTION = "set_default_and_combine"
 
     @classmethod
@@ -199,9 +174,7 @@ class PairConditioningSetDefaultAndCombine(_HookNode):
         return (out[0], out[1])
 
 
-class ConditioningSetDefaultAndCombine(_HookNode):
-    RETURN_TYPES = ("CONDITIONING",)
-    CATEGORY = "advanced/hooks/cond single"
+class ConditioningSetDefaultAndCombine(_SingleNode):
     FUNCTION = "set_default_and_combine"
 
     @classmethod
