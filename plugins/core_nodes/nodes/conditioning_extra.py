@@ -32,12 +32,18 @@ class _Node(ClassExecute, CoreNode):
     PUBLISH_NULL_DISPLAY_NAME: ClassVar[bool] = True
 
 
-class InstructPixToPixConditioning(_Node):
-    RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_ip2p"
-    CATEGORY = "model/conditioning/instructpix2pix"
+class _PairWithLatent(_Node):
+    """A node that adds an image's entries to a positive / negative pair and hands back the
+    latent to sample."""
+
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
     RETURN_NAMES = ("positive", "negative", "latent")
     FUNCTION = "encode"
+
+
+class InstructPixToPixConditioning(_PairWithLatent):
+    RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_ip2p"
+    CATEGORY = "model/conditioning/instructpix2pix"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -71,12 +77,9 @@ class InstructPixToPixConditioning(_Node):
 
 
 
-class SD_4XUpscale_Conditioning(_Node):  # noqa: N801 - the reference's name
+class SD_4XUpscale_Conditioning(_PairWithLatent):  # noqa: N801 - the reference's name
     RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_sdupscale"
     CATEGORY = "model/conditioning/stable diffusion upscaler"
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
-    RETURN_NAMES = ("positive", "negative", "latent")
-    FUNCTION = "encode"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
