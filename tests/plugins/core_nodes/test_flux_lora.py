@@ -305,3 +305,65 @@ def test_reference_key_map_gives_offsets_for_split_layers(tmp_path: Path) -> Non
         torch.testing.assert_close(ours[name], weight, atol=1e-5, rtol=0)
     # Rows written at an offset went into a copy, not into the cached network's weight.
     assert torch.equal(model.unet.double_blocks[0].img_attn.qkv.weight, sd["double_blocks.0.img_attn.qkv.weight"])
+
+
+async def test_lora_loader_model_only_through_the_server(comfy_server: Any, tmp_path: Path) -> None:
+    """UNETLoader -> LoraLoaderModelOnly (a diffusers-format LoRA) -> KSampler samples as UNETLoader
+    on the file with the LoRA merged by hand into the fused rows."""
+    from safetensors.torch import load_file
+
+    from .node_helpers import messages, run_prompt
+    from .test_flux import _write_files
+
+    root = tmp_path / "models"
+    flux_sd, _, _ = _write_files(root)
+    g = torch.Generator().manual_seed(31)
+    strength = 0.8
+    merged = {k: v.clone() for k, v in flux_sd.items()}
+    lora: dict[str, torch.Tensor] = {}
+    for name, param, start, size in (
+        ("transformer_blocks.0.attn.to_k", "double_blocks.0.img_attn.qkv.weight", H, H),
+        ("transformer_blocks.1.attn.add_q_proj", "double_blocks.1.txt_attn.qkv.weight", 0, H),
+        ("single_transformer_blocks.0.proj_mlp", "single_blocks.0.linear1.weight", 3 * H, TINY.mlp_hidden),
+        ("single_transformer_blocks.1.attn.to_v", "single_blocks.1.linear1.weight", 2 * H, H),
+    ):
+        up, down = _factors(g, size, H, rank=4)
+        lora |= {f"transformer.{name}.lora_A.weight": down, f"transformer.{name}.lora_B.weight": up,
+                 f"transformer.{name}.alpha": torch.tensor(2.0)}  # fmt: skip
+        merged[param][start : start + size] += strength * 0.5 * up @ down
+    _write(root / "diffusion_models", "flux_merged.safetensors", merged)
+    _write(root / "loras", "flux_lora.safetensors", lora)
+    server = await comfy_server(plugins=["core_nodes", "models"])
+    text = "a red boat"
+
+    def prompt(unet: str, with_lora: bool) -> dict[str, Any]:
+        model: list[Any] = ["lora", 0] if with_lora else ["unet", 0]
+        out = {
+            "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
+            "clip": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors",
+                                                                "clip_name2": "t5xxl_tiny.safetensors", "type": "flux"}},
+            "pos": {"class_type": "CLIPTextEncodeFlux", "inputs": {"clip": ["clip", 0], "clip_l": text, "t5xxl": text,
+                                                                  "guidance": 3.5}},
+            "empty": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "k": {"class_type": "KSampler", "inputs": {"seed": 3, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+                                                       "scheduler": "simple", "denoise": 1.0, "model": model,
+                                                       "positive": ["pos", 0], "negative": ["pos", 0],
+                                                       "latent_image": ["empty", 0]}},
+            "save": {"class_type": "SaveLatent", "inputs": {"samples": ["k", 0], "filename_prefix": unet}},
+        }  # fmt: skip
+        if with_lora:
+            out["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+                "model": ["unet", 0], "lora_name": "flux_lora.safetensors", "strength_model": strength}}  # fmt: skip
+        return out
+
+    latents = []
+    output = Path(server.kernel.settings.output_path)
+    for unet, with_lora in (("flux_tiny.safetensors", True), ("flux_merged.safetensors", False),
+                            ("flux_tiny.safetensors", False)):  # fmt: skip
+        frames = await run_prompt(server, prompt(unet, with_lora))
+        assert not messages(frames, "execution_error"), messages(frames, "execution_error")
+        saved = next(d["output"]["latents"][0] for d in messages(frames, "executed") if d["node"] == "save")
+        latents.append(load_file(str(output / saved["subfolder"] / saved["filename"]))["latent_tensor"])
+    with_lora, by_hand, plain = latents
+    torch.testing.assert_close(with_lora, by_hand, atol=1e-4, rtol=1e-5)
+    assert (with_lora - plain).abs().max() > 1e-3
