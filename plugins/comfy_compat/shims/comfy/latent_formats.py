@@ -1,9 +1,9 @@
 """``comfy.latent_formats``: how each model family's latents are scaled and previewed.
 
 A latent format turns VAE latents into what the diffusion model sees (``process_in``) and back
-(``process_out``), and carries the linear latent->RGB fit used for cheap previews. SD15, SDXL, SD3
-and Flux take their numbers from the core nodes' own formats, so previews and scaling agree with
-the core samplers; the other families carry their published constants.
+(``process_out``), and carries the linear latent->RGB fit used for cheap previews. SD15, SDXL,
+Playground v2.5, SD3 and Flux take their numbers from the core nodes' own formats, so previews
+and scaling agree with the core samplers; the other families carry their published constants.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from plugins.core_nodes import contracts
 from plugins.core_nodes.models import latent_formats as core_formats
 from plugins.core_nodes.models.latent_formats import ShiftedLatentFormat
+from plugins.core_nodes.nodes.model_advanced import PLAYGROUND_2_5
 
 Rows = list[list[float]]
 
@@ -77,14 +78,6 @@ def _channels(values: tuple[float, ...], dims: int) -> torch.Tensor:
 
 
 # --- published constants of the other families ---------------------------------------------
-_SDXL_PLAYGROUND_2_5_RGB = (
-    (0.392, 0.4054, 0.4549),
-    (-0.2634, -0.0196, 0.0653),
-    (0.0568, 0.1687, -0.0755),
-    (-0.3112, -0.2359, -0.2076),
-)
-_SDXL_PLAYGROUND_2_5_MEAN = (-1.6574, 1.886, -1.383, 2.5155)
-_SDXL_PLAYGROUND_2_5_STD = (8.4927, 5.9022, 6.5498, 5.2299)
 _SD_X4_RGB = (
     (-0.234, -0.3863, -0.3257),
     (0.0994, 0.0885, -0.0908),
@@ -175,10 +168,11 @@ class SDXL(LatentFormat):
 
 class SDXL_Playground_2_5(_Standardised):  # noqa: N801 - the reference's class name
     def __init__(self) -> None:
-        self.scale_factor = 0.5
-        self.latents_mean = _channels(_SDXL_PLAYGROUND_2_5_MEAN, 2)
-        self.latents_std = _channels(_SDXL_PLAYGROUND_2_5_STD, 2)
-        self.latent_rgb_factors = _rows(_SDXL_PLAYGROUND_2_5_RGB)
+        # The numbers of the core ModelSamplingContinuousEDM node's Playground v2.5 format.
+        self.scale_factor = PLAYGROUND_2_5.scale_factor
+        self.latents_mean = _channels(PLAYGROUND_2_5.mean, 2)
+        self.latents_std = _channels(PLAYGROUND_2_5.std, 2)
+        self.latent_rgb_factors = PLAYGROUND_2_5.latent_rgb_factors
         self.taesd_decoder_name = "taesdxl_decoder"
 
 
