@@ -674,8 +674,10 @@ class TextEncoder:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self._own_model():
             return self._encode_through_model(tokens, unprojected)
-        # Like the reference, each encoder reads its own key and other keys are ignored.
-        missing = [name for name in self.stack.encoders if not tokens.get(name)]
+        # Like the reference, each encoder reads its own key and other keys are ignored. SD3's
+        # set takes empty chunk lists (CLIPTextEncodeSD3 leaves empty prompts out).
+        empty_ok = self.stack.family == "sd3"
+        missing = [name for name in self.stack.encoders if name not in tokens or not (tokens[name] or empty_ok)]
         if missing:
             raise ValueError(
                 f"tokens for this CLIP need chunks under {sorted(self.stack.encoders)}; "
@@ -1091,16 +1093,18 @@ def _roles(paths: Sequence[Path], clip_type: str) -> tuple[str, ...]:
 def load_clip(
     paths: Sequence[Path], clip_type: str = "stable_diffusion", device: str = "default"
 ) -> TextEncoder:
-    """CLIPLoader / DualCLIPLoader: standalone ``text_encoders/`` files.
+    """CLIPLoader / DualCLIPLoader / TripleCLIPLoader: standalone ``text_encoders/`` files.
 
     One file of type ``stable_diffusion`` is CLIP-L (SD1) or OpenCLIP-H (SD2, told by its width);
-    two files of type ``sdxl`` are CLIP-L and OpenCLIP-G, in either order.
+    two files of type ``sdxl`` are CLIP-L and OpenCLIP-G, in either order; one to three files of
+    type ``sd3`` are SD3's CLIP-L / OpenCLIP-G / T5-XXL, each told by its contents.
     """
     manager = _manager()
     dtype = _compute_dtype(manager)
     embeddings = _embedding_lookup()
     paths = [Path(p) for p in paths]
-    roles = _roles(paths, clip_type)
+    # SD3 sets (one to three files) are told apart by their contents, not by slot.
+    roles = () if clip_type == "sd3" else _roles(paths, clip_type)
 
     def loader(_path: Path, check: Callable[[], None]) -> LoadedText:
         files = []
@@ -1108,6 +1112,14 @@ def load_clip(
             check()
             files.append(load_state_dict_file_checked(p))
         names = [p.name for p in paths]
+        if clip_type == "sd3":
+            from plugins.core_nodes.models.sd3_text import sd3_stack_from_files
+
+            try:
+                stack = sd3_stack_from_files(files, embeddings)
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise ckpt.CheckpointError(f"{', '.join(names)}: not SD3 text encoders ({e})") from None
+            return LoadedText(stack, _cast_stack(stack, dtype))
         if clip_type == "flux":
             from plugins.core_nodes.models.flux_family import flux_text_stack
 

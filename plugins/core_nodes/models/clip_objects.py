@@ -38,6 +38,7 @@ __all__ = [
     "ClipSet",
     "SD1ClipModel",
     "SD2ClipModel",
+    "SD3ClipModel",
     "SDXLClipModel",
     "SDXLRefinerClipModel",
     "TokenizerSet",
@@ -306,6 +307,8 @@ class ClipSet(nn.Module):
         missing = [name for name in self.names if name not in token_weight_pairs]
         if missing:
             raise ValueError(f"tokens for this text encoder need chunks under {list(self.names)}; missing {missing}")
+        if self.family == "sd3":
+            return self._encode_sd3(token_weight_pairs)
         if set(self.names) == {"l", "g"}:
             g_out, g_pooled = self.clip_g.encode_token_weights(token_weight_pairs["g"])
             l_out, _ = self.clip_l.encode_token_weights(token_weight_pairs["l"])
@@ -316,6 +319,20 @@ class ClipSet(nn.Module):
 
     def forward(self, token_weight_pairs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_token_weights(token_weight_pairs)
+
+    def _encode_sd3(self, tokens: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """SD3's join of its encoders (:func:`~.sd3_text.encode_sd3`), each at its clip options."""
+        from plugins.core_nodes.models.sd3_text import encode_chunks, encode_sd3
+
+        def encode(name: str, chunks: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+            member: ClipMember = getattr(self, member_attr(name))
+            run = member.__dict__["_run"]
+            rows = [[tuple(t) if isinstance(t, Sequence) else (t, 1.0) for t in chunk] for chunk in chunks]
+            projected = bool(member.return_projected_pooled)
+            cond, pooled = run(name, member._layer(), projected, lambda e: encode_chunks(e, rows))
+            return cond.float().cpu(), None if pooled is None else pooled.float().cpu()
+
+        return encode_sd3(tokens, self.names, encode)
 
 
 # The reference's class names per family: packs read ``type(cond_stage_model).__name__`` (smZNodes
@@ -336,11 +353,16 @@ class SDXLRefinerClipModel(ClipSet):
     """The SDXL refiner's bigG."""
 
 
+class SD3ClipModel(ClipSet):
+    """SD3's CLIP-L, bigG and T5-XXL (any may be missing), as ``clip_l`` / ``clip_g`` / ``t5xxl``."""
+
+
 FAMILY_CLASSES: dict[str, type[ClipSet]] = {
     "sd1": SD1ClipModel,
     "sd2": SD2ClipModel,
     "sdxl": SDXLClipModel,
     "sdxl_refiner": SDXLRefinerClipModel,
+    "sd3": SD3ClipModel,
 }
 
 

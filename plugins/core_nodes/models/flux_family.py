@@ -229,7 +229,9 @@ CHECKPOINT_T5 = "text_encoders.t5xxl.transformer."
 
 def is_flux_checkpoint_text(sd: Mapping[str, torch.Tensor]) -> bool:
     """Whether a checkpoint's text-encoder weights are Flux's pair (CLIP-L and T5-XXL, no CLIP-G)."""
-    return any(k.startswith(CHECKPOINT_T5) for k in sd) and any(k.startswith(CHECKPOINT_CLIP_L) for k in sd)
+    # SD3 checkpoints hold the same two beside CLIP-G (text_encoders.clip_g.): those are SD3's set.
+    pair = any(k.startswith(CHECKPOINT_T5) for k in sd) and any(k.startswith(CHECKPOINT_CLIP_L) for k in sd)
+    return pair and not any(k.startswith("text_encoders.clip_g.") for k in sd)
 
 
 def flux_checkpoint_stack(

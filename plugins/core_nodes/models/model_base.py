@@ -42,6 +42,7 @@ from plugins.core_nodes.conds import (
 )
 from plugins.core_nodes.contracts import LatentFormat
 from plugins.core_nodes.models.extension import WrapperExecutor, WrappersMP, get_all_wrappers
+from plugins.core_nodes.models.mmdit import MMDiT, MMDiTConfig
 from plugins.core_nodes.models.operations import casting_view
 from plugins.core_nodes.models.unet import ADM_SCALAR_DIM, UNetConfig, UNetModel, sdxl_adm
 from plugins.core_nodes.sampling.schedules import ModelSamplingDiscrete
@@ -523,7 +524,52 @@ class StableCascade_C(BaseModel): ...  # noqa: N801 - the reference's name
 class StableCascade_B(BaseModel): ...  # noqa: N801 - the reference's name
 
 
-class SD3(BaseModel): ...
+# SD3's default flow shift (the reference's sampling_settings for its SD3 config).
+SD3_SHIFT = 3.0
+
+
+class SD3(BaseModel):
+    """SD3 / SD3.5 (an MMDiT): rectified flow (``CONST`` prediction on the shifted discrete flow
+    schedule, shift 3 unless the config says otherwise); ``y`` is the entry's pooled text, and the
+    text tokens go in as a regular cond: joint attention over text + image tokens is not the same
+    with a repeated prompt, so prompts of different lengths are not batched together."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig | None = None,
+        model_type: ModelType = ModelType.FLOW,
+        device: torch.device | None = None,
+        unet_model: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("model_sampling") is None:
+            kwargs["model_sampling"] = flow_sampling(model_config, SD3_SHIFT)
+        super().__init__(model_config, model_type, device, unet_model, **kwargs)
+
+    def encode_adm(self, **kwargs: Any) -> torch.Tensor | None:
+        return kwargs.get("pooled_output")
+
+    def extra_conds(self, **kwargs: Any) -> dict[str, CONDRegular]:
+        out = super().extra_conds(**kwargs)
+        cross_attn = kwargs.get("cross_attn")
+        if cross_attn is not None:
+            out["c_crossattn"] = CONDRegular(cross_attn)
+        return out
+
+
+def flow_sampling(model_config: Any, default_shift: float) -> Any:
+    """The reference's FLOW model sampling: ``ModelSamplingDiscreteFlow`` with ``CONST``, its shift
+    (and multiplier) from the config's sampling settings, ``default_shift`` when they have none."""
+    from plugins.core_nodes.sampling.model_sampling import (
+        CONST,
+        ModelSamplingDiscreteFlow,
+        model_sampling_class,
+    )
+
+    settings = dict(getattr(model_config, "sampling_settings", None) or {})
+    settings.setdefault("shift", default_shift)
+    holder = type("_Settings", (), {"sampling_settings": settings})()
+    return model_sampling_class(ModelSamplingDiscreteFlow, CONST)(holder)
 
 
 class AuraFlow(BaseModel): ...
@@ -579,6 +625,7 @@ FAMILY_CLASSES: dict[str, type[BaseModel]] = {
     "sd2": BaseModel,
     "sdxl": SDXL,
     "sdxl_refiner": SDXLRefiner,
+    "sd3": SD3,
 }
 
 
@@ -594,6 +641,7 @@ CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
     "sd2": _config_class("SD20"),
     "sdxl": _config_class("SDXL"),
     "sdxl_refiner": _config_class("SDXLRefiner"),
+    "sd3": _config_class("SD3"),
 }
 
 
@@ -605,17 +653,51 @@ UNCLIP_CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
 
 
 def model_type_for(prediction: str) -> ModelType:
+    if prediction == "flow":
+        return ModelType.FLOW
     return ModelType.V_PREDICTION if prediction == "v" else ModelType.EPS
+
+
+def reference_mmdit_config(config: MMDiTConfig) -> dict[str, Any]:
+    """Our MMDiT config in the reference's ``unet_config`` keys for SD3."""
+    return {
+        "in_channels": config.in_channels,
+        "out_channels": config.out_channels,
+        "patch_size": config.patch_size,
+        "depth": config.depth,
+        "num_heads": config.num_heads,
+        "input_size": None,
+        "adm_in_channels": config.adm_in_channels,
+        "context_embedder_config": {
+            "target": "torch.nn.Linear",
+            "params": {"in_features": config.context_in_dim, "out_features": config.hidden_size},
+        },
+        "num_patches": config.pos_embed_max_size**2,
+        "pos_embed_max_size": config.pos_embed_max_size,
+        "pos_embed_scaling_factor": None,
+        "x_block_self_attn_layers": list(config.x_block_self_attn_layers),
+        "qk_norm": config.qk_norm,
+    }
+
+
+def _build_sd3(network: MMDiT, latent_format: LatentFormat, model_sampling: Any) -> SD3:
+    config = CONFIG_CLASSES["sd3"](
+        reference_mmdit_config(network.config), latent_format, {"shift": SD3_SHIFT}, name="sd3"
+    )
+    config.memory_usage_factor = 1.6
+    return SD3(config, diffusion_model=network, model_sampling=model_sampling, latent_format=latent_format)
 
 
 def build_base_model(
     family_name: str,
     prediction: str,
-    unet: UNetModel,
+    unet: UNetModel | MMDiT,
     latent_format: LatentFormat,
     model_sampling: ModelSamplingDiscrete | None = None,
 ) -> BaseModel:
-    """The reference class of this family around our UNet (a new, thin object: the UNet is shared)."""
+    """The reference class of this family around our network (a new, thin object: the network is shared)."""
+    if isinstance(unet, MMDiT):
+        return _build_sd3(unet, latent_format, model_sampling)
     cls = FAMILY_CLASSES.get(family_name, BaseModel)
     config_cls = CONFIG_CLASSES.get(family_name, ModelConfig)
     model_type = model_type_for(prediction)
@@ -642,6 +724,7 @@ def build_base_model(
 
 __all__ = [
     "FAMILY_CLASSES",
+    "SD3",
     "SD21UNCLIP",
     "SDXL",
     "UNCLIP_CONFIG_CLASSES",

@@ -165,6 +165,10 @@ class TextEncoderStack:
             encoder.set_layer(encoder.default_layer if layer is None else layer)
 
     def encode_tokens(self, tokens: Mapping[str, Chunks]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.family == "sd3":
+            from .sd3_text import encode_chunks, encode_sd3
+
+            return encode_sd3(tokens, self.encoders, lambda name, chunks: encode_chunks(self.encoders[name], chunks))
         outputs = {name: self.encoders[name].encode(chunks) for name, chunks in tokens.items()}
         if self.family == "flux":
             from .flux_family import combine_flux
@@ -224,7 +228,12 @@ def stack_from_state_dict(
 ) -> TextEncoderStack:
     """The text encoders of a single-file checkpoint or of standalone encoder files merged into one
     dict. ``kinds``/``heads`` override what the layout and shapes imply, per encoder name;
-    ``operations`` / ``weight_dtype`` are :func:`~.clip.build_model`'s."""
+    ``operations`` / ``weight_dtype`` are :func:`~.clip.build_model`'s. An SD3 checkpoint's
+    (``text_encoders.clip_g`` with ``clip_l`` and perhaps ``t5xxl``) gives the SD3 stack."""
+    if any(k.startswith("text_encoders.clip_g.") for k in sd):
+        from .sd3_text import sd3_stack_from_state_dict
+
+        return sd3_stack_from_state_dict(sd, embeddings, operations, weight_dtype)
     found = extract_text_encoders(sd)
     if not found:
         raise ValueError("no CLIP text encoder weights found")

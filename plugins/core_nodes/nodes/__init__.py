@@ -44,6 +44,7 @@ from plugins.core_nodes.nodes import (
     sampling,
     sampling_extra,
     schedulers_extra,
+    sd3,
     strings,
     style_model,
     unet_patches,
@@ -95,6 +96,7 @@ FAMILIES = (
     context_windows,
     easycache,
     flux,
+    sd3,
 )
 
 
