@@ -331,8 +331,9 @@ class FluxTransformer(nn.Module):
         position ids, before the rotary table is made), ``patches_replace["dit"][("double_block",
         i)]`` / ``[("single_block", i)]`` (a block replaced, its original passed along), ControlNet
         residuals ``control["input"][i]`` / ``control["output"][i]`` added to the image tokens after
-        double / single block ``i``; ``patches["double_block"]`` run after each double block with the
-        arguments the reference gives them on its other double-stream DiT. ``transformer_options``
+        double / single block ``i``. ``patches["double_block"]`` are not run: the reference's Flux
+        ignores them (only its Qwen-Image DiT calls them), and packs are written against that.
+        ``transformer_options``
         (copied, so the caller's is left alone) carries ``block_type``, ``block_index``,
         ``total_blocks`` and, in single blocks, ``img_slice`` (where the image tokens sit).
         """
@@ -370,9 +371,6 @@ class FluxTransformer(nn.Module):
                 img, txt = out["img"], out["txt"]
             else:
                 img, txt = block(img, txt, vec, pe)
-            for patch in patches.get("double_block", []):
-                out = patch({"img": img, "txt": txt, "x": latents, "block_index": i, "transformer_options": options})
-                img, txt = out["img"], out["txt"]
             if i < len(control_in) and control_in[i] is not None:
                 img = _add_rows(img, control_in[i], 0)
         if img.dtype == torch.float16:
