@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kernel.nodes import ExecutionBlocker, NodeSpec, node_specs
+from kernel.nodes.dynamic import DYNAMIC_COMBO, dynamic_combo_keys, expand_dynamic_combos, has_dynamic_combo
 
 if TYPE_CHECKING:
     from kernel.app import Kernel
@@ -140,6 +141,12 @@ def _node_title(node: dict[str, Any], default: Any) -> Any:
     return default
 
 
+def _declared_names(types: dict[str, Any]) -> list[str]:
+    """The required and optional input names of a declaration, each once."""
+    required = types.get("required") or {}
+    return [*required, *(n for n in (types.get("optional") or {}) if n not in required)]
+
+
 # --- the per-node walk ----------------------------------------------------------------------------
 
 
@@ -171,16 +178,15 @@ class _Walker:
         # Input declarations per class, asked once per prompt rather than once per node (a
         # 50-node chain of one class called INPUT_TYPES 50 times for every POST /prompt).
         self._declared: dict[str, tuple[dict[str, Any], list[str]]] = {}
+        self._dynamic: set[str] = set()  # classes with a dynamic combo, see _frame
 
     def _declaration(self, class_type: str, spec: NodeSpec) -> tuple[dict[str, Any], list[str]]:
         found = self._declared.get(class_type)
         if found is None:
             types = spec.execution_input_types()
-            names = [
-                *(types.get("required") or {}),
-                *(n for n in (types.get("optional") or {}) if n not in (types.get("required") or {})),
-            ]
-            found = self._declared[class_type] = (types, names)
+            found = self._declared[class_type] = (types, _declared_names(types))
+            if has_dynamic_combo(types):
+                self._dynamic.add(class_type)
         return found
 
     def _frame(self, node_id: str) -> _Frame:
@@ -192,6 +198,10 @@ class _Walker:
         if not isinstance(inputs, dict):
             raise TypeError(f"inputs of node {node_id} must be an object")
         types, names = self._declaration(node["class_type"], spec)
+        if node["class_type"] in self._dynamic:
+            # The inputs a dynamic combo's choice brings exist for this node only.
+            types = expand_dynamic_combos(types, inputs)
+            names = _declared_names(types)
         args, kwargs = spec.validate_signature
         return _Frame(node_id, spec, inputs, types, names, args, kwargs)
 
@@ -421,8 +431,11 @@ class _Walker:
                 )
             )
             return
-        if is_combo(input_type):
-            choices = options.get("options", []) if input_type == "COMBO" else input_type
+        if is_combo(input_type) or input_type == DYNAMIC_COMBO:
+            if input_type == DYNAMIC_COMBO:
+                choices = dynamic_combo_keys(options)
+            else:
+                choices = options.get("options", []) if input_type == "COMBO" else input_type
             if options.get("multiselect", False) and isinstance(value, list):
                 bad = [v for v in value if v not in choices]
             else:
@@ -453,6 +466,11 @@ class _Walker:
     async def _custom_validation(self, f: _Frame) -> None:
         validator = f.spec.validate_inputs
         if validator is None:
+            return
+        missing = {e["extra_info"]["input_name"] for e in f.errors if e["type"] == "required_input_missing"}
+        if missing & set(f.validator_args):
+            # Its call would only fail on the parameter that is already reported missing (the
+            # reference lets that TypeError replace every reason with a traceback).
             return
         # At validation time nothing has run: linked inputs are None, like the reference.
         data: dict[str, list[Any]] = {}

@@ -10,6 +10,11 @@ dict of the slots the prompt gave, by slot name (``images={"image0": ..., "image
 :func:`expand_autogrow` declares the slots for validation and the executor (the first ``min``
 required, the rest optional), :func:`autogrow_slots` lists them per group and :func:`folding`
 wraps a node function so the dotted keyword arguments arrive folded into their group's dict.
+
+A dynamic combo, ``["COMFY_DYNAMICCOMBO_V3", {"options": [{"key": "png", "inputs": {...}}, ...]}]``,
+is a choice whose option brings its own inputs; a prompt carries the choice under the combo's
+name and the chosen option's inputs under ``<combo>.<input>``. Which inputs exist depends on
+the choice, so :func:`expand_dynamic_combos` declares them per prompt node, for validation.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 AUTOGROW = "COMFY_AUTOGROW_V3"
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 
 # Autogrow input name -> its slot names, in order.
 AutogrowSlots = dict[str, tuple[str, ...]]
@@ -129,4 +135,58 @@ def folding(fn: Callable[..., Any], slots: AutogrowSlots) -> Callable[..., Any]:
     return folded
 
 
-__all__ = ["AUTOGROW", "AutogrowSlots", "autogrow_slots", "expand_autogrow", "folding"]
+def dynamic_combo_keys(options: Mapping[str, Any]) -> list[Any]:
+    """The choices of a dynamic combo declared with ``options`` (its options' keys)."""
+    return [o.get("key") for o in options.get("options") or () if isinstance(o, Mapping)]
+
+
+def has_dynamic_combo(types: Mapping[str, Any]) -> bool:
+    """Does the declaration ``types`` have a dynamic combo among its own inputs?"""
+    return any(
+        _spec_parts(spec)[0] == DYNAMIC_COMBO
+        for section in ("required", "optional")
+        for spec in (types.get(section) or {}).values()
+    )
+
+
+def expand_dynamic_combos(types: dict[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``types`` plus the inputs of the option each dynamic combo chose in ``inputs`` (a prompt
+    node's inputs), declared as ``<combo>.<input>`` in the section the option puts them in, like
+    the reference. A combo without a choice, or with one it does not offer, brings no inputs
+    (the choice itself is what is wrong then); an option's own dynamic combos unfold in turn."""
+    if not has_dynamic_combo(types):
+        return types
+    expanded: dict[str, Any] = {**types, "required": dict(types.get("required") or {})}
+    expanded["optional"] = dict(types.get("optional") or {})
+
+    def unfold(groups: Mapping[str, Any], prefix: str) -> None:
+        for section in ("required", "optional"):
+            for name, spec in (groups.get(section) or {}).items():
+                full = f"{prefix}{name}"
+                if prefix:
+                    expanded[section][full] = spec
+                kind, options = _spec_parts(spec)
+                if kind != DYNAMIC_COMBO:
+                    continue
+                choice = inputs.get(full)
+                if isinstance(choice, Mapping) and "__value__" in choice:
+                    choice = choice["__value__"]
+                for option in options.get("options") or ():
+                    if isinstance(option, Mapping) and option.get("key") == choice:
+                        unfold(option.get("inputs") or {}, f"{full}.")
+
+    unfold(types, "")
+    return expanded
+
+
+__all__ = [
+    "AUTOGROW",
+    "DYNAMIC_COMBO",
+    "AutogrowSlots",
+    "autogrow_slots",
+    "dynamic_combo_keys",
+    "expand_autogrow",
+    "expand_dynamic_combos",
+    "folding",
+    "has_dynamic_combo",
+]

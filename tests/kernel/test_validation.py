@@ -434,6 +434,71 @@ async def test_async_validator_with_kwargs(server: Any) -> None:
     ]
 
 
+async def test_validator_is_not_called_without_an_input_it_takes(server: Any) -> None:
+    # ``value`` is missing: the validator would only raise a TypeError about it, so the answer
+    # is the missing input, not an exception with a traceback.
+    status, body = await _validated(server, node("TestValidated", other=0))
+    assert status == 400
+    assert body["node_errors"]["2"]["errors"] == [
+        {
+            "type": "required_input_missing",
+            "message": "Required input is missing",
+            "details": "value",
+            "extra_info": {"input_name": "value"},
+        }
+    ]
+
+
+# --- dynamic combos -----------------------------------------------------------------------------
+
+
+class DynamicComboNode:
+    """A dynamic combo: the ``scale`` option brings a ``factor`` widget, ``fixed`` brings none."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    ACCEPT_ALL_INPUTS = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        factor = ("FLOAT", {"default": 1.0, "min": 0.5, "max": 2.0})
+        options = [
+            {"key": "scale", "inputs": {"required": {"factor": factor}}},
+            {"key": "fixed", "inputs": {"required": {}}},
+        ]
+        return {"required": {"mode": ("COMFY_DYNAMICCOMBO_V3", {"options": options})}}
+
+    def run(self, mode: str, **widgets: Any) -> dict[str, Any]:
+        return {"ui": {"mode": [mode], "widgets": [widgets]}}
+
+
+class DynamicComboPack:
+    @hookimpl
+    def register_nodes(self, register: Any) -> None:
+        register("DynamicComboNode", DynamicComboNode)
+
+
+async def test_dynamic_combo_choice_and_its_widgets_are_validated(comfy_server: Any) -> None:
+    server = await comfy_server(plugins=[("testpack", basic), ("dynpack", DynamicComboPack())])
+
+    async def reasons(**inputs: Any) -> list[dict[str, Any]]:
+        status, body = await submit(server, {"1": node("DynamicComboNode", **inputs)})
+        assert (status == 200) == (not body["node_errors"]), body
+        return [{k: e[k] for k in ("type", "details")} for e in body["node_errors"].get("1", {}).get("errors", [])]
+
+    assert await reasons(mode="scale", **{"mode.factor": 1.5}) == []
+    assert await reasons(mode="fixed") == []  # the other option's widget does not apply
+    assert await reasons(mode="scale") == [{"type": "required_input_missing", "details": "factor"}]
+    assert await reasons(mode="scale", **{"mode.factor": 3}) == [
+        {"type": "value_bigger_than_max", "details": "mode.factor"}
+    ]
+    assert await reasons(mode="zoom") == [
+        {"type": "value_not_in_list", "details": "mode: 'zoom' not in ['scale', 'fixed']"}
+    ]
+
+
 # --- exceptions ---------------------------------------------------------------------------------
 
 

@@ -487,9 +487,16 @@ def _read_exr(data: bytes) -> tuple[dict[str, tuple[str, bytes]], np.ndarray]:
     return attributes, pixels
 
 
+# The widgets each format's option brings, as the frontend fills them in by default.
+_FORMAT_DEFAULTS = {
+    "png": {"bit_depth": "8-bit", "input_color_space": "sRGB"},
+    "exr": {"bit_depth": "32-bit float", "input_color_space": "sRGB"},
+}
+
+
 def _advanced_prompt(fmt: str, **widgets: str) -> dict[str, Any]:
     inputs = {"images": ["1", 0], "filename_prefix": "adv/pic", "format": fmt}
-    inputs.update({f"format.{k}": v for k, v in widgets.items()})
+    inputs.update({f"format.{k}": v for k, v in {**_FORMAT_DEFAULTS.get(fmt, {}), **widgets}.items()})
     return {
         "1": _empty_image(5, 3, batch=2, color=0x8040C0),
         "2": {"class_type": "SaveImageAdvanced", "inputs": inputs},
@@ -556,13 +563,15 @@ async def test_save_image_advanced_exr_is_linear_light_with_metadata(comfy_serve
 
 async def test_save_image_advanced_refuses_unknown_choices(comfy_server: Any) -> None:
     server = await start(comfy_server)
-    for prompt, words in (
-        (_advanced_prompt("tiff"), "tiff"),
+    # Validation checks the choice and the chosen option's widgets, as the reference does.
+    for prompt, name in (
+        (_advanced_prompt("tiff"), "format"),
         (_advanced_prompt("exr", bit_depth="8-bit"), "format.bit_depth"),
     ):
-        frames = await run_prompt(server, prompt)
-        errors = messages(frames, "execution_error")
-        assert len(errors) == 1 and words in errors[0]["exception_message"]
+        status, answer = await server.json("POST", "/prompt", json={"prompt": prompt})
+        assert status == 400, answer
+        (reason,) = answer["node_errors"]["2"]["errors"]
+        assert reason["type"] == "value_not_in_list" and reason["extra_info"]["input_name"] == name
     # The server still works afterwards.
     frames = await run_prompt(server, _advanced_prompt("png"))
     assert _executed(frames)["2"]["images"][0]["filename"].endswith(".png")

@@ -368,7 +368,7 @@ async def test_dynamic_inputs_through_the_server(comfy_server: Any) -> None:
         assert f.get_tensor("latent_tensor").shape == (4, 4, 4, 4)
 
 
-async def test_bad_dynamic_widget_is_a_node_error(comfy_server: Any) -> None:
+async def test_bad_dynamic_widget_is_a_validation_error(comfy_server: Any) -> None:
     server = await start(comfy_server)
     prompt = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
@@ -385,9 +385,11 @@ async def test_bad_dynamic_widget_is_a_node_error(comfy_server: Any) -> None:
         },
         "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
     }
-    frames = await run_prompt(server, prompt)
-    (error,) = messages(frames, "execution_error")
-    assert error["node_id"] == "2" and "resize_type.width" in error["exception_message"]
+    # Validation checks the widgets the chosen option brings, as the reference does.
+    status, answer = await server.json("POST", "/prompt", json={"prompt": prompt})
+    assert status == 400, answer
+    (reason,) = answer["node_errors"]["2"]["errors"]
+    assert reason["type"] == "value_smaller_than_min" and reason["extra_info"]["input_name"] == "resize_type.width"
     # A batch node without its first image is a validation error.
     bad = {
         "1": prompt["1"],
