@@ -37,7 +37,7 @@ def test_model_config_classes_carry_the_reference_family_names() -> None:
     from plugins.core_nodes.models import model_base
 
     names = {family: cls.__name__ for family, cls in model_base.CONFIG_CLASSES.items()}
-    assert names == {"sd1": "SD15", "sd2": "SD20", "sdxl": "SDXL", "sdxl_refiner": "SDXLRefiner"}
+    assert names == {"sd1": "SD15", "sd2": "SD20", "sdxl": "SDXL", "sdxl_refiner": "SDXLRefiner", "sd3": "SD3"}
     assert all(issubclass(cls, model_base.ModelConfig) for cls in model_base.CONFIG_CLASSES.values())
 
 
