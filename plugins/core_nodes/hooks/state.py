@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from plugins.core_nodes.hooks.core import EnumHookType, HookGroup, WeightHook
-from plugins.core_nodes.models.weight_patches import calculate_weight
+from plugins.core_nodes.models.weight_patches import add_entries, calculate_weight
 
 # Merged weight sets kept per model for hooked groups (cond and uncond alternate every step).
 _CACHE_SIZE = 4
@@ -66,18 +66,8 @@ def add_hook_patches(
 ) -> list[Any]:
     """``hook``'s weight patches (keys as ``add_patches`` takes them); returns the keys that name
     a weight of the model."""
-    known = patcher._state_keys()
     mine = patcher.hook_patches.setdefault(hook.hook_ref, {})
-    added = []
-    for k, value in patches.items():
-        if isinstance(k, str):
-            key, offset, function = k, None, None
-        else:
-            key, offset = k[0], k[1]
-            function = k[2] if len(k) > 2 else None
-        if key in known:
-            added.append(k)
-            mine.setdefault(key, []).append((strength_patch, value, strength_model, offset, function))
+    added = add_entries(mine, patcher._state_keys(), patches, strength_patch, strength_model)
     patcher.patches_uuid = uuid.uuid4()
     return added
 

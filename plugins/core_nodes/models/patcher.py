@@ -505,17 +505,7 @@ class ModelPatcher:
     ) -> list[Any]:
         """Add weight changes (reference formats) by state-dict key, or ``(key, offset[, function])``;
         returns the keys that name a weight of the model (the others are left out)."""
-        known = self._state_keys()
-        added = []
-        for k, value in patches.items():
-            if isinstance(k, str):
-                key, offset, function = k, None, None
-            else:
-                key, offset = k[0], k[1]
-                function = k[2] if len(k) > 2 else None
-            if key in known:
-                added.append(k)
-                self.patches.setdefault(key, []).append((strength_patch, value, strength_model, offset, function))
+        added = weight_patches.add_entries(self.patches, self._state_keys(), patches, strength_patch, strength_model)
         self.patches_uuid = uuid.uuid4()
         return added
 

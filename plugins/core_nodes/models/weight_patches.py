@@ -202,4 +202,27 @@ def entry(value: Any, strength_patch: float = 1.0, strength_model: float = 1.0, 
     return (strength_patch, value, strength_model, offset, function)
 
 
-__all__ = ["Entry", "calculate_weight", "delta_from_reference", "entry", "reference_from_delta"]
+def add_entries(
+    target: dict[str, list[Entry]],
+    known: set[str],
+    patches: Mapping[Any, Any],
+    strength_patch: float = 1.0,
+    strength_model: float = 1.0,
+) -> list[Any]:
+    """Append ``patches`` (by state-dict key, or ``(key, offset[, function])``) to ``target`` as
+    entries, leaving out keys not in ``known``; returns the keys kept. ``ModelPatcher.add_patches``
+    and a hook's weight patches file them the same way."""
+    added = []
+    for k, value in patches.items():
+        if isinstance(k, str):
+            key, offset, function = k, None, None
+        else:
+            key, offset = k[0], k[1]
+            function = k[2] if len(k) > 2 else None
+        if key in known:
+            added.append(k)
+            target.setdefault(key, []).append(entry(value, strength_patch, strength_model, offset, function))
+    return added
+
+
+__all__ = ["Entry", "add_entries", "calculate_weight", "delta_from_reference", "entry", "reference_from_delta"]
