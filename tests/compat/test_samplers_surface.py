@@ -384,6 +384,33 @@ async def test_k_diffusion_schedules_and_helpers(shims: Any) -> None:
     assert sampling.torch is torch
 
 
+async def test_k_diffusion_exponential_integrator_helpers_are_the_core_ones(shims: Any) -> None:
+    """Packs' own sampler loops import the half-log-SNR helpers, h*phi_k(h) and the RF samplers
+    from this module: they are the core functions, flow-aware through the shim's CONST."""
+    sampling = _shim("comfy.k_diffusion.sampling")
+    from plugins.core_nodes.sampling import common, snr
+    from plugins.core_nodes.sampling import kdiffusion as core
+
+    assert sampling.ei_h_phi_1 is common.ei_h_phi_1 and sampling.ei_h_phi_2 is common.ei_h_phi_2
+    assert sampling.sigma_to_half_log_snr is snr.sigma_to_half_log_snr
+    assert sampling.half_log_snr_to_sigma is snr.half_log_snr_to_sigma
+    assert sampling.offset_first_sigma_for_snr is snr.offset_first_sigma_for_snr
+    for name in ("euler_ancestral_RF", "dpm_2_ancestral_RF", "dpmpp_2s_ancestral_RF"):
+        assert getattr(sampling, f"sample_{name}") is core.SAMPLE_FUNCTIONS[name]
+    h = torch.tensor([0.5, 1.0])
+    assert torch.allclose(sampling.ei_h_phi_1(h), h.exp() - 1)
+    assert torch.allclose(sampling.ei_h_phi_2(h), (h.exp() - 1 - h) / h)
+    ms = _shim("comfy.model_sampling")
+    flow = type("Flow", (ms.ModelSamplingDiscreteFlow, ms.CONST), {})()
+    eps = type("Eps", (ms.ModelSamplingDiscrete, ms.EPS), {})()
+    sigma = torch.tensor([0.25])
+    assert torch.allclose(sampling.sigma_to_half_log_snr(sigma, flow), torch.log(torch.tensor([3.0])))
+    assert torch.allclose(sampling.sigma_to_half_log_snr(sigma, eps), -sigma.log())
+    assert torch.allclose(sampling.half_log_snr_to_sigma(torch.log(torch.tensor([3.0])), flow), sigma)
+    first = sampling.offset_first_sigma_for_snr(torch.tensor([1.0, 0.5, 0.0]), flow)
+    assert 0.99 < float(first[0]) < 1.0
+
+
 async def test_sampler_helpers(shims: Any) -> None:
     helpers = _shim("comfy.sampler_helpers")
     cross = torch.ones(1, 77, 8)

@@ -25,14 +25,19 @@ __all__ = [
     "append_dims",
     "append_zero",
     "default_noise_sampler",
+    "ei_h_phi_1",
+    "ei_h_phi_2",
     "get_ancestral_step",
     "get_sigmas_exponential",
     "get_sigmas_karras",
     "get_sigmas_polyexponential",
     "get_sigmas_vp",
+    "half_log_snr_to_sigma",
     "math",
+    "offset_first_sigma_for_snr",
     "sample_dpm_adaptive",
     "sample_dpm_fast",
+    "sigma_to_half_log_snr",
     "to_d",
     "torch",
     "trange",
@@ -42,6 +47,13 @@ BrownianTreeNoiseSampler = _k.BrownianTreeNoiseSampler
 append_dims = _k.append_dims
 append_zero = _k.append_zero
 default_noise_sampler = _k.default_noise_sampler
+# The exponential-integrator helpers packs' own sampler loops call (RES4LYF-style samplers):
+# half-log-SNR time under a model sampling (flow models included) and h * phi_k(h).
+ei_h_phi_1 = _k.ei_h_phi_1
+ei_h_phi_2 = _k.ei_h_phi_2
+half_log_snr_to_sigma = _k.half_log_snr_to_sigma
+offset_first_sigma_for_snr = _k.offset_first_sigma_for_snr
+sigma_to_half_log_snr = _k.sigma_to_half_log_snr
 get_ancestral_step = _k.get_ancestral_step
 get_sigmas_exponential = _k.get_sigmas_exponential
 get_sigmas_karras = _k.get_sigmas_karras
