@@ -124,7 +124,12 @@ def grow(mask: Any, expand: int, tapered_corners: bool) -> Any:
         if not tapered_corners:
             shifts += [(0, 0), (0, 2), (2, 0), (2, 2)]
         stack = torch.stack([padded[:, dy : dy + h, dx : dx + w] for dy, dx in shifts])
-        out = stack.amax(dim=0) if expand > 0 else stack.amin(dim=0)
+        grown = stack.amax(dim=0) if expand > 0 else stack.amin(dim=0)
+        # A step that changes nothing is a fixed point: the remaining steps would not either.
+        # Without this, expand=-16384 (the widget's minimum) ran 16384 steps, minutes per mask.
+        if torch.equal(grown, out):
+            break
+        out = grown
     return out
 
 

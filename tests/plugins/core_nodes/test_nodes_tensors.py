@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,20 @@ def test_mask_nodes() -> None:
     assert torch.equal(M.ImageToMask().image_to_mask(img, "green")[0], img[..., 1])
     assert M.MaskToImage().mask_to_image(solid)[0].shape == (1, 3, 4, 3)
     assert M.ThresholdMask().image_to_mask(torch.tensor([[[0.2, 0.7]]]), 0.5)[0].tolist() == [[[0.0, 1.0]]]
+
+
+def test_grow_mask_stops_growing_once_nothing_changes() -> None:
+    dot = torch.zeros(1, 64, 64)
+    dot[0, 10, 20] = 1.0
+    # Far more steps than the mask is wide: the dot fills it, or vanishes, as step by step.
+    assert torch.equal(M.GrowMask().expand_mask(dot, 16384, True)[0], torch.ones_like(dot))
+    assert torch.equal(M.GrowMask().expand_mask(dot, -16384, False)[0], torch.zeros_like(dot))
+    near = M.GrowMask().expand_mask(dot, 3, True)[0]
+    assert float(near.sum()) == 25.0  # a diamond of radius 3, well inside the mask
+    # The widget's extreme on a full-size mask returns at once (16384 steps took minutes).
+    started = time.perf_counter()
+    M.GrowMask().expand_mask(torch.ones(1, 512, 512), -16384, False)
+    assert time.perf_counter() - started < 5.0
 
 
 def test_latent_nodes() -> None:
