@@ -1102,7 +1102,9 @@ def load_clip(
     manager = _manager()
     dtype = _compute_dtype(manager)
     embeddings = _embedding_lookup()
-    paths = [Path(p) for p in paths]
+    # Every multi-file type tells its files apart by their contents, so the slots they came in
+    # do not matter: one order (and so one cache entry, one copy in memory) for a set.
+    paths = sorted((Path(p) for p in paths), key=lambda p: str(p.resolve()))
     # SD3 sets (one to three files) are told apart by their contents, not by slot.
     roles = () if clip_type == "sd3" else _roles(paths, clip_type)
 
@@ -1141,8 +1143,8 @@ def load_clip(
             ) from None
         return LoadedText(stack, _cast_stack(stack, dtype))
 
-    # The cache key is the first file; the kind names the whole set so another pair reloads,
-    # and a change to any file of the set reloads it.
+    # The cache key is the set's first file; the kind names the whole set so another pair
+    # reloads, and a change to any file of the set reloads it.
     kind = "clip:" + clip_type + ":" + "|".join(str(p.resolve()) for p in paths)
     loaded: LoadedText = _load(kind, paths[0], loader, also=paths[1:])
     return TextEncoder(loaded.stack, manager)
