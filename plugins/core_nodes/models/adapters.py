@@ -64,7 +64,7 @@ from plugins.core_nodes.models.lora import (
 )
 from plugins.core_nodes.models.manager import ModelManager, get_manager
 from plugins.core_nodes.models.model_base import build_base_model
-from plugins.core_nodes.models.operations import casting_view
+from plugins.core_nodes.models.operations import FP8_DTYPES, cast_plain_weights, casting_view
 from plugins.core_nodes.models.patcher import (
     ModelPatcher,
     create_model_options_clone,
@@ -156,7 +156,11 @@ def _cast_stack(stack: TextEncoderStack, dtype: torch.dtype | None) -> tuple[nn.
     models = tuple(encoder.model for encoder in stack.encoders.values())
     if dtype is not None:
         for model in models:
-            model.to(dtype)
+            if any(p.dtype in FP8_DTYPES for p in model.parameters()):
+                # fp8 storage behind casting layers (SD3's fp8 T5-XXL) stays; the rest follows dtype.
+                cast_plain_weights(model, dtype, keep=FP8_DTYPES)
+            else:
+                model.to(dtype)
     return models
 
 
@@ -1063,8 +1067,8 @@ def vae_from_state_dict(sd: Mapping[str, torch.Tensor], name: str = "the VAE wei
 
 
 def load_unet(path: Path, weight_dtype: str = "default") -> DiffusionModel:
-    """UNETLoader. Flux files keep fp8 storage (the file's, or ``weight_dtype``'s) and cast per
-    layer; other families load the fp8 choices at the compute dtype."""
+    """UNETLoader. Flux and SD3 files keep fp8 storage (the file's, or ``weight_dtype``'s) and
+    cast per layer; other families load the fp8 choices at the compute dtype."""
     manager = _manager()
     dtype = _compute_dtype(manager)
     family, unet = _load(

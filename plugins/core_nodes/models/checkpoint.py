@@ -19,7 +19,7 @@ import torch
 
 from .flux import FluxConfig, FluxTransformer, is_flux_state_dict
 from .flux import config_from_state_dict as flux_config
-from .mmdit import MMDiT, MMDiTConfig, build_mmdit, is_mmdit
+from .mmdit import MMDiT, MMDiTConfig, is_mmdit, load_mmdit
 from .mmdit import config_from_state_dict as mmdit_config
 from .unet import ADM_SCALAR_DIM, UNetConfig, UNetModel, build_unet, config_from_state_dict
 from .vae import LATENT_SCALE, VAE, build_vae
@@ -275,7 +275,7 @@ def build_network(
 
         return load_flux_file(sd, dtype, weight_dtype)
     if isinstance(family.unet_config, MMDiTConfig):
-        return build_mmdit(sd, family.unet_config, dtype)
+        return load_mmdit(sd, family.unet_config, dtype, weight_dtype)
     return build_unet(sd, family.unet_config, dtype)
 
 
@@ -324,7 +324,7 @@ def load_diffusion_model(
     weight_dtype: str = "default",
 ) -> tuple[ModelFamily, UNetModel | MMDiT | FluxTransformer]:
     """A standalone UNet / MMDiT / Flux file (``diffusion_models/``), with or without the checkpoint
-    prefix (``weight_dtype``: UNETLoader's storage choice, fp8 kept for Flux)."""
+    prefix (``weight_dtype``: UNETLoader's storage choice, fp8 kept for Flux and SD3)."""
     sd, metadata = load_state_dict(path, check_interrupt)
     unet_sd = strip_prefix(sd, UNET_PREFIX) or sd
     if "conv_in.weight" in unet_sd and "input_blocks.0.0.weight" not in unet_sd:

@@ -31,7 +31,13 @@ from plugins.core_nodes.models.flux import (
     strip_flux_prefix,
 )
 from plugins.core_nodes.models.latent_formats import FLUX
-from plugins.core_nodes.models.operations import CastOperations
+from plugins.core_nodes.models.operations import (
+    FP8_DTYPES,
+    FP8_STORAGE,
+    CastOperations,
+    fp8_layer_weights,
+    has_fp8_layers,
+)
 from plugins.core_nodes.models.t5 import T5TextEncoder, build_t5, is_t5_state_dict
 from plugins.core_nodes.models.t5_tokenizer import FLUX_MIN_LENGTH, T5Tokenizer
 from plugins.core_nodes.models.text_encoder import ClipEncoder, TextEncoderStack
@@ -51,13 +57,6 @@ __all__ = [
 
 DEFAULT_GUIDANCE = 3.5
 FAMILY = "flux"
-# UNETLoader's weight_dtype choices that store the weights in fp8.
-FP8_STORAGE = {
-    "fp8_e4m3fn": torch.float8_e4m3fn,
-    "fp8_e4m3fn_fast": torch.float8_e4m3fn,
-    "fp8_e5m2": torch.float8_e5m2,
-}
-_FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 class FluxModel(model_base.Flux):
@@ -181,12 +180,12 @@ def load_flux_file(
     weights = strip_flux_prefix(sd)
     storage = FP8_STORAGE.get(weight_dtype)
     stored = weights["img_in.weight"].dtype
-    if storage is None and stored not in _FP8:
+    if storage is None and stored not in FP8_DTYPES:
         return build_flux(weights, compute_dtype)
     compute = compute_dtype or (stored if stored in (torch.float16, torch.bfloat16) else torch.bfloat16)
     if storage is not None:
         # Matrices go to fp8; biases and norm scales stay (what the reference's fp8 storage keeps).
-        weights = {k: (v.to(storage) if v.ndim == 2 and v.is_floating_point() else v) for k, v in weights.items()}
+        weights = fp8_layer_weights(weights, storage)
     return build_flux(weights, compute, operations=CastOperations)
 
 
@@ -208,8 +207,7 @@ def flux_text_stack(
     t5_weights = t5_files[0]
     # An fp8 T5-XXL (t5xxl_fp8_e4m3fn: ~4.9 GB against ~9.5 in bf16, ~19 in float32) keeps its
     # storage; its layers cast their weights per call.
-    fp8 = any(v.dtype in _FP8 for k, v in t5_weights.items() if k.endswith(".weight") and v.ndim == 2)
-    t5 = build_t5(t5_weights, dtype, CastOperations if fp8 else None)
+    t5 = build_t5(t5_weights, dtype, CastOperations if has_fp8_layers(t5_weights) else None)
     # Flux reads CLIP-L's pooled output before the text projection, and T5's last layer.
     encoders: dict[str, Any] = {
         "l": ClipEncoder(clip_l, None, True, END_TOKEN, project_pooled=False),

@@ -35,9 +35,13 @@ from torch import nn
 from plugins.core_nodes.models import attention
 from plugins.core_nodes.models.extension import WrapperExecutor, WrappersMP, get_all_wrappers
 from plugins.core_nodes.models.operations import (
+    FP8_DTYPES,
+    FP8_STORAGE,
+    CastOperations,
     Operations,
     TorchOperations,
     cast_plain_weights,
+    fp8_layer_weights,
     is_default,
     load_into,
 )
@@ -49,6 +53,7 @@ __all__ = [
     "build_mmdit",
     "config_from_state_dict",
     "is_mmdit",
+    "load_mmdit",
 ]
 
 Options = dict[str, Any]
@@ -443,5 +448,27 @@ def build_mmdit(
     with torch.device("meta"):
         model = MMDiT(config, operations, compute)
     load_into(model, sd, operations)
-    cast_plain_weights(model, weight_dtype or compute)
+    # fp8 storage behind casting layers stays fp8 (the layers widen it per call).
+    keep = FP8_DTYPES if operations is CastOperations else ()
+    cast_plain_weights(model, weight_dtype or compute, keep)
     return model.eval().requires_grad_(False)
+
+
+def load_mmdit(
+    sd: Mapping[str, torch.Tensor],
+    config: MMDiTConfig | None = None,
+    compute_dtype: torch.dtype | None = None,
+    weight_dtype: str = "default",
+) -> MMDiT:
+    """The MMDiT of a checkpoint or diffusion-model file (un-prefixed weights). fp8 storage (the
+    file's, or UNETLoader's ``weight_dtype`` choice) is kept and cast per layer as it runs, as for
+    Flux: layer matrices and the patch kernel in fp8, vectors and the position table as stored.
+    ``compute_dtype`` None computes in the file's half dtype (fp8 files: bf16)."""
+    storage = FP8_STORAGE.get(weight_dtype)
+    stored = sd["x_embedder.proj.weight"].dtype
+    if storage is None and stored not in FP8_DTYPES:
+        return build_mmdit(sd, config, compute_dtype)
+    compute = compute_dtype or (stored if stored in (torch.float16, torch.bfloat16) else torch.bfloat16)
+    if storage is not None:
+        sd = fp8_layer_weights(sd, storage, keep=("pos_embed",))
+    return build_mmdit(sd, config, compute, operations=CastOperations)

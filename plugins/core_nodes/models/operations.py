@@ -158,6 +158,31 @@ def _casting_copy(module: nn.Module) -> nn.Module:
     return twin
 
 
+# The fp8 storage dtypes, and UNETLoader's weight_dtype choices that keep the weights in one.
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+FP8_STORAGE = {
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+
+
+def fp8_layer_weights(
+    weights: Mapping[str, torch.Tensor], storage: torch.dtype, keep: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
+    """``weights`` with the layer matrices and kernels (two axes or more) stored as ``storage``;
+    vectors (biases, norm scales) and the ``keep`` keys stay as they are, as the reference's fp8
+    storage keeps them precise. Cast back per call by :class:`CastOperations` layers."""
+    return {
+        k: v.to(storage) if v.ndim >= 2 and v.is_floating_point() and k not in keep else v for k, v in weights.items()
+    }
+
+
+def has_fp8_layers(weights: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a file stores layer matrices in fp8 (t5xxl_fp8_e4m3fn, an fp8 checkpoint)."""
+    return any(v.dtype in FP8_DTYPES for k, v in weights.items() if k.endswith(".weight") and v.ndim >= 2)
+
+
 def is_default(ops: Operations | None) -> bool:
     return ops is None or ops is TorchOperations
 
@@ -183,18 +208,19 @@ def _plain(t: torch.Tensor | None) -> bool:
     return t is not None and type(t) in (torch.Tensor, nn.Parameter) and t.is_floating_point()
 
 
-def cast_plain_weights(module: nn.Module, dtype: torch.dtype) -> None:
+def cast_plain_weights(module: nn.Module, dtype: torch.dtype, keep: tuple[torch.dtype, ...] = ()) -> None:
     """Cast the floating-point parameters and buffers that are plain torch tensors to ``dtype``,
-    leaving a custom layer's own tensor types (and integer storage) as they were loaded.
+    leaving a custom layer's own tensor types (and integer storage) as they were loaded, and
+    tensors already in one of the ``keep`` dtypes (fp8 storage cast per call) too.
 
     What the reference's loading into pre-allocated ``dtype`` layers amounts to for the tensors
     a custom layer does not take over itself."""
     for sub in module.modules():
         for name, param in list(sub._parameters.items()):
-            if _plain(param) and param is not None and param.dtype != dtype:
+            if _plain(param) and param is not None and param.dtype != dtype and param.dtype not in keep:
                 sub._parameters[name] = nn.Parameter(param.detach().to(dtype), requires_grad=False)
         for name, buf in list(sub._buffers.items()):
-            if _plain(buf) and buf is not None and buf.dtype != dtype:
+            if _plain(buf) and buf is not None and buf.dtype != dtype and buf.dtype not in keep:
                 sub._buffers[name] = buf.to(dtype)
 
 
@@ -218,12 +244,16 @@ def _left_on_meta(module: nn.Module) -> None:
 
 
 __all__ = [
+    "FP8_DTYPES",
+    "FP8_STORAGE",
     "CastOperations",
     "Operations",
     "TorchOperations",
     "cast_plain_weights",
     "casting_view",
     "custom_operations",
+    "fp8_layer_weights",
+    "has_fp8_layers",
     "is_default",
     "load_into",
     "streaming_class",

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .clip import build_model, extract_text_encoders
-from .operations import Operations
+from .operations import CastOperations, Operations, has_fp8_layers
 from .t5 import T5TextEncoder, build_t5, is_t5_state_dict
 from .t5_tokenizer import SD3_MIN_LENGTH, T5Tokenizer
 from .text_encoder import ClipEncoder, TextEncoderStack
@@ -133,7 +133,10 @@ def build_encoders(
         if sd is None:
             continue
         if name == "t5xxl":
-            encoders[name] = T5TextEncoder(build_t5(sd, weight_dtype, operations))
+            # An fp8 T5-XXL (t5xxl_fp8_e4m3fn, sd3_medium_incl_clips_t5xxlfp8) keeps its storage
+            # behind layers that cast per call, as Flux's does.
+            ops = CastOperations if operations is None and has_fp8_layers(sd) else operations
+            encoders[name] = T5TextEncoder(build_t5(sd, weight_dtype, ops))
             continue
         found = extract_text_encoders(sd)
         if len(found) != 1:
