@@ -31,8 +31,6 @@ from typing import Any
 
 import torch
 
-from plugins.core_nodes.sampling.prediction import rescale_zero_terminal_snr_sigmas
-
 __all__ = [
     "CONST",
     "COSMOS_RFLOW",
@@ -59,6 +57,9 @@ __all__ = [
 
 # Sigma the reference answers for "before the first step" (percent 0) on unbounded schedules.
 _TOP_SIGMA = 999999999.9
+# The value the reference pins the last alpha-bar to after the zero-terminal-SNR rescale (a true
+# zero would make the top sigma infinite).
+ZSNR_LAST_ALPHA_BAR = 4.8973451890853435e-08
 
 
 def _per_item(sigma: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -71,6 +72,29 @@ def _per_item(sigma: torch.Tensor, ndim: int) -> torch.Tensor:
 
 def _settings(model_config: Any) -> dict[str, Any]:
     return dict(getattr(model_config, "sampling_settings", None) or {})
+
+
+def linear_betas(linear_start: float, linear_end: float, timesteps: int) -> torch.Tensor:
+    """The DDPM betas "linear" in sqrt(beta), as in the original latent-diffusion code (float64)."""
+    return torch.linspace(linear_start**0.5, linear_end**0.5, timesteps, dtype=torch.float64) ** 2
+
+
+def betas_to_sigmas(betas: torch.Tensor) -> torch.Tensor:
+    """sigma_i = sqrt((1 - abar_i) / abar_i), abar the cumulative product of 1 - beta."""
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+
+
+def rescale_zero_terminal_snr_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+    """``sigmas`` moved so the noisiest step has (almost) zero SNR (Lin et al. 2023, algorithm 1):
+    sqrt(alpha-bar) is shifted to end at 0 and rescaled to keep its first value."""
+    alphas_bar_sqrt = (1 / (sigmas * sigmas + 1)).sqrt()
+    first = alphas_bar_sqrt[0].clone()
+    last = alphas_bar_sqrt[-1].clone()
+    alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))
+    alphas_bar = alphas_bar_sqrt**2
+    alphas_bar[-1] = ZSNR_LAST_ALPHA_BAR
+    return ((1 - alphas_bar) / alphas_bar) ** 0.5
 
 
 # --- prediction types ---------------------------------------------------------------------------
@@ -229,7 +253,7 @@ class COSMOS_RFLOW:  # noqa: N801 - the reference's name
 # --- schedules ----------------------------------------------------------------------------------
 
 
-class _Table(torch.nn.Module):
+class SigmaTable:
     """A schedule kept as an ascending sigma table (``sigma_min`` first), as every sampler reads it."""
 
     sigmas: torch.Tensor
@@ -243,7 +267,37 @@ class _Table(torch.nn.Module):
         return self.sigmas[-1]
 
 
-class ModelSamplingDiscrete(_Table):
+class DiscreteTable(SigmaTable):
+    """Timestep <-> sigma on a discrete table: the timestep is the table index, read in log sigma
+    (the DDPM schedules; the core SD1/SDXL schedule uses it too)."""
+
+    log_sigmas: torch.Tensor
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The index of the table entry nearest to ``sigma`` in log space."""
+        dists = sigma.log().to(self.log_sigmas.device) - self.log_sigmas[:, None]
+        return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.device)
+
+    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        """Sigma at a (possibly fractional) timestep, interpolating log-sigma linearly."""
+        t = torch.clamp(timestep.float().to(self.log_sigmas.device), min=0, max=len(self.sigmas) - 1)
+        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+        log_sigma = (1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]
+        return log_sigma.exp().to(timestep.device)
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return _TOP_SIGMA
+        if percent >= 1.0:
+            return 0.0
+        return self.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
+
+
+class _Table(SigmaTable, torch.nn.Module):
+    """A schedule as a module: its table is a buffer, moved with the model."""
+
+
+class ModelSamplingDiscrete(DiscreteTable, _Table):
     """The discrete DDPM schedule (``linear`` in sqrt(beta) by default) as a table of sigmas."""
 
     def __init__(self, model_config: Any = None, zsnr: bool | None = None) -> None:
@@ -273,7 +327,7 @@ class ModelSamplingDiscrete(_Table):
         if given_betas is not None:
             betas = torch.as_tensor(given_betas, dtype=torch.float64)
         elif beta_schedule == "linear":
-            betas = torch.linspace(linear_start**0.5, linear_end**0.5, timesteps, dtype=torch.float64) ** 2
+            betas = linear_betas(linear_start, linear_end, timesteps)
         elif beta_schedule == "cosine":
             steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps + cosine_s
             alphas = torch.cos(steps / (1 + cosine_s) * math.pi / 2).pow(2)
@@ -285,12 +339,11 @@ class ModelSamplingDiscrete(_Table):
             betas = torch.linspace(linear_start, linear_end, timesteps, dtype=torch.float64) ** 0.5
         else:
             raise ValueError(f"unknown beta schedule {beta_schedule!r}")
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         self.num_timesteps = int(betas.shape[0])
         self.linear_start = linear_start
         self.linear_end = linear_end
         self.zsnr = zsnr
-        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        sigmas = betas_to_sigmas(betas)
         if zsnr:
             sigmas = rescale_zero_terminal_snr_sigmas(sigmas)
         self.set_sigmas(sigmas)
@@ -299,22 +352,6 @@ class ModelSamplingDiscrete(_Table):
         self.register_buffer("sigmas", sigmas.float())
         self.register_buffer("log_sigmas", sigmas.log().float())
 
-    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        dists = sigma.log().to(self.log_sigmas.device) - self.log_sigmas[:, None]
-        return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.device)
-
-    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
-        t = torch.clamp(timestep.float().to(self.log_sigmas.device), min=0, max=len(self.sigmas) - 1)
-        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
-        log_sigma = (1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]
-        return log_sigma.exp().to(timestep.device)
-
-    def percent_to_sigma(self, percent: float) -> float:
-        if percent <= 0.0:
-            return _TOP_SIGMA
-        if percent >= 1.0:
-            return 0.0
-        return self.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
 
 
 class ModelSamplingDiscreteEDM(ModelSamplingDiscrete):

@@ -13,25 +13,34 @@ from typing import Any
 
 import torch
 
-from .schedules import ModelSamplingDiscrete, _per_item
+from .model_sampling import (
+    IMG_TO_IMG,
+    IMG_TO_IMG_FLOW,
+    X0,
+    ZSNR_LAST_ALPHA_BAR,
+    _per_item,
+    betas_to_sigmas,
+    linear_betas,
+    rescale_zero_terminal_snr_sigmas,
+)
+from .schedules import ModelSamplingDiscrete
 
-# The value the reference pins the last alpha-bar to after the zero-terminal-SNR rescale (a true
-# zero would make the top sigma infinite).
-ZSNR_LAST_ALPHA_BAR = 4.8973451890853435e-08
+__all__ = [
+    "LCM_ORIGINAL_TIMESTEPS",
+    "SAMPLINGS",
+    "ZSNR_LAST_ALPHA_BAR",
+    "DiscreteSampling",
+    "ImgToImgFlowSampling",
+    "ImgToImgSampling",
+    "LCMSampling",
+    "VPredictionSampling",
+    "X0Sampling",
+    "make_sampling",
+    "rescale_zero_terminal_snr_sigmas",
+]
+
 # LCM distillation keeps 50 of the 1000 training timesteps.
 LCM_ORIGINAL_TIMESTEPS = 50
-
-
-def rescale_zero_terminal_snr_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
-    """``sigmas`` moved so the noisiest step has (almost) zero SNR (Lin et al. 2023, algorithm 1):
-    sqrt(alpha-bar) is shifted to end at 0 and rescaled to keep its first value."""
-    alphas_bar_sqrt = (1 / (sigmas * sigmas + 1)).sqrt()
-    first = alphas_bar_sqrt[0].clone()
-    last = alphas_bar_sqrt[-1].clone()
-    alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))
-    alphas_bar = alphas_bar_sqrt**2
-    alphas_bar[-1] = ZSNR_LAST_ALPHA_BAR
-    return ((1 - alphas_bar) / alphas_bar) ** 0.5
 
 
 class DiscreteSampling(ModelSamplingDiscrete):
@@ -45,9 +54,7 @@ class DiscreteSampling(ModelSamplingDiscrete):
         super().__init__(linear_start=start, linear_end=end, timesteps=timesteps)
         if zsnr:
             # Rescaled in float64 before the float32 table, as the reference does.
-            betas = torch.linspace(start**0.5, end**0.5, timesteps, dtype=torch.float64) ** 2
-            alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-            self.set_sigmas(rescale_zero_terminal_snr_sigmas(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5))
+            self.set_sigmas(rescale_zero_terminal_snr_sigmas(betas_to_sigmas(linear_betas(start, end, timesteps))))
 
     def set_sigmas(self, sigmas: torch.Tensor) -> None:
         """Replace the table (packs call this, e.g. to apply zsnr themselves)."""
@@ -63,34 +70,20 @@ class VPredictionSampling(DiscreteSampling):
         self.prediction = "v"
 
 
-class X0Sampling(DiscreteSampling):
+# The other readings are the model samplings' prediction types mixed into the discrete schedule,
+# as the reference composes them.
+class X0Sampling(X0, DiscreteSampling):
     """The network predicts the clean latent itself."""
 
-    def calculate_denoised(
-        self, sigma: torch.Tensor, model_output: torch.Tensor, x: torch.Tensor
-    ) -> torch.Tensor:
-        return model_output
 
-
-class ImgToImgSampling(X0Sampling):
+class ImgToImgSampling(IMG_TO_IMG, X0Sampling):
     """An image-to-image model: sees the latent unscaled and predicts the clean latent."""
 
-    def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return x
 
-
-class ImgToImgFlowSampling(ImgToImgSampling):
+class ImgToImgFlowSampling(IMG_TO_IMG_FLOW, ImgToImgSampling):
     """An image-to-image flow model (the reference's ``IMG_TO_IMG_FLOW``): sampling starts from
     the image itself, no noise mixed in, and the sampled latent comes back as ``1 - latent``
     (such models work on the inverted image)."""
-
-    def noise_scaling(
-        self, sigma: torch.Tensor, noise: torch.Tensor, latent_image: torch.Tensor, max_denoise: bool = False
-    ) -> torch.Tensor:
-        return latent_image
-
-    def inverse_noise_scaling(self, sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        return 1.0 - latent
 
 
 class LCMSampling(DiscreteSampling):

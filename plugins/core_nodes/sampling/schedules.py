@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from .betadist import beta_ppf
+from .model_sampling import EPS, V_PREDICTION, DiscreteTable, betas_to_sigmas, linear_betas
 from .names import SCHEDULER_NAMES as SCHEDULER_NAMES  # re-exported: callers import it from here
 
 # These samplers take one step more than asked and then drop the next-to-last sigma, because
@@ -23,11 +24,12 @@ DISCARD_PENULTIMATE_SIGMA_SAMPLERS: frozenset[str] = frozenset(
 )
 
 
-class ModelSamplingDiscrete:
+class ModelSamplingDiscrete(DiscreteTable, EPS):
     """The 1000-step DDPM noise schedule, seen as a table of sigmas.
 
     ``prediction`` is ``"eps"`` (SD1.x, SDXL) or ``"v"`` (SD2.x 768-v and friends); it only changes
-    how a raw network output becomes a denoised latent (:meth:`calculate_denoised`).
+    how a raw network output becomes a denoised latent (:meth:`calculate_denoised`). The table
+    lookups and the eps / v formulas are the model samplings' (:mod:`.model_sampling`).
     """
 
     def __init__(
@@ -42,74 +44,15 @@ class ModelSamplingDiscrete:
             raise ValueError(f"unknown prediction type {prediction!r}")
         self.prediction = prediction
         self.sigma_data = sigma_data
-        # "linear" here means linear in sqrt(beta), as in the original latent-diffusion code.
-        betas = torch.linspace(linear_start**0.5, linear_end**0.5, timesteps, dtype=torch.float64) ** 2
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        sigmas = betas_to_sigmas(linear_betas(linear_start, linear_end, timesteps))
         self.sigmas: torch.Tensor = sigmas.float()
         self.log_sigmas: torch.Tensor = sigmas.log().float()
-
-    @property
-    def sigma_min(self) -> torch.Tensor:
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self) -> torch.Tensor:
-        return self.sigmas[-1]
-
-    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The index of the table entry nearest to ``sigma`` in log space."""
-        dists = sigma.log() - self.log_sigmas[:, None]
-        return dists.abs().argmin(dim=0).view(sigma.shape)
-
-    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
-        """Sigma at a (possibly fractional) timestep, interpolating log-sigma linearly."""
-        t = torch.clamp(timestep.float(), min=0, max=len(self.sigmas) - 1)
-        low = t.floor().long()
-        high = t.ceil().long()
-        w = t.frac()
-        log_sigma = (1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]
-        return log_sigma.exp()
-
-    def percent_to_sigma(self, percent: float) -> float:
-        if percent <= 0.0:
-            return 999999999.9
-        if percent >= 1.0:
-            return 0.0
-        return self.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
-
-    # The network sees x / sqrt(sigma^2 + 1): the variance-preserving input the UNet was trained on.
-    def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        sigma = _per_item(sigma, x.ndim)
-        return x / (sigma**2 + self.sigma_data**2) ** 0.5
 
     def calculate_denoised(
         self, sigma: torch.Tensor, model_output: torch.Tensor, x: torch.Tensor
     ) -> torch.Tensor:
-        sigma = _per_item(sigma, x.ndim)
-        if self.prediction == "eps":
-            return x - model_output * sigma
-        sd2 = self.sigma_data**2
-        return x * sd2 / (sigma**2 + sd2) - model_output * sigma * self.sigma_data / (sigma**2 + sd2) ** 0.5
-
-    def noise_scaling(
-        self, sigma: torch.Tensor, noise: torch.Tensor, latent_image: torch.Tensor, max_denoise: bool = False
-    ) -> torch.Tensor:
-        sigma = _per_item(sigma, noise.ndim)
-        if max_denoise:
-            noise = noise * torch.sqrt(1.0 + sigma**2.0)
-        else:
-            noise = noise * sigma
-        return noise + latent_image
-
-    def inverse_noise_scaling(self, sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        return latent
-
-
-def _per_item(sigma: torch.Tensor, ndim: int) -> torch.Tensor:
-    if sigma.ndim == 0:
-        return sigma
-    return sigma.reshape(sigma.shape[:1] + (1,) * (ndim - 1))
+        read = V_PREDICTION.calculate_denoised if self.prediction == "v" else EPS.calculate_denoised
+        return read(self, sigma, model_output, x)
 
 
 def _append_zero(x: torch.Tensor) -> torch.Tensor:
