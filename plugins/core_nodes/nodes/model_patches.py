@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from plugins.core_nodes.nodes.common import CoreNode
+from plugins.core_nodes.nodes.common import ClassExecute, CoreNode
 
 SAMPLING_CHOICES = ["eps", "v_prediction", "lcm", "x0", "img_to_img", "img_to_img_flow"]
 SCALE_METHODS = ["bicubic", "nearest-exact", "bilinear", "area", "bislerp"]
@@ -119,7 +119,7 @@ def differential_mask(
     return binary
 
 
-class DifferentialDiffusion(CoreNode):
+class DifferentialDiffusion(ClassExecute, CoreNode):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_differential_diffusion"
     CATEGORY = "experimental"
     EXPERIMENTAL = True
@@ -140,11 +140,6 @@ class DifferentialDiffusion(CoreNode):
         m = model.clone()
         m.set_model_denoise_mask_function(mask_function)
         return (m,)
-
-    @classmethod
-    def execute(cls, model: Any, strength: float = 1.0) -> tuple[Any]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().apply(model, strength)
 
 
 def downscale_patches(
@@ -181,7 +176,7 @@ def downscale_patches(
     return input_block_patch, output_block_patch
 
 
-class PatchModelAddDownscale(CoreNode):
+class PatchModelAddDownscale(ClassExecute, CoreNode):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_model_downscale"
     CATEGORY = "model/patch/unet"
     RETURN_TYPES = ("MODEL",)
@@ -232,11 +227,6 @@ class PatchModelAddDownscale(CoreNode):
             m.set_model_input_block_patch(input_patch)
         m.set_model_output_block_patch(output_patch)
         return (m,)
-
-    @classmethod
-    def execute(cls, *args: Any, **kwargs: Any) -> tuple[Any]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().patch(*args, **kwargs)
 
 
 NODES: dict[str, tuple[type, str | None]] = {

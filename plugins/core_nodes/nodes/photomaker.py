@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from plugins.core_nodes.nodes.common import CoreNode
+from plugins.core_nodes.nodes.common import ClassExecute, CoreNode
 from plugins.core_nodes.nodes.loaders import _Loader
 
 MODULE = "comfy_extras.nodes_photomaker"
 TRIGGER_WORD = "photomaker"
 
 
-class PhotoMakerLoader(_Loader):
+class PhotoMakerLoader(ClassExecute, _Loader):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = MODULE
     CATEGORY = "model/loaders"
     EXPERIMENTAL = True
@@ -37,11 +37,6 @@ class PhotoMakerLoader(_Loader):
         from plugins.core_nodes.models.photomaker import load_photomaker
 
         return (load_photomaker(self.path("photomaker", photomaker_model_name)),)
-
-    @classmethod
-    def execute(cls, photomaker_model_name: str) -> tuple[Any]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().load_photomaker_model(photomaker_model_name)
 
 
 def trigger_word_id(text: str) -> int:
@@ -65,7 +60,7 @@ def drop_word(tokens: dict[str, list[list[tuple[Any, ...]]]], word_id: int) -> d
     return out
 
 
-class PhotoMakerEncode(CoreNode):
+class PhotoMakerEncode(ClassExecute, CoreNode):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = MODULE
     CATEGORY = "model/conditioning/photomaker"
     EXPERIMENTAL = True
@@ -108,11 +103,6 @@ class PhotoMakerEncode(CoreNode):
         with torch.no_grad():
             out = photomaker(id_pixel_values=pixels.unsqueeze(0), prompt_embeds=cond, class_tokens_mask=mask)
         return ([[out, {"pooled_output": pooled}]],)
-
-    @classmethod
-    def execute(cls, photomaker: Any, image: Any, clip: Any, text: str) -> tuple[list[list[Any]]]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().apply_photomaker(photomaker, image, clip, text)
 
 
 NODES: dict[str, tuple[type, str | None]] = {

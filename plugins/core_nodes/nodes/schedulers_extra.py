@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-from plugins.core_nodes.nodes.common import CoreNode
+from plugins.core_nodes.nodes.common import ClassExecute, CoreNode
 
 # Align Your Steps noise levels, 10 steps each, from the paper's project page.
 AYS_NOISE_LEVELS: dict[str, tuple[float, ...]] = {
@@ -88,7 +88,7 @@ def gits_sigmas(coeff: float, steps: int, denoise: float = 1.0) -> Any:
     return _finish(levels, steps, denoise)
 
 
-class _Scheduler(CoreNode):
+class _Scheduler(ClassExecute, CoreNode):
     CATEGORY = "model/sampling/schedulers"
     RETURN_TYPES = ("SIGMAS",)
     FUNCTION = "get_sigmas"
@@ -112,11 +112,6 @@ class AlignYourStepsScheduler(_Scheduler):
     def get_sigmas(self, model_type: str, steps: int, denoise: float) -> tuple[Any]:
         return (align_your_steps_sigmas(model_type, steps, denoise),)
 
-    @classmethod
-    def execute(cls, model_type: str, steps: int, denoise: float) -> tuple[Any]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().get_sigmas(model_type, steps, denoise)
-
 
 class GITSScheduler(_Scheduler):
     RELATIVE_PYTHON_MODULE: ClassVar[str] = "comfy_extras.nodes_gits"
@@ -133,11 +128,6 @@ class GITSScheduler(_Scheduler):
 
     def get_sigmas(self, coeff: float, steps: int, denoise: float) -> tuple[Any]:
         return (gits_sigmas(coeff, steps, denoise),)
-
-    @classmethod
-    def execute(cls, coeff: float, steps: int, denoise: float) -> tuple[Any]:
-        """The reference's newer entry point, for packs that call it on the class."""
-        return cls().get_sigmas(coeff, steps, denoise)
 
 
 NODES: dict[str, tuple[type, str | None]] = {
