@@ -724,6 +724,18 @@ class PatchedWeights:
                 self._merged, self._key = merged, key
             return self._merged
 
+    def pending_bytes(self, device: torch.device) -> int:
+        """Bytes the merged tensors will take once made for the base module on ``device``: 0
+        when they are already there (or nothing is patched). What the model manager finds room
+        for beside the module itself."""
+        if not self.patches:
+            return 0
+        with self._lock:
+            if self._merged is not None and self._key is not None and self._key[0] == device:
+                return 0
+        params = dict(self.module.named_parameters())
+        return sum(params[name].numel() * params[name].element_size() for name in self.patches)
+
     def release(self) -> None:
         """Let go of the merged tensors (the manager moved or dropped the base module)."""
         with self._lock:

@@ -259,6 +259,18 @@ class ModelManager:
         """Whether ``module`` is loaded partially (some layers left on the offload device)."""
         return module in self._partial
 
+    def _derived_bytes(self, modules: Sequence[nn.Module]) -> int:
+        """Bytes the derived holders of ``modules`` (and of modules inside them) still have to
+        make on the compute device (their ``pending_bytes``; holders without it count 0)."""
+        total = 0
+        for m in modules:
+            for sub in m.modules():
+                for holder in list(self._derived.get(sub, ())):
+                    pending = getattr(holder, "pending_bytes", None)
+                    if callable(pending):
+                        total += int(pending(self.compute_device))
+        return total
+
     def _release_derived(self, module: nn.Module) -> None:
         for holder in list(self._derived.get(module, ())):
             holder.release()
@@ -284,6 +296,9 @@ class ModelManager:
             missing = sum(
                 module_bytes(m) for m in modules if m not in self._partial and module_device(m) != self.compute_device
             )
+            # LoRA-merged copies the modules' patches will make there take room too, even for a
+            # module already in place.
+            missing += self._derived_bytes(modules)
             if missing and self.compute_device != self.offload_device:
                 self._make_room(self.compute_device, missing, keep=[m for e in used for m in e.modules] + modules)
             for m in modules:

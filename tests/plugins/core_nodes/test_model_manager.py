@@ -6,6 +6,7 @@ import os
 import threading
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -229,3 +230,63 @@ def test_lora_merged_weights_are_released_when_the_base_moves_or_goes(tmp_path: 
     assert torch.allclose(weights.merged()["weight"], base.weight + 0.5)
     manager.unload_all()
     assert weights._merged is None
+
+
+def test_lora_merged_copies_are_counted_when_making_room(tmp_path: Path) -> None:
+    """A LoRA'd model needs room for its merged weights beside its own: using it offloads
+    least-recently-used models for them too, even when the base already sits on the compute
+    device. ("meta" stands in for the compute device, the CPU for the offload device.)"""
+    from torch import nn
+
+    from plugins.core_nodes.models.lora import Delta, PatchedWeights
+
+    def marker(name: str) -> Path:
+        path = tmp_path / name
+        path.write_bytes(b"x")
+        return path
+
+    class Movable(nn.Linear):
+        """A layer that may leave the stand-in device: a meta tensor holds no data to copy, so
+        moving off it gives fresh host storage."""
+
+        def to(self, *args: Any, **kwargs: Any) -> Any:
+            device = torch._C._nn._parse_to(*args, **kwargs)[0]
+            if device is not None and device.type == "cpu" and self.weight.is_meta:
+                return self.to_empty(device=device)
+            return super().to(*args, **kwargs)
+
+    size = module_bytes(nn.Linear(64, 64))
+    merged_size = 64 * 64 * 4  # the patched weight, float32
+    held: list[PatchedWeights] = []
+
+    def memory(device: torch.device) -> int:
+        # The stand-in compute device holds two models; a LoRA's merged copy does not fit beside them.
+        if device.type != "meta":
+            return 1 << 40
+        used = sum(module_bytes(m) for m in (a, b) if module_device(m).type == "meta")
+        used += sum(t.numel() * t.element_size() for w in held for t in (w._merged or {}).values())
+        return 2 * size + merged_size // 2 - used
+
+    manager = ModelManager(compute_device="meta", offload_device="cpu", reserve_bytes=0, memory=memory)
+    a = manager.load("linear", marker("a.bin"), lambda path, check: Movable(64, 64))
+    b = manager.load("linear", marker("b.bin"), lambda path, check: Movable(64, 64))
+    with manager.use(a):
+        pass
+    with manager.use(b):
+        pass
+    assert module_device(a).type == module_device(b).type == "meta"  # both fit
+
+    delta = Delta("lora", (torch.ones(64, 1), torch.ones(1, 64)), 1.0)
+    weights = PatchedWeights(b, {"weight": [(0.5, delta)]})
+    held.append(weights)
+    manager.track_derived(b, weights)
+    assert weights.pending_bytes(torch.device("meta")) == merged_size
+    with manager.use(b):
+        assert module_device(a).type == "cpu"  # made room for b's merged weight
+        weights.merged()
+    assert memory(torch.device("meta")) >= 0
+    assert weights.pending_bytes(torch.device("meta")) == 0  # made: nothing more to find room for
+    with manager.use(a):
+        pass
+    # a came back: b (least recently used) went, its merged copy with it.
+    assert module_device(b).type == "cpu" and weights._merged is None
