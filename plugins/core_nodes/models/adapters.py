@@ -71,6 +71,7 @@ from plugins.core_nodes.models.patcher import (
     get_attr,
     object_view,
 )
+from plugins.core_nodes.models.pixel_space import PIXEL_SPACE, PixelSpaceVAE
 from plugins.core_nodes.models.text_encoder import (
     Chunks,
     ClipEncoder,
@@ -1058,6 +1059,13 @@ def load_vae(path: Path) -> Autoencoder:
     from plugins.core_nodes.models.latent_formats import latent_format_for_channels
 
     return Autoencoder(vae, latent_format_for_channels(vae.latent_channels) or SD15, manager)
+
+
+def load_pixel_space_vae() -> Autoencoder:
+    """VAELoader's ``pixel_space``: the image is the latent (``2 * image - 1``, channels first)."""
+    vae = Autoencoder(PixelSpaceVAE(), PIXEL_SPACE, _manager())
+    vae.disable_offload = True  # one scalar: never worth moving off the compute device
+    return vae
 
 
 def vae_from_state_dict(sd: Mapping[str, torch.Tensor], name: str = "the VAE weights") -> Autoencoder:

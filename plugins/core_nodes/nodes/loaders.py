@@ -153,7 +153,9 @@ class VAELoader(_Loader):
         return {"required": {"vae_name": (cls.vae_list(),)}}
 
     def load_vae(self, vae_name: str) -> tuple[Any]:
-        if vae_name in _APPROX_VAES or vae_name == "pixel_space":
+        if vae_name == "pixel_space":  # no file: the image itself is the latent
+            return (_adapter("load_pixel_space_vae")(),)
+        if vae_name in _APPROX_VAES:
             raise ModelStackUnavailable(f"VAE {vae_name!r} is not supported by this server")
         return (_adapter("load_vae")(self.path("vae", vae_name)),)
 
