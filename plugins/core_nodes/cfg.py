@@ -487,6 +487,50 @@ def cfg_function(
         result = x - cfg_fn(args)
     else:
         result = uncond_pred + (cond_pred - uncond_pred) * cond_scale
+    return run_post_cfg(options, result, model, cond, uncond, cond_pred, uncond_pred, cond_scale, x, timestep)
+
+
+def run_pre_cfg(
+    options: Mapping[str, Any],
+    conds: list[Any],
+    out: list[torch.Tensor],
+    cond_scale: float,
+    x: torch.Tensor,
+    timestep: torch.Tensor,
+    model: Any,
+) -> list[torch.Tensor]:
+    """The MODEL's ``sampler_pre_cfg_function`` chain on the predictions ``out`` of ``conds``
+    (each gets the reference's argument dict, with the previous one's result)."""
+    for pre in options.get("sampler_pre_cfg_function", ()):
+        args = {
+            "conds": conds,
+            "conds_out": out,
+            "cond_scale": cond_scale,
+            "timestep": timestep,
+            "input": x,
+            "sigma": timestep,
+            "model": model,
+            "model_options": options,
+        }
+        out = pre(args)
+    return out
+
+
+def run_post_cfg(
+    options: Mapping[str, Any],
+    result: torch.Tensor,
+    model: Any,
+    cond: Any,
+    uncond: Any,
+    cond_pred: torch.Tensor,
+    uncond_pred: torch.Tensor,
+    cond_scale: float,
+    x: torch.Tensor,
+    timestep: torch.Tensor,
+    **extra: Any,
+) -> torch.Tensor:
+    """The MODEL's ``sampler_post_cfg_function`` chain on the guided ``result``; ``extra`` keys
+    (a guider's own, e.g. Perp-Neg's empty prompt) follow the reference's argument dict."""
     for post in options.get("sampler_post_cfg_function", ()):
         args = {
             "denoised": result,
@@ -499,6 +543,7 @@ def cfg_function(
             "sigma": timestep,
             "model_options": options,
             "input": x,
+            **extra,
         }
         result = post(args)
     return result
@@ -529,18 +574,7 @@ def sampling_function(
         out = batch_fn(args)
     else:
         out = lookup("comfy.samplers", "calc_cond_batch", calc_cond_batch)(model, conds, x, timestep, options)
-    for pre in options.get("sampler_pre_cfg_function", ()):
-        args = {
-            "conds": conds,
-            "conds_out": out,
-            "cond_scale": cond_scale,
-            "timestep": timestep,
-            "input": x,
-            "sigma": timestep,
-            "model": model,
-            "model_options": options,
-        }
-        out = pre(args)
+    out = run_pre_cfg(options, conds, out, cond_scale, x, timestep, model)
     cfg = lookup("comfy.samplers", "cfg_function", cfg_function)
     return cfg(
         model, out[0], out[1], cond_scale, x, timestep, model_options=options, cond=cond, uncond=uncond_
@@ -572,6 +606,8 @@ __all__ = [
     "cond_equal_size",
     "finalize_default_conds",
     "get_area_and_mult",
+    "run_post_cfg",
+    "run_pre_cfg",
     "sampling_function",
     "with_post_cfg_function",
 ]

@@ -198,7 +198,7 @@ def zeroed_conditioning(conditioning: list[list[Any]]) -> list[list[Any]]:
 @functools.cache
 def _guider_class() -> type:
     """:class:`DualModelGuider`'s guider class, built on first use (guidance imports torch)."""
-    from plugins.core_nodes.cfg import ModelView, calc_cond_batch, cfg_function
+    from plugins.core_nodes.cfg import ModelView, calc_cond_batch, cfg_function, run_pre_cfg
     from plugins.core_nodes.guidance import CFGGuider, copy_model_options
     from plugins.core_nodes.patchpoints import lookup
 
@@ -245,18 +245,7 @@ def _guider_class() -> type:
                     self.negative_model, [negative], x, timestep, self._negative_options(options)
                 )[0]
             out = [cond_pred, uncond_pred]
-            for pre in options.get("sampler_pre_cfg_function", ()):
-                args = {
-                    "conds": [positive, negative],
-                    "conds_out": out,
-                    "cond_scale": self.cfg,
-                    "timestep": timestep,
-                    "input": x,
-                    "sigma": timestep,
-                    "model": self.inner_model,
-                    "model_options": options,
-                }
-                out = pre(args)
+            out = run_pre_cfg(options, [positive, negative], out, self.cfg, x, timestep, self.inner_model)
             cfg = lookup("comfy.samplers", "cfg_function", cfg_function)
             return cfg(
                 self.inner_model, out[0], out[1], self.cfg, x, timestep,

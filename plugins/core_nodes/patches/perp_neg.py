@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from plugins.core_nodes.cfg import calc_cond_batch
+from plugins.core_nodes.cfg import calc_cond_batch, run_post_cfg, run_pre_cfg
 from plugins.core_nodes.cond_prep import convert_cond, encode_model_conds
 from plugins.core_nodes.guidance import CFGGuider
 from plugins.core_nodes.patchpoints import lookup
@@ -107,37 +107,14 @@ class PerpNegGuider(CFGGuider):
                 empty = None
         conds = [positive, negative, empty]
         out = _calc_cond_batch()(self.inner_model, conds, x, timestep, options)
-        for fn in options.get("sampler_pre_cfg_function", ()):
-            args = {
-                "conds": conds,
-                "conds_out": out,
-                "cond_scale": self.cfg,
-                "timestep": timestep,
-                "input": x,
-                "sigma": timestep,
-                "model": self.inner_model,
-                "model_options": options,
-            }
-            out = fn(args)
+        out = run_pre_cfg(options, conds, out, self.cfg, x, timestep, self.inner_model)
         pos_pred, neg_pred, empty_pred = out
         result = perp_neg(x, pos_pred, neg_pred, empty_pred, self.neg_scale, self.cfg)
-        for fn in options.get("sampler_post_cfg_function", ()):
-            args = {
-                "denoised": result,
-                "cond": positive,
-                "uncond": negative,
-                "cond_scale": self.cfg,
-                "model": self.inner_model,
-                "uncond_denoised": neg_pred,
-                "cond_denoised": pos_pred,
-                "sigma": timestep,
-                "model_options": options,
-                "input": x,
-                "empty_cond": empty,
-                "empty_cond_denoised": empty_pred,
-            }
-            result = fn(args)
-        return result
+        # The post-CFG functions also get the empty prompt and its prediction.
+        return run_post_cfg(
+            options, result, self.inner_model, positive, negative, pos_pred, neg_pred, self.cfg, x, timestep,
+            empty_cond=empty, empty_cond_denoised=empty_pred,
+        )  # fmt: skip
 
 
 __all__ = ["PerpNegGuider", "perp_neg", "perp_neg_cfg_function"]
