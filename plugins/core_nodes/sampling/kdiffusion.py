@@ -39,7 +39,7 @@ from .common import (
 from .names import SAMPLER_NAMES
 from .noise import NoiseSampler, default_noise_sampler
 from .samplers import SamplerFn, core_sampler
-from .schedules import ModelSamplingDiscrete, exponential_sigmas, karras_sigmas
+from .schedules import ModelSamplingDiscrete, exponential_sigmas, karras_sigmas, require_positive_sigmas
 from .snr import half_log_snr_to_sigma, offset_first_sigma_for_snr, sigma_to_half_log_snr
 
 log = logging.getLogger("comfykernel.core_nodes")
@@ -270,6 +270,7 @@ def get_sigmas_polyexponential(
     n: int, sigma_min: float, sigma_max: float, rho: float = 1.0, device: Any = "cpu"
 ) -> torch.Tensor:
     """Log-sigma along a ramp raised to ``rho`` (``rho`` 1 is the exponential schedule)."""
+    require_positive_sigmas("polyexponential", sigma_min, sigma_max)
     ramp = torch.linspace(1, 0, n, device=device) ** rho
     log_min, log_max = math.log(sigma_min), math.log(sigma_max)
     sigmas = torch.exp(ramp * (log_max - log_min) + log_min)

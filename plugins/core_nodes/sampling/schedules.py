@@ -59,14 +59,34 @@ def _append_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, x.new_zeros([1])])
 
 
+def require_positive_sigmas(schedule: str, sigma_min: float, sigma_max: float) -> None:
+    """The log-spaced schedules take logarithms of both ends: a zero or negative end is refused
+    by name, where the bare ``math.log`` would only say "math domain error". (NaN passes, as it
+    does through ``math.log``.)"""
+    for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0 for the {schedule} schedule (got {value})")
+
+
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    # The ends are taken to the power 1 / rho: rho 0 would be a bare division by zero, and a tiny
+    # rho a float overflow; both are named here. Zero sigmas are fine (0 ** (1 / rho) is 0).
+    if rho == 0:
+        raise ValueError("rho must be > 0 for the karras schedule (got 0)")
     ramp = torch.linspace(0, 1, n)
-    min_inv_rho = sigma_min ** (1 / rho)
-    max_inv_rho = sigma_max ** (1 / rho)
+    try:
+        min_inv_rho = sigma_min ** (1 / rho)
+        max_inv_rho = sigma_max ** (1 / rho)
+    except OverflowError:
+        raise ValueError(
+            f"rho {rho} is too small for the karras schedule: sigma ** (1 / rho) overflows "
+            f"(sigma_min {sigma_min}, sigma_max {sigma_max})"
+        ) from None
     return _append_zero((max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho)
 
 
 def exponential_sigmas(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    require_positive_sigmas("exponential", sigma_min, sigma_max)
     return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp())
 
 
