@@ -18,7 +18,6 @@ are built through an *operations* set, so fp8 storage can be cast per layer when
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -30,6 +29,7 @@ from torch import nn
 
 from .extension import WrapperExecutor, WrappersMP, get_all_wrappers
 from .operations import Operations, TorchOperations, cast_plain_weights, load_into
+from .unet import timestep_embedding as unet_timestep_embedding
 
 __all__ = [
     "FLUX_DEV",
@@ -86,15 +86,8 @@ FLUX_SCHNELL = replace(FLUX_DEV, guidance_embed=False)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, time_factor: float = 1000.0) -> torch.Tensor:
-    """Sinusoidal embedding of ``t * time_factor``: cosines first, then sines (float32)."""
-    t = time_factor * t.float()
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t[:, None] * freqs[None]
-    out = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        out = torch.cat([out, torch.zeros_like(out[:, :1])], dim=-1)
-    return out
+    """Sinusoidal embedding of ``t * time_factor``: the UNet's embedding (cosines first, float32)."""
+    return unet_timestep_embedding(time_factor * t.float(), dim, max_period)
 
 
 def rope(pos: torch.Tensor, dim: int, theta: int) -> torch.Tensor:
