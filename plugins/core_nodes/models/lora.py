@@ -509,13 +509,26 @@ def _module_names(module: nn.Module) -> list[str]:
     ]
 
 
-def unet_key_map(unet: nn.Module) -> dict[str, str]:
-    """Every way a LoRA file may name one of our UNet modules -> our module name (a Flux
-    transformer's are :func:`.lora_flux.flux_key_map`'s)."""
-    from .lora_flux import flux_key_map, is_flux_network
+def transformer_lora_maps(unet: nn.Module | None) -> tuple[dict[str, str], dict[str, Any]] | None:
+    """For a transformer with fused layers (Flux, SD3's MMDiT): (LoRA keys naming a whole module
+    -> our module name, keys naming rows of a fused weight -> their :class:`.lora_fused.RowBlock`);
+    None for a UNet."""
+    from .lora_flux import flux_key_map, flux_slice_map, is_flux_network
+    from .lora_sd3 import is_sd3_network, sd3_key_map, sd3_slice_map
 
-    if is_flux_network(unet):
-        return flux_key_map(unet)
+    if unet is not None and is_flux_network(unet):
+        return flux_key_map(unet), flux_slice_map(unet)
+    if unet is not None and is_sd3_network(unet):
+        return sd3_key_map(unet), sd3_slice_map(unet)
+    return None
+
+
+def unet_key_map(unet: nn.Module) -> dict[str, str]:
+    """Every way a LoRA file may name one of our UNet modules -> our module name (a Flux or SD3
+    transformer's are :func:`transformer_lora_maps`')."""
+    maps = transformer_lora_maps(unet)
+    if maps is not None:
+        return maps[0]
     config: UNetConfig = unet.config  # type: ignore[assignment]
     ours = _module_names(unet)
     diffusers = unet_diffusers_names(config, ours)
@@ -624,13 +637,14 @@ def resolve(
     text-encoder LoRA on SD2's wider encoder: see :func:`misfit`) and, when ``deltas`` comes from
     :func:`read_deltas`, its incomplete modules. The reference too skips these and applies the rest.
     """
-    from .lora_flux import fuse_slices, is_flux_network
+    from .lora_fused import fuse_row_blocks
 
-    if is_flux_network(unet):
-        # diffusers' separate q / k / v (and proj_mlp) changes made one change of the fused weight.
+    maps = transformer_lora_maps(unet)
+    if maps is not None:
+        # diffusers' separate q / k / v (and Flux's proj_mlp) changes made one change of the fused weight.
         assert unet is not None
-        deltas = fuse_slices(deltas, unet)
-    unet_keys = unet_key_map(unet) if unet is not None else {}
+        deltas = fuse_row_blocks(deltas, unet, maps[1], maps[0])
+    unet_keys = (maps[0] if maps is not None else unet_key_map(unet)) if unet is not None else {}
     text_keys = text_key_map(encoders) if encoders else {}
     unet_params = dict(unet.named_parameters()) if unet is not None else {}
     text_params = {enc: dict(m.named_parameters()) for enc, m in encoders.items()}

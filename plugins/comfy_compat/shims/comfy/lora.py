@@ -19,8 +19,7 @@ from typing import Any
 import torch
 
 from plugins.core_nodes.models.clip_objects import member_attr
-from plugins.core_nodes.models.lora import read_deltas, text_key_map, unet_key_map
-from plugins.core_nodes.models.lora_flux import flux_slice_map, is_flux_network
+from plugins.core_nodes.models.lora import read_deltas, text_key_map, transformer_lora_maps, unet_key_map
 from plugins.core_nodes.models.weight_patches import calculate_weight, reference_from_delta
 
 log = logging.getLogger("comfykernel.compat")
@@ -79,10 +78,11 @@ def model_lora_keys_unet(model: Any, key_map: dict[str, Any] | None = None) -> d
         key_map[lora_key] = target
         if lora_key.startswith("lora_unet_"):
             key_map["lycoris_" + lora_key[len("lora_unet_") :]] = target
-    if is_flux_network(unet):
-        # diffusers' q / k / v name rows of our fused weights: the reference's (key, offset) form,
-        # and (key, None, function) for the final modulation kept (scale, shift) by diffusers.
-        for lora_key, block in flux_slice_map(unet).items():
+    maps = transformer_lora_maps(unet)
+    if maps is not None:
+        # diffusers' q / k / v name rows of our fused weights (Flux, SD3): the reference's (key,
+        # offset) form, and (key, None, function) for a modulation kept (scale, shift) by diffusers.
+        for lora_key, block in maps[1].items():
             weight = f"diffusion_model.{block.module}.weight"
             key_map[lora_key] = (weight, None, _swap_halves) if block.swap else (weight, (0, block.start, block.size))
     return key_map
