@@ -205,6 +205,76 @@ async def test_clip_vision_matches_transformers(shims: Any) -> None:
     assert torch.allclose(direct[2], out.image_embeds) and direct[3] is None and not direct[0].requires_grad
 
 
+def _to_openclip_visual(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers vision tower in OpenCLIP's ``visual.*`` layout (fused q/k/v, ``proj``)."""
+    out: dict[str, torch.Tensor] = {}
+    renames = {
+        "embeddings.class_embedding": "class_embedding",
+        "embeddings.patch_embedding.weight": "conv1.weight",
+        "embeddings.position_embedding.weight": "positional_embedding",
+        "pre_layrnorm.weight": "ln_pre.weight",
+        "pre_layrnorm.bias": "ln_pre.bias",
+        "post_layernorm.weight": "ln_post.weight",
+        "post_layernorm.bias": "ln_post.bias",
+    }
+    blocks = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+              "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    for key, value in sd.items():
+        name = key.removeprefix("vision_model.")
+        if name in renames:
+            out["visual." + renames[name]] = value
+        elif key == "visual_projection.weight":
+            out["visual.proj"] = value.t().contiguous()
+        elif name.startswith("encoder.layers."):
+            layer, rest = name.split(".", 3)[2:]
+            module, param = rest.rsplit(".", 1)
+            if module in blocks:
+                out[f"visual.transformer.resblocks.{layer}.{blocks[module]}.{param}"] = value
+            elif module == "self_attn.q_proj":
+                fused = torch.cat([sd[key.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")])
+                out[f"visual.transformer.resblocks.{layer}.attn.in_proj_{param}"] = fused
+    return out
+
+
+async def test_clip_vision_shim_is_the_core_encoder(shims: Any, tmp_path: Any) -> None:
+    """comfy.clip_vision builds the core CLIP vision encoder: a pack's model (from a state dict,
+    an OpenCLIP file or a JSON config) is a CLIP_VISION the nodes take, and encodes exactly as
+    the core loader's on the same (fp16-stored, as the reference keeps them) weights."""
+    cv = _mod("comfy.clip_vision")
+    from plugins.core_nodes.models import clip_vision as core
+
+    _, sd = _tiny_clip_vision()  # 23 layers: read as a ViT-L tower
+    sd = {k: v.half().float() for k, v in sd.items()}
+    node = core.load_clip_vision(sd)
+    image = torch.rand(2, 40, 30, 3)
+    expected = node.encode_image(image)
+
+    path = tmp_path / "openclip_vision.safetensors"
+    _mod("comfy.utils").save_torch_file(_to_openclip_visual(sd), str(path))
+    config = {**cv.CONFIGS["vitl"], "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 23,
+              "image_size": 28, "projection_dim": 24}
+    from_json = cv.ClipVisionModel(config)
+    assert not from_json.load_sd(sd).missing_keys
+    for clip in (cv.load_clipvision_from_sd(dict(sd)), cv.load(str(path)), from_json):
+        assert isinstance(clip, core.ClipVision) and isinstance(clip.model, core.ClipVisionModel)
+        assert clip.model.visual_projection.weight.dtype == torch.float16
+        out = clip.encode_image(image)
+        assert isinstance(out, cv.Output) and cv.Output is core.ClipVisionOutput
+        for name in ("last_hidden_state", "penultimate_hidden_states", "image_embeds"):
+            assert torch.equal(out[name], expected[name]), name
+        assert out.image_sizes == expected.image_sizes and out.mm_projected is None
+        assert clip.get_sd().keys() == node.get_sd().keys()
+    # ... and the node encodes a pack's model.
+    from plugins.core_nodes.nodes.clip_vision import CLIPVisionEncode
+
+    (encoded,) = CLIPVisionEncode().encode(from_json, image, "none")
+    assert torch.equal(encoded.image_embeds, node.encode_image(image, crop=False).image_embeds)
+    with pytest.raises(ValueError, match="not supported"):
+        cv.ClipVisionModel({**config, "hidden_act": "gelu_pytorch_tanh"})
+    with pytest.raises(ValueError, match="siglip_vision_model image encoders are not supported"):
+        cv.ClipVisionModel({**config, "model_type": "siglip_vision_model"})
+
+
 async def test_clip_vision_load_rejects_unknown(shims: Any, tmp_path: Any) -> None:
     cv = _mod("comfy.clip_vision")
     assert cv.load_clipvision_from_sd({"foo.weight": torch.zeros(1)}) is None

@@ -11,7 +11,7 @@ side when cropping), centre crop, rounding to 8 bits, CLIP mean/std.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plugins.core_nodes.models.clip import ClipEncoderLayers
+from plugins.core_nodes.models.operations import Operations, TorchOperations
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -49,6 +50,34 @@ class VisionConfig:
     layer_norm_eps: float = 1e-5
 
 
+# transformers' ``hidden_act`` names of the activations the towers use -> quick_gelu or not.
+_ACTIVATIONS = {"quick_gelu": True, "gelu": False}
+
+
+def config_from_transformers(config: Mapping[str, Any]) -> VisionConfig:
+    """The tower a transformers ``CLIPVisionConfig`` JSON describes (the reference's
+    ``clip_vision_config_*.json`` files, which packs hand to ``ClipVisionModel``)."""
+    kind = config.get("model_type", "clip_vision_model")
+    if kind != "clip_vision_model":
+        raise ClipVisionError(f"{kind} image encoders are not supported by comfykernel")
+    act = config.get("hidden_act", "quick_gelu")
+    if act not in _ACTIVATIONS:
+        raise ClipVisionError(f"a CLIP vision tower with hidden_act {act!r} is not supported by comfykernel")
+    if config.get("num_channels", 3) != 3:
+        raise ClipVisionError("CLIP vision towers take 3-channel images")
+    return VisionConfig(
+        width=int(config["hidden_size"]),
+        layers=int(config["num_hidden_layers"]),
+        heads=int(config["num_attention_heads"]),
+        mlp_width=int(config["intermediate_size"]),
+        patch_size=int(config["patch_size"]),
+        image_size=int(config.get("image_size", 224)),
+        projection_dim=int(config["projection_dim"]),
+        quick_gelu=_ACTIVATIONS[act],
+        layer_norm_eps=float(config.get("layer_norm_eps", 1e-5)),
+    )
+
+
 def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> VisionConfig:
     """The tower's sizes, read off its weights (transformers layout)."""
     layer0 = PREFIX + "encoder.layers.0."
@@ -75,11 +104,11 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> VisionConfig:
 
 
 class _Embeddings(nn.Module):
-    def __init__(self, cfg: VisionConfig) -> None:
+    def __init__(self, cfg: VisionConfig, ops: Operations = TorchOperations) -> None:
         super().__init__()
         self.class_embedding = nn.Parameter(torch.zeros(cfg.width))
-        self.patch_embedding = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=False)
-        self.position_embedding = nn.Embedding((cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.width)
+        self.patch_embedding = ops.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.position_embedding = ops.Embedding((cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.width)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         patches = self.patch_embedding(pixels).flatten(2).transpose(1, 2)
@@ -88,24 +117,28 @@ class _Embeddings(nn.Module):
 
 
 class _Tower(nn.Module):
-    def __init__(self, cfg: VisionConfig) -> None:
+    def __init__(self, cfg: VisionConfig, ops: Operations = TorchOperations) -> None:
         super().__init__()
-        self.embeddings = _Embeddings(cfg)
-        self.pre_layrnorm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)  # sic: the file's key
+        self.embeddings = _Embeddings(cfg, ops)
+        self.pre_layrnorm = ops.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)  # sic: the file's key
         self.encoder = ClipEncoderLayers(
-            cfg.width, cfg.heads, cfg.mlp_width, cfg.layers, cfg.quick_gelu, cfg.layer_norm_eps, causal=False
+            cfg.width, cfg.heads, cfg.mlp_width, cfg.layers, cfg.quick_gelu, cfg.layer_norm_eps, causal=False, ops=ops
         )
-        self.post_layernorm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+        self.post_layernorm = ops.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
 
 
 class ClipVisionModel(nn.Module):
-    """The ViT tower and its projection; state dict keys are the transformers layout."""
+    """The ViT tower and its projection; state dict keys are the transformers layout.
 
-    def __init__(self, cfg: VisionConfig) -> None:
+    ``operations`` builds the layers (torch's by default; the casting set lets the weights be
+    stored in another dtype than the one computed in, as ``comfy.clip_vision`` keeps them)."""
+
+    def __init__(self, cfg: VisionConfig, operations: Operations | None = None) -> None:
         super().__init__()
+        ops = TorchOperations if operations is None else operations
         self.config = cfg
-        self.vision_model = _Tower(cfg)
-        self.visual_projection = nn.Linear(cfg.width, cfg.projection_dim, bias=False)
+        self.vision_model = _Tower(cfg, ops)
+        self.visual_projection = ops.Linear(cfg.width, cfg.projection_dim, bias=False)
 
     def forward(
         self, pixel_values: torch.Tensor, intermediate_output: int | None = -2
@@ -126,12 +159,18 @@ class ClipVisionModel(nn.Module):
         return x, intermediate, self.visual_projection(pooled), None
 
 
-def clip_preprocess(image: torch.Tensor, size: int, crop: bool = True) -> torch.Tensor:
+def clip_preprocess(
+    image: torch.Tensor,
+    size: int,
+    crop: bool = True,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> torch.Tensor:
     """``[B, H, W, C]`` images in 0..1 -> normalised ``[B, 3, size, size]`` pixels.
 
     With ``crop`` the short side is scaled to ``size`` and the centre cut out; without, the image
-    is squashed to a square. Values are rounded to 8 bits before the CLIP mean/std, as the
-    encoders were trained on 8-bit images.
+    is squashed to a square. Values are rounded to 8 bits before ``mean`` / ``std`` (CLIP's by
+    default), as the encoders were trained on 8-bit images.
     """
     pixels = image[..., :3].movedim(-1, 1).float()
     if pixels.shape[2] != size or pixels.shape[3] != size:
@@ -145,9 +184,9 @@ def clip_preprocess(image: torch.Tensor, size: int, crop: bool = True) -> torch.
         left = (pixels.shape[3] - size) // 2
         pixels = pixels[:, :, top : top + size, left : left + size]
     pixels = torch.clip(255.0 * pixels, 0, 255).round() / 255.0
-    mean = torch.tensor(CLIP_MEAN, dtype=pixels.dtype).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=pixels.dtype).view(3, 1, 1)
-    return (pixels - mean) / std
+    mean_t = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)
+    return (pixels - mean_t) / std_t
 
 
 class ClipVisionOutput:
@@ -169,21 +208,27 @@ class ClipVisionOutput:
 class _Holder:
     """What packs hand to ``load_model_gpu`` as ``clip_vision.patcher``: the module and devices."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, load_device: torch.device, offload_device: torch.device) -> None:
         self.model = model
-        self.load_device = torch.device("cpu")
-        self.offload_device = torch.device("cpu")
+        self.load_device = load_device
+        self.offload_device = offload_device
 
 
 class ClipVision:
-    """A loaded CLIP vision encoder (the CLIP_VISION value)."""
+    """A loaded CLIP vision encoder (the CLIP_VISION value); it computes on ``load_device``."""
 
-    def __init__(self, model: ClipVisionModel) -> None:
+    def __init__(
+        self,
+        model: ClipVisionModel,
+        load_device: torch.device | None = None,
+        offload_device: torch.device | None = None,
+    ) -> None:
         self.model = model.eval().requires_grad_(False)
         self.image_size = model.config.image_size
         self.image_mean = list(CLIP_MEAN)
         self.image_std = list(CLIP_STD)
-        self.patcher = _Holder(self.model)
+        cpu = torch.device("cpu")
+        self.patcher = _Holder(self.model, load_device or cpu, offload_device or cpu)
         # Packs move images here before calling ``model`` themselves (IP-Adapter).
         self.load_device = self.patcher.load_device
         self.offload_device = self.patcher.offload_device
@@ -197,7 +242,9 @@ class ClipVision:
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor, crop: bool = True) -> ClipVisionOutput:
         """Encode ``[B, H, W, C]`` images (see the module docstring for the fields)."""
-        pixels = clip_preprocess(image, self.image_size, crop=crop)
+        pixels = clip_preprocess(
+            image.to(self.load_device), self.image_size, crop=crop, mean=self.image_mean, std=self.image_std
+        )
         last, penultimate, embeds, _ = self.model(pixel_values=pixels, intermediate_output=-2)
         out = ClipVisionOutput()
         out["last_hidden_state"] = last

@@ -1,11 +1,13 @@
 """``comfy.clip_vision``: CLIP image encoders (ViT-L/14, ViT-L/14-336, ViT-H/14, ViT-bigG/14).
 
 ``load(path)`` / ``load_clipvision_from_sd(sd)`` build a :class:`ClipVisionModel` from a
-transformers-layout or OpenCLIP-layout checkpoint, and ``encode_image(image)`` gives the
-reference's :class:`Output` (``last_hidden_state``, ``penultimate_hidden_states``,
-``image_embeds``, ``image_sizes``, ``mm_projected``). The preprocessing is the reference's
-exactly (bicubic antialiased resize of the short side, centre crop, 8-bit rounding, CLIP
-mean/std), since IP-Adapter style packs feed the embeddings straight into their projections.
+transformers-layout or OpenCLIP-layout checkpoint, as does ``ClipVisionModel(json_config)`` from
+a transformers config, and ``encode_image(image)`` gives the reference's :class:`Output`
+(``last_hidden_state``, ``penultimate_hidden_states``, ``image_embeds``, ``image_sizes``,
+``mm_projected``). The network, preprocessing and output are the core CLIP vision encoder's
+(``plugins.core_nodes.models.clip_vision``, what CLIPVisionLoader gives), so a pack's encoder
+and the node's compute the same and go wherever a CLIP_VISION goes. As in the reference the
+weights are stored in the text-encoder dtype (fp16) and cast per layer to float32 to compute.
 SigLIP and DINO encoders are not provided; loading one raises a ``ValueError`` naming it.
 """
 
@@ -14,30 +16,24 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import comfy.model_management
-import comfy.ops
 import torch
-import torch.nn.functional as F
-from comfy.utils import load_torch_file, state_dict_prefix_replace, transformers_convert
+from comfy.utils import load_torch_file, state_dict_prefix_replace
+
+from plugins.core_nodes.models import clip_vision as _core
+from plugins.core_nodes.models.operations import CastOperations, cast_plain_weights
 
 log = logging.getLogger("comfykernel.compat")
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_MEAN = _core.CLIP_MEAN
+CLIP_STD = _core.CLIP_STD
 
-
-class Output:
-    """Attribute bag that also answers ``out["name"]``."""
-
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
-
-    def __setitem__(self, key: str, item: Any) -> None:
-        setattr(self, key, item)
+# The reference's name for the encoder output; the same class as the core node's output.
+Output = _core.ClipVisionOutput
 
 
 def clip_preprocess(
@@ -47,36 +43,10 @@ def clip_preprocess(
     std: Sequence[float] = CLIP_STD,
     crop: bool = True,
 ) -> torch.Tensor:
-    """``[B, H, W, C]`` images in 0..1 -> normalised ``[B, 3, size, size]`` pixel values.
+    """``[B, H, W, C]`` images in 0..1 -> normalised ``[B, 3, size, size]`` pixel values (the
+    core preprocessing, with the reference's argument order)."""
+    return _core.clip_preprocess(image, size, crop=crop, mean=mean, std=std)
 
-    With ``crop`` the short side is scaled to ``size`` and the centre cut out; without it the
-    image is squashed to ``size x size``. Values are rounded to 8 bits like the JPEG-trained
-    CLIP pipelines expect, then standardised with ``mean`` / ``std``.
-    """
-    image = image[..., :3].movedim(-1, 1)
-    mean_t = torch.tensor(mean, device=image.device, dtype=image.dtype).view(3, 1, 1)
-    std_t = torch.tensor(std, device=image.device, dtype=image.dtype).view(3, 1, 1)
-    if image.shape[2] != size or image.shape[3] != size:
-        if crop:
-            scale = size / min(image.shape[2], image.shape[3])
-            target = (round(scale * image.shape[2]), round(scale * image.shape[3]))
-        else:
-            target = (size, size)
-        image = F.interpolate(image, size=target, mode="bicubic", antialias=True)
-        top = (image.shape[2] - size) // 2
-        left = (image.shape[3] - size) // 2
-        image = image[:, :, top : top + size, left : left + size]
-    image = torch.clip(255.0 * image, 0, 255).round() / 255.0
-    return (image - mean_t) / std_t
-
-
-# --- the model -----------------------------------------------------------------------------
-
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "quick_gelu": lambda a: a * torch.sigmoid(1.702 * a),
-    "gelu": F.gelu,
-    "gelu_pytorch_tanh": lambda a: F.gelu(a, approximate="tanh"),
-}
 
 # Published configurations of the CLIP vision towers the reference recognises (transformers names).
 _BASE = {"model_type": "clip_vision_model", "num_channels": 3, "patch_size": 14, "layer_norm_eps": 1e-5, "num_attention_heads": 16}
@@ -88,122 +58,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-class _Attention(torch.nn.Module):
-    def __init__(self, dim: int, heads: int, dtype: Any, device: Any, ops: Any) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q_proj = ops.Linear(dim, dim, dtype=dtype, device=device)
-        self.k_proj = ops.Linear(dim, dim, dtype=dtype, device=device)
-        self.v_proj = ops.Linear(dim, dim, dtype=dtype, device=device)
-        self.out_proj = ops.Linear(dim, dim, dtype=dtype, device=device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)))
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class _MLP(torch.nn.Module):
-    def __init__(self, dim: int, hidden: int, act: str, dtype: Any, device: Any, ops: Any) -> None:
-        super().__init__()
-        self.fc1 = ops.Linear(dim, hidden, dtype=dtype, device=device)
-        self.fc2 = ops.Linear(hidden, dim, dtype=dtype, device=device)
-        self.activation = _ACTIVATIONS[act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.activation(self.fc1(x)))
-
-
-class _Layer(torch.nn.Module):
-    def __init__(self, config: Mapping[str, Any], dtype: Any, device: Any, ops: Any) -> None:
-        super().__init__()
-        dim = config["hidden_size"]
-        eps = config.get("layer_norm_eps", 1e-5)
-        self.layer_norm1 = ops.LayerNorm(dim, eps=eps, dtype=dtype, device=device)
-        self.self_attn = _Attention(dim, config["num_attention_heads"], dtype, device, ops)
-        self.layer_norm2 = ops.LayerNorm(dim, eps=eps, dtype=dtype, device=device)
-        self.mlp = _MLP(dim, config["intermediate_size"], config["hidden_act"], dtype, device, ops)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
-
-
-class _Encoder(torch.nn.Module):
-    def __init__(self, config: Mapping[str, Any], dtype: Any, device: Any, ops: Any) -> None:
-        super().__init__()
-        self.layers = torch.nn.ModuleList(_Layer(config, dtype, device, ops) for _ in range(config["num_hidden_layers"]))
-
-    def forward(self, x: torch.Tensor, intermediate_output: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if intermediate_output is not None and intermediate_output < 0:
-            intermediate_output += len(self.layers)
-        intermediate = None
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i == intermediate_output:
-                intermediate = x.clone()
-        return x, intermediate
-
-
-class _Embeddings(torch.nn.Module):
-    def __init__(self, config: Mapping[str, Any], dtype: Any, device: Any, ops: Any) -> None:
-        super().__init__()
-        dim, patch = config["hidden_size"], config["patch_size"]
-        positions = (config["image_size"] // patch) ** 2 + 1
-        self.class_embedding = torch.nn.Parameter(torch.empty(dim, dtype=dtype, device=device))
-        self.patch_embedding = ops.Conv2d(config["num_channels"], dim, patch, stride=patch, bias=False, dtype=dtype, device=device)
-        self.position_embedding = ops.Embedding(positions, dim, dtype=dtype, device=device)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
-        cls = comfy.ops.cast_to_input(self.class_embedding, patches).expand(patches.shape[0], 1, -1)
-        return torch.cat([cls, patches], dim=1) + comfy.ops.cast_to_input(self.position_embedding.weight, patches)
-
-
-class _VisionTransformer(torch.nn.Module):
-    def __init__(self, config: Mapping[str, Any], dtype: Any, device: Any, ops: Any) -> None:
-        super().__init__()
-        dim = config["hidden_size"]
-        self.embeddings = _Embeddings(config, dtype, device, ops)
-        # "pre_layrnorm" (sic) is the transformers key name.
-        self.pre_layrnorm = ops.LayerNorm(dim, dtype=dtype, device=device)
-        self.encoder = _Encoder(config, dtype, device, ops)
-        self.post_layernorm = ops.LayerNorm(dim, dtype=dtype, device=device)
-
-    def forward(self, pixel_values: torch.Tensor, intermediate_output: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        x = self.pre_layrnorm(self.embeddings(pixel_values))
-        x, intermediate = self.encoder(x, intermediate_output)
-        return x, intermediate, self.post_layernorm(x[:, 0, :])
-
-
-class CLIPVisionModelProjection(torch.nn.Module):
-    """CLIP's vision tower plus its projection into the joint embedding space."""
-
-    def __init__(self, config: Mapping[str, Any], dtype: Any, device: Any, operations: Any) -> None:
-        super().__init__()
-        self.vision_model = _VisionTransformer(config, dtype, device, operations)
-        self.visual_projection = operations.Linear(config["hidden_size"], config["projection_dim"], bias=False, dtype=dtype, device=device)
-
-    def forward(self, pixel_values: torch.Tensor, intermediate_output: int | None = -2) -> tuple[Any, ...]:
-        x, intermediate, pooled = self.vision_model(pixel_values, intermediate_output)
-        return x, intermediate, self.visual_projection(pooled), None
-
-
-class _Holder:
-    """What ``load_model_gpu`` gets for a CLIP vision model: the module and its devices."""
-
-    def __init__(self, model: torch.nn.Module, load_device: torch.device, offload_device: torch.device) -> None:
-        self.model = model
-        self.load_device = load_device
-        self.offload_device = offload_device
-
-
-class ClipVisionModel:
-    """A CLIP vision encoder built from a config dict (or a JSON file path)."""
+class ClipVisionModel(_core.ClipVision):
+    """A CLIP vision encoder built from a transformers config dict (or a JSON file path): the
+    core encoder, its weights stored in the text-encoder dtype on the offload device."""
 
     def __init__(self, json_config: str | Path | Mapping[str, Any]) -> None:
         if isinstance(json_config, Mapping):
@@ -211,66 +68,45 @@ class ClipVisionModel:
         else:
             with open(json_config) as f:
                 config = json.load(f)
-        self.image_size: int = config.get("image_size", 224)
+        self.config = config
+        self.model_type = config.get("model_type", "clip_vision_model")
+        try:
+            vision_config = _core.config_from_transformers(config)
+        except _core.ClipVisionError as e:
+            raise ValueError(f"comfy.clip_vision: {e}") from None
+        load_device = comfy.model_management.text_encoder_device()
+        offload = comfy.model_management.text_encoder_offload_device()
+        self.dtype = comfy.model_management.text_encoder_dtype(load_device)
+        model = _core.ClipVisionModel(vision_config, operations=CastOperations)
+        cast_plain_weights(model, self.dtype)
+        super().__init__(model.to(offload), load_device, offload)
+        self.image_size = config.get("image_size", vision_config.image_size)
         self.image_mean = config.get("image_mean", list(CLIP_MEAN))
         self.image_std = config.get("image_std", list(CLIP_STD))
-        self.model_type = config.get("model_type", "clip_vision_model")
-        if self.model_type != "clip_vision_model":
-            raise ValueError(f"comfy.clip_vision: {self.model_type} image encoders are not supported by comfykernel")
-        self.config = config
         self.return_all_hidden_states = False
-        self.load_device = comfy.model_management.text_encoder_device()
-        offload = comfy.model_management.text_encoder_offload_device()
-        self.dtype = comfy.model_management.text_encoder_dtype(self.load_device)
-        self.model = CLIPVisionModelProjection(config, self.dtype, offload, comfy.ops.manual_cast)
-        # Inference only: packs call self.model directly, outside any no_grad block.
-        self.model.eval().requires_grad_(False)
-        self.patcher = _Holder(self.model, self.load_device, offload)
-
-    def load_sd(self, sd: Mapping[str, torch.Tensor]) -> Any:
-        return self.model.load_state_dict(sd, strict=False)
-
-    def get_sd(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor, crop: bool = True) -> Output:
-        """Encode ``[B, H, W, C]`` images; see the module docstring for the fields."""
+        """Encode ``[B, H, W, C]`` images on the load device; the tensors come back on the
+        intermediate device, as the reference returns them."""
         comfy.model_management.load_model_gpu(self.patcher)
-        pixels = clip_preprocess(
-            image.to(self.load_device), size=self.image_size, mean=self.image_mean, std=self.image_std, crop=crop
-        ).float()
-        last, penultimate, embeds, projected = self.model(pixel_values=pixels, intermediate_output=-2)
+        out = super().encode_image(image, crop=crop)
         where = comfy.model_management.intermediate_device()
-        out = Output()
-        out["last_hidden_state"] = last.to(where)
-        out["image_embeds"] = embeds.to(where)
-        out["image_sizes"] = [pixels.shape[1:]] * pixels.shape[0]
-        out["penultimate_hidden_states"] = penultimate.to(where)
-        out["mm_projected"] = projected
+        for name in ("last_hidden_state", "image_embeds", "penultimate_hidden_states"):
+            out[name] = out[name].to(where)
         return out
 
 
 def convert_to_transformers(sd: MutableMapping[str, Any], prefix: str) -> MutableMapping[str, Any]:
-    """OpenCLIP visual keys (``{prefix}transformer.resblocks...``) -> transformers layout; other
-    layouts only lose ``prefix``."""
+    """OpenCLIP visual keys (``{prefix}transformer.resblocks...``) -> transformers layout, in
+    ``sd`` itself (the core conversion); other layouts only lose ``prefix``."""
     if f"{prefix}transformer.resblocks.0.attn.in_proj_weight" not in sd:
         return state_dict_prefix_replace(sd, {prefix: ""})
-    renames = {
-        "class_embedding": "vision_model.embeddings.class_embedding",
-        "conv1.weight": "vision_model.embeddings.patch_embedding.weight",
-        "positional_embedding": "vision_model.embeddings.position_embedding.weight",
-        "ln_post.bias": "vision_model.post_layernorm.bias",
-        "ln_post.weight": "vision_model.post_layernorm.weight",
-        "ln_pre.bias": "vision_model.pre_layrnorm.bias",
-        "ln_pre.weight": "vision_model.pre_layrnorm.weight",
-    }
-    for old, new in renames.items():
-        if prefix + old in sd:
-            sd[new] = sd.pop(prefix + old)
-    if prefix + "proj" in sd:
-        sd["visual_projection.weight"] = sd.pop(prefix + "proj").transpose(0, 1)
-    return transformers_convert(sd, prefix, "vision_model.", 48)
+    converted = _core.openclip_visual_to_hf(sd, prefix)
+    for key in [k for k in sd if k.startswith(prefix)]:
+        sd.pop(key)
+    sd.update(converted)
+    return sd
 
 
 def _config_for(sd: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
