@@ -179,6 +179,22 @@ class WrapperExecutor:
         return cls(original, class_obj, wrappers, idx)
 
 
+def run_wrapped(
+    wrapper_type: str,
+    options: dict[str, Any],
+    original: Callable[..., Any],
+    class_obj: object,
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
+    """``original(*args, **kwargs)`` inside the ``wrapper_type`` wrappers of the transformer
+    options ``options`` (called directly when there are none)."""
+    wrappers = get_all_wrappers(wrapper_type, options)
+    if not wrappers:
+        return original(*args, **kwargs)
+    return WrapperExecutor.new_class_executor(original, class_obj, wrappers).execute(*args, **kwargs)
+
+
 class PatcherInjection:
     """A pair of functions a MODEL calls with itself to put something into its model and take it out."""
 

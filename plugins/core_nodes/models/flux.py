@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .extension import WrapperExecutor, WrappersMP, get_all_wrappers
+from .extension import WrappersMP, run_wrapped
 from .operations import Operations, TorchOperations, cast_plain_weights, load_into
 from .unet import timestep_embedding as unet_timestep_embedding
 
@@ -403,11 +403,7 @@ class FluxTransformer(nn.Module):
         ``control`` and ``transformer_options`` as :meth:`forward_tokens` reads them.
         ``WrappersMP.DIFFUSION_MODEL`` wrappers surround the call as for the UNet."""
         options: dict[str, Any] = {} if transformer_options is None else transformer_options  # type: ignore[assignment]
-        wrappers = get_all_wrappers(WrappersMP.DIFFUSION_MODEL, options)
-        if not wrappers:
-            return self._forward(x, timesteps, context, y, guidance, control, options, **kwargs)
-        executor = WrapperExecutor.new_class_executor(self._forward, self, wrappers)
-        return executor.execute(x, timesteps, context, y, guidance, control, options, **kwargs)
+        return run_wrapped(WrappersMP.DIFFUSION_MODEL, options, self._forward, self, x, timesteps, context, y, guidance, control, options, **kwargs)
 
     def _forward(
         self,

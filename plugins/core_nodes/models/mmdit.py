@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plugins.core_nodes.models import attention
-from plugins.core_nodes.models.extension import WrapperExecutor, WrappersMP, get_all_wrappers
+from plugins.core_nodes.models.extension import WrappersMP, run_wrapped
 from plugins.core_nodes.models.operations import (
     FP8_DTYPES,
     FP8_STORAGE,
@@ -356,11 +356,7 @@ class MMDiT(nn.Module):
         given text tokens ``context`` and pooled text ``y``. ``WrappersMP.DIFFUSION_MODEL``
         wrappers surround the call as for the UNet."""
         options: Options = {} if transformer_options is None else transformer_options
-        wrappers = get_all_wrappers(WrappersMP.DIFFUSION_MODEL, options)
-        if not wrappers:
-            return self._forward(x, timesteps, context, y, control, options, **kwargs)
-        executor = WrapperExecutor.new_class_executor(self._forward, self, wrappers)
-        return executor.execute(x, timesteps, context, y, control, options, **kwargs)
+        return run_wrapped(WrappersMP.DIFFUSION_MODEL, options, self._forward, self, x, timesteps, context, y, control, options, **kwargs)
 
     def _forward(
         self,

@@ -22,7 +22,7 @@ from torch import nn
 
 from plugins.core_nodes import patchpoints
 from plugins.core_nodes.models import attention
-from plugins.core_nodes.models.extension import WrapperExecutor, WrappersMP, get_all_wrappers
+from plugins.core_nodes.models.extension import WrappersMP, run_wrapped
 from plugins.core_nodes.models.operations import (
     Operations,
     TorchOperations,
@@ -562,11 +562,7 @@ class UNetModel(nn.Module):
         whole call as ``wrapper(executor, x, timesteps, context, y, control, transformer_options)``.
         """
         options: Options = {} if transformer_options is None else transformer_options
-        wrappers = get_all_wrappers(WrappersMP.DIFFUSION_MODEL, options)
-        if not wrappers:
-            return self._forward(x, timesteps, context, y, control, options, **kwargs)
-        executor = WrapperExecutor.new_class_executor(self._forward, self, wrappers)
-        return executor.execute(x, timesteps, context, y, control, options, **kwargs)
+        return run_wrapped(WrappersMP.DIFFUSION_MODEL, options, self._forward, self, x, timesteps, context, y, control, options, **kwargs)
 
     def _forward(
         self,
