@@ -11,8 +11,11 @@ and finish made a long prompt's traffic quadratic (a 3,000-node chain: 9 million
 coalesced instead: a change goes out at once when no state went out lately, later changes wait
 for the end of the window and go out merged (latest state wins), and whatever is waiting is
 flushed before ``executed`` and the prompt's final message, so a client never sees stale state
-next to them. The window grows with the frame: at most ``STATE_BYTES_PER_SECOND`` of state frames
-per prompt, which keeps the bytes per node flat however long the prompt.
+next to them. The bytes of state frames are metered by a token bucket (``STATE_BYTES_PER_SECOND``,
+bursts up to ``STATE_BURST_BYTES``): an ordinary prompt never runs short, so every flush goes out
+as described, while a huge one (thousands of nodes, or of output nodes each flushing before its
+``executed``) has its frames wait for their bytes. That keeps the bytes per node flat however long
+or wide the prompt; only the prompt's final message always gets the current state first.
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ _FORMAT_CODES = {"JPEG": 1, "PNG": 2}
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png"}
 # Intermediate updates closer together than this are coalesced; first, last and previews never are.
 THROTTLE_SECONDS = 0.05
-# progress_state frames: at most one per this window...
+# progress_state frames: at most one per this window (flushes before `executed` aside)...
 STATE_MIN_INTERVAL = 0.02
-# ...and at most this many bytes of them per second (the window stretches for big frames).
+# ...and at most this many bytes of them per second, in bursts of up to STATE_BURST_BYTES.
 STATE_BYTES_PER_SECOND = 1_000_000
+STATE_BURST_BYTES = 256 * 1024
 
 # ``schedule(delay, callback)`` runs ``callback`` on the server loop after ``delay`` seconds;
 # False when there is no loop to run it (then every state change is sent as it happens).
@@ -153,7 +157,9 @@ class ProgressReporter:
         self._bytes = 0  # total length of the fragments: the next frame's size
         self._dirty = False
         self._armed = False  # a due flush is scheduled
-        self._next_at = float("-inf")
+        self._sent_at = float("-inf")
+        self._tokens = float(STATE_BURST_BYTES)  # the byte bucket (negative: in debt)
+        self._refilled = time.monotonic()
         self._version = 0
 
     def is_interrupted(self) -> bool:
@@ -190,41 +196,57 @@ class ProgressReporter:
             self.prompt_id, dict(self.nodes), list(self._fragments.values()), self._version
         )
         self._dirty = False
-        self._next_at = now + max(STATE_MIN_INTERVAL, self._bytes / STATE_BYTES_PER_SECOND)
+        self._sent_at = now
+        self._tokens -= self._bytes
         self._publish_nowait(
             ServerMessage(type="progress_state", data=data, sid=self.client_id, broadcast=True)
         )
 
+    def _wait(self, now: float, forced: bool) -> float:
+        """Seconds until the waiting state may go out (0: now)."""
+        self._tokens = min(
+            float(STATE_BURST_BYTES), self._tokens + (now - self._refilled) * STATE_BYTES_PER_SECOND
+        )
+        self._refilled = now
+        # A frame bigger than the bucket goes out once the bucket is full, and leaves a debt.
+        wait = max(0.0, (min(self._bytes, STATE_BURST_BYTES) - self._tokens) / STATE_BYTES_PER_SECOND)
+        if not forced:
+            wait = max(wait, self._sent_at + STATE_MIN_INTERVAL - now)
+        return wait
+
+    def _send_or_arm(self, forced: bool) -> None:
+        """With the lock held: publish the waiting state now if allowed, else arm a due flush."""
+        now = time.monotonic()
+        wait = self._wait(now, forced)
+        if wait > 0 and self._schedule is not None:
+            if not self._armed:
+                self._armed = self._schedule(wait, self._flush_due)
+            if self._armed:
+                return
+        self._publish_state_locked(now)
+
     def _send_state(self) -> None:
         """The state changed: send it now, or when the current window ends."""
-        now = time.monotonic()
         with self._lock:
-            if now < self._next_at and self._schedule is not None:
-                if not self._armed:
-                    self._armed = self._schedule(self._next_at - now, self._flush_due)
-                if self._armed:
-                    return
-            self._publish_state_locked(now)
+            self._send_or_arm(forced=False)
 
     def _flush_due(self) -> None:
-        """On the server loop, at the end of a window: send what changed during it."""
-        now = time.monotonic()
+        """On the server loop, when a window ends: send what changed during it."""
         with self._lock:
             self._armed = False
+            if self._dirty:
+                self._send_or_arm(forced=False)
+
+    def flush(self, final: bool = False) -> None:
+        """Send the waiting state before ``executed`` (when the byte bucket allows) or before the
+        prompt's final message (``final``: always)."""
+        with self._lock:
             if not self._dirty:
                 return
-            if now < self._next_at and self._schedule is not None:
-                # A flush went out after this was armed; wait for the end of its window.
-                self._armed = self._schedule(self._next_at - now, self._flush_due)
-                if self._armed:
-                    return
-            self._publish_state_locked(now)
-
-    def flush(self) -> None:
-        """Send the waiting state now (before ``executed`` and a prompt's final message)."""
-        with self._lock:
-            if self._dirty:
+            if final:
                 self._publish_state_locked(time.monotonic())
+            else:
+                self._send_or_arm(forced=True)
 
     def start(self, node_id: str) -> None:
         self._set(node_id, self._entry(node_id, 0, 1, "running"))

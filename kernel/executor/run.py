@@ -105,7 +105,7 @@ class PromptRun:
 
     def send(self, event: str, data: Any, broadcast: bool = False) -> None:
         if event in _STATE_FLUSHED_BEFORE:
-            self.reporter.flush()
+            self.reporter.flush(final=event != "executed")
         self.publish(ServerMessage(type=event, data=data, sid=self.client_id, broadcast=broadcast))
 
     def _schedule_on_server_loop(self, delay: float, callback: Callable[[], None]) -> bool:

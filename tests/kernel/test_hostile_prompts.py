@@ -79,6 +79,46 @@ async def test_progress_state_traffic_is_linear_in_a_long_chain(comfy_server: An
     await ws.close()
 
 
+async def test_progress_state_traffic_is_linear_with_many_output_nodes(comfy_server: Any) -> None:
+    # Each output node's `executed` wants the current state before it: flushing a full frame
+    # for every one of them would be quadratic. The flushes share the byte budget instead.
+    width = 1500
+    server = await comfy_server(plugins=[EXEC_PACK], cache_none=True)
+    client_id, ws = await connect(server)
+    prompt: dict[str, Any] = {"c": {"class_type": "ExecConst", "inputs": {"value": 1}}}
+    for i in range(width):
+        prompt[f"s{i}"] = {"class_type": "ExecShow", "inputs": {"value": ["c", 0]}}
+    prompt_id = await submit(server, prompt, client_id)
+    messages = text_frames(await collect(ws, prompt_id, timeout=120))
+    types = [m["type"] for m in messages]
+    assert types.count("executed") == width
+    final = [m for m in messages[: types.index("execution_success")] if m["type"] == "progress_state"][-1]
+    assert len(final["data"]["nodes"]) == width + 1
+    assert all(node["state"] == "finished" for node in final["data"]["nodes"].values())
+    sent = sum(len(json.dumps(m)) for m in messages if m["type"] == "progress_state")
+    assert sent < len(json.dumps(final)) * width / 20
+    assert server.kernel.stash[HUB].clients.get(client_id) is not None, "the client kept up"
+    await ws.close()
+
+
+async def test_small_prompts_get_the_current_state_before_every_output(comfy_server: Any) -> None:
+    server = await comfy_server(plugins=[EXEC_PACK], cache_none=True)
+    client_id, ws = await connect(server)
+    prompt: dict[str, Any] = {"c": {"class_type": "ExecConst", "inputs": {"value": 1}}}
+    for i in range(10):
+        prompt[f"s{i}"] = {"class_type": "ExecShow", "inputs": {"value": ["c", 0]}}
+    prompt_id = await submit(server, prompt, client_id)
+    messages = text_frames(await collect(ws, prompt_id))
+    state: dict[str, Any] = {}
+    for message in messages:
+        if message["type"] == "progress_state":
+            state = message["data"]["nodes"]
+        elif message["type"] == "executed":
+            # The node whose output this is shows as started (running or finished) already.
+            assert message["data"]["node"] in state
+    await ws.close()
+
+
 async def test_send_queue_is_bounded_in_bytes_and_keeps_only_the_latest_state() -> None:
     queue = SendQueue(max_frames=100, max_bytes=1000)
     assert queue.put("a" * 600)
