@@ -90,7 +90,9 @@ class CLIPTextEncodeSD3(CoreNode):
 
 
 class SkipLayerGuidanceSD3(SkipLayerGuidanceDiT):
-    """Skip-layer guidance over the MMDiT's joint blocks (SkipLayerGuidanceDiT's double layers)."""
+    """Skip-layer guidance over the MMDiT's joint blocks (SkipLayerGuidanceDiT's double layers,
+    no rescaling): within the percent range the guided prediction gains ``scale * (cond -
+    cond with the layers skipped)``."""
 
     RELATIVE_PYTHON_MODULE: ClassVar[str] = _SD3_MODULE
     FUNCTION = "skip_guidance_sd3"
@@ -101,10 +103,10 @@ class SkipLayerGuidanceSD3(SkipLayerGuidanceDiT):
         return {
             "required": {
                 "model": ("MODEL", {}),
-                "layers": ("STRING", {"default": "7, 8, 9", "multiline": False}),
+                "layers": ("STRING", {"default": "7, 8, 9", "multiline": False, "advanced": True}),
                 "scale": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 10.0, "step": 0.1}),
-                "start_percent": ("FLOAT", {"default": 0.01, "min": 0.0, "max": 1.0, "step": 0.001}),
-                "end_percent": ("FLOAT", {"default": 0.15, "min": 0.0, "max": 1.0, "step": 0.001}),
+                "start_percent": ("FLOAT", {"default": 0.01, "min": 0.0, "max": 1.0, "step": 0.001, "advanced": True}),
+                "end_percent": ("FLOAT", {"default": 0.15, "min": 0.0, "max": 1.0, "step": 0.001, "advanced": True}),
             }
         }
 
