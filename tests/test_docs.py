@@ -58,3 +58,30 @@ def test_kernel_never_imports_plugins():
         if re.search(r"^\s*(from|import)\s+plugins\b", p.read_text(encoding="utf-8"), re.M)
     ]
     assert offenders == []
+
+
+def test_every_run_flag_is_in_the_operations_guide():
+    """`comfykernel run --plugins all --help` lists no flag that docs/operations.md leaves out."""
+    import subprocess
+    import sys
+
+    help_text = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from kernel.cli import main; sys.exit(main())",
+            "run",
+            "--plugins",
+            "all",
+            "--help",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+    flags = set(re.findall(r"^\s+(?:-\w, )?(--[a-z0-9][a-z0-9-]*)", help_text, re.MULTILINE)) - {"--help"}
+    assert len(flags) > 20, help_text
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    missing = sorted(flag for flag in flags if f"`{flag}" not in guide)
+    assert not missing, f"docs/operations.md does not describe {missing}"
