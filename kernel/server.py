@@ -79,6 +79,8 @@ async def serve_forever(kernel: Kernel) -> int:
     except OSError as exc:
         log.error("cannot listen on %s port %s: %s", kernel.settings.listen, kernel.settings.port, exc)
         return 1
+    if kernel.executor is not None:
+        kernel.executor.settle_heap_after_first_prompt = True
     log.info("comfykernel serving at %s (plugins: %s)", server.url, ", ".join(kernel.plugin_names))
     print(f"To see the GUI go to: {server.url}", flush=True)
     stop = asyncio.Event()
