@@ -420,11 +420,49 @@ def network_from_state_dict(sd: Mapping[str, torch.Tensor], model: Any = None, n
         raise ControlNetLoadError(f"{name}: {exc}") from None
 
 
-def _wrap(network: ControlNetModel, path: str | Path | None) -> ControlNet:
+def _wrap(network: torch.nn.Module, path: str | Path | None) -> ControlNet:
+    from plugins.core_nodes.models.controlnet_mmdit import MMDiTControlNet
+
+    if isinstance(network, MMDiTControlNet):
+        return _wrap_mmdit(network)
     stem = Path(path).stem if path else ""
     # The reference recognises shuffle models by file name: their residuals are averaged spatially.
     pooling = stem.endswith("_shuffle") or stem.endswith("_shuffle_fp16")
     return ControlNet(network, global_average_pooling=pooling, load_device=torch.device("cpu"))
+
+
+def _wrap_mmdit(network: torch.nn.Module) -> ControlNet:
+    """An SD3 ControlNet: its hint is the VAE-encoded image at latent size, scaled but (as these
+    ControlNets were trained) not shifted; 17 hint channels are an inpainting ControlNet's
+    latent + mask."""
+    from dataclasses import replace
+
+    from plugins.core_nodes.models.latent_formats import SD3
+
+    hint_channels = network.pos_embed_input.proj.weight.shape[1]
+    return ControlNet(
+        network,
+        compression_ratio=1,
+        latent_format=replace(SD3, shift_factor=0.0),
+        load_device=torch.device("cpu"),
+        concat_mask=hint_channels == 17,
+    )
+
+
+def _family_network(sd: Mapping[str, torch.Tensor], name: str) -> torch.nn.Module | None:
+    """The network of a ControlNet of the transformer families (SD3), or None for other files."""
+    from plugins.core_nodes.models.controlnet_mmdit import (
+        MMDiTControlNetError,
+        build_mmdit_controlnet,
+        is_mmdit_controlnet,
+    )
+
+    if not is_mmdit_controlnet(sd):
+        return None
+    try:
+        return build_mmdit_controlnet(sd, dtype=torch.float32)
+    except MMDiTControlNetError as exc:
+        raise ControlNetLoadError(f"{name}: {exc}") from None
 
 
 def controlnet_from_state_dict(
@@ -439,6 +477,9 @@ def controlnet_from_state_dict(
         return ControlLora(dict(sd))
     if not is_controlnet(sd) and is_t2i_adapter(sd):
         return wrap_adapter(build_adapter(sd, name))
+    family = _family_network(sd, name)
+    if family is not None:
+        return _wrap(family, path)
     return _wrap(network_from_state_dict(sd, model, name), path)
 
 
@@ -455,13 +496,16 @@ def load_controlnet(path: str | Path, model: Any = None) -> ControlBase:
     from plugins.core_nodes.models.control_lora import ControlLora, is_control_lora
     from plugins.core_nodes.models.t2i_adapter import Adapter, build_adapter, is_t2i_adapter, wrap_adapter
 
-    def build(p: Path, check: Callable[[], None], with_model: Any = None) -> ControlNetModel | Adapter | dict[str, torch.Tensor]:
+    def build(p: Path, check: Callable[[], None], with_model: Any = None) -> torch.nn.Module | Adapter | dict[str, torch.Tensor]:
         sd, _ = load_state_dict(p, check)
         if is_control_lora(sd):
             # A Control-LoRA is only weights until a MODEL is sampled: those are what is kept.
             return sd
         if not is_controlnet(sd) and is_t2i_adapter(sd):
             return build_adapter(sd, path.name)
+        family = _family_network(sd, path.name)
+        if family is not None:
+            return family
         return network_from_state_dict(sd, with_model, path.name)
 
     # A diff ControlNet depends on the MODEL's weights: built per call, not cached by file.

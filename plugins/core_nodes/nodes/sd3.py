@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from plugins.core_nodes.nodes.common import CoreNode
+from plugins.core_nodes.nodes.controlnet import ControlNetApplyAdvanced, _percent, _strength
 from plugins.core_nodes.nodes.guidance_patches import SkipLayerGuidanceDiT
 from plugins.core_nodes.nodes.loaders import _adapter, _Loader
 
@@ -118,8 +119,32 @@ class SkipLayerGuidanceSD3(SkipLayerGuidanceDiT):
         )
 
 
+class ControlNetApplySD3(ControlNetApplyAdvanced):
+    """ControlNetApplyAdvanced with the VAE required: SD3 ControlNets take their hint as a latent,
+    so the image goes through the VAE (kept by the reference, deprecated there)."""
+
+    RELATIVE_PYTHON_MODULE: ClassVar[str] = _SD3_MODULE
+    DEPRECATED = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "positive": ("CONDITIONING",),
+                "negative": ("CONDITIONING",),
+                "control_net": ("CONTROL_NET",),
+                "vae": ("VAE",),
+                "image": ("IMAGE",),
+                "strength": _strength(),
+                "start_percent": _percent(0.0),
+                "end_percent": _percent(1.0),
+            }
+        }
+
+
 NODES: dict[str, tuple[type, str | None]] = {
     "TripleCLIPLoader": (TripleCLIPLoader, None),
     "CLIPTextEncodeSD3": (CLIPTextEncodeSD3, None),
     "SkipLayerGuidanceSD3": (SkipLayerGuidanceSD3, None),
+    "ControlNetApplySD3": (ControlNetApplySD3, "Apply Controlnet with VAE"),
 }
