@@ -421,10 +421,13 @@ def network_from_state_dict(sd: Mapping[str, torch.Tensor], model: Any = None, n
 
 
 def _wrap(network: torch.nn.Module, path: str | Path | None) -> ControlNet:
+    from plugins.core_nodes.models.controlnet_flux import FluxControlNet
     from plugins.core_nodes.models.controlnet_mmdit import MMDiTControlNet
 
     if isinstance(network, MMDiTControlNet):
         return _wrap_mmdit(network)
+    if isinstance(network, FluxControlNet):
+        return _wrap_flux(network)
     stem = Path(path).stem if path else ""
     # The reference recognises shuffle models by file name: their residuals are averaged spatially.
     pooling = stem.endswith("_shuffle") or stem.endswith("_shuffle_fp16")
@@ -449,20 +452,43 @@ def _wrap_mmdit(network: torch.nn.Module) -> ControlNet:
     )
 
 
+def _wrap_flux(network: torch.nn.Module) -> ControlNet:
+    """A Flux (InstantX / Union) ControlNet: its hint is the VAE-encoded image in the Flux latent
+    format; it reads the pooled text and the distilled guidance too."""
+    from plugins.core_nodes.models.latent_formats import FLUX
+
+    hint_channels = network.pos_embed_input.weight.shape[1] // 4
+    return ControlNet(
+        network,
+        compression_ratio=1,
+        latent_format=FLUX,
+        load_device=torch.device("cpu"),
+        concat_mask=hint_channels == 17,
+        extra_conds=("y", "guidance"),
+    )
+
+
 def _family_network(sd: Mapping[str, torch.Tensor], name: str) -> torch.nn.Module | None:
-    """The network of a ControlNet of the transformer families (SD3), or None for other files."""
+    """The network of a ControlNet of the transformer families (SD3, Flux), or None for other files."""
+    from plugins.core_nodes.models.controlnet_flux import (
+        FluxControlNetError,
+        build_flux_controlnet,
+        is_flux_controlnet,
+    )
     from plugins.core_nodes.models.controlnet_mmdit import (
         MMDiTControlNetError,
         build_mmdit_controlnet,
         is_mmdit_controlnet,
     )
 
-    if not is_mmdit_controlnet(sd):
-        return None
     try:
-        return build_mmdit_controlnet(sd, dtype=torch.float32)
-    except MMDiTControlNetError as exc:
+        if is_mmdit_controlnet(sd):
+            return build_mmdit_controlnet(sd, dtype=torch.float32)
+        if is_flux_controlnet(sd):
+            return build_flux_controlnet(sd, dtype=torch.float32)
+    except (MMDiTControlNetError, FluxControlNetError) as exc:
         raise ControlNetLoadError(f"{name}: {exc}") from None
+    return None
 
 
 def controlnet_from_state_dict(
