@@ -52,10 +52,14 @@ class FluxControlNetError(ValueError):
 
 
 def is_flux_controlnet(sd: Mapping[str, Any]) -> bool:
-    """InstantX-style Flux ControlNet weights (diffusers' layout, or already renamed)."""
-    return "controlnet_blocks.0.weight" in sd and ("controlnet_x_embedder.weight" in sd or (
-        "pos_embed_input.weight" in sd and "double_blocks.0.img_attn.qkv.weight" in sd
-    ))
+    """InstantX-style Flux ControlNet weights (diffusers' layout, or already renamed). XLabs'
+    files (their own image encoder, ``input_hint_block``) are a different network, not read."""
+    renamed = "pos_embed_input.weight" in sd and "double_blocks.0.img_attn.qkv.weight" in sd
+    return (
+        "controlnet_blocks.0.weight" in sd
+        and "input_hint_block.0.weight" not in sd
+        and ("controlnet_x_embedder.weight" in sd or renamed)
+    )
 
 
 def _count(sd: Mapping[str, Any], pattern: re.Pattern[str]) -> int:
