@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,6 +33,10 @@ class PreviewOptions:
 
     enabled: bool = False
     min_interval: float = 0.0
+    # "taesd" decodes x0 with the family's tiny autoencoder (found through find_approx, a
+    # vae_approx file-name prefix -> path); anything else is the linear latent->RGB picture.
+    method: str = "latent2rgb"
+    find_approx: Callable[[str], Path | None] | None = None
 
 
 def preview_options(kernel: Kernel | None) -> PreviewOptions:
@@ -40,8 +45,38 @@ def preview_options(kernel: Kernel | None) -> PreviewOptions:
 
     if kernel is None:
         return PreviewOptions()
-    enabled = kernel.settings.preview_method != "none"
-    return PreviewOptions(enabled=enabled, min_interval=preview_interval(kernel))
+    method = str(kernel.settings.preview_method)
+    return PreviewOptions(
+        enabled=method != "none",
+        min_interval=preview_interval(kernel),
+        method=method,
+        find_approx=lambda prefix: _find_approx(kernel, prefix),
+    )
+
+
+def _find_approx(kernel: Kernel, prefix: str) -> Path | None:
+    """The first vae_approx file whose name starts with ``prefix`` (the reference's pick)."""
+    models = kernel.models
+    if models is None:
+        return None
+    try:
+        name = next((n for n in models.list_names("vae_approx") if n.startswith(prefix)), None)
+    except KeyError:
+        return None
+    found = models.get_full_path("vae_approx", name) if name is not None else None
+    return Path(found) if found is not None else None
+
+
+def _previewer(fmt: LatentFormat, options: PreviewOptions) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x0 -> preview pixels: TAESD when asked for and its decoder file is there, else (as the
+    reference, "auto" included) the latent format's linear RGB approximation."""
+    if options.method == "taesd" and options.find_approx is not None:
+        from plugins.core_nodes.models.taesd import taesd_previewer
+
+        taesd = taesd_previewer(fmt, options.find_approx)
+        if taesd is not None:
+            return taesd
+    return fmt.preview_image
 
 
 def select_sigmas(
@@ -94,6 +129,7 @@ def step_callback(
     bar = ProgressBar(steps)
     terminal: list[_TerminalBar] = []
     options = preview or PreviewOptions()
+    to_image = _previewer(fmt, options) if options.enabled else fmt.preview_image
     last_preview = [float("-inf")]
 
     def callback(step: int, denoised: torch.Tensor, x: torch.Tensor, total_steps: int) -> None:
@@ -102,7 +138,7 @@ def step_callback(
         image = None
         now = time.monotonic()
         if options.enabled and (now - last_preview[0] >= options.min_interval or step + 1 >= total_steps):
-            image = fmt.preview_image(denoised)
+            image = to_image(denoised)
             last_preview[0] = now
         if not terminal:
             terminal.append(_TerminalBar(total_steps))

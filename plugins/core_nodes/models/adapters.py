@@ -1068,6 +1068,16 @@ def load_pixel_space_vae() -> Autoencoder:
     return vae
 
 
+def load_taesd_vae(encoder_path: Path, decoder_path: Path, family: str) -> Autoencoder:
+    """VAELoader's ``taesd`` / ``taesdxl`` / ``taesd3`` / ``taef1``: the tiny autoencoder from its
+    two vae_approx files, speaking the family's VAE-space latents."""
+    from plugins.core_nodes.models.taesd import FAMILY_FORMATS, TAESDVAE, load_taesd
+
+    manager = _manager()
+    model = load_taesd(Path(encoder_path), Path(decoder_path), family)
+    return Autoencoder(TAESDVAE(model), FAMILY_FORMATS.get(family, SD15), manager)
+
+
 def vae_from_state_dict(sd: Mapping[str, torch.Tensor], name: str = "the VAE weights") -> Autoencoder:
     """An autoencoder from weights already read (not cached: there is no file to key it by)."""
     manager = _manager()

@@ -6,6 +6,7 @@ to *adapter functions* looked up at execution time in ``plugins.core_nodes.model
 ============================  ============================================================
 ``load_checkpoint(path)``      -> ``(MODEL or None, CLIP or None, VAE or None)``
 ``load_vae(path)``             -> VAE
+``load_taesd_vae(encoder, decoder, family)`` -> VAE (VAELoader's ``taesd`` ... ``taef1``)
 ``load_unet(path, weight_dtype)``  -> MODEL (``weight_dtype``: a UNETLoader choice)
 ``load_clip(paths, clip_type, device)`` -> CLIP (one path for CLIPLoader, two for Dual)
 ``apply_lora(model, clip, path, strength_model, strength_clip)`` -> ``(MODEL, CLIP)``; either
@@ -155,9 +156,17 @@ class VAELoader(_Loader):
     def load_vae(self, vae_name: str) -> tuple[Any]:
         if vae_name == "pixel_space":  # no file: the image itself is the latent
             return (_adapter("load_pixel_space_vae")(),)
-        if vae_name in _APPROX_VAES:
-            raise ModelStackUnavailable(f"VAE {vae_name!r} is not supported by this server")
+        if vae_name in _APPROX_VAES:  # the two halves from vae_approx, with the family's scale
+            encoder, decoder = (self._approx_half(vae_name, half) for half in ("encoder", "decoder"))
+            return (_adapter("load_taesd_vae")(encoder, decoder, vae_name),)
         return (_adapter("load_vae")(self.path("vae", vae_name)),)
+
+    def _approx_half(self, family: str, half: str) -> Path:
+        prefix = f"{family}_{half}."
+        name = next((n for n in self.names("vae_approx") if n.startswith(prefix)), None)
+        if name is None:
+            raise FileNotFoundError(f"VAE {family!r} needs {prefix}safetensors (or .pth) in vae_approx")
+        return self.path("vae_approx", name)
 
 
 class LoraLoader(_Loader):
