@@ -68,11 +68,13 @@ class PreviewFrame:
 
 def encode_preview(preview: Any, max_size: int) -> tuple[bytes, str]:
     """Encode a PIL image, an ``(format, image, max_size)`` tuple or a float image tensor."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     image_format = "JPEG"
+    size: int | None = max_size
     if isinstance(preview, tuple) and len(preview) == 3:
-        image_format, preview, max_size = str(preview[0]).upper(), preview[1], int(preview[2] or max_size)
+        # A tuple's own size wins, and None there means "as it is", as in the reference.
+        image_format, preview, size = str(preview[0]).upper(), preview[1], preview[2]
     if not isinstance(preview, Image.Image):
         import numpy as np
 
@@ -83,9 +85,9 @@ def encode_preview(preview: Any, max_size: int) -> tuple[bytes, str]:
         preview = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     if image_format not in _FORMAT_CODES:
         image_format = "JPEG"
-    if max(preview.size) > max_size:
-        preview = preview.copy()
-        preview.thumbnail((max_size, max_size), Image.Resampling.BILINEAR)
+    if size is not None:
+        # Fitted to the square either way, small previews enlarged too, as the reference sends them.
+        preview = ImageOps.contain(preview, (int(size), int(size)), Image.Resampling.BILINEAR)
     out = io.BytesIO()
     if image_format == "JPEG":
         preview.convert("RGB").save(out, format="JPEG", quality=95)

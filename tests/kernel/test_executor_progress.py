@@ -108,3 +108,24 @@ def test_progress_api_outside_a_node_is_inert():
     assert bar.current == 2
     set_progress(1, 2)
     throw_if_interrupted()
+
+
+def test_previews_are_fitted_to_the_preview_size_both_ways():
+    """Like the reference's send_image (ImageOps.contain): large previews shrink, small ones grow,
+    the aspect kept; a tuple's own size wins and None leaves the image as it is."""
+    import io
+
+    from PIL import Image
+
+    from kernel.executor.progress import encode_preview
+
+    def size_of(data: bytes) -> tuple[int, int]:
+        return Image.open(io.BytesIO(data)).size
+
+    small = Image.new("RGB", (64, 48), (10, 20, 30))
+    large = Image.new("RGB", (2048, 1024), (10, 20, 30))
+    assert size_of(encode_preview(small, 512)[0]) == (512, 384)
+    assert size_of(encode_preview(large, 512)[0]) == (512, 256)
+    assert size_of(encode_preview(("PNG", small, 128), 512)[0]) == (128, 96)
+    data, kind = encode_preview(("PNG", small, None), 512)
+    assert kind == "PNG" and size_of(data) == (64, 48)

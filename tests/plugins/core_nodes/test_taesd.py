@@ -278,6 +278,8 @@ async def test_ksampler_previews_with_taesd(comfy_server: Any, tmp_path: Path) -
         plugins=["core_nodes", "models", ("sd15toy", sd15_toy_plugin)],
         base_directory=tmp_path,
         preview_method="taesd",
+        # Previews are fitted to this square (small ones enlarged); 64 keeps them at pixel size.
+        preview_size=64,
     )
     steps = 3
     prompt = {
