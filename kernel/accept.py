@@ -86,8 +86,13 @@ class AcceptBatcher:
             for _, future in accepted:
                 future.set_result(Accepted.UNRECORDED)
             return
-        for item, future in accepted:
-            queue.put(item)
+        put_many = getattr(queue, "put_many", None)  # optional for other backends
+        if put_many is not None:
+            put_many([item for item, _ in accepted])
+        else:
+            for item, _ in accepted:
+                queue.put(item)
+        for _, future in accepted:
             future.set_result(Accepted.QUEUED)
 
 

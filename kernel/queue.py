@@ -76,6 +76,18 @@ class PromptQueue:
             self._cond.notify()
         self._changed()
 
+    def put_many(self, items: list[QueueItem]) -> None:
+        """``put`` each of ``items`` with one wake-up and one change notice for the lot (a group
+        of accepted prompts: one queue-status update instead of one per prompt)."""
+        if not items:
+            return
+        with self._cond:
+            for item in items:
+                heapq.heappush(self._heap, (item.number, item.prompt_id, item))
+                self._pending_ids.add(item.prompt_id)
+            self._cond.notify()
+        self._changed()
+
     def get(self, timeout: float | None = None) -> QueueItem | None:
         """Block until an item is pending (or ``timeout`` passes); it becomes running."""
         with self._cond:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ routes = web.RouteTableDef()
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 
 _NO_BODY = object()
+_DECODER = msgspec.json.Decoder()
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -36,6 +38,12 @@ async def _json_body(request: web.Request) -> Any:
     raw = await request.read()
     if not raw.strip():
         return _NO_BODY
+    try:
+        # msgspec parses the common case several times faster than json; what it refuses
+        # (NaN, 1e400, a BOM, lone surrogates, UTF-16...) goes to json, so the result is json's.
+        return _DECODER.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        pass
     try:
         return json.loads(raw)
     except RecursionError:
@@ -60,6 +68,24 @@ def _queue_full(limit: int) -> web.Response:
     response = _json({"error": make_error("queue_full", message, message), "node_errors": {}}, status=503)
     response.headers["Retry-After"] = str(QUEUE_FULL_RETRY_AFTER)
     return response
+
+
+# Random bytes for new prompt ids, read from the OS 256 ids at a time: uuid4() reads 16 bytes
+# per call, a system call that releases the GIL and, with the executor thread running, costs
+# the request a wait to get it back. Same source and quality as uuid4(), fewer calls.
+_ID_BATCH = 256
+_id_bytes: list[bytes] = []
+os.register_at_fork(after_in_child=_id_bytes.clear)  # a forked child must not reuse the parent's
+
+
+def _new_prompt_id() -> str:
+    try:
+        raw = _id_bytes.pop()
+    except IndexError:
+        block = os.urandom(16 * _ID_BATCH)
+        _id_bytes.extend(block[i : i + 16] for i in range(0, len(block), 16))
+        raw = _id_bytes.pop()
+    return str(uuid.UUID(bytes=raw, version=4))
 
 
 def _is_canonical_uuid(value: Any) -> bool:
@@ -110,7 +136,7 @@ async def post_prompt(request: web.Request) -> web.Response:
         return _prompt_error(make_error("no_prompt", "No prompt provided", "No prompt provided"))
     prompt_id = body.get("prompt_id")
     if prompt_id is None:
-        prompt_id = str(uuid.uuid4())
+        prompt_id = _new_prompt_id()
     elif not _is_canonical_uuid(prompt_id):
         return _prompt_error(
             make_error(

@@ -147,6 +147,10 @@ def _declared_names(types: dict[str, Any]) -> list[str]:
     return [*required, *(n for n in (types.get("optional") or {}) if n not in required)]
 
 
+def _infos(spec: NodeSpec, types: dict[str, Any], names: list[str]) -> list[Any]:
+    return [spec.input_info(name, types) for name in names]
+
+
 # --- the per-node walk ----------------------------------------------------------------------------
 
 
@@ -157,6 +161,7 @@ class _Frame:
     inputs: dict[str, Any]
     types: dict[str, Any]
     names: list[str]
+    infos: list[Any]  # spec.input_info of each of names
     validator_args: list[str]
     validator_kwargs: bool
     pos: int = 0
@@ -177,14 +182,18 @@ class _Walker:
         self._cycle_errors: dict[str, list[Error]] = {}
         # Input declarations per class, asked once per prompt rather than once per node (a
         # 50-node chain of one class called INPUT_TYPES 50 times for every POST /prompt).
-        self._declared: dict[str, tuple[dict[str, Any], list[str]]] = {}
+        # Each with its names' (type, category, options), looked up once per class too.
+        self._declared: dict[str, tuple[dict[str, Any], list[str], list[Any]]] = {}
         self._dynamic: set[str] = set()  # classes with a dynamic combo, see _frame
 
-    def _declaration(self, class_type: str, spec: NodeSpec) -> tuple[dict[str, Any], list[str]]:
+    def _declaration(
+        self, class_type: str, spec: NodeSpec
+    ) -> tuple[dict[str, Any], list[str], list[Any]]:
         found = self._declared.get(class_type)
         if found is None:
             types = spec.execution_input_types()
-            found = self._declared[class_type] = (types, _declared_names(types))
+            names = _declared_names(types)
+            found = self._declared[class_type] = (types, names, _infos(spec, types, names))
             if has_dynamic_combo(types):
                 self._dynamic.add(class_type)
         return found
@@ -197,13 +206,14 @@ class _Walker:
         inputs = node.setdefault("inputs", {})
         if not isinstance(inputs, dict):
             raise TypeError(f"inputs of node {node_id} must be an object")
-        types, names = self._declaration(node["class_type"], spec)
+        types, names, infos = self._declaration(node["class_type"], spec)
         if node["class_type"] in self._dynamic:
             # The inputs a dynamic combo's choice brings exist for this node only.
             types = expand_dynamic_combos(types, inputs)
             names = _declared_names(types)
+            infos = _infos(spec, types, names)
         args, kwargs = spec.validate_signature
-        return _Frame(node_id, spec, inputs, types, names, args, kwargs)
+        return _Frame(node_id, spec, inputs, types, names, infos, args, kwargs)
 
     async def validate(self, root: str) -> tuple[bool, list[Error]]:
         """Validate ``root`` and its ancestors; returns the root's (ok, own errors)."""
@@ -290,8 +300,8 @@ class _Walker:
         """Check inputs from ``f.pos`` on; return a child node id to descend into, or None when done."""
         while f.pos < len(f.names):
             name = f.names[f.pos]
+            info = f.infos[f.pos]
             f.pos += 1
-            info = f.spec.input_info(name, f.types)
             assert info is not None
             input_type, category, options = info
             config = [input_type, options]

@@ -28,7 +28,7 @@ def configure(kernel: Kernel) -> None:
         kernel.settings.user_path, options.read_options(kernel).max_items
     )
     # Each group of prompts POST /prompt accepts together is written in one transaction.
-    kernel.stash.setdefault(ACCEPT_SCOPES, []).append(store.transaction)
+    kernel.stash.setdefault(ACCEPT_SCOPES, []).append(store.accept_group)
 
 
 @hookimpl

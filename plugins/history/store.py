@@ -31,6 +31,14 @@ PENDING = "pending"
 RUNNING = "running"
 DONE = "done"
 
+# A client may reuse a prompt_id: the new run starts over, an old history entry stays listed
+# until the new one replaces it (as the reference's history dict behaves).
+_RECORD_QUEUED = """INSERT INTO prompts (prompt_id, accepted, user, state, attempts, item)
+   VALUES (?, ?, ?, 'pending', 0, ?)
+   ON CONFLICT(prompt_id) DO UPDATE SET
+     accepted = excluded.accepted, user = excluded.user, state = 'pending',
+     attempts = 0, item = excluded.item"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
     prompt_id TEXT PRIMARY KEY,
@@ -92,6 +100,8 @@ class HistoryStore:
         self.closing = False
         self._next_seq = 0
         self._next_accepted = 0
+        # record_queued's rows while an accept_group is open (None: written at once).
+        self._queued_rows: list[tuple[Any, ...]] | None = None
 
     # --- lifecycle ---
 
@@ -146,6 +156,25 @@ class HistoryStore:
             raise
         conn.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def accept_group(self) -> Iterator[None]:
+        """``transaction`` around a group of accepted prompts whose ``record_queued`` rows are
+        written with one statement just before the commit: each statement lets the executor
+        thread take the GIL, and POST /prompt waits for it to come back. The group is only
+        PromptQueued events, so no other write of the store comes between."""
+        if self.closed or self.db.conn.in_transaction:
+            yield
+            return
+        with self.transaction():
+            self._queued_rows = []
+            try:
+                yield
+                rows = self._queued_rows
+            finally:
+                self._queued_rows = None
+            if rows:
+                self.db.conn.executemany(_RECORD_QUEUED, rows)
+
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.db.execute(sql, params).fetchone()[0]
 
@@ -154,16 +183,11 @@ class HistoryStore:
     def record_queued(self, item_list: list[Any], user: str) -> None:
         accepted = self._next_accepted
         self._next_accepted += 1
-        # A client may reuse a prompt_id: the new run starts over, an old history entry stays
-        # listed until the new one replaces it (as the reference's history dict behaves).
-        self.db.execute(
-            """INSERT INTO prompts (prompt_id, accepted, user, state, attempts, item)
-               VALUES (?, ?, ?, 'pending', 0, ?)
-               ON CONFLICT(prompt_id) DO UPDATE SET
-                 accepted = excluded.accepted, user = excluded.user, state = 'pending',
-                 attempts = 0, item = excluded.item""",
-            [item_list[1], accepted, user, encode(item_list)],
-        )
+        row = (item_list[1], accepted, user, encode(item_list))
+        if self._queued_rows is not None:  # inside accept_group: written at its end
+            self._queued_rows.append(row)
+        else:
+            self.db.conn.execute(_RECORD_QUEUED, row)
 
     def mark_started(self, prompt_id: str) -> None:
         self.db.execute(
