@@ -1124,9 +1124,11 @@ def load_clip(
     manager = _manager()
     dtype = _compute_dtype(manager)
     embeddings = _embedding_lookup()
-    # Every multi-file type tells its files apart by their contents, so the slots they came in
-    # do not matter: one order (and so one cache entry, one copy in memory) for a set.
-    paths = sorted((Path(p) for p in paths), key=lambda p: str(p.resolve()))
+    paths = [Path(p) for p in paths]
+    # Multi-file types tell their files apart by their contents, so a set is cached under one
+    # order of its files (one cache entry, one copy in memory); the files load in the slots'
+    # order, which breaks a tie the contents leave.
+    cache_order = sorted(paths, key=lambda p: str(p.resolve()))
     # SD3 sets (one to three files) are told apart by their contents, not by slot.
     roles = () if clip_type == "sd3" else _roles(paths, clip_type)
 
@@ -1167,8 +1169,8 @@ def load_clip(
 
     # The cache key is the set's first file; the kind names the whole set so another pair
     # reloads, and a change to any file of the set reloads it.
-    kind = "clip:" + clip_type + ":" + "|".join(str(p.resolve()) for p in paths)
-    loaded: LoadedText = _load(kind, paths[0], loader, also=paths[1:])
+    kind = "clip:" + clip_type + ":" + "|".join(str(p.resolve()) for p in cache_order)
+    loaded: LoadedText = _load(kind, cache_order[0], loader, also=cache_order[1:])
     return TextEncoder(loaded.stack, manager)
 
 
