@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_PROMPT_NODES = 100_000
 DEFAULT_MAX_EXPANSION_DEPTH = 1_000
+# A prompt that starts over the ceiling may still grow this much before it is stopped.
+PROMPT_GROWTH_ALLOWANCE = 64 * 1024 * 1024
 # The default memory ceiling: this share of the machine's RAM.
 DEFAULT_MEMORY_FRACTION = 0.8
 # RSS is read at most this often (a read costs a system call; nodes can be far faster).
@@ -82,6 +84,9 @@ class MemoryGuard:
         self.ceiling = ceiling
         self._next_check = 0.0
         self._process = None
+        # What the process held when the running prompt began: a prompt is stopped for what it
+        # adds, so memory the allocator keeps after an earlier stop cannot fail every later one.
+        self._baseline = 0
         if ceiling is not None:
             import psutil
 
@@ -89,6 +94,16 @@ class MemoryGuard:
 
     def rss(self) -> int:
         return int(self._process.memory_info().rss) if self._process is not None else 0
+
+    def begin_prompt(self) -> None:
+        """Called as a prompt starts: over the ceiling already (what an earlier prompt freed is
+        still mapped), hand freed memory back to the OS first, then take the baseline."""
+        if self.ceiling is None:
+            return
+        if self.rss() > self.ceiling:
+            release_freed_memory()
+        self._baseline = self.rss()
+        self._next_check = 0.0
 
     def check(self, force: bool = False) -> None:
         if self.ceiling is None:
@@ -98,8 +113,20 @@ class MemoryGuard:
             return
         self._next_check = now + MEMORY_CHECK_INTERVAL
         rss = self.rss()
-        if rss > self.ceiling:
+        if rss > self.ceiling and rss > self._baseline + PROMPT_GROWTH_ALLOWANCE:
             raise PromptLimitExceeded(
                 f"The server's memory use reached {rss / GIB:.2f} GiB, over the ceiling of "
                 f"{self.ceiling / GIB:.2f} GiB (raise it with --max-memory)"
             )
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and ask glibc to return freed heap pages (a no-op where there is no glibc)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

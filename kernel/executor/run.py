@@ -240,6 +240,7 @@ class PromptRun:
             used: set[Any] = {self.keys.key(n) for n in prompt_ids}
             used.update(self._owner(n) for n in prompt_ids)
             executor.outputs.begin_prompt(used)
+            executor.memory.begin_prompt()
             if executor.cache_mode == "classic":
                 executor.objects.keep_only(set(prompt_ids))
             cached = [n for n in prompt_ids if self.lookup(n) is not None]
