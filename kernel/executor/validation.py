@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kernel.nodes import ExecutionBlocker, NodeSpec, node_specs
 from kernel.nodes.dynamic import DYNAMIC_COMBO, dynamic_combo_keys, expand_dynamic_combos, has_dynamic_combo
+from kernel.stash import StashKey
 
 if TYPE_CHECKING:
     from kernel.app import Kernel
@@ -589,6 +590,12 @@ async def validate_prompt(
     if not outputs:
         return ValidationResult(False, make_error("prompt_no_outputs", "Prompt has no outputs"), [], {})
 
+    key = _structure_key(prompt, outputs)
+    if key is not None:
+        known = kernel.stash.setdefault(_STRUCTURES, {}).get(key)
+        if known is not None and _literals_ok(kernel, prompt_id, prompt, known):
+            return ValidationResult(True, None, list(outputs), {})
+
     walker = _Walker(kernel, prompt_id, prompt)
     good: list[str] = []
     failed: list[tuple[str, list[Error]]] = []
@@ -620,4 +627,97 @@ async def validate_prompt(
             "prompt_outputs_failed_validation", "Prompt outputs failed validation", details, {}
         )
         return ValidationResult(False, error, [], node_errors)
+    if key is not None and not failed:
+        _remember_structure(kernel, key, walker)
     return ValidationResult(True, None, good, node_errors)
+
+
+# --- repeated structures ------------------------------------------------------------------------
+#
+# Clients send the same graph over and over with other widget values (a new seed, a new text).
+# Once a graph's links and input names validated cleanly, a prompt of the same structure needs
+# only its literal inputs checked (converted, ranges, choices) against declarations equal to
+# the ones the full walk saw. Classes with a custom validator or a dynamic combo always take
+# the full walk, and so does any prompt whose literals fail: errors come from the walk alone.
+
+
+@dataclass(frozen=True, slots=True)
+class _Structure:
+    visited: tuple[str, ...]  # the nodes the full walk reached (all valid)
+    # class -> (its spec, its declaration as the walk saw it, its RETURN_TYPES object)
+    classes: dict[str, tuple[NodeSpec, dict[str, Any], Any]]
+
+
+_STRUCTURES = StashKey[dict[tuple[Any, ...], _Structure]]()
+_STRUCTURES_MAX = 256
+
+
+def _structure_key(prompt: dict[str, Any], outputs: list[str]) -> tuple[Any, ...] | None:
+    """The outputs, and per node its id, class, and input names with the links; None when the
+    prompt has parts a key cannot hold (the full walk handles those)."""
+    parts: list[Any] = [tuple(outputs)]
+    for node_id, node in prompt.items():
+        inputs = node.get("inputs")
+        if type(inputs) is not dict:
+            return None
+        entries: list[Any] = []
+        for name, value in inputs.items():
+            if isinstance(value, list):
+                if len(value) != 2:
+                    return None
+                entries.append((name, value[0], value[1]))
+            else:
+                entries.append(name)
+        parts.append((node_id, node["class_type"], tuple(entries)))
+    key = tuple(parts)
+    try:
+        hash(key)
+    except TypeError:  # a link made of unhashable parts: client data
+        return None
+    return key
+
+
+def _remember_structure(kernel: Kernel, key: tuple[Any, ...], walker: _Walker) -> None:
+    classes: dict[str, tuple[NodeSpec, dict[str, Any], Any]] = {}
+    for class_type, (types, _, _) in walker._declared.items():
+        spec = walker.specs.get(class_type)
+        if spec is None or class_type in walker._dynamic:
+            return
+        args, kwargs = spec.validate_signature
+        if args or kwargs:
+            return
+        classes[class_type] = (spec, types, getattr(spec.cls, "RETURN_TYPES", None))
+    cache = kernel.stash.setdefault(_STRUCTURES, {})
+    if len(cache) >= _STRUCTURES_MAX:
+        cache.clear()
+    cache[key] = _Structure(tuple(walker.validated), classes)
+
+
+def _literals_ok(kernel: Kernel, prompt_id: str, prompt: dict[str, Any], known: _Structure) -> bool:
+    """Check (and convert, as the walk does) the literal inputs of a known structure's nodes;
+    False when anything differs from what the full walk saw or a literal fails."""
+    walker = _Walker(kernel, prompt_id, prompt)
+    declared: dict[str, tuple[NodeSpec, dict[str, Any], list[str], list[Any]]] = {}
+    for class_type, (spec, types, returns) in known.classes.items():
+        if walker.specs.get(class_type) is not spec or getattr(spec.cls, "RETURN_TYPES", None) is not returns:
+            return False
+        current = spec.execution_input_types()
+        try:
+            if current != types:
+                return False
+        except Exception:  # declarations holding values that do not compare
+            return False
+        names = _declared_names(current)
+        declared[class_type] = (spec, current, names, _infos(spec, current, names))
+    for node_id in known.visited:
+        node = prompt[node_id]
+        spec, types, names, infos = declared[node["class_type"]]
+        inputs = node["inputs"]
+        frame = _Frame(node_id, spec, inputs, types, names, infos, [], False)
+        for name, info in zip(names, infos, strict=True):
+            if name in inputs and not isinstance(inputs[name], list):
+                input_type, _, options = info
+                walker._check_literal(frame, name, inputs[name], input_type, options, [input_type, options])
+        if frame.errors:
+            return False
+    return True

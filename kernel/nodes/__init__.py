@@ -38,6 +38,12 @@ class NodeSpecs:
         self._specs: dict[str, NodeSpec] = {}
 
     def get(self, class_type: str) -> NodeSpec | None:
+        # One dict lookup for the known classes: validation asks about every node and link of
+        # every POST /prompt.
+        try:
+            return self._specs[class_type]
+        except (KeyError, TypeError):
+            pass
         if not isinstance(class_type, str):  # prompts are client data: class_type may be anything
             return None
         spec = self._specs.get(class_type)
