@@ -39,6 +39,8 @@ async def await_me_maybe(value: Any) -> Any:
 class Hooks:
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
+        self._on_event_impls: list[Any] | None = None
+        self._on_event_calls: list[tuple[str, Callable[..., Any], bool, bool]] = []
 
     # --- helpers ---
 
@@ -177,9 +179,24 @@ class Hooks:
         return body
 
     def on_event(self, kernel: Kernel, event: Any) -> None:
-        for plugin_name, impl in self._impls("on_event"):
+        # Called for every event (dozens per executed prompt, on the loop thread): the
+        # implementations are prepared once per set of registered plugins, not per call.
+        impls = self.pm.hook.on_event.get_hookimpls()
+        if impls != self._on_event_impls:
+            self._on_event_impls = impls
+            self._on_event_calls = [
+                (plugin_name, impl.function, "kernel" in impl.argnames, "event" in impl.argnames)
+                for plugin_name, impl in self._impls("on_event")
+            ]
+        for plugin_name, function, wants_kernel, wants_event in self._on_event_calls:
             try:
-                self._call(impl, {"kernel": kernel, "event": event})
+                if wants_kernel and wants_event:
+                    function(kernel=kernel, event=event)
+                else:
+                    function(
+                        **({"kernel": kernel} if wants_kernel else {}),
+                        **({"event": event} if wants_event else {}),
+                    )
             except Exception:
                 log.exception("on_event hook of plugin %s failed", plugin_name)
 
