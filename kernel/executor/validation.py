@@ -643,7 +643,8 @@ async def validate_prompt(
 
 @dataclass(frozen=True, slots=True)
 class _Structure:
-    visited: tuple[str, ...]  # the nodes the full walk reached (all valid)
+    # The nodes the full walk reached (all valid) that have literal inputs to check again.
+    with_literals: tuple[str, ...]
     # class -> (its spec, its declaration as the walk saw it, its RETURN_TYPES object)
     classes: dict[str, tuple[NodeSpec, dict[str, Any], Any]]
 
@@ -690,7 +691,10 @@ def _remember_structure(kernel: Kernel, key: tuple[Any, ...], walker: _Walker) -
     cache = kernel.stash.setdefault(_STRUCTURES, {})
     if len(cache) >= _STRUCTURES_MAX:
         cache.clear()
-    cache[key] = _Structure(tuple(walker.validated), classes)
+    # From the key, taken before the walk converted literals ({"__value__": [...]} -> a list).
+    literal = {node_id: any(isinstance(e, str) for e in entries) for node_id, _, entries in key[1:]}
+    with_literals = tuple(node_id for node_id in walker.validated if literal[node_id])
+    cache[key] = _Structure(with_literals, classes)
 
 
 def _literals_ok(kernel: Kernel, prompt_id: str, prompt: dict[str, Any], known: _Structure) -> bool:
@@ -709,7 +713,7 @@ def _literals_ok(kernel: Kernel, prompt_id: str, prompt: dict[str, Any], known: 
             return False
         names = _declared_names(current)
         declared[class_type] = (spec, current, names, _infos(spec, current, names))
-    for node_id in known.visited:
+    for node_id in known.with_literals:
         node = prompt[node_id]
         spec, types, names, infos = declared[node["class_type"]]
         inputs = node["inputs"]

@@ -96,3 +96,21 @@ async def test_a_changed_link_is_walked_again(server: Any) -> None:
     prompt["1"]["inputs"]["value"] = ["3", 0]  # a node that does not exist
     status, _ = await submit(server, prompt)
     assert status == 400
+
+
+async def test_repeated_structure_with_a_wrapped_list_literal(server: Any) -> None:
+    """Node 2's only literal is a wrapped list, which the walk unwraps into a list."""
+
+    def prompt(items: Any) -> dict[str, Any]:
+        source = {"i": 1, "f": 0.5, "s": "x", "b": True}
+        linked = {name: ["3", slot] for slot, name in enumerate(source)}
+        return {
+            "1": {"class_type": "TestSink", "inputs": {"value": ["2", 0]}},
+            "2": {"class_type": "TestPrimitives", "inputs": {**linked, "items": items}},
+            "3": {"class_type": "TestPrimitives", "inputs": source},
+        }
+
+    assert (await submit(server, prompt({"__value__": [1, 2]})))[0] == 200
+    assert server.queued[-1].prompt["2"]["inputs"]["items"] == [1, 2]
+    assert (await submit(server, prompt({"__value__": [3]})))[0] == 200
+    assert server.queued[-1].prompt["2"]["inputs"]["items"] == [3]
