@@ -39,7 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("comfykernel.ws")
 
-SEND_QUEUE_LIMIT = 2048
+# Frames a socket may have waiting. The byte bound (ws_send.SEND_QUEUE_BYTES) is what keeps memory
+# in check; this one only caps bookkeeping, high enough that a prompt with thousands of output
+# nodes (a few small frames each) does not drop a reader that is merely a little behind.
+SEND_QUEUE_LIMIT = 16384
 # Queue-size ``status`` broadcasts are throttled: under load every queued, started and finished
 # prompt changes the count, and each change would cost one frame on every socket. A change goes
 # out at once when none went out in the last window; changes inside the window are merged and go

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from kernel.builtin.ws import HUB, SEND_QUEUE_LIMIT
+from kernel.builtin.ws_send import SEND_QUEUE_BYTES
 from kernel.events import ServerMessage
 
 FRAME_BYTES = 8 * 1024
@@ -52,11 +53,23 @@ async def test_client_that_never_reads_is_dropped(comfy_server: Any, tmp_path: P
                 received += 1
 
     reading = asyncio.create_task(read_all())
-    rss_before = psutil.Process().memory_info().rss
-    # Enough to fill the socket buffers and then the bounded send queue several times over.
-    total = SEND_QUEUE_LIMIT * 3
     pad = "x" * FRAME_BYTES
-    for i in range(total):
+    # A warm-up the reader gets too: what the first frames load lazily is not the flood's memory.
+    warm_up = 64
+    for i in range(warm_up):
+        server.kernel.bus.publish(ServerMessage(type="flood", data={"i": i, "pad": pad}, broadcast=True))
+        await asyncio.sleep(0.002)
+    for _ in range(250):
+        if received == warm_up:
+            break
+        await asyncio.sleep(0.02)
+    rss_before = psutil.Process().memory_info().rss
+    # Enough to fill the socket buffers and then the byte-bounded send queue several times over
+    # (the byte bound is reached long before the frame count one).
+    flood = 3 * (SEND_QUEUE_BYTES // FRAME_BYTES)
+    assert flood < SEND_QUEUE_LIMIT
+    total = warm_up + flood
+    for i in range(warm_up, total):
         server.kernel.bus.publish(ServerMessage(type="flood", data={"i": i, "pad": pad}, broadcast=True))
         # Paced like a busy event stream, so a client that does read keeps up.
         await asyncio.sleep(0.002 if i % 8 == 0 else 0)
@@ -69,7 +82,7 @@ async def test_client_that_never_reads_is_dropped(comfy_server: Any, tmp_path: P
     assert "reader" in hub.clients
     assert received == total, "the reading client gets every frame"
     # Nothing kept the stalled client's backlog: memory did not grow by the flood's size.
-    flood_bytes = total * FRAME_BYTES
+    flood_bytes = flood * FRAME_BYTES
     assert psutil.Process().memory_info().rss - rss_before < flood_bytes
     reading.cancel()
     await reader_ws.close()
