@@ -163,7 +163,13 @@ def test_kill9_mid_run_every_accepted_prompt_ends_in_history_once(servers, tmp_p
     assert not {ids[pid] for pid in finished_before} & set(runs_after)
     cut_short = set(runs_before) - {ids[pid] for pid in finished_before}
     assert len(cut_short) <= 1
-    assert runs_after == sorted(set(runs_after) - cut_short) + sorted(cut_short)
+    # The server records a prompt as started before its node logs the run: a kill between the two
+    # leaves the first unfinished prompt marked as running (so retried last) with no line in the
+    # log yet. Either way only that prompt may move behind the others.
+    unfinished = sorted(set(ids.values()) - {ids[pid] for pid in finished_before})
+    moved = {unfinished[0]} if not cut_short and runs_after and runs_after[-1] == unfinished[0] else cut_short
+    assert moved <= {unfinished[0]}
+    assert runs_after == sorted(set(runs_after) - moved) + sorted(moved)
     assert set(runs_after) == {ids[pid] for pid in set(ids) - finished_before}
     # Every prompt ran at most twice in total (the one killed mid-run once more).
     counts = {tag: (runs_before + runs_after).count(tag) for tag in ids.values()}
