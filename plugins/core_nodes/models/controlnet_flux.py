@@ -37,6 +37,7 @@ from plugins.core_nodes.models.flux import (
     timestep_embedding,
 )
 from plugins.core_nodes.models.lora_flux import diffusers_targets
+from plugins.core_nodes.models.lora_fused import rename_to_fused
 from plugins.core_nodes.models.operations import TorchOperations
 
 __all__ = ["FluxControlNet", "build_flux_controlnet", "is_flux_controlnet", "to_single_file"]
@@ -100,24 +101,8 @@ def to_single_file(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     )
     norms["controlnet_x_embedder.weight"] = "pos_embed_input.weight"
     norms["controlnet_x_embedder.bias"] = "pos_embed_input.bias"
-    out: dict[str, torch.Tensor] = {}
-    rows: dict[str, list[tuple[int, torch.Tensor]]] = {}
-    for key, value in sd.items():
-        if key in norms:
-            out[norms[key]] = value
-            continue
-        module, _, param = key.rpartition(".")
-        target = targets.get(module)
-        if target is None:
-            # The ControlNet's own layers keep their names.
-            out[key] = value
-        elif target.size:
-            rows.setdefault(f"{target.module}.{param}", []).append((target.start, value))
-        else:
-            out[f"{target.module}.{param}"] = value
-    for name, parts in rows.items():
-        out[name] = torch.cat([v for _, v in sorted(parts, key=lambda p: p[0])], dim=0)
-    return out
+    # The ControlNet's own layers keep their names.
+    return rename_to_fused(sd, targets, norms)
 
 
 def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> tuple[FluxConfig, int, int]:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plugins.core_nodes.models.lora_fused import rename_to_fused
 from plugins.core_nodes.models.lora_sd3 import diffusers_targets
 from plugins.core_nodes.models.mmdit import (
     FREQUENCY_DIM,
@@ -75,26 +76,8 @@ def to_single_file(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     hidden = int(sd["pos_embed.proj.weight"].shape[0])
     blocks = _blocks(sd)
     targets = diffusers_targets(MMDiTConfig(hidden_size=hidden, depth=blocks, num_heads=max(1, hidden // HEAD_WIDTH)))
-    out: dict[str, torch.Tensor] = {}
-    rows: dict[str, list[tuple[int, torch.Tensor]]] = {}
-    for key, value in sd.items():
-        module, _, param = key.rpartition(".")
-        if key == "pos_embed.pos_embed":
-            out["pos_embed"] = value
-            continue
-        target = targets.get(module)
-        if target is None:
-            # The ControlNet's own layers (``controlnet_blocks``, ``pos_embed_input``) keep their names.
-            out[key] = value
-        elif target.size:
-            rows.setdefault(f"{target.module}.{param}", []).append((target.start, value))
-        else:
-            # No block of a ControlNet is pre-only, so no modulation is in diffusers' swapped order
-            # (``diffusers_targets`` marks the main model's last text modulation as swapped).
-            out[f"{target.module}.{param}"] = value
-    for name, parts in rows.items():
-        out[name] = torch.cat([v for _, v in sorted(parts, key=lambda p: p[0])], dim=0)
-    return out
+    # The ControlNet's own layers (``controlnet_blocks``, ``pos_embed_input``) keep their names.
+    return rename_to_fused(sd, targets, {"pos_embed.pos_embed": "pos_embed"})
 
 
 def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> tuple[MMDiTConfig, int, int]:

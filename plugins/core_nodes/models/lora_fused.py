@@ -40,6 +40,32 @@ PREFIX = "diffusion_model."
 Spell = Callable[[str], Iterable[str]]
 
 
+def rename_to_fused(
+    sd: Mapping[str, torch.Tensor], targets: Mapping[str, RowBlock], renames: Mapping[str, str]
+) -> dict[str, torch.Tensor]:
+    """Whole weights in diffusers' names -> our single-file names: ``renames`` key by key, then each
+    module of ``targets`` to its module, row blocks (separate q / k / v ...) concatenated in row
+    order into the fused weight; keys neither names keep their names. (A whole checkpoint, not a
+    LoRA: no target of the networks this serves is in swapped order.)"""
+    out: dict[str, torch.Tensor] = {}
+    rows: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    for key, value in sd.items():
+        if key in renames:
+            out[renames[key]] = value
+            continue
+        module, _, param = key.rpartition(".")
+        target = targets.get(module)
+        if target is None:
+            out[key] = value
+        elif target.size:
+            rows.setdefault(f"{target.module}.{param}", []).append((target.start, value))
+        else:
+            out[f"{target.module}.{param}"] = value
+    for name, parts in rows.items():
+        out[name] = torch.cat([v for _, v in sorted(parts, key=lambda p: p[0])], dim=0)
+    return out
+
+
 @dataclass(frozen=True)
 class RowBlock:
     """Rows ``start`` .. ``start + size`` of ``module``'s weight (``size`` 0: all of them);
