@@ -2,7 +2,7 @@
 POST /prompt per second for a 50-node graph from 8 concurrent clients.
 
     python bench/executor.py [--runs 5] [--seconds 5]
-    python bench/executor.py --pack core [--chain 300,3000]
+    python bench/executor.py --pack core [--chain 300,3000] [--event-loop asyncio]
 
 The server runs in a subprocess (this file with ``--serve``). By default it has only the essential
 plugins and a trivial inline node pack, so the figures are the kernel's own overhead. With
@@ -92,10 +92,10 @@ def image_chain(length: int, seed: int) -> dict[str, Any]:
     return prompt
 
 
-def serve(port: int, base: str, pack: str) -> None:
+def serve(port: int, base: str, pack: str, loop: str) -> None:
     from pathlib import Path
 
-    from kernel import hookimpl
+    from kernel import event_loop, hookimpl
     from kernel.server import serve_forever
     from kernel.testing import build_kernel
 
@@ -104,7 +104,7 @@ def serve(port: int, base: str, pack: str) -> None:
     else:
         hookimpl(BenchPack.register_nodes)
         kernel = build_kernel(Path(base), [("benchpack", BenchPack())], port=port, cache_none=True)
-    asyncio.run(serve_forever(kernel))
+    event_loop.run(serve_forever(kernel), loop)  # as the CLI runs it (--event-loop)
 
 
 def free_port() -> int:
@@ -205,12 +205,15 @@ async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as base:
         proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--serve", str(port), "--base", base]
-            + ["--pack", args.pack],
+            + ["--pack", args.pack, "--event-loop", args.event_loop],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         try:
             await wait_up(url)
+            from kernel.event_loop import loop_factory
+
+            print(f"server event loop: {'asyncio' if loop_factory(args.event_loop) is None else 'uvloop'}")
             medians: dict[int, float] = {}
             for length in args.chain:
                 times, per_node = await bench_chain(url, args.runs, length, args.pack)
@@ -251,11 +254,14 @@ def main() -> None:
         metavar="N[,N...]",
         help=f"chain lengths for (a) (default {CHAIN})",
     )
+    parser.add_argument(
+        "--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto", help="as comfykernel run's"
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.base, args.pack)
+        serve(args.serve, args.base, args.pack, args.event_loop)
         return
     asyncio.run(main_async(args))
 

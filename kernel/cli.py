@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kernel.errors import StartupError
+from kernel.event_loop import CHOICES
 from kernel.plugins import PluginRecord, build_plugin_manager
 from kernel.settings import apply_env_defaults, plugin_selection, settings_from_namespace
 
@@ -141,6 +142,12 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="GB",
         help="stop the running prompt when the server's memory passes GB (default 80%% of RAM; 0: no limit)",
+    )
+    add(
+        "--event-loop",
+        choices=CHOICES,
+        default="auto",
+        help="the server's event loop: uvloop when installed (auto, the default), uvloop, or asyncio",
     )
     add("--multi-user", action="store_true", help="per-user storage selected by the Comfy-User header")
     add("--cpu", action="store_true", help="run models on the CPU")
@@ -315,6 +322,7 @@ _SETTINGS_DESTS = frozenset(
         "max_prompt_nodes",
         "max_expansion_depth",
         "max_memory",
+        "event_loop",
         "multi_user",
         "cpu",
         "cache_classic",

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from kernel import event_loop
 from kernel.app import Kernel, build_app
+from kernel.event_loop import loop_name
 
 log = logging.getLogger("comfykernel")
 
@@ -81,10 +83,15 @@ async def serve_forever(kernel: Kernel) -> int:
         return 1
     if kernel.executor is not None:
         kernel.executor.settle_heap_after_first_prompt = True
-    log.info("comfykernel serving at %s (plugins: %s)", server.url, ", ".join(kernel.plugin_names))
+    loop = asyncio.get_running_loop()
+    log.info(
+        "comfykernel serving at %s on %s (plugins: %s)",
+        server.url,
+        loop_name(loop),
+        ", ".join(kernel.plugin_names),
+    )
     print(f"To see the GUI go to: {server.url}", flush=True)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
         if stop.is_set():
@@ -126,7 +133,7 @@ def run_until_signalled(kernel: Kernel) -> int:
     the shutdown, the process leaves through ``os._exit`` once everything was recorded.
     """
     started = time.monotonic()
-    code = asyncio.run(serve_forever(kernel))
+    code = event_loop.run(serve_forever(kernel), kernel.settings.event_loop)
     executor_busy = kernel.executor is not None and kernel.executor.thread_alive()
     busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     if executor_busy or busy:

@@ -42,6 +42,8 @@ class Settings(msgspec.Struct, kw_only=True):
     max_prompt_nodes: int = 100_000
     max_expansion_depth: int = 1_000
     max_memory: float | None = None
+    # The server's event loop: "auto" (uvloop when installed), "uvloop" or "asyncio".
+    event_loop: str = "auto"
     multi_user: bool = False
     cpu: bool = False
     cache_classic: bool = False

@@ -70,8 +70,18 @@ def wait_for(url: str, timeout: float = 30.0) -> dict:
             time.sleep(0.1)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_run_serves_and_shuts_down_cleanly(tmp_path: Path, sig: signal.Signals):
+@pytest.mark.parametrize(
+    ("sig", "loop_flags", "loop"),
+    [
+        (signal.SIGTERM, [], "uvloop"),  # the default where uvloop is installed (.ci/run installs it)
+        (signal.SIGINT, [], "uvloop"),
+        (signal.SIGTERM, ["--event-loop", "asyncio"], "asyncio"),
+        (signal.SIGINT, ["--event-loop", "uvloop"], "uvloop"),
+    ],
+)
+def test_run_serves_and_shuts_down_cleanly(
+    tmp_path: Path, sig: signal.Signals, loop_flags: list[str], loop: str
+):
     site = make_distribution(
         tmp_path / "site", "markerpack", {"marker": "marker_plugin"}, {"marker_plugin": MARKER_PLUGIN}
     )
@@ -90,6 +100,7 @@ def test_run_serves_and_shuts_down_cleanly(tmp_path: Path, sig: signal.Signals):
             str(tmp_path / "base"),
             "--plugins",
             "marker",
+            *loop_flags,
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -105,6 +116,8 @@ def test_run_serves_and_shuts_down_cleanly(tmp_path: Path, sig: signal.Signals):
     finally:
         proc.kill()
     assert marker.read_text() == "shutdown ran"
+    assert proc.stdout is not None
+    assert f" on {loop} (plugins: " in proc.stdout.read()
 
 
 def test_unknown_plugin_is_a_startup_error(tmp_path: Path):
