@@ -6,6 +6,17 @@ from collections.abc import Iterator
 
 import pytest
 
+from kernel.event_loop import loop_factory
+
+# The tests' event loop is the one `comfykernel run` serves on (uvloop where it is installed), so
+# the servers the fixtures start run as they do in production; the CLI tests cover
+# `--event-loop asyncio` (and the executor's own thread always runs asyncio's loop).
+_SERVER_LOOP = loop_factory("auto")
+if _SERVER_LOOP is not None:
+
+    def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+        return {"server-loop": _SERVER_LOOP}
+
 
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
