@@ -100,3 +100,18 @@ def test_a_deep_queue_holds_no_containers_for_the_garbage_collector():
     grown = len(gc.get_objects()) - before
     assert grown < 1000 * 2, grown  # the heap's own list; each 50-node prompt as dicts is ~150
     assert q.remaining() == 1000 and q.get(timeout=0).prompt == prompt(0)
+
+
+def test_listing_a_deep_queue_leaves_the_garbage_collector_as_it_was():
+    q = PromptQueue()
+    for n in range(50):
+        q.put(QueueItem(number=n, prompt_id=f"id{n}", prompt={"1": {"inputs": {"x": [n]}}}))
+    assert gc.isenabled()
+    assert [i.prompt["1"]["inputs"]["x"] for i in q.snapshot()[1]] == [[n] for n in range(50)]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        q.snapshot()
+        assert not gc.isenabled()  # a caller that paused it keeps it paused
+    finally:
+        gc.enable()
