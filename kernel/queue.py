@@ -6,7 +6,6 @@ done. ``QueueBackend`` is the seam a broker-backed queue (the distributed plugin
 
 from __future__ import annotations
 
-import gc
 import heapq
 import threading
 from collections.abc import Callable, Iterable
@@ -32,41 +31,6 @@ class QueueItem(msgspec.Struct, kw_only=True):
         return (self.number, self.prompt_id)
 
 
-# Pending items wait in the heap as MessagePack bytes, not as the prompt's dicts and lists: a
-# queue thousands deep (a burst of POST /prompt) otherwise holds hundreds of thousands of
-# container objects that every garbage collection walks again, which cost the accept path ~25%
-# of its throughput. MessagePack keeps what JSON would not (NaN and infinities, int vs float).
-_PARK = msgspec.msgpack.Encoder()
-_UNPARK = msgspec.msgpack.Decoder(QueueItem)
-
-
-def _park(item: QueueItem) -> QueueItem | bytes:
-    """``item`` as bytes, or the item itself when MessagePack cannot carry it (an object put
-    by code rather than parsed from JSON: a custom class, a huge int, a lone surrogate). A tuple
-    comes back as a list, as it would after a restart."""
-    try:
-        return _PARK.encode(item)
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
-        return item
-
-
-def _unpark_all(entries: list[QueueItem | bytes]) -> list[QueueItem]:
-    """``_unpark`` each entry with the garbage collector paused: a listing builds every pending
-    prompt's containers at once, and the collections that set off (each walking all the young
-    objects again) made a 10,000-deep listing take 1.5 s instead of 0.3 s."""
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        return [_unpark(entry) for entry in entries]
-    finally:
-        if paused:
-            gc.enable()
-
-
-def _unpark(entry: QueueItem | bytes) -> QueueItem:
-    return _UNPARK.decode(entry) if type(entry) is bytes else entry  # type: ignore[return-value]
-
-
 class QueueBackend(Protocol):
     def next_number(self, front: bool = False) -> int: ...
     def put(self, item: QueueItem) -> None: ...
@@ -84,7 +48,7 @@ class PromptQueue:
     """In-process queue. ``on_change`` runs (from whichever thread changed it) after every change."""
 
     def __init__(self, on_change: Callable[[int], None] | None = None) -> None:
-        self._heap: list[tuple[float, str, QueueItem | bytes]] = []
+        self._heap: list[tuple[float, str, QueueItem]] = []
         # The ids in the heap: POST /prompt asks is_pending for every prompt, and a scan of a
         # queue thousands long made accepting a prompt cost O(queue length).
         self._pending_ids: set[str] = set()
@@ -106,9 +70,8 @@ class PromptQueue:
             self._counter = max(self._counter, int(past) + 1)
 
     def put(self, item: QueueItem) -> None:
-        entry = (item.number, item.prompt_id, _park(item))
         with self._cond:
-            heapq.heappush(self._heap, entry)
+            heapq.heappush(self._heap, (item.number, item.prompt_id, item))
             self._pending_ids.add(item.prompt_id)
             self._cond.notify()
         self._changed()
@@ -122,11 +85,10 @@ class PromptQueue:
             for item in items:
                 self.put(item)
             return
-        entries = [(item.number, item.prompt_id, _park(item)) for item in items]
         with self._cond:
-            for entry in entries:
-                heapq.heappush(self._heap, entry)
-                self._pending_ids.add(entry[1])
+            for item in items:
+                heapq.heappush(self._heap, (item.number, item.prompt_id, item))
+                self._pending_ids.add(item.prompt_id)
             self._cond.notify()
         self._changed()
 
@@ -135,8 +97,7 @@ class PromptQueue:
         with self._cond:
             if not self._heap and not self._cond.wait_for(lambda: bool(self._heap), timeout):
                 return None
-            _, _, entry = heapq.heappop(self._heap)
-            item = _unpark(entry)
+            _, _, item = heapq.heappop(self._heap)
             self._pending_ids.discard(item.prompt_id)
             self._running[item.prompt_id] = item
         self._changed()
@@ -150,8 +111,7 @@ class PromptQueue:
     def snapshot(self) -> tuple[list[QueueItem], list[QueueItem]]:
         """(running, pending); pending in heap-array order, as the reference lists it."""
         with self._cond:
-            running, parked = list(self._running.values()), [entry[2] for entry in self._heap]
-        return running, _unpark_all(parked)
+            return list(self._running.values()), [entry[2] for entry in self._heap]
 
     def is_pending(self, prompt_id: str) -> bool:
         with self._cond:
