@@ -84,6 +84,8 @@ class NodeReplacementRegistry:
 
     def apply(self, prompt: dict[str, Any], nodes: NodeRegistry) -> list[str]:
         """Rewrite unknown-class nodes of an API-format prompt in place; return the node ids changed."""
+        if not self.by_old:  # nothing registered (the usual case): POST /prompt skips the walk
+            return []
         changed: list[str] = []
         remapped_outputs: dict[str, dict[int, int]] = {}
         for node_id, node in prompt.items():
