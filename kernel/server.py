@@ -17,7 +17,6 @@ from aiohttp import web
 
 from kernel import event_loop
 from kernel.app import Kernel, build_app
-from kernel.event_loop import loop_name
 
 log = logging.getLogger("comfykernel")
 
@@ -97,7 +96,7 @@ async def serve_forever(kernel: Kernel) -> int:
     log.info(
         "comfykernel serving at %s on %s (plugins: %s)",
         server.url,
-        loop_name(loop),
+        event_loop.loop_name(loop),
         ", ".join(kernel.plugin_names),
     )
     print(f"To see the GUI go to: {server.url}", flush=True)

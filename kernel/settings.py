@@ -176,6 +176,9 @@ def apply_env_defaults(parser: argparse.ArgumentParser, namespace: argparse.Name
             except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
                 # A usage error like the flag's, not a traceback (exits 2).
                 parser.error(f"environment variable {ENV_PREFIX + dest.upper()}={env!r}: {exc}")
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(repr, action.choices))
+            parser.error(f"environment variable {ENV_PREFIX + dest.upper()}={env!r}: choose from {choices}")
         if isinstance(action, argparse._AppendAction):
             value = [value]  # a repeatable flag's value is a list; the variable gives one item
         setattr(namespace, dest, value)

@@ -178,8 +178,16 @@ def test_env_value_for_a_repeatable_flag_is_one_item(monkeypatch: pytest.MonkeyP
     assert settings.extra_model_paths_config == [str(tmp_path / "extra.yaml")]
 
 
-@pytest.mark.parametrize("env", [{"COMFYKERNEL_PORT": "abc"}, {"COMFYKERNEL_PORT": "99999"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"COMFYKERNEL_PORT": "abc"},
+        {"COMFYKERNEL_PORT": "99999"},
+        {"COMFYKERNEL_EVENT_LOOP": "bogus"},  # a flag with choices: the choices hold for the variable too
+        {"COMFYKERNEL_PREVIEW_METHOD": "sometimes"},
+    ],
+)
 def test_bad_env_value_is_a_usage_error(tmp_path: Path, env: dict[str, str]):
     out = run_to_exit(tmp_path, env={**os.environ, **env})
     assert out.returncode == 2
-    assert "COMFYKERNEL_PORT" in out.stderr and "Traceback" not in out.stderr
+    assert next(iter(env)) in out.stderr and "Traceback" not in out.stderr
