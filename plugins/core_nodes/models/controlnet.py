@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from plugins.core_nodes.models.operations import build_exactly
 from plugins.core_nodes.models.unet import (
     Block,
     Downsample,
@@ -282,11 +283,9 @@ def build_controlnet(sd: Mapping[str, torch.Tensor], dtype: torch.dtype | None =
     """A ControlNet with exactly these weights (any layout); missing or extra tensors are an error."""
     weights = normalize(sd)
     config, hint_channels = config_from_state_dict(weights)
-    with torch.device("meta"):
-        model = ControlNetModel(config, hint_channels)
-    try:
-        model.load_state_dict(weights, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise ControlNetError(f"ControlNet weights do not fit the network read off them: {exc}") from None
-    model.to(dtype or weights["input_blocks.0.0.weight"].dtype)
-    return model.eval().requires_grad_(False)
+    return build_exactly(
+        lambda: ControlNetModel(config, hint_channels),
+        weights,
+        dtype or weights["input_blocks.0.0.weight"].dtype,
+        lambda why: ControlNetError(f"ControlNet weights do not fit the network read off them: {why}"),
+    )

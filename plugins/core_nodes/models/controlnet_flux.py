@@ -38,7 +38,7 @@ from plugins.core_nodes.models.flux import (
 )
 from plugins.core_nodes.models.lora_flux import diffusers_targets
 from plugins.core_nodes.models.lora_fused import rename_to_fused
-from plugins.core_nodes.models.operations import TorchOperations
+from plugins.core_nodes.models.operations import TorchOperations, build_exactly
 
 __all__ = ["FluxControlNet", "build_flux_controlnet", "is_flux_controlnet", "to_single_file"]
 
@@ -232,11 +232,9 @@ def build_flux_controlnet(sd: Mapping[str, torch.Tensor], dtype: torch.dtype | N
     tensors are an error."""
     weights = to_single_file(sd)
     config, hint_channels, modes = config_from_state_dict(weights)
-    with torch.device("meta"):
-        model = FluxControlNet(config, hint_channels, modes)
-    try:
-        model.load_state_dict(weights, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise FluxControlNetError(f"Flux ControlNet weights do not fit the network read off them: {exc}") from None
-    model.to(dtype or weights["img_in.weight"].dtype)
-    return model.eval().requires_grad_(False)
+    return build_exactly(
+        lambda: FluxControlNet(config, hint_channels, modes),
+        weights,
+        dtype or weights["img_in.weight"].dtype,
+        lambda why: FluxControlNetError(f"Flux ControlNet weights do not fit the network read off them: {why}"),
+    )

@@ -38,7 +38,7 @@ from plugins.core_nodes.models.mmdit import (
     PatchEmbed,
     _Embedder,
 )
-from plugins.core_nodes.models.operations import TorchOperations
+from plugins.core_nodes.models.operations import TorchOperations, build_exactly
 from plugins.core_nodes.models.unet import timestep_embedding
 
 __all__ = ["MMDiTControlNet", "build_mmdit_controlnet", "is_mmdit_controlnet", "to_single_file"]
@@ -193,11 +193,9 @@ def build_mmdit_controlnet(sd: Mapping[str, torch.Tensor], dtype: torch.dtype | 
     are an error."""
     weights = to_single_file(sd)
     config, blocks, hint_channels = config_from_state_dict(weights)
-    with torch.device("meta"):
-        model = MMDiTControlNet(config, blocks, hint_channels)
-    try:
-        model.load_state_dict(weights, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise MMDiTControlNetError(f"SD3 ControlNet weights do not fit the network read off them: {exc}") from None
-    model.to(dtype or weights["controlnet_blocks.0.weight"].dtype)
-    return model.eval().requires_grad_(False)
+    return build_exactly(
+        lambda: MMDiTControlNet(config, blocks, hint_channels),
+        weights,
+        dtype or weights["controlnet_blocks.0.weight"].dtype,
+        lambda why: MMDiTControlNetError(f"SD3 ControlNet weights do not fit the network read off them: {why}"),
+    )

@@ -13,8 +13,8 @@ take the same constructor arguments as torch's, and load their weights through t
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -222,6 +222,28 @@ def cast_plain_weights(module: nn.Module, dtype: torch.dtype, keep: tuple[torch.
         for name, buf in list(sub._buffers.items()):
             if _plain(buf) and buf is not None and buf.dtype != dtype and buf.dtype not in keep:
                 sub._buffers[name] = buf.to(dtype)
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def build_exactly(
+    make: Callable[[], ModuleT],
+    sd: Mapping[str, torch.Tensor],
+    dtype: torch.dtype,
+    fail: Callable[[str], Exception],
+) -> ModuleT:
+    """``make()`` built on the meta device and given exactly ``sd``'s tensors (assigned, not
+    copied; a missing or extra tensor raises ``fail(reason)``), cast to ``dtype``, for inference:
+    the control networks read their shape off the weights, so a mismatch is the file's fault."""
+    with torch.device("meta"):
+        module = make()
+    try:
+        module.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise fail(str(exc)) from None
+    module.to(dtype)
+    return module.eval().requires_grad_(False)
 
 
 def load_into(module: nn.Module, sd: Mapping[str, torch.Tensor], ops: Operations | None, strict: bool = True) -> None:

@@ -26,6 +26,7 @@ from plugins.core_nodes.models.control import (
     broadcast_image_to,
     upscale_hint,
 )
+from plugins.core_nodes.models.operations import build_exactly
 
 # Residual blocks per level in every released full adapter (and in diffusers' conversion).
 BLOCKS_PER_LEVEL = 2
@@ -131,13 +132,13 @@ def build_adapter(sd: Mapping[str, torch.Tensor], name: str = "the T2I-Adapter w
         channels.append(conv.shape[0] if conv is not None else channels[-1])
     ksize = weights["body.0.block2.weight"].shape[2]
     use_conv = any(k.endswith("down_opt.op.weight") for k in weights)
-    with torch.device("meta"):
-        model = Adapter(cin, channels, ksize=ksize, use_conv=use_conv, unshuffle=math.isqrt(cin // 3) if cin % 3 == 0 else 8)
-    try:
-        model.load_state_dict(weights, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise ControlNetLoadError(f"{name}: the weights do not fit a T2I-Adapter: {exc}") from None
-    return model.float().eval().requires_grad_(False)
+    unshuffle = math.isqrt(cin // 3) if cin % 3 == 0 else 8
+    return build_exactly(
+        lambda: Adapter(cin, channels, ksize=ksize, use_conv=use_conv, unshuffle=unshuffle),
+        weights,
+        torch.float32,
+        lambda why: ControlNetLoadError(f"{name}: the weights do not fit a T2I-Adapter: {why}"),
+    )
 
 
 class T2IAdapter(ControlBase):
